@@ -1,0 +1,241 @@
+"""The one typed, validated run configuration.
+
+Configuration flows one way: a flat mapping of kebab-case keys (Flower's `run_config`, a TOML
+file, or CLI flags) -> `RunConfig.from_flat` -> frozen dataclasses -> code. Unknown keys,
+wrong types and out-of-range values raise `ConfigError` naming the key and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from common.errors import ConfigError
+
+
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": (default, *choices)})
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    data: str = "ml-1m"  # dataset name (ml-1m, ml-100k, synthetic) or an interactions file path
+    data_dir: str = ""  # where named datasets live; "" -> $FEDSEQREC_DATA_DIR, then download cache
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str = "timestamp"
+    min_item_count: int = 5  # SASRec-style 5-core items (ML-1M: 3,416 items)
+    min_user_count: int = 3  # leave-one-out needs >= 1 training item
+    max_len: int = 50  # model context; 200 is the literature's ML-1M setting
+    train_windows: str = _choice("all", "last")  # all: every max_len chunk of a history; last: the latest only
+    synthetic_users: int = 500  # used only when data = "synthetic"
+    synthetic_items: int = 200
+
+    def validate(self) -> None:
+        _check(self.min_item_count >= 1, "min-item-count", "must be >= 1")
+        _check(self.min_user_count >= 3, "min-user-count", "must be >= 3 (train, validation and test items)")
+        _check(self.max_len >= 2, "max-len", "must be >= 2")
+        _check(self.synthetic_users >= 2, "synthetic-users", "must be >= 2")
+        _check(self.synthetic_items >= 10, "synthetic-items", "must be >= 10")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model: str = _choice("sasrec", "gru", "lstm")
+    emb_dim: int = 64  # item embedding size (also the SASRec width)
+    hidden_dim: int = 128  # RNN state size (LSTM/GRU only)
+    num_layers: int = 2  # Transformer blocks or stacked RNN layers
+    num_heads: int = 1
+    dropout: float = 0.2
+    loss: str = _choice("ce", "sampled-softmax")  # full-catalogue cross-entropy, or sampled for huge catalogues
+    num_negatives: int = 256  # sampled-softmax negatives per batch
+
+    def validate(self) -> None:
+        _check(self.emb_dim >= 1, "emb-dim", "must be >= 1")
+        _check(self.hidden_dim >= 1, "hidden-dim", "must be >= 1")
+        _check(self.num_layers >= 1, "num-layers", "must be >= 1")
+        _check(self.num_heads >= 1 and self.emb_dim % self.num_heads == 0, "num-heads",
+               f"must be >= 1 and divide emb-dim ({self.emb_dim})")
+        _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        _check(self.num_negatives >= 1, "num-negatives", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 200  # centralized epochs (upper bound; early stopping ends sooner)
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10  # evaluations without validation NDCG@10 gain before stopping
+    eval_every: int = 1  # epochs between validation runs
+    seed: int = 42
+    device: str = "cpu"
+    top_k: int = 10
+    mask_seen: bool = True  # exclude items already in the user's history from rankings
+    eval_batch_size: int = 512
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def validate(self) -> None:
+        for key, value in (("epochs", self.epochs), ("batch-size", self.batch_size),
+                           ("patience", self.patience), ("eval-every", self.eval_every),
+                           ("top-k", self.top_k), ("eval-batch-size", self.eval_batch_size)):
+            _check(value >= 1, key, "must be >= 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.weight_decay >= 0, "weight-decay", "must be >= 0")
+        _check(self.num_threads >= 0, "num-threads", "must be >= 0")
+        _check(self.device == "cpu" or self.device.startswith(("cuda", "mps")), "device",
+               "must be cpu, cuda, cuda:N or mps")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    num_server_rounds: int = 20
+    strategy: str = _choice("fedadam", "fedavg", "fedyogi", "fedprox")
+    partition: str = _choice("user", "iid", "dirichlet")  # user: one user per client (cross-device)
+    num_partitions: int = 10  # silos for iid/dirichlet partitions
+    dirichlet_alpha: float = 0.5
+    clients_per_round: int = 100
+    local_epochs: int = 1
+    local_lr: float = 1e-3
+    server_lr: float = 1e-2  # FedAdam/FedYogi eta
+    proximal_mu: float = 0.01  # FedProx
+    eval_every_rounds: int = 1
+    eval_users: int = 0  # validation users for server-side evaluation each round; 0 = all
+    holdout_fraction: float = 0.0  # users kept out of training, as non-members for audits
+    out_dir: str = ""  # "" -> runs/<timestamp>
+    checkpoint_every: int = 1
+
+    def validate(self) -> None:
+        for key, value in (("num-server-rounds", self.num_server_rounds),
+                           ("num-partitions", self.num_partitions),
+                           ("clients-per-round", self.clients_per_round),
+                           ("local-epochs", self.local_epochs),
+                           ("eval-every-rounds", self.eval_every_rounds),
+                           ("checkpoint-every", self.checkpoint_every)):
+            _check(value >= 1, key, "must be >= 1")
+        _check(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
+        _check(self.local_lr > 0, "local-lr", "must be > 0")
+        _check(self.server_lr > 0, "server-lr", "must be > 0")
+        _check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0")
+        _check(self.eval_users >= 0, "eval-users", "must be >= 0")
+        _check(0.0 <= self.holdout_fraction < 1.0, "holdout-fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    dp_mode: str = _choice("none", "client", "server")
+    noise_multiplier: float = 1.0
+    target_epsilon: float = 0.0  # > 0: derive the noise multiplier from this budget instead
+    max_grad_norm: float = 1.0  # client-side per-sample clipping bound
+    clipping_norm: float = 1.0  # server-side per-update clipping bound
+    adaptive_clipping: bool = False
+    delta: float = 0.0  # 0 -> 1 / number of users
+    accountant: str = _choice("rdp", "prv")
+    max_epsilon: float = 0.0  # 0 -> no budget cap
+    opacus_mode: str = _choice("hooks", "functorch", "ew")
+    secure_mode: bool = False  # cryptographically secure noise (slower); for real deployments
+
+    def validate(self) -> None:
+        _check(self.noise_multiplier >= 0, "noise-multiplier", "must be >= 0")
+        _check(self.target_epsilon >= 0, "target-epsilon", "must be >= 0")
+        _check(self.max_grad_norm > 0, "max-grad-norm", "must be > 0")
+        _check(self.clipping_norm > 0, "clipping-norm", "must be > 0")
+        _check(0.0 <= self.delta < 1.0, "delta", "must be in [0, 1)")
+        _check(self.max_epsilon >= 0, "max-epsilon", "must be >= 0")
+
+
+_GROUPS = {"data": DataSettings, "model": ModelSettings, "train": TrainSettings,
+           "federation": FederationSettings, "privacy": PrivacySettings}
+
+
+def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: key '{key}' must be {kind.__name__}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+
+    @staticmethod
+    def keys() -> dict[str, tuple[str, dataclasses.Field]]:
+        """Every flat key -> (group name, dataclass field)."""
+        return {f.name.replace("_", "-"): (group, f)
+                for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any], where: str = "run config") -> "RunConfig":
+        known = cls.keys()
+        grouped: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
+        for key, value in values.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else "; run `fedseqrec config` to list keys"
+                raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+            group, f = known[key]
+            kind = {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+            coerced = _coerce(key, value, kind, where)
+            choices = f.metadata.get("choices")
+            if choices and coerced not in choices:
+                raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(choices)}; got {coerced!r}")
+            grouped[group][f.name] = coerced
+        parts = {group: _GROUPS[group](**kwargs) for group, kwargs in grouped.items()}
+        for part in parts.values():
+            part.validate()
+        return cls(**parts)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "RunConfig":
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return cls.from_flat({**values, **(overrides or {})}, where=str(path))
+
+    def to_flat(self) -> dict[str, Any]:
+        return {key: getattr(getattr(self, group), f.name) for key, (group, f) in self.keys().items()}
+
+    def replace(self, **flat: Any) -> "RunConfig":
+        """A copy with some flat keys changed (validated like any other input)."""
+        return RunConfig.from_flat({**self.to_flat(), **flat})

@@ -1,0 +1,71 @@
+"""One entry point from data settings to preprocessed sequences, with an on-disk cache.
+
+The cache (keyed by the file's identity and the preprocessing settings) lets every simulated
+client process load ML-1M in milliseconds instead of re-reading and re-filtering the CSV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from common.config import DataSettings
+from common.datasets import MOVIELENS, cache_dir, resolve_interactions
+from common.interactions import Columns, load_interactions
+from common.sequences import SequenceData, build_sequences
+from common.synthetic import synthetic_interactions
+
+
+def interactions_path(settings: DataSettings) -> Path | None:
+    """The interactions file behind the settings (None for synthetic data)."""
+    if settings.data == "synthetic":
+        return None
+    if settings.data in MOVIELENS:
+        return resolve_interactions(settings.data, settings.data_dir)
+    return Path(settings.data)
+
+
+def _cache_key(path: Path | None, settings: DataSettings) -> str:
+    identity = {"min_item_count": settings.min_item_count, "min_user_count": settings.min_user_count,
+                "columns": [settings.user_col, settings.item_col, settings.time_col], "version": 1}
+    if path is None:
+        identity["synthetic"] = [settings.synthetic_users, settings.synthetic_items]
+    else:
+        stat = path.stat()
+        identity["file"] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_sequence_data(settings: DataSettings, use_cache: bool = True) -> SequenceData:
+    path = interactions_path(settings)
+    if path is not None and path.exists() is False:
+        load_interactions(path)  # raises the file-not-found DataError with guidance
+    key = _cache_key(path, settings)
+    cached = cache_dir() / "preprocessed" / f"{key}.npz"
+    if use_cache and cached.exists():
+        data = SequenceData.load(cached)
+        data.report = json.loads(cached.with_suffix(".json").read_text())
+        return data
+    if path is None:
+        frame = synthetic_interactions(settings.synthetic_users, settings.synthetic_items, seed=0)
+        source = f"synthetic({settings.synthetic_users} users, {settings.synthetic_items} items)"
+    else:
+        frame = load_interactions(path, Columns(settings.user_col, settings.item_col, settings.time_col))
+        source = str(path)
+    data = build_sequences(frame, min_item_count=settings.min_item_count,
+                           min_user_count=settings.min_user_count, source=source)
+    if use_cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.stem + ".tmp.npz")
+        data.save(tmp)
+        cached.with_suffix(".json").write_text(json.dumps(data.report))
+        tmp.replace(cached)
+    return data
+
+
+@lru_cache(maxsize=4)
+def cached_sequence_data(settings: DataSettings) -> SequenceData:
+    """Per-process memo: simulated clients in one worker share a single copy."""
+    return load_sequence_data(settings)

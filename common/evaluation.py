@@ -1,0 +1,83 @@
+"""Full-catalogue ranking evaluation: every item is a candidate, never sampled negatives.
+
+Items already in the user's history are masked (configurable), except the target itself, as in
+SASRec's protocol. Ties count against the target (pessimistic), so a constant scorer cannot
+look good.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from common.metrics import all_metrics
+from common.models import SequenceRecommender
+from common.sequences import SequenceData, left_pad
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, T) item indices -> (B, N) scores
+
+
+def model_scores(model: SequenceRecommender) -> ScoreFn:
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        hidden = model.encode(inputs)[:, -1]  # (B, D): state after the latest item
+        return model.score(hidden)  # (B, N)
+    return score
+
+
+def popularity_scores(item_counts: np.ndarray) -> ScoreFn:
+    popularity = torch.as_tensor(item_counts[1:], dtype=torch.float32)  # (N,)
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        return popularity.to(inputs.device).expand(inputs.shape[0], -1).clone()
+    return score
+
+
+@torch.no_grad()
+def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray, *,
+                 max_len: int, num_items: int, top_k: int = 10, mask_seen: bool = True,
+                 batch_size: int = 512, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """0-based rank of each target among items 1..N, and each user's top-K item indices."""
+    ranks, tops = [], []
+    for start in range(0, len(histories), batch_size):
+        chunk = histories[start:start + batch_size]
+        inputs = torch.as_tensor(left_pad(chunk, max_len), device=device)  # (B, T)
+        target = torch.as_tensor(targets[start:start + batch_size], device=device)  # (B,)
+        scores = score_fn(inputs).float()  # (B, N)
+        scores = torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores], 1)  # (B, N + 1): col 0 = padding
+        if mask_seen:
+            longest = max(1, max(len(h) for h in chunk))
+            seen = torch.as_tensor(left_pad(chunk, longest), device=device)  # (B, H) whole history
+            target_score = scores.gather(1, target[:, None])  # (B, 1)
+            scores.scatter_(1, seen, float("-inf"))
+            scores.scatter_(1, target[:, None], target_score)  # the target itself stays rankable
+            scores[:, 0] = float("-inf")
+        target_score = scores.gather(1, target[:, None])  # (B, 1)
+        ranks.append(((scores >= target_score).sum(1) - 1).cpu().numpy())
+        tops.append(scores.topk(top_k, dim=1).indices.cpu().numpy())
+    return np.concatenate(ranks), np.concatenate(tops)
+
+
+def evaluate(score_fn: ScoreFn, data: SequenceData, split: str, *, max_len: int, top_k: int = 10,
+             mask_seen: bool = True, batch_size: int = 512, device: str = "cpu",
+             users: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics on the validation or test target of every user (or of `users`)."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be validation or test, got {split!r}")
+    histories, targets = data.validation_cases() if split == "validation" else data.test_cases()
+    if users is not None:
+        histories, targets = [histories[u] for u in users], targets[users]
+    ranks, tops = rank_targets(score_fn, histories, targets, max_len=max_len, num_items=data.num_items,
+                               top_k=top_k, mask_seen=mask_seen, batch_size=batch_size, device=device)
+    item_users = item_user_counts(data)
+    return all_metrics(ranks, tops, top_k, num_items=data.num_items, item_users=item_users,
+                       num_users=data.num_users)
+
+
+def item_user_counts(data: SequenceData) -> np.ndarray:
+    """(N + 1,) number of users whose training history holds each item."""
+    counts = np.zeros(data.num_items + 1, dtype=np.int64)
+    for seq in data.train_sequences():
+        counts[np.unique(seq)] += 1
+    return counts

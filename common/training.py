@@ -1,0 +1,78 @@
+"""The training step shared by the centralized baseline, federated clients and DP clients."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.config import ModelSettings, RunConfig
+from common.losses import next_item_loss
+from common.models import ModelConfig, SequenceRecommender, build_model
+from common.sequences import training_windows
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_config(settings: ModelSettings, num_items: int, max_len: int) -> ModelConfig:
+    return ModelConfig(arch=settings.model, num_items=num_items, max_len=max_len, emb_dim=settings.emb_dim,
+                       hidden_dim=settings.hidden_dim, num_layers=settings.num_layers,
+                       num_heads=settings.num_heads, dropout=settings.dropout)
+
+
+def model_for(config: RunConfig, num_items: int, seed: int | None = None) -> SequenceRecommender:
+    """A freshly initialised model; the same seed gives the same weights everywhere."""
+    torch.manual_seed(config.train.seed if seed is None else seed)
+    return build_model(model_config(config.model, num_items, config.data.max_len))
+
+
+def window_dataset(sequences: list[np.ndarray], max_len: int, mode: str) -> TensorDataset:
+    inputs, targets, _ = training_windows(sequences, max_len, mode)
+    return TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets))
+
+
+def window_loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    loss: str = "ce"
+    num_negatives: int = 256
+    per_sample_grads: bool = False  # True under Opacus
+    proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2
+
+
+def train_epoch(model: SequenceRecommender, batches: Iterable, optimizer: torch.optim.Optimizer,
+                options: StepOptions = StepOptions(), device: str = "cpu",
+                global_params: list[torch.Tensor] | None = None, progress=None) -> tuple[float, int]:
+    """One pass over `batches`; returns (mean loss, number of sequences seen)."""
+    model.train()
+    total, seen = 0.0, 0
+    for inputs, targets in batches:
+        if len(inputs) == 0:  # Poisson sampling can draw an empty batch
+            continue
+        inputs, targets = inputs.to(device), targets.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = next_item_loss(model, inputs, targets, loss=options.loss, num_negatives=options.num_negatives,
+                              per_sample_grads=options.per_sample_grads)
+        if options.proximal_mu > 0 and global_params is not None:
+            drift = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+            loss = loss + options.proximal_mu / 2 * drift
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(inputs)
+        seen += len(inputs)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    return (total / seen if seen else float("nan")), seen

@@ -1,0 +1,96 @@
+"""Centralized baseline: train one model on all users, select on validation, report test."""
+
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from common.checkpoint import save_model
+from common.config import RunConfig
+from common.data import load_sequence_data
+from common.evaluation import evaluate, model_scores, popularity_scores
+from common.plots import plot_curves
+from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train, data_cfg = config.train, config.data
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    set_seed(train.seed)
+    data = load_sequence_data(data_cfg)
+    (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
+    (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
+
+    model = model_for(config, data.num_items).to(train.device)
+    dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
+    eval_kwargs = dict(max_len=data_cfg.max_len, top_k=train.top_k, mask_seen=train.mask_seen,
+                       batch_size=train.eval_batch_size, device=train.device)
+    key = f"ndcg@{train.top_k}"
+    history, best, best_state, best_epoch, stale = [], float("-inf"), None, 0, 0
+    log = open(out_dir / "metrics.jsonl", "w")
+    started = time.perf_counter()
+    train_seconds = 0.0
+    epoch = 0
+    for epoch in range(1, train.epochs + 1):
+        loader = window_loader(dataset, train.batch_size, train.seed + epoch)
+        epoch_start = time.perf_counter()
+        with tqdm(total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress,
+                  leave=False) as bar:
+            loss, _ = train_epoch(model, loader, optimizer, options, train.device, progress=bar)
+        train_seconds += time.perf_counter() - epoch_start
+        row = {"epoch": epoch, "loss": loss}
+        if epoch % train.eval_every == 0 or epoch == train.epochs:
+            model.eval()
+            row["validation"] = evaluate(model_scores(model), data, "validation", **eval_kwargs)
+            if row["validation"][key] > best:
+                best, best_epoch, stale = row["validation"][key], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if show_progress:
+            val = row.get("validation", {}).get(key)
+            print(f"epoch {epoch}: loss {loss:.4f}" + (f"  val {key} {val:.4f}" if val is not None else ""),
+                  flush=True)
+        if stale >= train.patience:
+            break
+    log.close()
+
+    model.load_state_dict(best_state)
+    model.eval()
+    validation = evaluate(model_scores(model), data, "validation", **eval_kwargs)
+    test = evaluate(model_scores(model), data, "test", **eval_kwargs)
+    counts = data.item_counts()
+    popularity = {split: evaluate(popularity_scores(counts), data, split, **eval_kwargs)
+                  for split in ("validation", "test")}
+    save_model(out_dir / "model.pt", model, data.item_ids, run_config=config.to_flat(), best_epoch=best_epoch)
+    metrics = {"validation": validation, "test": test, "popularity_baseline": popularity,
+               "best_epoch": best_epoch, "epochs_run": epoch, "num_users": data.num_users,
+               "num_items": data.num_items, "wall_seconds": time.perf_counter() - started,
+               "train_seconds_per_epoch": train_seconds / max(epoch, 1), "peak_rss_mb": peak_rss_mb()}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    evaluated = [r for r in history if "validation" in r]
+    plot_curves(out_dir / "learning_curve.png", [r["epoch"] for r in evaluated],
+                {f"val {key}": [r["validation"][key] for r in evaluated],
+                 f"val hr@{train.top_k}": [r["validation"][f"hr@{train.top_k}"] for r in evaluated]},
+                right={"train loss": [r["loss"] for r in evaluated]}, right_label="loss",
+                xlabel="epoch", title=f"{config.model.model} on {Path(data_cfg.data).name}")
+    return metrics
