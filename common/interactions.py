@@ -97,7 +97,7 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: file is empty") from exc
     except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: malformed rows ({exc}); every row needs the same number of "
+        raise DataError(f"{path}: malformed rows ({' '.join(str(exc).split())}); every row needs the same number of "
                         "fields as the header") from exc
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc})") from exc
@@ -157,13 +157,21 @@ def _parse_timestamps(path: Path, values: pd.Series, where) -> np.ndarray:
     if missing.any():
         row = int(np.argmax(missing))
         raise DataError(f"{path}: {where(row)}: missing timestamp; every row needs a time or position")
-    numeric = pd.to_numeric(values, errors="coerce")
-    if not numeric.isna().any():
-        return numeric.to_numpy().astype(np.int64)
-    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
-    bad = parsed.isna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(values):  # e.g. a Parquet datetime column
+        parsed = pd.to_datetime(values, utc=True)
+        bad = parsed.isna().to_numpy()
+    else:
+        numeric = pd.to_numeric(values, errors="coerce")
+        if not numeric.isna().any():
+            return numeric.to_numpy().astype(np.int64)
+        if numeric.notna().any():  # a numeric column with some non-numbers: those are the bad rows
+            bad = numeric.isna().to_numpy()
+        else:
+            parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+            bad = parsed.isna().to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
         raise DataError(f"{path}: {where(row)}: timestamp {values.iloc[row]!r} is neither a number nor a "
                         "date/time; use Unix seconds, a per-user position, or ISO 8601 dates")
-    return (parsed.astype("int64") // 10**9).to_numpy()
+    # Whole seconds since the epoch, whatever the datetime resolution (pandas 3 parses to us).
+    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)

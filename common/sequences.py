@@ -149,3 +149,25 @@ def training_windows(sequences: list[np.ndarray], max_len: int,
     inputs, targets = padded[:, :-1].copy(), padded[:, 1:].copy()
     targets[inputs == 0] = 0  # no target without at least one real input item
     return inputs, targets, np.asarray(owners, dtype=np.int64)
+
+
+def sequences_for_catalogue(frame, item_ids: np.ndarray, source: str = "interactions") -> SequenceData:
+    """Sequences of a device's own interactions, indexed with the federation's item catalogue.
+
+    Items outside the catalogue cannot be scored by the shared model: they are dropped and counted
+    in the report, never silently lost.
+    """
+    lookup = {int(item): index for index, item in enumerate(item_ids) if index > 0}
+    frame = frame.sort_values([USER, TIME], kind="stable")
+    index = frame[ITEM].map(lookup)
+    unknown = int(index.isna().sum())
+    frame = frame.assign(index=index).dropna(subset=["index"])
+    if frame.empty:
+        raise DataError(f"{source}: none of its items are in the federation's catalogue ({unknown} unknown)")
+    user_col = frame[USER].to_numpy()
+    boundaries = np.flatnonzero(np.diff(user_col)) + 1
+    offsets = np.concatenate([[0], boundaries, [len(user_col)]]).astype(np.int64)
+    report = {"source": source, "interactions": int(len(frame)), "unknown_items_dropped": unknown,
+              "users": len(offsets) - 1}
+    return SequenceData(frame["index"].to_numpy().astype(np.int64), offsets,
+                        user_col[offsets[:-1]].astype(np.int64), np.asarray(item_ids, dtype=np.int64), report)

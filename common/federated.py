@@ -1,0 +1,77 @@
+"""What one federated client does with its local users, independent of Flower's messages.
+
+`local_train` starts from the global weights, runs local epochs on the client's training
+windows and returns new weights plus numeric metrics; `local_evaluate` ranks the full catalogue
+for the client's validation targets. Only weights and numbers leave these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.config import RunConfig
+from common.errors import DataError
+from common.evaluation import model_scores, rank_targets
+from common.metrics import ranking_metrics
+from common.sequences import SequenceData
+from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
+
+
+def client_seed(seed: int, server_round: int, client: int) -> int:
+    """A seed that depends only on (run seed, round, client): results do not depend on which
+    worker process or in what order clients run, so resumed runs replay exactly."""
+    digest = hashlib.sha256(f"{seed}:{server_round}:{client}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    arrays: dict[str, torch.Tensor]
+    metrics: dict[str, float | int]
+
+
+def check_local_data(local: SequenceData, where: str) -> None:
+    if local.num_users == 0:
+        raise DataError(f"{where}: no users in this client's data; check its partition or data file")
+    if (local.lengths() < 3).all():
+        raise DataError(f"{where}: every user has fewer than 3 interactions; leave-one-out needs >= 3")
+
+
+def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str, torch.Tensor], *,
+                server_round: int, client: int, proximal_mu: float = 0.0) -> LocalResult:
+    seed = client_seed(config.train.seed, server_round, client)
+    torch.manual_seed(seed)
+    model = model_for(config, local.num_items)
+    model.load_arrays(global_arrays)
+    dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
+    if len(dataset) == 0:
+        raise DataError(f"client {client}: no training windows (histories too short)")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr,
+                                 weight_decay=config.train.weight_decay)
+    options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives,
+                          proximal_mu=proximal_mu)
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    losses = []
+    for epoch in range(config.federation.local_epochs):
+        loader = window_loader(dataset, config.train.batch_size, seed + epoch)
+        loss, _ = train_epoch(model, loader, optimizer, options, global_params=global_params)
+        losses.append(loss)
+    return LocalResult(model.arrays(), {"train-loss": float(np.mean(losses)), "num-examples": len(dataset)})
+
+
+@torch.no_grad()
+def local_evaluate(config: RunConfig, local: SequenceData, global_arrays: dict[str, torch.Tensor]) -> dict:
+    model = model_for(config, local.num_items)
+    model.load_arrays(global_arrays)
+    model.eval()
+    histories, targets = local.validation_cases()
+    ranks, _ = rank_targets(model_scores(model), histories, targets, max_len=config.data.max_len,
+                            num_items=local.num_items, top_k=config.train.top_k,
+                            mask_seen=config.train.mask_seen)
+    metrics = ranking_metrics(ranks, config.train.top_k)
+    k = config.train.top_k
+    return {f"ndcg@{k}": metrics[f"ndcg@{k}"], f"hr@{k}": metrics[f"hr@{k}"], "num-examples": len(targets)}

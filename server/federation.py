@@ -1,0 +1,89 @@
+"""A whole federated run: set up or resume, run the rounds, select on validation, report test."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ArrayRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from common.checkpoint import save_model
+from common.config import RunConfig
+from common.data import cached_sequence_data
+from common.evaluation import evaluate, model_scores
+from common.training import model_for
+from server.loop import run_rounds
+from server.reports import write_reports
+from server.run_state import RunState, config_fingerprint
+from server.strategies import build_strategy, load_strategy_state
+
+
+def resolve_run_dir(config: RunConfig) -> Path:
+    if config.federation.out_dir:
+        return Path(config.federation.out_dir).expanduser().resolve()
+    return (Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+
+
+def make_evaluator(config: RunConfig, data):
+    """evaluate(arrays, split) on the server's copy of the validation / test targets."""
+    users = None
+    if config.federation.eval_users and config.federation.eval_users < data.num_users:
+        import numpy as np
+        users = np.random.default_rng(config.train.seed).choice(data.num_users, config.federation.eval_users,
+                                                                 replace=False)
+    model = model_for(config, data.num_items)
+
+    def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
+        model.load_arrays(arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays)
+        model.eval()
+        return evaluate(model_scores(model), data, split, max_len=config.data.max_len, top_k=config.train.top_k,
+                        mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size,
+                        device=config.train.device, users=None if all_users else users)
+    return evaluate_arrays
+
+
+def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None,
+                   before_round=None, after_round=None, extra_summary=None) -> dict:
+    run_dir = Path(run_dir) if run_dir else resolve_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    flat = config.to_flat()
+    (run_dir / "config.json").write_text(json.dumps(flat, indent=2))
+    started = time.perf_counter()
+    data = cached_sequence_data(config.data)
+    fingerprint = config_fingerprint(flat)
+    state = RunState.load(run_dir, fingerprint)
+    if state is None:
+        state = RunState(fingerprint=fingerprint, round=0, arrays=model_for(config, data.num_items).arrays())
+        log(INFO, "fedseqrec: new run in %s", run_dir)
+    else:
+        log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
+    strategy = build_strategy(config)
+    if state.strategy:
+        load_strategy_state(strategy, state.strategy)
+    evaluate_arrays = make_evaluator(config, data)
+    state = run_rounds(grid, config, strategy, state, run_dir, evaluate_arrays, before_round, after_round)
+
+    best_arrays = state.best.get("arrays", state.arrays)
+    test = evaluate_arrays(best_arrays, "test", all_users=True)
+    validation = evaluate_arrays(best_arrays, "validation", all_users=True)
+    model = model_for(config, data.num_items)
+    model.load_arrays(best_arrays)
+    save_model(run_dir / "model.pt", model, data.item_ids, run_config=flat, best_round=state.best.get("round"))
+    summary = {"rounds": state.round, "best_round": state.best.get("round"), "validation": validation,
+               "test": test, "num_users": data.num_users, "num_items": data.num_items,
+               "failed_clients": sum(r["failed"] for r in state.history),
+               "declined_clients": sum(r["declined"] for r in state.history),
+               "wall_seconds_this_process": time.perf_counter() - started,
+               "round_seconds_total": sum(r["seconds"] for r in state.history)}
+    if extra_summary is not None:
+        summary.update(extra_summary(state))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_reports(run_dir, state.history, config.train.top_k)
+    log(INFO, "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s", config.train.top_k,
+        test[f"ndcg@{config.train.top_k}"], config.train.top_k, test[f"hr@{config.train.top_k}"], run_dir)
+    return summary
