@@ -98,12 +98,12 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class FederationSettings:
-    num_server_rounds: int = 20
-    strategy: str = _choice("fedadam", "fedavg", "fedyogi", "fedprox")
-    partition: str = _choice("user", "iid", "dirichlet")  # user: one user per client (cross-device)
+    num_server_rounds: int = 15
+    strategy: str = _choice("fedavg", "fedadam", "fedyogi", "fedprox")
+    partition: str = _choice("iid", "user", "dirichlet")  # user: one user per client (cross-device)
     num_partitions: int = 10  # silos for iid/dirichlet partitions
     dirichlet_alpha: float = 0.5
-    clients_per_round: int = 100
+    clients_per_round: int = 10
     local_epochs: int = 1
     local_lr: float = 1e-3
     server_lr: float = 1e-2  # FedAdam/FedYogi eta

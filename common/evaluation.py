@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from common.errors import ConfigError
 from common.metrics import all_metrics
 from common.models import SequenceRecommender
 from common.sequences import SequenceData, left_pad
@@ -39,12 +40,15 @@ def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.nda
                  max_len: int, num_items: int, top_k: int = 10, mask_seen: bool = True,
                  batch_size: int = 512, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each target among items 1..N, and each user's top-K item indices."""
+    if top_k > num_items:
+        raise ConfigError(f"config key 'top-k': {top_k} is more than the {num_items} items in the catalogue")
     ranks, tops = [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
         inputs = torch.as_tensor(left_pad(chunk, max_len), device=device)  # (B, T)
         target = torch.as_tensor(targets[start:start + batch_size], device=device)  # (B,)
         scores = score_fn(inputs).float()  # (B, N)
+        scores = scores.masked_fill(scores.isnan(), float("-inf"))  # a diverged model must not look perfect
         scores = torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores], 1)  # (B, N + 1): col 0 = padding
         if mask_seen:
             longest = max(1, max(len(h) for h in chunk))
@@ -55,7 +59,7 @@ def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.nda
             scores[:, 0] = float("-inf")
         target_score = scores.gather(1, target[:, None])  # (B, 1)
         ranks.append(((scores >= target_score).sum(1) - 1).cpu().numpy())
-        tops.append(scores.topk(top_k, dim=1).indices.cpu().numpy())
+        tops.append((scores[:, 1:].topk(top_k, dim=1).indices + 1).cpu().numpy())  # never padding
     return np.concatenate(ranks), np.concatenate(tops)
 
 

@@ -60,12 +60,16 @@ def sample_clients(keys: list[int], count: int, seed: int, server_round: int) ->
 
 
 def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord,
-                node_ids: list[int], config: ConfigRecord, timeout: float) -> tuple[ArrayRecord | None, dict]:
-    """One round of training on the sampled nodes; returns (new arrays or None, round stats)."""
+                node_ids: list[int], config: ConfigRecord, timeout: float,
+                order: dict[int, int] | None = None) -> tuple[ArrayRecord | None, dict]:
+    """One round of training on the sampled nodes; returns (new arrays or None, round stats).
+
+    `order` maps node id -> client key: replies are aggregated in client-key order, so float
+    sums are identical across runs even though node ids are not."""
     view = SampledGrid(grid, node_ids)
     messages = list(strategy.configure_train(server_round, arrays, config, view))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    replies.sort(key=lambda m: m.metadata.src_node_id)  # aggregation order fixed: reproducible sums
+    replies.sort(key=lambda m: (order or {}).get(m.metadata.src_node_id, m.metadata.src_node_id))
     failed = [r for r in replies if r.has_error()]
     ok = [r for r in replies if not r.has_error()]
     declined = [r for r in ok if "arrays" not in r.content]
@@ -113,7 +117,7 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         round_start = time.perf_counter()
         chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round)
         new_arrays, stats = train_round(grid, strategy, server_round, arrays, [keys[c] for c in chosen],
-                                        ConfigRecord({}), timeout)
+                                        ConfigRecord({}), timeout, {node: key for key, node in keys.items()})
         if new_arrays is not None:
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}

@@ -48,6 +48,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_federate(args: argparse.Namespace) -> int:
+    from simulations.federate import federate
+    return federate(args.run_config, args.cpus_per_client)
+
+
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from simulations.deployment_data import write_node_files
+    written = write_node_files(RunConfig.from_flat(_flat_from_args(args), where="fedseqrec partition"),
+                               Path(args.out), args.nodes)
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     for key, value in RunConfig().to_flat().items():
         print(f"{key} = {json.dumps(value)}")
@@ -65,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(train, _TRAIN_GROUPS)
     train.set_defaults(handler=_cmd_train)
+
+    federate = commands.add_parser("federate", help="flwr run . on a local simulation sized to the run")
+    federate.add_argument("--run-config", help="TOML of run-config overrides (e.g. simulations/cross-device.toml)")
+    federate.add_argument("--cpus-per-client", type=float, default=1.0)
+    federate.set_defaults(handler=_cmd_federate)
+
+    partition = commands.add_parser("partition", help="split a dataset into per-node files for a deployment")
+    partition.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")
+    partition.add_argument("--nodes", type=int, required=True, help="number of SuperNodes")
+    partition.add_argument("--out", required=True, help="folder for node-<i>.csv and catalogue.json")
+    partition.add_argument("--config", help="TOML file of run-config keys")
+    _add_config_flags(partition, ("data", "train"))
+    partition.set_defaults(handler=_cmd_partition)
 
     config = commands.add_parser("config", help="list every run-config key with its default")
     config.set_defaults(handler=_cmd_config)

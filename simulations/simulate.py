@@ -15,7 +15,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def simulate(run_config: dict[str, Any], num_supernodes: int, *, cpus_per_client: float = 1.0,
-             num_cpus: int | None = None, verbose: bool = False) -> None:
+             num_cpus: int | None = None, verbose: bool = False,
+             client_app_attr: str = "client.app:app") -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -39,7 +40,7 @@ def simulate(run_config: dict[str, Any], num_supernodes: int, *, cpus_per_client
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
     init_args = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False, "log_to_driver": verbose}
     result = _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                             server_app_attr="server.app:app", client_app_attr="client.app:app",
+                             server_app_attr="server.app:app", client_app_attr=client_app_attr,
                              backend_name="ray",
                              backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
                                              "init_args": init_args},

@@ -1,0 +1,11 @@
+"""Run one in-process simulation from the command line (tests kill this process on purpose)."""
+
+import json
+import sys
+
+from simulations.simulate import simulate
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    simulate(spec["run_config"], spec["num_supernodes"], client_app_attr=spec.get("client_app", "client.app:app"),
+             num_cpus=2)

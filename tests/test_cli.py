@@ -1,0 +1,110 @@
+"""The `fedseqrec` command line: a training run, and one readable line with exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.config import RunConfig
+from common.synthetic import synthetic_interactions
+from simulations.cli import main
+
+FAST = ["--quiet", "--model", "sasrec", "--max-len", "8", "--emb-dim", "8", "--num-layers", "1",
+        "--epochs", "1", "--batch-size", "32", "--eval-batch-size", "64"]
+
+
+@pytest.fixture
+def csv(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "interactions.csv"
+    synthetic_interactions(30, 15, mean_length=8, seed=2).to_csv(path, index=False)
+    return path
+
+
+def test_train_writes_metrics(csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(csv), "--out", str(out), *FAST, "--top-k", "5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"validation", "test"} <= set(metrics)
+    for split in ("validation", "test"):
+        assert 0.0 <= metrics[split]["ndcg@5"] <= metrics[split]["hr@5"] <= 1.0
+    assert metrics["epochs_run"] == 1
+    printed = json.loads(capsys.readouterr().out)  # the summary on stdout is JSON
+    assert printed["test"] == {k: metrics["test"][k] for k in ("ndcg@5", "hr@5", "mrr@5")}
+    assert printed["out"] == str(out)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["data"], config["top-k"], config["emb-dim"]) == (str(csv), 5, 8)
+
+
+def test_train_reads_a_config_file_and_flags_override_it(csv, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('emb-dim = 4\nepochs = 3\nmin-item-count = 1\n')
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(csv), "--out", str(out), "--config", str(toml), *FAST]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["emb-dim"], config["epochs"], config["min-item-count"]) == (8, 1, 1)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fedseqrec: error: ")
+    return lines[0]
+
+
+def test_missing_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
+    missing = tmp_path / "nope.csv"
+    assert main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), *FAST]) == 2
+    line = one_line_error(capsys)
+    assert str(missing) in line and "not found" in line
+
+
+def test_bad_column(csv, tmp_path, capsys):
+    assert main(["train", "--data", str(csv), "--out", str(tmp_path / "run"), "--user-col", "uid", *FAST]) == 2
+    line = one_line_error(capsys)
+    assert "missing column(s) uid" in line and "found user_id, item_id, timestamp" in line
+
+
+def test_bad_file_content_names_the_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "bad.csv"
+    path.write_text("user_id,item_id,timestamp\n1,2,3\n1,x,4\n")
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "run"), *FAST]) == 2
+    assert "line 3: item_id 'x' is not an integer ID" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--model", "foo", "key 'model' must be one of sasrec, gru, lstm; got 'foo'"),
+    ("--epochs", "many", "key 'epochs' must be int, got 'many'"),
+    ("--dropout", "1.5", "config key 'dropout': must be in [0, 1)"),
+])
+def test_bad_flag_value(csv, tmp_path, capsys, flag, value, needle):
+    argv = ["train", "--data", str(csv), "--out", str(tmp_path / "run"), *FAST, flag, value]
+    assert main(argv) == 2
+    assert needle in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()  # rejected before anything is written
+
+
+def test_unreadable_config_file(csv, tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("epochs = = 1\n")
+    assert main(["train", "--data", str(csv), "--out", str(tmp_path / "run"), "--config", str(toml)]) == 2
+    assert str(toml) in one_line_error(capsys)
+
+
+def test_unknown_flag_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--out", str(tmp_path), "--bogus", "1"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_config_lists_every_key_with_its_default(capsys):
+    assert main(["config"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    listed = {key: json.loads(value) for key, value in (line.split(" = ", 1) for line in lines)}
+    assert listed == RunConfig().to_flat()

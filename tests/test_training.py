@@ -1,0 +1,185 @@
+"""End-to-end centralized training on synthetic data, reproducibility, and config validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from common.checkpoint import load_model
+from common.config import RunConfig
+from common.data import load_sequence_data
+from common.errors import ConfigError
+from common.evaluation import evaluate, model_scores
+from common.synthetic import synthetic_interactions
+from simulations.centralized import train_centralized
+
+TINY = {"model": "sasrec", "max-len": 10, "emb-dim": 16, "num-layers": 1, "dropout": 0.0,
+        "batch-size": 32, "lr": 1e-2, "seed": 3, "eval-batch-size": 64}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small SASRec trained on a synthetic CSV (the data have order a model can learn)."""
+    base = tmp_path_factory.mktemp("centralized")
+    csv = base / "interactions.csv"
+    synthetic_interactions(120, 30, mean_length=15, seed=0).to_csv(csv, index=False)
+    config = RunConfig.from_flat({**TINY, "data": str(csv), "epochs": 5, "patience": 5})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDSEQREC_CACHE", str(base / "cache"))
+        metrics = train_centralized(config, base / "run", show_progress=False)
+        data = load_sequence_data(config.data)
+    return config, metrics, data, base / "run"
+
+
+def test_centralized_beats_popularity(trained):
+    _, metrics, _, _ = trained
+    for split in ("validation", "test"):
+        model_ndcg = metrics[split]["ndcg@10"]
+        popularity_ndcg = metrics["popularity_baseline"][split]["ndcg@10"]
+        assert 0.0 <= popularity_ndcg <= 1.0
+        assert model_ndcg > popularity_ndcg + 0.05, (split, model_ndcg, popularity_ndcg)
+
+
+def test_centralized_writes_its_results(trained):
+    config, metrics, data, out = trained
+    for name in ("metrics.json", "model.pt", "metrics.jsonl", "learning_curve.png", "config.json",
+                 "preprocessing.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "config.json").read_text()) == config.to_flat()
+    assert metrics["num_users"] == data.num_users and metrics["num_items"] == data.num_items
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, metrics["epochs_run"] + 1))
+    assert all(np.isfinite(r["loss"]) and "ndcg@10" in r["validation"] for r in rows)
+    best = max(rows, key=lambda r: r["validation"]["ndcg@10"])
+    assert metrics["best_epoch"] == best["epoch"]  # the model kept is the best on validation
+    assert metrics["validation"]["ndcg@10"] == pytest.approx(best["validation"]["ndcg@10"])
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_saved_model_reproduces_the_reported_metrics(trained):
+    config, metrics, data, out = trained
+    model, item_ids, metadata = load_model(out / "model.pt")
+    assert not model.training
+    np.testing.assert_array_equal(item_ids, data.item_ids)
+    assert item_ids[0] == -1 and sorted(item_ids[1:]) == list(item_ids[1:])
+    assert metadata["best_epoch"] == metrics["best_epoch"]
+    assert metadata["run_config"] == config.to_flat()
+    again = evaluate(model_scores(model), data, "test", max_len=config.data.max_len, top_k=10)
+    assert again == pytest.approx(metrics["test"])
+
+
+def test_same_seed_same_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
+    csv = tmp_path / "interactions.csv"
+    synthetic_interactions(40, 20, mean_length=10, seed=1).to_csv(csv, index=False)
+    config = RunConfig.from_flat({**TINY, "data": str(csv), "epochs": 2, "dropout": 0.3})
+    first = train_centralized(config, tmp_path / "a", show_progress=False)
+    second = train_centralized(config, tmp_path / "b", show_progress=False)
+    for key in ("validation", "test", "popularity_baseline", "best_epoch"):
+        assert first[key] == second[key], key
+    other = train_centralized(config.replace(seed=4), tmp_path / "c", show_progress=False)
+    assert other["validation"] != first["validation"]  # the seed matters (so equality above is not vacuous)
+
+
+def test_synthetic_data_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
+    settings = RunConfig.from_flat({"data": "synthetic", "synthetic-users": 30, "synthetic-items": 15}).data
+    data = load_sequence_data(settings)
+    expected = synthetic_interactions(30, 15, seed=0)
+    assert data.num_users == 30 and len(data.items) == len(expected)
+    cached = load_sequence_data(settings)  # second load comes from the cache in FEDSEQREC_CACHE
+    np.testing.assert_array_equal(cached.items, data.items)
+    assert cached.report == data.report
+    assert list((tmp_path / "cache" / "preprocessed").glob("*.npz"))
+
+
+def test_synthetic_interactions_are_seeded_and_well_formed():
+    a = synthetic_interactions(20, 12, mean_length=8, seed=5)
+    b = synthetic_interactions(20, 12, mean_length=8, seed=5)
+    assert a.equals(b)
+    assert not a.equals(synthetic_interactions(20, 12, mean_length=8, seed=6))
+    assert list(a.columns) == ["user_id", "item_id", "timestamp"]
+    assert a["item_id"].between(1, 12).all() and sorted(a["user_id"].unique()) == list(range(1, 21))
+    assert a.groupby("user_id").size().min() >= 5
+    for _, group in a.groupby("user_id"):  # positions 0, 1, 2, ... per user
+        assert group["timestamp"].tolist() == list(range(len(group)))
+
+
+# --- RunConfig --------------------------------------------------------------------------------------
+
+def test_from_flat_defaults_and_coercion():
+    config = RunConfig.from_flat({"epochs": "7", "lr": "0.5", "mask-seen": "False", "batch-size": 16.0,
+                                  "model": "gru", "dropout": 0})
+    assert config.train.epochs == 7 and isinstance(config.train.epochs, int)
+    assert config.train.lr == 0.5
+    assert config.train.mask_seen is False
+    assert config.train.batch_size == 16 and isinstance(config.train.batch_size, int)
+    assert config.model.model == "gru" and config.model.dropout == 0.0
+    assert config.data == RunConfig().data  # untouched groups keep their defaults
+    assert RunConfig.from_flat(config.to_flat()) == config
+
+
+def test_from_flat_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'epoch'; did you mean 'epochs'\?"):
+        RunConfig.from_flat({"epoch": 3})
+    with pytest.raises(ConfigError, match="unknown key 'min_item_count'; did you mean 'min-item-count'"):
+        RunConfig.from_flat({"min_item_count": 3})
+    with pytest.raises(ConfigError, match="unknown key 'zzzz'; run `fedseqrec config`"):
+        RunConfig.from_flat({"zzzz": 1})
+
+
+@pytest.mark.parametrize("key,value,kind", [
+    ("epochs", "ten", "int"), ("epochs", 2.5, "int"), ("epochs", True, "int"), ("lr", True, "float"),
+    ("lr", "fast", "float"), ("mask-seen", "yes", "bool"), ("mask-seen", 1, "bool"), ("data", 5, "str"),
+])
+def test_from_flat_wrong_types(key, value, kind):
+    with pytest.raises(ConfigError, match=f"key '{key}' must be {kind}, got {value!r}".replace("(", r"\(")):
+        RunConfig.from_flat({key: value}, where="conf/x.toml")
+    with pytest.raises(ConfigError, match="^conf/x.toml: "):
+        RunConfig.from_flat({key: value}, where="conf/x.toml")
+
+
+@pytest.mark.parametrize("flat,key", [
+    ({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"lr": "nan"}, "lr"), ({"dropout": 1.0}, "dropout"),
+    ({"dropout": -0.1}, "dropout"), ({"min-user-count": 2}, "min-user-count"), ({"max-len": 1}, "max-len"),
+    ({"emb-dim": 64, "num-heads": 3}, "num-heads"), ({"device": "tpu"}, "device"),
+    ({"holdout-fraction": 1.0}, "holdout-fraction"), ({"synthetic-items": 9}, "synthetic-items"),
+])
+def test_from_flat_out_of_range(flat, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}': must"):
+        RunConfig.from_flat(flat)
+
+
+@pytest.mark.parametrize("key,value", [("model", "foo"), ("loss", "bpr"), ("strategy", "fedsgd"),
+                                       ("train-windows", "first"), ("dp-mode", "local")])
+def test_from_flat_bad_choice(key, value):
+    with pytest.raises(ConfigError, match=f"key '{key}' must be one of .*; got '{value}'"):
+        RunConfig.from_flat({key: value})
+
+
+def test_replace_is_validated():
+    config = RunConfig()
+    assert config.replace(epochs=3).train.epochs == 3
+    assert config.train.epochs == RunConfig().train.epochs  # frozen: the original is unchanged
+    with pytest.raises(ConfigError, match="epochs"):
+        config.replace(epochs=-1)
+
+
+def test_from_toml(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text('model = "lstm"\nepochs = 4\n')
+    config = RunConfig.from_toml(path, overrides={"epochs": 9})
+    assert (config.model.model, config.train.epochs) == ("lstm", 9)
+    with pytest.raises(ConfigError, match="not found"):
+        RunConfig.from_toml(tmp_path / "missing.toml")
+    path.write_text("epochs = = 4\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        RunConfig.from_toml(path)
+    path.write_text("epohcs = 4\n")
+    with pytest.raises(ConfigError, match=f"^{path}: unknown key 'epohcs'; did you mean 'epochs'"):
+        RunConfig.from_toml(path)
