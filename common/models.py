@@ -39,6 +39,8 @@ class ModelConfig:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}")
         if self.num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {self.num_heads}")
         if self.emb_dim % self.num_heads:
             raise ValueError(f"emb_dim {self.emb_dim} must be divisible by num_heads {self.num_heads}")
 
@@ -105,14 +107,27 @@ class SequenceRecommender(nn.Module):
         return self.score(self.encode(items))
 
     def arrays(self) -> dict[str, torch.Tensor]:
-        """Weights to send or save: state dict without the tied alias `scorer.weight`."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("scorer.")}
+        """Weights to send or save, each tensor once: the state dict holds aliases (the tied
+        `scorer.weight`, Opacus' DP-RNN names) that would double payloads and DP sensitivity."""
+        out, seen = {}, set()
+        for key, value in self.state_dict().items():
+            if value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
+                out[key] = value
+        return out
 
     def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(arrays, strict=False)
-        missing = [k for k in missing if not k.startswith("scorer.")]
-        if missing or unexpected:
-            raise ValueError(f"weights do not fit {self.config.arch}: missing {missing}, unexpected {unexpected}")
+        expected = self.arrays()
+        missing = sorted(set(expected) - set(arrays))
+        unexpected = sorted(set(arrays) - set(expected))
+        wrong = [f"{k} {tuple(arrays[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                 if k in arrays and tuple(arrays[k].shape) != tuple(v.shape)]
+        if missing or unexpected or wrong:
+            raise ValueError(f"weights do not fit this {self.config.arch} model: missing {missing}, "
+                             f"unexpected {unexpected}, wrong shapes {wrong}")
+        with torch.no_grad():
+            for key, value in expected.items():
+                value.copy_(arrays[key])
 
 
 class RNNRecommender(SequenceRecommender):

@@ -194,8 +194,6 @@ def test_load_arrays_rejects_mismatched_weights():
         make_model("sasrec").load_arrays(arrays)
 
 
-@pytest.mark.xfail(strict=True, reason="models.py bug: for DPLSTM/DPGRU, state_dict() and so arrays() hold "
-                                      "every RNN weight twice (rnn.l0.ih.weight and rnn.weight_ih_l0)")
 @pytest.mark.parametrize("arch", ["gru", "lstm"])
 def test_arrays_hold_each_tensor_once(arch):
     arrays = make_model(arch).arrays()
@@ -213,8 +211,6 @@ def test_model_config_rejects_bad_arguments(kwargs, match):
         ModelConfig(**{"arch": "sasrec", "num_items": 5, **kwargs})
 
 
-@pytest.mark.xfail(strict=True, reason="models.py bug: ModelConfig does not check num_heads >= 1 "
-                                      "(0 -> ZeroDivisionError, -2 accepted)")
 @pytest.mark.parametrize("num_heads", [0, -2])
 def test_model_config_rejects_non_positive_heads(num_heads):
     with pytest.raises(ValueError, match="num_heads"):
