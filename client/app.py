@@ -6,14 +6,17 @@ An exception in a handler becomes an error reply that the server counts; it neve
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_data import client_key, load_local_data
 from common.config import RunConfig
-from common.federated import local_evaluate, local_train
+from common.federated import DeviceLimits, local_evaluate, local_train
+from common.privacy.ledger import PrivacyLedger
 
 # Opacus' known, harmless notices (see STACK.md); anything else still shows.
 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
@@ -35,14 +38,35 @@ def query(msg: Message, context: Context) -> Message:
     return _reply(msg, {"client-key": client_key(context.node_config)})
 
 
+def _ledger_path(context: Context, round_config, key: int) -> Path:
+    """The node's state dir on a device; a per-client folder of the run in simulation."""
+    if "state-dir" in context.node_config:
+        return Path(str(context.node_config["state-dir"])) / "privacy_ledger.json"
+    return Path(str(round_config["run-dir"])) / "client-state" / f"client-{key}" / "privacy_ledger.json"
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = RunConfig.from_flat(context.run_config)
-    local = load_local_data(config, context.node_config)
     round_config = msg.content["config"]
+    if config.privacy.delta == 0 and "delta" in round_config:  # 1 / users, resolved by the server
+        config = config.replace(**{"delta": float(round_config["delta"])})
+    key = client_key(context.node_config)
+    limits = DeviceLimits.from_node_config(context.node_config)
+    if not limits.train:
+        return _reply(msg, {"declined": 1, "num-examples": 0})
+    local = load_local_data(config, context.node_config)
+    ledger = None
+    if config.privacy.dp_mode == "client":
+        path = _ledger_path(context, round_config, key)
+        ledger = PrivacyLedger.load(path, config.privacy.accountant)
     result = local_train(config, local, msg.content["arrays"].to_torch_state_dict(),
-                         server_round=int(round_config["server-round"]), client=client_key(context.node_config),
-                         proximal_mu=float(round_config.get("proximal-mu", 0.0)))
+                         server_round=int(round_config["server-round"]), client=key,
+                         proximal_mu=float(round_config.get("proximal-mu", 0.0)), ledger=ledger, limits=limits,
+                         expected_rounds=float(round_config.get("expected-rounds", config.federation.num_server_rounds)))
+    if ledger is not None:
+        ledger.save(path)  # durable: survives restarts of the node or the simulation
+        context.state["privacy-ledger"] = ConfigRecord({"json": json.dumps(ledger.state_dict())})
     return _reply(msg, result.metrics, result.arrays)
 
 

@@ -187,6 +187,18 @@ def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
     raise ConfigError(f"{where}: key '{key}' must be {kind.__name__}, got {value!r}")
 
 
+def _cross_check(parts: dict, where: str) -> None:
+    """Combinations that would silently break a guarantee."""
+    privacy, model, fed = parts["privacy"], parts["model"], parts["federation"]
+    if privacy.dp_mode == "client":
+        if model.loss != "ce":
+            raise ConfigError(f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "
+                              "gradients through the scorer)")
+        if fed.strategy == "fedprox":
+            raise ConfigError(f"{where}: dp-mode = client cannot use strategy = fedprox: the proximal term's "
+                              "gradient would bypass per-sample clipping; use fedavg, fedadam or fedyogi")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataSettings = field(default_factory=DataSettings)
@@ -220,6 +232,7 @@ class RunConfig:
         parts = {group: _GROUPS[group](**kwargs) for group, kwargs in grouped.items()}
         for part in parts.values():
             part.validate()
+        _cross_check(parts, where)
         return cls(**parts)
 
     @classmethod

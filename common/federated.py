@@ -17,6 +17,8 @@ from common.config import RunConfig
 from common.errors import DataError
 from common.evaluation import model_scores, rank_targets
 from common.metrics import ranking_metrics
+from common.privacy.dpsgd import dp_windows, plan_round, train_private
+from common.privacy.ledger import PrivacyLedger
 from common.sequences import SequenceData
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
 
@@ -30,8 +32,26 @@ def client_seed(seed: int, server_round: int, client: int) -> int:
 
 @dataclass(frozen=True)
 class LocalResult:
-    arrays: dict[str, torch.Tensor]
+    arrays: dict[str, torch.Tensor] | None  # None: the client declined (privacy budget, owner's choice)
     metrics: dict[str, float | int]
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """Settings the device owner controls (node config); the server cannot override them."""
+    max_epsilon: float = 0.0  # 0 = the run's max-epsilon only
+    train: bool = True
+    max_train_seconds: float = 0.0  # 0 = no limit
+
+    @classmethod
+    def from_node_config(cls, node_config: dict) -> "DeviceLimits":
+        return cls(float(node_config.get("max-epsilon", 0.0)), bool(node_config.get("train", True)),
+                   float(node_config.get("max-train-seconds", 0.0)))
+
+
+def effective_max_epsilon(run_max: float, device_max: float) -> float:
+    caps = [c for c in (run_max, device_max) if c > 0]
+    return min(caps) if caps else 0.0
 
 
 def check_local_data(local: SequenceData, where: str) -> None:
@@ -42,11 +62,17 @@ def check_local_data(local: SequenceData, where: str) -> None:
 
 
 def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str, torch.Tensor], *,
-                server_round: int, client: int, proximal_mu: float = 0.0) -> LocalResult:
+                server_round: int, client: int, proximal_mu: float = 0.0, ledger: PrivacyLedger | None = None,
+                limits: DeviceLimits = DeviceLimits(), expected_rounds: float = 1.0) -> LocalResult:
+    if not limits.train:
+        return LocalResult(None, {"declined": 1, "num-examples": 0})
     seed = client_seed(config.train.seed, server_round, client)
     torch.manual_seed(seed)
     model = model_for(config, local.num_items)
     model.load_arrays(global_arrays)
+    if config.privacy.dp_mode == "client":
+        return _private_local_train(config, local, model, seed, ledger or PrivacyLedger(config.privacy.accountant),
+                                    limits, expected_rounds)
     dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
     if len(dataset) == 0:
         raise DataError(f"client {client}: no training windows (histories too short)")
@@ -60,7 +86,29 @@ def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str,
         loader = window_loader(dataset, config.train.batch_size, seed + epoch)
         loss, _ = train_epoch(model, loader, optimizer, options, global_params=global_params)
         losses.append(loss)
-    return LocalResult(model.arrays(), {"train-loss": float(np.mean(losses)), "num-examples": len(dataset)})
+    return LocalResult(model.arrays(), {"train-loss": float(np.mean(losses)), "num-examples": len(dataset),
+                                        "unit-weight": 1})
+
+
+def _private_local_train(config: RunConfig, local: SequenceData, model, seed: int, ledger: PrivacyLedger,
+                         limits: DeviceLimits, expected_rounds: float) -> LocalResult:
+    delta = config.privacy.delta
+    dataset, unit = dp_windows(local, config)
+    if len(dataset) == 0:
+        raise DataError("no training windows (histories too short)")
+    plan = plan_round(config, len(dataset), unit, expected_rounds)
+    spent = ledger.epsilon(delta)
+    cap = effective_max_epsilon(config.privacy.max_epsilon, limits.max_epsilon)
+    after = ledger.projected(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                             steps=plan.steps).epsilon(delta)
+    if cap > 0 and after > cap:
+        return LocalResult(None, {"declined": 1, "epsilon": spent, "num-examples": 0})
+    loss, steps = train_private(model, dataset, plan, config, seed=seed, ledger=ledger,
+                                max_seconds=limits.max_train_seconds)
+    return LocalResult(model.arrays(), {"train-loss": loss, "num-examples": len(dataset), "unit-weight": 1,
+                                        "epsilon": ledger.epsilon(delta), "dp-steps": steps,
+                                        "noise-multiplier": plan.noise_multiplier,
+                                        "sample-rate": plan.sample_rate, "user-level": int(unit == "user")})
 
 
 @torch.no_grad()

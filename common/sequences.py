@@ -127,15 +127,18 @@ def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
     return out
 
 
-def training_windows(sequences: list[np.ndarray], max_len: int,
-                     mode: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_windows(sequences: list[np.ndarray], max_len: int, mode: str = "all",
+                     disjoint: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Next-item training examples: (inputs, targets, owners), inputs/targets (N, max_len).
 
     A window is `max_len + 1` consecutive items: inputs are its first `max_len`, targets the
     next item at every position (0 = padding, ignored by the loss). `mode="last"` keeps only the
     latest window per user (SASRec); `"all"` cuts the whole history into windows from the end.
-    `owners[n]` is the user (row in `sequences`) window n came from.
+    `owners[n]` is the user (row in `sequences`) window n came from. Consecutive windows share
+    one item (the last target of one is the first input of the next) unless `disjoint`, which DP
+    uses so that every interaction lies in exactly one sample.
     """
+    stride = max_len + 1 if disjoint else max_len
     windows, owners = [], []
     for user, seq in enumerate(sequences):
         end = len(seq)
@@ -144,7 +147,7 @@ def training_windows(sequences: list[np.ndarray], max_len: int,
             owners.append(user)
             if mode == "last":
                 break
-            end -= max_len
+            end -= stride
     padded = left_pad(windows, max_len + 1)
     inputs, targets = padded[:, :-1].copy(), padded[:, 1:].copy()
     targets[inputs == 0] = 0  # no target without at least one real input item

@@ -70,6 +70,8 @@ def train_epoch(model: SequenceRecommender, batches: Iterable, optimizer: torch.
             loss = loss + options.proximal_mu / 2 * drift
         loss.backward()
         optimizer.step()
+        with torch.no_grad():  # DP noise reaches every row; padding must stay "no item"
+            getattr(model, "_module", model).item_emb.weight[0].zero_()
         total += loss.item() * len(inputs)
         seen += len(inputs)
         if progress is not None:

@@ -17,7 +17,9 @@ from common.config import RunConfig
 from common.data import cached_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.training import model_for
-from server.loop import run_rounds
+from server.loop import discover_clients, run_rounds
+from server.privacy import PrivacyTracker
+from server.privacy_report import write_privacy_report
 from server.reports import write_reports
 from server.run_state import RunState, config_fingerprint
 from server.strategies import build_strategy, load_strategy_state
@@ -47,8 +49,7 @@ def make_evaluator(config: RunConfig, data):
     return evaluate_arrays
 
 
-def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None,
-                   before_round=None, after_round=None, extra_summary=None) -> dict:
+def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -> dict:
     run_dir = Path(run_dir) if run_dir else resolve_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = config.to_flat()
@@ -62,11 +63,18 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None,
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
-    strategy = build_strategy(config)
+    keys = discover_clients(grid, timeout=3600.0)
+    if not keys:
+        raise RuntimeError("no client identified itself; check the SuperNodes' logs")
+    delta = config.privacy.delta or 1.0 / data.num_users  # <= 1 / users, as the literature asks
+    tracker = PrivacyTracker(config, len(keys), delta, state.privacy)
+    strategy = tracker.wrap(build_strategy(config))
     if state.strategy:
         load_strategy_state(strategy, state.strategy)
+    expected_rounds = config.federation.num_server_rounds * min(1.0, config.federation.clients_per_round / len(keys))
+    round_config = {"run-dir": str(run_dir), "delta": delta, "expected-rounds": expected_rounds}
     evaluate_arrays = make_evaluator(config, data)
-    state = run_rounds(grid, config, strategy, state, run_dir, evaluate_arrays, before_round, after_round)
+    state = run_rounds(grid, config, strategy, state, run_dir, evaluate_arrays, keys, round_config, tracker)
 
     best_arrays = state.best.get("arrays", state.arrays)
     test = evaluate_arrays(best_arrays, "test", all_users=True)
@@ -80,8 +88,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None,
                "declined_clients": sum(r["declined"] for r in state.history),
                "wall_seconds_this_process": time.perf_counter() - started,
                "round_seconds_total": sum(r["seconds"] for r in state.history)}
-    if extra_summary is not None:
-        summary.update(extra_summary(state))
+    if state.stopped_early:
+        summary["stopped_early"] = state.stopped_early
+    if config.privacy.dp_mode != "none":
+        summary["privacy"] = write_privacy_report(run_dir, config, tracker, state.history, len(keys), delta,
+                                                  data.num_users)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_reports(run_dir, state.history, config.train.top_k)
     log(INFO, "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s", config.train.top_k,

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
+from common.federated import client_seed
 from server.run_state import RunState
 from server.strategies import strategy_state
 
@@ -61,7 +62,7 @@ def sample_clients(keys: list[int], count: int, seed: int, server_round: int) ->
 
 def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord,
                 node_ids: list[int], config: ConfigRecord, timeout: float,
-                order: dict[int, int] | None = None) -> tuple[ArrayRecord | None, dict]:
+                order: dict[int, int] | None = None) -> tuple[ArrayRecord | None, dict, dict]:
     """One round of training on the sampled nodes; returns (new arrays or None, round stats).
 
     `order` maps node id -> client key: replies are aggregated in client-key order, so float
@@ -79,12 +80,14 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
             reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "no reason")
     stats = {"sampled": len(node_ids), "replied": len(contributing), "failed": len(failed) + len(node_ids) - len(replies),
              "declined": len(declined)}
+    per_client = {(order or {}).get(r.metadata.src_node_id, r.metadata.src_node_id): dict(r.content["metrics"])
+                  for r in ok}
     if not contributing:
-        return None, stats
+        return None, stats, per_client
     new_arrays, metrics = strategy.aggregate_train(server_round, contributing)
     if metrics is not None:
         stats["train-loss"] = float(metrics.get("train-loss", float("nan")))
-    return new_arrays, stats
+    return new_arrays, stats, per_client
 
 
 def arrays_to_torch(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
@@ -98,31 +101,32 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunState, run_dir: Path,
-               evaluate_fn, before_round=None, after_round=None) -> RunState:
-    """Rounds state.round + 1 .. num-server-rounds; checkpoint after each. `before_round(round)`
-    may return False to stop early (a privacy budget); `after_round(round, stats)` records."""
+               evaluate_fn, keys: dict[int, int], round_config: dict, privacy=None, timeout: float = 3600.0) -> RunState:
+    """Rounds state.round + 1 .. num-server-rounds; checkpoint after each. `privacy` (a
+    server.privacy.PrivacyTracker) may stop the run before a round that would exceed the budget
+    and records epsilon after each round."""
     fed = config.federation
-    timeout = 3600.0
-    keys = discover_clients(grid, timeout)
-    if not keys:
-        raise RuntimeError("no client identified itself; check the SuperNodes' logs")
     log(INFO, "fedseqrec: %d clients available, %d per round", len(keys), min(fed.clients_per_round, len(keys)))
     key = f"ndcg@{config.train.top_k}"
     arrays = ArrayRecord(state.arrays)
     started = time.perf_counter()
     for server_round in range(state.round + 1, fed.num_server_rounds + 1):
-        if before_round is not None and before_round(server_round, len(keys)) is False:
-            log(INFO, "fedseqrec: stopping before round %s (privacy budget)", server_round)
+        if privacy is not None and not privacy.allows(server_round):
+            log(INFO, "fedseqrec: stopping before round %s: it would exceed max-epsilon", server_round)
+            state.stopped_early = f"max-epsilon reached before round {server_round}"
             break
         round_start = time.perf_counter()
+        np.random.seed(client_seed(config.train.seed, server_round, -1))  # Flower's DP noise uses numpy's global RNG
         chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round)
-        new_arrays, stats = train_round(grid, strategy, server_round, arrays, [keys[c] for c in chosen],
-                                        ConfigRecord({}), timeout, {node: key for key, node in keys.items()})
+        new_arrays, stats, per_client = train_round(grid, strategy, server_round, arrays, [keys[c] for c in chosen],
+                                                    ConfigRecord(dict(round_config)), timeout,
+                                                    {node: key for key, node in keys.items()})
         if new_arrays is not None:
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
-        if after_round is not None:
-            row.update(after_round(server_round, stats) or {})
+        if privacy is not None:
+            row.update(privacy.record(server_round, per_client))
+            state.privacy = privacy.state_dict()
         if server_round % fed.eval_every_rounds == 0 or server_round == fed.num_server_rounds:
             row["validation"] = evaluate_fn(arrays, "validation")
             if row["validation"][key] > state.best.get("metric", float("-inf")):

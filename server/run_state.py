@@ -31,7 +31,8 @@ class RunState:
     strategy: dict[str, Any] = field(default_factory=dict)  # server-optimiser state
     history: list[dict] = field(default_factory=list)  # one row per completed round
     best: dict[str, Any] = field(default_factory=dict)  # {"round", "metric", "arrays"} by validation
-    privacy: dict[str, Any] = field(default_factory=dict)  # server-side DP ledger
+    privacy: dict[str, Any] = field(default_factory=dict)  # privacy tracker state (epsilon per round)
+    stopped_early: str = ""  # why the run ended before num-server-rounds, if it did
     torch_rng: torch.Tensor | None = None
 
     def save(self, run_dir: Path) -> None:

@@ -19,7 +19,9 @@ _STATE_ATTRS = ("current_arrays", "m_t", "v_t")
 def build_strategy(config: RunConfig) -> Strategy:
     fed = config.federation
     common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
-                  min_available_nodes=1)
+                  min_available_nodes=1,
+                  # DP-FedAvg's sensitivity bound needs equal weights; every reply carries unit-weight = 1.
+                  weighted_by_key="unit-weight" if config.privacy.dp_mode == "server" else "num-examples")
     if fed.strategy == "fedavg":
         return FedAvg(**common)
     if fed.strategy == "fedprox":

@@ -1,0 +1,1 @@
+"""Differential-privacy accounting and DP-SGD training shared by clients, server and audits."""

@@ -1,0 +1,96 @@
+"""Client-side DP-SGD with Opacus: per-sample clipping, Gaussian noise, Poisson sampling.
+
+One DP sample is one training window. When every user contributes one window (cross-silo with
+`train-windows = last`) that is one user, so the guarantee is user-level for this client's
+updates; otherwise windows are cut disjoint (each interaction in exactly one sample) and the
+guarantee is event-level (one interaction).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants.utils import get_noise_multiplier
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.config import RunConfig
+from common.privacy.ledger import PrivacyLedger
+from common.sequences import SequenceData, training_windows
+from common.training import StepOptions, train_epoch
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    noise_multiplier: float
+    sample_rate: float  # Poisson rate: expected batch / number of samples
+    steps: int  # optimiser steps this round
+    unit: str  # "user" or "event"
+
+
+def dp_windows(local: SequenceData, config: RunConfig) -> tuple[TensorDataset, str]:
+    inputs, targets, owners = training_windows(local.train_sequences(), config.data.max_len,
+                                               config.data.train_windows, disjoint=True)
+    unit = "user" if len(np.unique(owners)) == len(owners) else "event"
+    return TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets)), unit
+
+
+def plan_round(config: RunConfig, num_samples: int, unit: str, expected_rounds: float) -> DPPlan:
+    """Noise, rate and steps for one round. With a target epsilon, the noise is the smallest that
+    keeps epsilon within target over `expected_rounds` participations."""
+    privacy, fed = config.privacy, config.federation
+    sample_rate = min(1.0, config.train.batch_size / num_samples)
+    steps = fed.local_epochs * max(1, int(round(1 / sample_rate)))
+    noise = privacy.noise_multiplier
+    if privacy.target_epsilon > 0:
+        noise = get_noise_multiplier(target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
+                                     sample_rate=sample_rate, steps=int(steps * max(1.0, expected_rounds)),
+                                     accountant=privacy.accountant)
+    return DPPlan(float(noise), sample_rate, steps, unit)
+
+
+class _TimeBudget:
+    """Stops local training after the device owner's time limit (steps taken are still accounted)."""
+
+    def __init__(self, batches, seconds: float):
+        self.batches, self.deadline = batches, time.monotonic() + seconds if seconds > 0 else None
+        self.steps = 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                return
+            self.steps += 1
+            yield batch
+
+
+def train_private(model: torch.nn.Module, dataset: TensorDataset, plan: DPPlan, config: RunConfig, *,
+                  seed: int, ledger: PrivacyLedger, max_seconds: float = 0.0) -> tuple[float, int]:
+    """Run the planned DP-SGD steps, record them in the ledger; returns (mean loss, steps taken)."""
+    privacy = config.privacy
+    generator = None if privacy.secure_mode else torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr)
+    loader = DataLoader(dataset, batch_size=max(1, int(round(plan.sample_rate * len(dataset)))),
+                        generator=generator)
+    engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=privacy.secure_mode)
+    private_model, private_optimizer, private_loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm, poisson_sampling=True, grad_sample_mode=privacy.opacus_mode,
+        noise_generator=generator)
+    options = StepOptions(loss="ce", per_sample_grads=True)
+    losses, steps = [], 0
+    started = time.monotonic()
+    for _ in range(config.federation.local_epochs):
+        remaining = max_seconds - (time.monotonic() - started) if max_seconds > 0 else 0.0
+        if max_seconds > 0 and remaining <= 0:
+            break
+        batches = _TimeBudget(private_loader, remaining)
+        loss, _ = train_epoch(private_model, batches, private_optimizer, options)
+        steps += batches.steps
+        if not np.isnan(loss):
+            losses.append(loss)
+    ledger.record(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=steps)
+    return (float(np.mean(losses)) if losses else float("nan")), steps

@@ -1,0 +1,46 @@
+"""Accounting for server-side DP-FedAvg (McMahan et al. 2018) as Flower really samples.
+
+Flower picks a fixed number m of the N clients each round, uniformly without replacement; that
+is not Poisson sampling. We account for exactly that with Google's dp-accounting RDP accountant:
+`SampledWithoutReplacementDpEvent(N, m, Gaussian(z))` per round, under the replace-one
+neighbouring relation that this sampling scheme's analysis uses (Wang, Balle & Kasiviswanathan
+2019). The unit of privacy is one client's whole contribution (a user, in cross-device runs).
+"""
+
+from __future__ import annotations
+
+import dp_accounting
+from dp_accounting import rdp
+
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
+
+
+def round_event(noise_multiplier: float, num_sampled: int, population: int) -> dp_accounting.DpEvent:
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if num_sampled >= population:
+        return gaussian  # everyone takes part: no amplification by sampling
+    return dp_accounting.SampledWithoutReplacementDpEvent(population, num_sampled, gaussian)
+
+
+def dpfedavg_epsilon(*, noise_multiplier: float, num_sampled: int, population: int, rounds: int,
+                     delta: float) -> float:
+    if rounds == 0:
+        return 0.0
+    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if num_sampled < population
+                else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=relation)
+    accountant.compose(round_event(noise_multiplier, num_sampled, population), rounds)
+    return float(accountant.get_epsilon(delta))
+
+
+def dpfedavg_epsilon_events(events: list[tuple[float, int, int]], *, delta: float) -> float:
+    """Epsilon after rounds with possibly different (noise multiplier, sampled, population)."""
+    if not events:
+        return 0.0
+    partial = any(m < n for _, m, n in events)
+    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if partial
+                else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=relation)
+    for z, m, n in events:
+        accountant.compose(round_event(z, int(m), int(n)))
+    return float(accountant.get_epsilon(delta))
