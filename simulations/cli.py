@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     federate = commands.add_parser("federate", help="flwr run . on a local simulation sized to the run")
     federate.add_argument("--run-config", help="TOML of run-config overrides (e.g. simulations/cross-device.toml)")
-    federate.add_argument("--cpus-per-client", type=float, default=1.0)
+    federate.add_argument("--cpus-per-client", type=int, default=1)
     federate.set_defaults(handler=_cmd_federate)
 
     partition = commands.add_parser("partition", help="split a dataset into per-node files for a deployment")

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -50,12 +51,38 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0) -> int:
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     before = _superlink_pids()
     command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT_DIR), "--stream",
-               "--federation-config", f"num_supernodes={clients} client_resources_num_cpus={cpus_per_client}"]
+               "--federation-config", f"num_supernodes={clients} client_resources_num_cpus={cpus_per_client:g}"]
     if run_config_file:
         command += ["--run-config", str(Path(run_config_file).resolve())]
     print(f"fedseqrec: {clients} clients; running: {' '.join(command)}", flush=True)
     try:
         return subprocess.run(command, env=env, cwd=PROJECT_DIR).returncode
     finally:
-        for pid in _superlink_pids() - before:  # only the SuperLink this run started
-            os.kill(pid, signal.SIGTERM)
+        stop_processes(_superlink_pids() - before)  # only the SuperLink this run started
+
+
+def stop_processes(pids: set[int], grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if _alive(pid)}
+        time.sleep(0.2)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
