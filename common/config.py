@@ -141,7 +141,7 @@ class PrivacySettings:
     delta: float = 0.0  # 0 -> 1 / number of users
     accountant: str = _choice("rdp", "prv")
     max_epsilon: float = 0.0  # 0 -> no budget cap
-    opacus_mode: str = _choice("hooks", "functorch", "ew")
+    opacus_mode: str = _choice("hooks", "functorch")  # "ew" cannot see our tied scorer (measured)
     secure_mode: bool = False  # cryptographically secure noise (slower); for real deployments
 
     def validate(self) -> None:

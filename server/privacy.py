@@ -13,7 +13,7 @@ from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClippi
                                      DifferentialPrivacyServerSideFixedClipping, Strategy)
 
 from common.config import RunConfig
-from common.privacy.server_accounting import dpfedavg_epsilon_events
+from common.privacy.server_accounting import dpfedavg_epsilon_events, dpfedavg_noise_for
 
 
 class PrivacyTracker:
@@ -26,6 +26,11 @@ class PrivacyTracker:
         self.events: list[list[float]] = state.get("events", [])  # server mode: [z_effective, m, N] per round
         self.client_epsilon: dict[int, float] = {int(k): v for k, v in state.get("client_epsilon", {}).items()}
         self.declined: int = state.get("declined", 0)
+        self.noise_multiplier = config.privacy.noise_multiplier
+        if self.mode == "server" and config.privacy.target_epsilon > 0:
+            self.noise_multiplier = dpfedavg_noise_for(
+                config.privacy.target_epsilon, num_sampled=self.sampled, population=population,
+                rounds=config.federation.num_server_rounds, delta=delta)
 
     def wrap(self, strategy: Strategy) -> Strategy:
         if self.mode != "server":
@@ -33,7 +38,7 @@ class PrivacyTracker:
         privacy = self.config.privacy
         wrapper = (DifferentialPrivacyServerSideAdaptiveClipping if privacy.adaptive_clipping
                    else DifferentialPrivacyServerSideFixedClipping)
-        return wrapper(strategy, noise_multiplier=privacy.noise_multiplier, clipping_norm=privacy.clipping_norm,
+        return wrapper(strategy, noise_multiplier=self.noise_multiplier, clipping_norm=privacy.clipping_norm,
                        num_sampled_clients=self.sampled)
 
     def _server_epsilon(self, events: list[list[float]]) -> float:
@@ -44,7 +49,7 @@ class PrivacyTracker:
         cap = self.config.privacy.max_epsilon
         if self.mode != "server" or cap <= 0:
             return True
-        planned = self.events + [[self.config.privacy.noise_multiplier, self.sampled, self.population]]
+        planned = self.events + [[self.noise_multiplier, self.sampled, self.population]]
         return self._server_epsilon(planned) <= cap
 
     def record(self, server_round: int, per_client: dict[int, dict]) -> dict:
@@ -53,7 +58,7 @@ class PrivacyTracker:
         if self.mode == "server":
             arrived = sum(1 for m in per_client.values() if not m.get("declined"))
             if arrived:
-                z_effective = self.config.privacy.noise_multiplier * arrived / self.sampled
+                z_effective = self.noise_multiplier * arrived / self.sampled
                 self.events.append([z_effective, self.sampled, self.population])
             epsilon = self._server_epsilon(self.events)
         else:

@@ -32,7 +32,9 @@ def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTrack
         "dp_mode": privacy.dp_mode, "unit_of_privacy": _unit(config), "delta": delta,
         "accountant": ("dp-accounting RDP, SampledWithoutReplacement (replace-one) per round"
                        if privacy.dp_mode == "server" else f"Opacus {privacy.accountant.upper()}"),
-        "noise_multiplier": privacy.noise_multiplier if privacy.target_epsilon == 0 else None,
+        "noise_multiplier": (tracker.noise_multiplier if privacy.dp_mode == "server"
+                             else privacy.noise_multiplier if privacy.target_epsilon == 0
+                             else "per client, calibrated to target_epsilon"),
         "target_epsilon": privacy.target_epsilon or None,
         "clipping_norm": privacy.clipping_norm if privacy.dp_mode == "server" else privacy.max_grad_norm,
         "adaptive_clipping": privacy.adaptive_clipping if privacy.dp_mode == "server" else None,

@@ -44,3 +44,20 @@ def dpfedavg_epsilon_events(events: list[tuple[float, int, int]], *, delta: floa
     for z, m, n in events:
         accountant.compose(round_event(z, int(m), int(n)))
     return float(accountant.get_epsilon(delta))
+
+
+def dpfedavg_noise_for(target_epsilon: float, *, num_sampled: int, population: int, rounds: int,
+                       delta: float) -> float:
+    """Smallest noise multiplier (to 0.1%) whose epsilon after `rounds` rounds is <= target."""
+    low, high = 0.05, 1.0
+    while dpfedavg_epsilon(noise_multiplier=high, num_sampled=num_sampled, population=population,
+                           rounds=rounds, delta=delta) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
+    while (high - low) / high > 1e-3:
+        mid = (low + high) / 2
+        eps = dpfedavg_epsilon(noise_multiplier=mid, num_sampled=num_sampled, population=population,
+                               rounds=rounds, delta=delta)
+        low, high = (mid, high) if eps > target_epsilon else (low, mid)
+    return high
