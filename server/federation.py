@@ -8,6 +8,7 @@ from datetime import datetime
 from logging import INFO
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -35,7 +36,6 @@ def make_evaluator(config: RunConfig, data):
     """evaluate(arrays, split) on the server's copy of the validation / test targets."""
     users = None
     if config.federation.eval_users and config.federation.eval_users < data.num_users:
-        import numpy as np
         users = np.random.default_rng(config.train.seed).choice(data.num_users, config.federation.eval_users,
                                                                  replace=False)
     model = model_for(config, data.num_items)
