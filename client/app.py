@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.local_data import client_key, load_local_data
+from common.audit.messages import message_audit_mod
 from common.config import RunConfig
 from common.federated import DeviceLimits, local_evaluate, local_train
 from common.privacy.ledger import PrivacyLedger
@@ -22,7 +23,7 @@ from common.privacy.ledger import PrivacyLedger
 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
 warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 
-app = ClientApp()
+app = ClientApp(mods=[message_audit_mod])  # records reply structure when audit-messages = true
 
 
 def _reply(msg: Message, metrics: dict, arrays: dict | None = None) -> Message:

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data import cached_sequence_data
 from common.errors import DataError
 from common.federated import check_local_data
 from common.interactions import Columns, load_interactions
-from common.partition import cached_partitioning
+from common.partition import cached_partitioning, cached_population
 from common.sequences import SequenceData, sequences_for_catalogue
 
 
@@ -56,7 +55,7 @@ def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:
             raise DataError(f"partition-id {pid} but the run has {partitioning.num_clients} clients "
                             f"(partition = {config.federation.partition}); start the simulation with "
                             f"num-supernodes = {partitioning.num_clients}")
-        local = cached_sequence_data(config.data).subset(partitioning.clients[pid])
+        local = cached_population(config.data, config.federation, config.train.seed).subset(partitioning.clients[pid])
         where = f"partition {pid}"
     else:
         raise DataError("node config names no data: set partition-id (simulation) or data-path and "

@@ -113,6 +113,9 @@ class FederationSettings:
     holdout_fraction: float = 0.0  # users kept out of training, as non-members for audits
     out_dir: str = ""  # "" -> runs/<timestamp>
     checkpoint_every: int = 1
+    canaries: int = 0  # audit: random-sequence canary users, each trained on with probability 1/2
+    canary_length: int = 20  # items per canary (the last two are its validation / test items)
+    audit_messages: bool = False  # audit: clients record each reply's structure in RUN_DIR/message-audit
 
     def validate(self) -> None:
         for key, value in (("num-server-rounds", self.num_server_rounds),
@@ -128,6 +131,8 @@ class FederationSettings:
         _check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0")
         _check(self.eval_users >= 0, "eval-users", "must be >= 0")
         _check(0.0 <= self.holdout_fraction < 1.0, "holdout-fraction", "must be in [0, 1)")
+        _check(self.canaries >= 0, "canaries", "must be >= 0")
+        _check(self.canary_length >= 3, "canary-length", "must be >= 3 (train, validation and test items)")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from common.config import DataSettings
 from common.datasets import MOVIELENS, cache_dir, resolve_interactions
 from common.interactions import Columns, load_interactions
@@ -69,3 +71,13 @@ def load_sequence_data(settings: DataSettings, use_cache: bool = True) -> Sequen
 def cached_sequence_data(settings: DataSettings) -> SequenceData:
     """Per-process memo: simulated clients in one worker share a single copy."""
     return load_sequence_data(settings)
+
+
+def append_users(data: SequenceData, sequences: np.ndarray, user_ids: np.ndarray) -> SequenceData:
+    """The same catalogue with extra users (audit canaries) after the real ones; indices unchanged."""
+    if len(sequences) == 0:
+        return data
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    offsets = np.concatenate([data.offsets, data.offsets[-1] + np.cumsum(lengths)])
+    items = np.concatenate([data.items, np.concatenate(list(sequences)).astype(data.items.dtype)])
+    return SequenceData(items, offsets, np.concatenate([data.user_ids, user_ids]), data.item_ids, dict(data.report))

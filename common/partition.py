@@ -8,13 +8,14 @@ one split instead of re-splitting the dataset each call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
 from common.config import DataSettings, FederationSettings
-from common.data import cached_sequence_data
+from common.audit.canaries import CanarySet, make_canaries
+from common.data import append_users, cached_sequence_data
 from common.sequences import SequenceData
 
 
@@ -22,6 +23,7 @@ from common.sequences import SequenceData
 class Partitioning:
     clients: tuple[np.ndarray, ...]  # user indices of each client
     holdout: np.ndarray  # users kept out of training (audit non-members)
+    canary_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rows of included canaries
 
     @property
     def num_clients(self) -> int:
@@ -71,9 +73,32 @@ def partition_users(data: SequenceData, fed: FederationSettings, seed: int) -> P
             clients = [np.sort(c) for c in np.array_split(rng.permutation(members), fed.num_partitions)]
         else:
             clients = dirichlet_split(user_labels(data), members, fed.num_partitions, fed.dirichlet_alpha, rng)
-    return Partitioning(tuple(clients), holdout)
+    included = np.flatnonzero(run_canaries(data.num_items, fed, seed).included)
+    canary_users = data.num_users + np.arange(len(included), dtype=np.int64)
+    if fed.partition == "user":
+        clients += [np.array([u]) for u in canary_users]
+    else:
+        for j, u in enumerate(canary_users):
+            clients[j % len(clients)] = np.append(clients[j % len(clients)], u)
+    return Partitioning(tuple(clients), holdout, canary_users)
+
+
+def run_canaries(num_items: int, fed: FederationSettings, seed: int) -> CanarySet:
+    """The run's canaries (all m of them, with which were included), regenerable from the seed."""
+    return make_canaries(num_items, fed.canaries, fed.canary_length, seed)
 
 
 @lru_cache(maxsize=4)
 def cached_partitioning(data_settings: DataSettings, fed: FederationSettings, seed: int) -> Partitioning:
     return partition_users(cached_sequence_data(data_settings), fed, seed)
+
+
+@lru_cache(maxsize=4)
+def cached_population(data_settings: DataSettings, fed: FederationSettings, seed: int) -> SequenceData:
+    """The training population: the dataset plus included canaries (the dataset itself without)."""
+    data = cached_sequence_data(data_settings)
+    canaries = run_canaries(data.num_items, fed, seed)
+    if not canaries.included.any():
+        return data
+    sequences = canaries.sequences[canaries.included]
+    return append_users(data, sequences, -1 - np.flatnonzero(canaries.included))  # canary j has user ID -1 - j

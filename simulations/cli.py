@@ -61,6 +61,15 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from common.audit.report import run_audit, summary_lines
+    report = run_audit(Path(args.run_dir), canary_guesses=args.canary_guesses, users=args.users,
+                       leakage_users=args.leakage_users)
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {Path(args.run_dir) / 'audit.json'} and audit.md")
+    return 1 if args.strict and report["failures"] else 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     for key, value in RunConfig().to_flat().items():
         print(f"{key} = {json.dumps(value)}")
@@ -91,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     partition.add_argument("--config", help="TOML file of run-config keys")
     _add_config_flags(partition, ("data", "train"))
     partition.set_defaults(handler=_cmd_partition)
+
+    audit = commands.add_parser("audit", help="privacy audit of a finished run (audit.json, audit.md, plots)")
+    audit.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt, config.json, privacy.json)")
+    audit.add_argument("--strict", action="store_true", help="exit 1 when any audit check fails")
+    audit.add_argument("--canary-guesses", type=int, default=0,
+                       help="canaries guessed IN and OUT each (default: a quarter of the canaries)")
+    audit.add_argument("--users", type=int, default=500, help="members and non-members each for membership inference")
+    audit.add_argument("--leakage-users", type=int, default=10, help="users whose updates are attacked offline")
+    audit.set_defaults(handler=_cmd_audit)
 
     config = commands.add_parser("config", help="list every run-config key with its default")
     config.set_defaults(handler=_cmd_config)

@@ -1,0 +1,120 @@
+"""User-level membership inference against the final model (Zhang et al., CCS 2021).
+
+Members are training users, non-members the run's holdout users. The attack scores a user by how
+well the model fits the user's training history: mean next-item cross-entropy (lower = member)
+and mean log-rank of each next item (lower = member). Reported: ROC AUC, TPR at 0.1% and 1% FPR,
+with bootstrap confidence intervals, and the ROC curve next to what (epsilon, delta)-DP allows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.models import SequenceRecommender
+from common.sequences import training_windows
+
+FPR_POINTS = (0.001, 0.01)
+
+
+@torch.no_grad()
+def sequence_scores(model: SequenceRecommender, sequences: list[np.ndarray], *, max_len: int,
+                    batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per sequence: mean next-item CE and mean log(1 + rank) of the next item over all of it."""
+    model.eval()
+    inputs, targets, owners = training_windows(sequences, max_len, "all")
+    loss_sum, rank_sum, count = (np.zeros(len(sequences)) for _ in range(3))
+    for start in range(0, len(inputs), batch_size):
+        x = torch.as_tensor(inputs[start:start + batch_size])  # (B, T)
+        y = torch.as_tensor(targets[start:start + batch_size])  # (B, T)
+        valid = y > 0  # (B, T)
+        logits = model.score(model.encode(x)[valid])  # (M, N)
+        target = y[valid] - 1  # (M,)
+        ce = F.cross_entropy(logits, target, reduction="none")  # (M,)
+        rank = (logits > logits.gather(1, target[:, None])).sum(1).float()  # (M,) 0 = top
+        rows = owners[start:start + batch_size][valid.nonzero()[:, 0].numpy()]  # (M,)
+        np.add.at(loss_sum, rows, ce.numpy())
+        np.add.at(rank_sum, rows, np.log1p(rank.numpy()))
+        np.add.at(count, rows, 1)
+    count = np.maximum(count, 1)
+    return {"loss": loss_sum / count, "log_rank": rank_sum / count}
+
+
+def roc_curve(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) for the rule "score >= threshold -> member", over every threshold (higher = member)."""
+    scores = np.concatenate([member_scores, nonmember_scores])
+    labels = np.concatenate([np.ones(len(member_scores)), np.zeros(len(nonmember_scores))])
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # last index of each distinct score
+    tpr = np.r_[0.0, np.cumsum(labels)[last] / max(labels.sum(), 1)]
+    fpr = np.r_[0.0, np.cumsum(1 - labels)[last] / max((1 - labels).sum(), 1)]
+    return fpr, tpr
+
+
+def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
+    """P(member score > non-member score) + 1/2 P(tie) (Mann-Whitney)."""
+    scores = np.concatenate([member_scores, nonmember_scores])
+    ranks = np.empty(len(scores))
+    order = np.argsort(scores, kind="stable")
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # average ranks over ties
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    n1, n0 = len(member_scores), len(nonmember_scores)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+    """Highest TPR of any threshold whose FPR is at most `target`."""
+    return float(tpr[fpr <= target + 1e-12].max())
+
+
+def attack_metrics(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, bootstrap: int = 200,
+                   seed: int = 0) -> dict:
+    """AUC and TPR at low FPR, each with a 95% bootstrap interval (members and non-members resampled)."""
+    def point(m, n):
+        fpr, tpr = roc_curve(m, n)
+        return [roc_auc(m, n)] + [tpr_at_fpr(fpr, tpr, f) for f in FPR_POINTS]
+
+    names = ["auc"] + [f"tpr_at_{f:g}_fpr" for f in FPR_POINTS]
+    estimate = point(member_scores, nonmember_scores)
+    rng = np.random.default_rng(seed)
+    draws = np.array([point(rng.choice(member_scores, len(member_scores)),
+                            rng.choice(nonmember_scores, len(nonmember_scores))) for _ in range(bootstrap)])
+    low, high = np.quantile(draws, [0.025, 0.975], axis=0)
+    return {name: {"value": float(v), "ci95": [float(lo), float(hi)]}
+            for name, v, lo, hi in zip(names, estimate, low, high)}
+
+
+def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
+    """Largest TPR an (epsilon, delta)-DP mechanism allows at each FPR (Kairouz et al. 2015):
+    TPR <= e^eps FPR + delta and 1 - FPR >= e^eps (1 - TPR) - ... i.e. TPR <= 1 - e^-eps (1 - delta - FPR)."""
+    fpr = np.asarray(fpr, dtype=float)
+    first = math.exp(min(epsilon, 700)) * fpr + delta
+    second = 1 - math.exp(-epsilon) * (1 - delta - fpr)
+    return np.clip(np.minimum(first, second), 0.0, 1.0)
+
+
+def membership_inference(model: SequenceRecommender, members: list[np.ndarray], nonmembers: list[np.ndarray], *,
+                         max_len: int, epsilon: float | None = None, delta: float | None = None,
+                         bootstrap: int = 200, seed: int = 0) -> dict:
+    """Both attacks on the given users' training sequences; `epsilon` (a DP run's claim) adds the bound."""
+    member = sequence_scores(model, members, max_len=max_len)
+    nonmember = sequence_scores(model, nonmembers, max_len=max_len)
+    result = {"members": len(members), "nonmembers": len(nonmembers), "attacks": {}, "curves": {}}
+    for name in ("loss", "log_rank"):
+        m, n = -member[name], -nonmember[name]  # higher = member
+        result["attacks"][name] = attack_metrics(m, n, bootstrap=bootstrap, seed=seed)
+        fpr, tpr = roc_curve(m, n)
+        result["curves"][name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        result["attacks"][name]["mean_member"] = float(member[name].mean())
+        result["attacks"][name]["mean_nonmember"] = float(nonmember[name].mean())
+    if epsilon is not None and delta is not None:
+        result["dp_bound"] = {"epsilon": epsilon, "delta": delta,
+                              "tpr_at_fpr": {f"{f:g}": float(dp_tpr_bound(np.array([f]), epsilon, delta)[0])
+                                             for f in FPR_POINTS}}
+    return result
