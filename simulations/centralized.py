@@ -46,33 +46,40 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     started = time.perf_counter()
     train_seconds = 0.0
     epoch = 0
-    for epoch in range(1, train.epochs + 1):
-        loader = window_loader(dataset, train.batch_size, train.seed + epoch)
-        epoch_start = time.perf_counter()
-        with tqdm(total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress,
-                  leave=False) as bar:
-            loss, _ = train_epoch(model, loader, optimizer, options, train.device, progress=bar)
-        train_seconds += time.perf_counter() - epoch_start
-        row = {"epoch": epoch, "loss": loss}
-        if epoch % train.eval_every == 0 or epoch == train.epochs:
-            model.eval()
-            row["validation"] = evaluate(model_scores(model), data, "validation", **eval_kwargs)
-            if row["validation"][key] > best:
-                best, best_epoch, stale = row["validation"][key], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-        row["seconds"] = time.perf_counter() - started
-        history.append(row)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        if show_progress:
-            val = row.get("validation", {}).get(key)
-            print(f"epoch {epoch}: loss {loss:.4f}" + (f"  val {key} {val:.4f}" if val is not None else ""),
-                  flush=True)
-        if stale >= train.patience:
-            break
+    interrupted = False
+    try:
+        for epoch in range(1, train.epochs + 1):
+            loader = window_loader(dataset, train.batch_size, train.seed + epoch)
+            epoch_start = time.perf_counter()
+            with tqdm(total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress,
+                      leave=False) as bar:
+                loss, _ = train_epoch(model, loader, optimizer, options, train.device, progress=bar)
+            train_seconds += time.perf_counter() - epoch_start
+            row = {"epoch": epoch, "loss": loss}
+            if epoch % train.eval_every == 0 or epoch == train.epochs:
+                model.eval()
+                row["validation"] = evaluate(model_scores(model), data, "validation", **eval_kwargs)
+                if row["validation"][key] > best:
+                    best, best_epoch, stale = row["validation"][key], epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+            row["seconds"] = time.perf_counter() - started
+            history.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if show_progress:
+                val = row.get("validation", {}).get(key)
+                print(f"epoch {epoch}: loss {loss:.4f}" + (f"  val {key} {val:.4f}" if val is not None else ""),
+                      flush=True)
+            if stale >= train.patience:
+                break
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learned, report on the best epoch
+        interrupted = True
+        print(f"interrupted in epoch {epoch}; reporting the best epoch so far ({best_epoch})", flush=True)
     log.close()
+    if best_state is None:
+        raise KeyboardInterrupt("stopped before the first validation: nothing to report")
 
     model.load_state_dict(best_state)
     model.eval()
@@ -83,7 +90,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
                   for split in ("validation", "test")}
     save_model(out_dir / "model.pt", model, data.item_ids, run_config=config.to_flat(), best_epoch=best_epoch)
     metrics = {"validation": validation, "test": test, "popularity_baseline": popularity,
-               "best_epoch": best_epoch, "epochs_run": epoch, "num_users": data.num_users,
+               "best_epoch": best_epoch, "epochs_run": epoch, "interrupted": interrupted, "num_users": data.num_users,
                "num_items": data.num_items, "wall_seconds": time.perf_counter() - started,
                "train_seconds_per_epoch": train_seconds / max(epoch, 1), "peak_rss_mb": peak_rss_mb()}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -38,8 +38,15 @@ def _flat_from_args(args: argparse.Namespace) -> dict:
     return flat
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
     from simulations.centralized import train_centralized
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops training but keeps the results
     config = RunConfig.from_flat(_flat_from_args(args), where="fedseqrec train")
     metrics = train_centralized(config, Path(args.out), show_progress=not args.quiet)
     k = config.train.top_k

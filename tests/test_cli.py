@@ -108,3 +108,28 @@ def test_config_lists_every_key_with_its_default(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     listed = {key: json.loads(value) for key, value in (line.split(" = ", 1) for line in lines)}
     assert listed == RunConfig().to_flat()
+
+
+def test_sigterm_stops_training_but_keeps_the_best_model(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "FEDSEQREC_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "train", "--data", "synthetic", "--out",
+                             str(out), "--epochs", "500", "--patience", "500", "--max-len", "10",
+                             "--emb-dim", "8", "--synthetic-users", "60", "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                          and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["interrupted"] is True and 2 <= metrics["epochs_run"] < 500
+    assert (out / "model.pt").exists() and "ndcg@10" in metrics["test"]
