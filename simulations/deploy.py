@@ -16,6 +16,7 @@ are written to `<work>/logs/`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -371,10 +372,11 @@ class LoopbackDeployment:
     def stop(self) -> None:
         """Stop every process started (and its descendants); safe to call twice."""
         if self.tracker is not None:
-            self.tracker.close(self.stop_grace)
-            (self.logs / "pids.json").write_text(json.dumps(
-                {"started": {n: p.pid for n, p in self.tracker.started.items()}, "all": self.tracker.pids(),
-                 "alive_after_stop": self.tracker.alive()}, indent=2))
+            with _signals_deferred():  # a second Ctrl-C must not cut the clean-up short
+                self.tracker.close(self.stop_grace)
+                (self.logs / "pids.json").write_text(json.dumps(
+                    {"started": {n: p.pid for n, p in self.tracker.started.items()}, "all": self.tracker.pids(),
+                     "alive_after_stop": self.tracker.alive()}, indent=2))
 
     def pids(self) -> list[int]:
         return self.tracker.pids() if self.tracker else []
@@ -516,27 +518,46 @@ class LoopbackDeployment:
         if code != 0:
             raise DeploymentError(f"flwr run exited with code {code}; see {log}")
         # `flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
-        match = re.search(r"Successfully started run (\d+)", log.read_text(errors="replace"))
-        if match is None:
+        started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace"))
+        if not started:
             raise DeploymentError(f"flwr run did not start a run; see {log}")
-        self.run_id = int(match.group(1))
-        status = self.run_status(self.run_id)
+        self.run_id = int(started[-1])  # the log is appended to: the last run is this one
+        info = self.run_info(self.run_id)
         deadline = time.monotonic() + 60.0
-        while not status.startswith("finished") and time.monotonic() < deadline:
+        while not info.get("status", "").startswith("finished") and time.monotonic() < deadline:
             time.sleep(1.0)
-            status = self.run_status(self.run_id)
-        if status != "finished:completed":
-            raise DeploymentError(f"run {self.run_id} ended as {status or 'unknown'}; see {log}")
+            info = self.run_info(self.run_id)
+        if info.get("status") != "finished:completed":
+            raise DeploymentError(f"run {self.run_id} ended as {info.get('status') or 'unknown'}: "
+                                  f"{info.get('status-details', '')}; see {log}")
         return log
 
-    def run_status(self, run_id: int) -> str:
-        """The SuperLink's status of a run, e.g. 'running' or 'finished:completed' ('' if unknown)."""
+    def run_info(self, run_id: int) -> dict:
+        """`flwr ls --run-id` as a dict: 'status' ('running', 'finished:completed', ...), 'status-details', ..."""
         result = self.flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], "run-status", check=False)
         try:
             runs = json.loads(result.stdout).get("runs", [])
         except ValueError:
-            return ""
-        return str(runs[0].get("status", "")) if runs else ""
+            return {}
+        return {k: str(v) if k.startswith("status") else v for k, v in runs[0].items()} if runs else {}
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM while the block runs (main thread only); deliver them afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -584,20 +605,41 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the full interactions file (or ml-100k, ml-1m, synthetic)")
+    parser.add_argument("--data", help="the full interactions file (or ml-100k, ml-1m, synthetic)")
     parser.add_argument("--nodes", type=int, default=2, help="number of SuperNodes (devices)")
     parser.add_argument("--rounds", type=int, default=2, help="num-server-rounds")
-    parser.add_argument("--work", required=True, help="work dir: partition, certificates, keys, logs, run results")
+    parser.add_argument("--work", help="work dir: partition, certificates, keys, logs, run results")
     parser.add_argument("--model", default="sasrec")
     parser.add_argument("--run-config", help="TOML of further run-config overrides")
     parser.add_argument("--no-node-auth", action="store_true", help="skip SuperNode authentication")
     parser.add_argument("--insecure", action="store_true", help="no TLS (and no node auth)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the run may take")
+    tools = parser.add_argument_group("for a real deployment (nothing is started)")
+    tools.add_argument("--make-certificates", metavar="DIR",
+                       help="write ca.crt, server.pem, server.key (and ca.key) for the SuperLink's --host names")
+    tools.add_argument("--host", action="append", help="SuperLink host name or IP for the certificate (repeat)")
+    tools.add_argument("--make-node-key", metavar="PATH",
+                       help="write an EC P-384 OpenSSH key pair PATH and PATH.pub for one SuperNode")
     args = parser.parse_args(argv)
+    if args.make_certificates or args.make_node_key:
+        if args.make_certificates:
+            certs = make_certificates(args.make_certificates, tuple(args.host or ("127.0.0.1", "localhost")))
+            print(f"CA certificate (give to every SuperNode and the flwr CLI): {certs.ca_cert}\n"
+                  f"SuperLink certificate and key: {certs.server_cert} {certs.server_key}")
+        if args.make_node_key:
+            path = Path(args.make_node_key)
+            keys = make_node_keys(path.parent, path.name)
+            print(f"private key (stays on the device): {keys.private_key}\n"
+                  f"public key (register it: flwr supernode register {keys.public_key} <connection>): "
+                  f"{keys.public_key}")
+        return 0
+    if not args.data or not args.work:
+        parser.error("--data and --work are required for the loopback demo")
     overrides = {}
     if args.run_config:
         import tomllib
         overrides = tomllib.loads(Path(args.run_config).read_text())
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # clean up on SIGTERM as on Ctrl-C
     try:
         summary = demo(args.data, args.nodes, args.rounds, Path(args.work), model=args.model, overrides=overrides,
