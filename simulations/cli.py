@@ -77,6 +77,47 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 1 if args.strict and report["failures"] else 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from common.export import export_run
+    paths = export_run(Path(args.run_dir), Path(args.out), int8=args.int8)
+    for path in paths:
+        print(f"{path}  ({path.stat().st_size:,} bytes)")
+    metadata = json.loads((Path(args.out) / "metadata.json").read_text())
+    print(f"popularity fallback: {metadata['popularity']}", file=sys.stderr)
+    return 0
+
+
+def _history_ids(path: Path, user: int | None) -> list[int]:
+    """One user's item IDs from a user_id,item_id,timestamp file, oldest first."""
+    from common.interactions import ITEM, TIME, USER, load_interactions
+    frame = load_interactions(path)
+    users = frame[USER].unique()
+    if user is None:
+        if len(users) > 1:
+            raise FedSeqRecError(f"{path}: holds {len(users)} users; pick one with --user")
+    elif user not in set(users.tolist()):
+        raise FedSeqRecError(f"{path}: no rows for user {user}")
+    else:
+        frame = frame[frame[USER] == user]
+    return frame.sort_values(TIME, kind="stable")[ITEM].tolist()
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from client.ondevice import OnDeviceRecommender, read_item_titles
+    titles = read_item_titles(args.items_file) if args.items_file else {}
+    recommender = OnDeviceRecommender.load(args.model, threads=args.threads)
+    result = recommender.recommend(_history_ids(Path(args.history), args.user), k=args.k)
+    notes = [f"source: {result.source}"]
+    if result.unknown:
+        notes.append(f"ignored {len(result.unknown)} item(s) outside the model's catalogue")
+    if result.truncated:
+        notes.append(f"used the latest {recommender.max_len} items; {result.truncated} older ones only excluded")
+    print("; ".join(notes), file=sys.stderr)
+    for rank, item in enumerate(result.items, start=1):
+        print(f"{rank}\t{item}" + (f"\t{titles.get(item, '?')}" if titles else ""))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     for key, value in RunConfig().to_flat().items():
         print(f"{key} = {json.dumps(value)}")
@@ -116,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--users", type=int, default=500, help="members and non-members each for membership inference")
     audit.add_argument("--leakage-users", type=int, default=10, help="users whose updates are attacked offline")
     audit.set_defaults(handler=_cmd_audit)
+
+    export = commands.add_parser("export", help="the global model as ONNX (+ int8) for on-device recommendation")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt, privacy.json)")
+    export.add_argument("--out", required=True, help="folder for model.onnx, items.json, metadata.json")
+    export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantization)")
+    export.set_defaults(handler=_cmd_export)
+
+    recommend = commands.add_parser("recommend", help="top-k items for one history with an exported model")
+    recommend.add_argument("--model", required=True, help="DIR/model.onnx or DIR/model.int8.onnx from export")
+    recommend.add_argument("--history", required=True, help="CSV with user_id,item_id,timestamp")
+    recommend.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
+    recommend.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
+    recommend.add_argument("--items-file", default=None, help="MovieLens movies.dat or u.item, to print titles")
+    recommend.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
+    recommend.set_defaults(handler=_cmd_recommend)
 
     config = commands.add_parser("config", help="list every run-config key with its default")
     config.set_defaults(handler=_cmd_config)

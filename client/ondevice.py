@@ -1,0 +1,162 @@
+"""Next-item recommendation on the device from an exported model: onnxruntime and numpy only.
+
+It never imports torch (a phone has none), nor anything from `common` that does: the item mapping,
+left padding, masking of seen items and the popularity fallback for empty histories are here, in
+numpy. Files come from `fedseqrec export`: model.onnx (or model.int8.onnx) with its metadata in
+`metadata_props`, and items.json beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnxruntime as ort
+
+from common.errors import ConfigError, DataError
+
+FORMAT = "fedseqrec-ondevice/1"  # as written by common.export (which needs torch, so it is not imported)
+METADATA_KEY = "fedseqrec"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[int]  # original item IDs, best first; never one from the history
+    scores: list[float]  # model logits, or popularity counts when source = "popularity"
+    source: str  # "model", "popularity", or "model-empty-history" (no popularity vector exported)
+    unknown: list[int]  # history IDs outside the model's catalogue, in history order: ignored
+    truncated: int  # oldest known items beyond max_len: not fed to the model, still excluded
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """One thread by default: a device shares its cores with the app, and one call is ~1 ms anyway."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+class OnDeviceRecommender:
+    def __init__(self, session: ort.InferenceSession, metadata: dict, item_ids: np.ndarray,
+                 popularity: np.ndarray | None):
+        self.session = session
+        self.metadata = metadata
+        self.max_len = int(metadata["max_len"])
+        self.num_items = int(metadata["num_items"])
+        self.item_ids = item_ids  # (N + 1,) original ID of each index; [0] = padding
+        self.popularity = popularity  # (N + 1,) or None
+        self._input, self._output = metadata["input"], metadata["output"]
+        self._order = np.argsort(item_ids[1:], kind="stable")  # (N,) index - 1, by original ID
+        self._sorted_ids = item_ids[1:][self._order]  # (N,)
+
+    @classmethod
+    def load(cls, model_path: str | Path, *, threads: int = 1) -> "OnDeviceRecommender":
+        path = Path(model_path)
+        if not path.is_file():
+            raise DataError(f"{path}: no model file; create one with `fedseqrec export RUN_DIR --out DIR`")
+        try:
+            session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise DataError(f"{path}: not a loadable ONNX model ({exc})") from exc
+        raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise DataError(f"{path}: no '{METADATA_KEY}' metadata; export the model with `fedseqrec export`")
+        try:
+            metadata = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: unreadable '{METADATA_KEY}' metadata ({exc})") from exc
+        if metadata.get("format") != FORMAT:
+            raise DataError(f"{path}: format {metadata.get('format')!r}, this runner reads {FORMAT!r}")
+        item_ids, popularity = _read_items(path.parent / metadata["items_file"], int(metadata["num_items"]))
+        width = session.get_inputs()[0].shape[1]
+        if width != metadata["max_len"]:
+            raise DataError(f"{path}: graph input has {width} positions, metadata says max_len {metadata['max_len']}")
+        return cls(session, metadata, item_ids, popularity)
+
+    def scores(self, inputs: np.ndarray) -> np.ndarray:
+        """(B, max_len) left-padded item indices -> (B, N) scores (index j = item j + 1)."""
+        return self.session.run([self._output], {self._input: np.ascontiguousarray(inputs, dtype=np.int64)})[0]
+
+    def to_indices(self, history: Iterable[int]) -> tuple[np.ndarray, list[int]]:
+        """Known items as model indices (history order), and the unknown original IDs."""
+        ids = np.asarray(history if isinstance(history, np.ndarray) else list(history))  # (H,)
+        if ids.size == 0:
+            ids = ids.astype(np.int64)
+        elif ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise DataError(f"history must be a flat sequence of integer item IDs, got {ids.dtype} {ids.shape}")
+        pos = np.searchsorted(self._sorted_ids, ids).clip(max=self.num_items - 1)  # (H,)
+        known = self._sorted_ids[pos] == ids  # (H,)
+        return self._order[pos[known]] + 1, [int(i) for i in ids[~known]]
+
+    def recommend(self, history: Iterable[int], k: int = 10) -> Recommendation:
+        """Top-k original item IDs after a chronological history of original IDs (oldest first)."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        indices, unknown = self.to_indices(history)
+        if len(indices) == 0 and self.popularity is not None:
+            scores, source = self.popularity[1:], "popularity"  # (N,)
+        else:
+            inputs = np.zeros((1, self.max_len), dtype=np.int64)  # (1, L) left-padded
+            tail = indices[-self.max_len:]
+            inputs[0, self.max_len - len(tail):] = tail
+            scores = self.scores(inputs)[0]  # (N,) float32
+            source = "model" if len(indices) else "model-empty-history"
+        top = top_k(scores, exclude=indices - 1, k=k)
+        return Recommendation(items=[int(i) for i in self.item_ids[top + 1]], scores=[float(s) for s in scores[top]],
+                              source=source, unknown=unknown, truncated=max(0, len(indices) - self.max_len))
+
+
+def top_k(scores: np.ndarray, *, exclude: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best scores, best first, never an excluded one; ties go to the lower position.
+
+    NaN counts as -inf, as in evaluation, so that a diverged model cannot look good."""
+    values = np.where(np.isnan(scores), np.inf, -scores)  # (N,) smaller is better
+    allowed = np.ones(len(scores), dtype=bool)  # (N,)
+    allowed[exclude] = False
+    values[~allowed] = np.inf
+    k = min(k, int(allowed.sum()))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(values, k - 1)[k - 1]
+    pool = np.flatnonzero((values <= kth) & allowed)  # (>= k,) all as good as the k-th: ties included
+    return pool[np.lexsort((pool, values[pool]))][:k]  # score desc, then position asc
+
+
+def _read_items(path: Path, num_items: int) -> tuple[np.ndarray, np.ndarray | None]:
+    if not path.is_file():
+        raise DataError(f"{path}: item mapping missing; it must sit beside the model (written by fedseqrec export)")
+    try:
+        blob = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable item mapping ({exc})") from exc
+    item_ids = np.asarray(blob["item_ids"], dtype=np.int64)  # (N + 1,)
+    if item_ids.shape != (num_items + 1,):
+        raise DataError(f"{path}: {len(item_ids)} item IDs for a model of {num_items} items + padding")
+    popularity = blob.get("popularity")
+    if popularity is not None:
+        popularity = np.asarray(popularity, dtype=np.float64)  # (N + 1,)
+        if popularity.shape != item_ids.shape:
+            raise DataError(f"{path}: popularity has {len(popularity)} entries, expected {len(item_ids)}")
+    return item_ids, popularity
+
+
+def read_item_titles(path: str | Path) -> dict[int, str]:
+    """Original item ID -> title from MovieLens item metadata: movies.dat (`ID::Title::Genres`) or
+    u.item (`ID|Title|...`), both latin-1."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: item metadata file not found (MovieLens movies.dat or u.item)")
+    titles = {}
+    for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("::") if "::" in line else line.split("|")
+        if len(fields) < 2 or not fields[0].strip().isdigit():
+            raise DataError(f"{path}:{number}: expected 'ID::Title::Genres' or 'ID|Title|...', got {line[:60]!r}")
+        titles[int(fields[0])] = fields[1]
+    return titles
