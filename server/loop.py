@@ -108,6 +108,7 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
     fed = config.federation
     log(INFO, "fedseqrec: %d clients available, %d per round", len(keys), min(fed.clients_per_round, len(keys)))
     key = f"ndcg@{config.train.top_k}"
+    known_nodes = set(grid.get_node_ids())
     arrays = ArrayRecord(state.arrays)
     started = time.perf_counter()
     for server_round in range(state.round + 1, fed.num_server_rounds + 1):
@@ -116,6 +117,10 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
             state.stopped_early = f"max-epsilon reached before round {server_round}"
             break
         round_start = time.perf_counter()
+        nodes = set(grid.get_node_ids())
+        if nodes != known_nodes:  # a node left, joined, or came back with a new id: ask again who is who
+            keys, known_nodes = discover_clients(grid, timeout) or keys, nodes
+            log(INFO, "fedseqrec: nodes changed; %d clients identified", len(keys))
         np.random.seed(client_seed(config.train.seed, server_round, -1))  # Flower's DP noise uses numpy's global RNG
         chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round)
         new_arrays, stats, per_client = train_round(grid, strategy, server_round, arrays, [keys[c] for c in chosen],
