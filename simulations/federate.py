@@ -49,6 +49,9 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0) -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    for var in ("FEDSEQREC_DATA_DIR", "FEDSEQREC_CACHE"):  # the SuperLink's processes run elsewhere
+        if env.get(var):
+            env[var] = str(Path(env[var]).expanduser().resolve())
     before = _superlink_pids()
     command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT_DIR), "--stream",
                "--federation-config", f"num_supernodes={clients} client_resources_num_cpus={cpus_per_client:g}"]
