@@ -24,13 +24,7 @@ def round_event(noise_multiplier: float, num_sampled: int, population: int) -> d
 
 def dpfedavg_epsilon(*, noise_multiplier: float, num_sampled: int, population: int, rounds: int,
                      delta: float) -> float:
-    if rounds == 0:
-        return 0.0
-    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if num_sampled < population
-                else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
-    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=relation)
-    accountant.compose(round_event(noise_multiplier, num_sampled, population), rounds)
-    return float(accountant.get_epsilon(delta))
+    return dpfedavg_epsilon_events([(noise_multiplier, num_sampled, population)] * rounds, delta=delta)
 
 
 def dpfedavg_epsilon_events(events: list[tuple[float, int, int]], *, delta: float) -> float:
