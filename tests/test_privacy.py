@@ -152,6 +152,20 @@ def test_client_at_its_budget_declines_and_spends_nothing(client_data):
     assert ledger.history == history  # declining spends nothing
 
 
+def test_target_epsilon_holds_when_batches_do_not_divide_the_samples(client_data):
+    # 40 users / batch 9: Opacus takes ceil(40 / 9) = 5 Poisson batches per epoch at rate 1/5;
+    # planning round(40 / 9) = 4 steps at rate 9/40 overshot the target.
+    config = dp_config(**{"batch-size": 9, "target-epsilon": 2.0, "noise-multiplier": 0.0, "local-epochs": 2})
+    arrays = build_model(ModelConfig("sasrec", client_data.num_items, 10, 8, num_layers=1)).arrays()
+    ledger = PrivacyLedger("rdp")
+    for server_round in range(3):
+        result = local_train(config, client_data, arrays, server_round=server_round, client=0, ledger=ledger,
+                             expected_rounds=3)
+    assert result.metrics["sample-rate"] == pytest.approx(1 / 5)
+    assert result.metrics["dp-steps"] == 2 * 5
+    assert 1.9 < result.metrics["epsilon"] <= 2.0
+
+
 def test_device_owner_limits_override_the_run(client_data):
     arrays = build_model(ModelConfig("sasrec", client_data.num_items, 10, 8, num_layers=1)).arrays()
     config = dp_config(**{"max-epsilon": 100.0})

@@ -8,6 +8,7 @@ guarantee is event-level (one interaction).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -42,8 +43,12 @@ def plan_round(config: RunConfig, num_samples: int, unit: str, expected_rounds: 
     """Noise, rate and steps for one round. With a target epsilon, the noise is the smallest that
     keeps epsilon within target over `expected_rounds` participations."""
     privacy, fed = config.privacy, config.federation
-    sample_rate = min(1.0, config.train.batch_size / num_samples)
-    steps = fed.local_epochs * max(1, int(round(1 / sample_rate)))
+    # Exactly what Opacus does with a DataLoader of this batch size: rate 1 / len(loader) and
+    # len(loader) Poisson batches per epoch. A rate of batch / samples with round(1 / rate) steps
+    # planned fewer steps than Opacus takes whenever samples % batch != 0, overshooting the target.
+    batches_per_epoch = max(1, math.ceil(num_samples / config.train.batch_size))
+    sample_rate = 1.0 / batches_per_epoch
+    steps = fed.local_epochs * batches_per_epoch
     noise = privacy.noise_multiplier
     if privacy.target_epsilon > 0:
         noise = get_noise_multiplier(target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
@@ -73,8 +78,9 @@ def train_private(model: torch.nn.Module, dataset: TensorDataset, plan: DPPlan, 
     privacy = config.privacy
     generator = None if privacy.secure_mode else torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr)
-    loader = DataLoader(dataset, batch_size=max(1, int(round(plan.sample_rate * len(dataset)))),
-                        generator=generator)
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, generator=generator)
+    if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:  # the ledger must record Opacus' real rate
+        raise RuntimeError(f"DP plan rate {plan.sample_rate} != Opacus rate {1.0 / len(loader)}")
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=privacy.secure_mode)
     private_model, private_optimizer, private_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
