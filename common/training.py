@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.allocator import retain_freed_memory
 from common.config import ModelSettings, RunConfig
 from common.losses import next_item_loss
 from common.models import ModelConfig, SequenceRecommender, build_model
@@ -56,6 +57,7 @@ def train_epoch(model: SequenceRecommender, batches: Iterable, optimizer: torch.
                 options: StepOptions = StepOptions(), device: str = "cpu",
                 global_params: list[torch.Tensor] | None = None, progress=None) -> tuple[float, int]:
     """One pass over `batches`; returns (mean loss, number of sequences seen)."""
+    retain_freed_memory()  # every step frees and re-allocates tensors of tens of MB
     model.train()
     total, seen = 0.0, 0
     for inputs, targets in batches:

@@ -1,11 +1,18 @@
-"""Privacy-audit benchmark (issue 5): membership-inference AUC and the empirical epsilon lower
-bound from canaries, for the non-private federation and for DP runs of both mechanisms.
+"""Privacy grid (issues 4 and 5): utility, membership-inference AUC and the empirical epsilon
+lower bound from canaries, without DP and at several target epsilons, for both mechanisms.
 
-Each setting is a real simulated federation (in a child process, as `fedseqrec federate` would
-run it) with holdout users and canaries, followed by `fedseqrec audit`'s checks.
+Each mechanism runs in the federation it protects users in:
+- client-side DP-SGD in cross-silo (10 IID silos, every silo every round): each user is one DP
+  sample of its silo's updates, so the guarantee is user-level per client;
+- server-side DP-FedAvg in cross-device (one user per client, a sample of clients per round):
+  one client's whole contribution is one user's, so the guarantee is user-level.
+Each has its own non-private reference run in the same federation. Every run is a real simulated
+federation (in a child process, as `fedseqrec federate` would run it) with holdout users
+(non-members for the MIA) and canaries, followed by `fedseqrec audit`'s checks. Finished settings
+in OUT/results.json are kept, so an interrupted grid resumes where it stopped.
 
     FEDSEQREC_DATA_DIR=/work/shared/data .venv/bin/python -m simulations.bench_audit \
-        --data ml-100k --rounds 5 --epsilons 8 --out runs/bench-audit
+        --data ml-1m --epsilons 8 4 1 2 --out runs/bench-privacy
 """
 
 from __future__ import annotations
@@ -19,23 +26,40 @@ import time
 from pathlib import Path
 
 from common.audit.report import run_audit
+from common.config import RunConfig
+from common.plots import plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
+MODEL = {"model": "sasrec", "max-len": 50, "emb-dim": 64, "num-layers": 2, "dropout": 0.2,
+         "train-windows": "last"}
+SILO = {"partition": "iid", "num-partitions": 10, "clients-per-round": 10, "local-epochs": 3,
+        "local-lr": 0.005, "batch-size": 64}
+DEVICE = {"partition": "user", "local-epochs": 1, "local-lr": 0.005, "batch-size": 64}
+# Tuned for DP-SGD on a one-silo proxy at epsilon 8 (4 rounds): larger Poisson batches (less noise
+# per step relative to the signal) and a larger step beat the non-private batch 32-64 / lr 0.003-0.005.
+CLIENT_DP = {"dp-mode": "client", "max-grad-norm": 1.0, "batch-size": 128, "local-lr": 0.01}
+SERVER_DP = {"dp-mode": "server", "clipping-norm": 1.0}
 
-def base_config(data: str, rounds: int, canaries: int) -> dict:
-    return {"data": data, "partition": "iid", "num-partitions": 10, "clients-per-round": 10,
-            "num-server-rounds": rounds, "local-epochs": 3, "local-lr": 0.005, "train-windows": "last",
-            "max-len": 50, "emb-dim": 64, "num-layers": 2, "dropout": 0.2, "batch-size": 64,
-            "holdout-fraction": 0.2, "canaries": canaries, "canary-length": 22, "eval-users": 200}
+
+def base_config(data: str, canaries: int, holdout: float) -> dict:
+    return {"data": data, **MODEL, "holdout-fraction": holdout, "canaries": canaries, "canary-length": 22,
+            "eval-users": 500}
 
 
-def settings(epsilons: list[float]) -> dict[str, dict]:
-    runs = {"no-dp": {"dp-mode": "none"}}
+def settings(epsilons: list[float], silo_rounds: int, device_rounds: int, per_round: int) -> dict[str, dict]:
+    silo = {**SILO, "num-server-rounds": silo_rounds}
+    device = {**DEVICE, "num-server-rounds": device_rounds, "clients-per-round": per_round}
+    runs = {"no-dp-silo": silo, "no-dp-device": device}
     for eps in epsilons:
-        runs[f"server-eps{eps:g}"] = {"dp-mode": "server", "target-epsilon": eps, "clipping-norm": 1.0}
-        runs[f"client-eps{eps:g}"] = {"dp-mode": "client", "target-epsilon": eps, "max-grad-norm": 1.0}
+        runs[f"client-eps{eps:g}"] = {**silo, **CLIENT_DP, "target-epsilon": eps}
+        runs[f"server-eps{eps:g}"] = {**device, **SERVER_DP, "target-epsilon": eps}
     return runs
+
+
+def num_clients(config: dict) -> int:
+    from simulations.federate import num_clients as count
+    return count(RunConfig.from_flat(config))
 
 
 def simulate_in_child(run_config: dict, num_supernodes: int, log: Path) -> float:
@@ -47,37 +71,71 @@ def simulate_in_child(run_config: dict, num_supernodes: int, log: Path) -> float
     return time.perf_counter() - started
 
 
+def row_for(name: str, run_dir: Path, seconds: float) -> dict:
+    report = run_audit(run_dir, users=500, leakage_users=5)
+    mia, can = report["membership"]["attacks"], report["canaries"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    privacy_file = run_dir / "privacy.json"
+    privacy = json.loads(privacy_file.read_text()) if privacy_file.exists() else {}
+    return {"setting": name, "claimed_epsilon": report["claimed_epsilon"],
+            "noise_multiplier": privacy.get("noise_multiplier"), "delta": report["delta"],
+            "unit_of_privacy": report["unit_of_privacy"],
+            "auc_loss": mia["loss"]["auc"], "auc_log_rank": mia["log_rank"]["auc"],
+            "tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
+            "canary_correct": f"{can['correct']}/{can['guesses']}",
+            "epsilon_lower_bound": can["epsilon_lower_bound"],
+            "exposure_included": can["exposure"]["mean_included"],
+            "exposure_excluded": can["exposure"]["mean_excluded"],
+            "update_leakage": report["update_leakage"]["settings"],
+            "test_ndcg@10": summary["test"]["ndcg@10"], "test_hr@10": summary["test"]["hr@10"],
+            "failures": report["failures"], "sim_seconds": seconds}
+
+
+def plot_utility(out: Path, rows: list[dict]) -> None:
+    """NDCG@10 against target epsilon per mechanism, with its non-private reference."""
+    by_name = {row["setting"]: row for row in rows}
+    for mechanism, reference_name in (("client", "no-dp-silo"), ("server", "no-dp-device")):
+        reference = by_name.get(reference_name)
+        private = sorted((float(n.split("eps")[1]), r["test_ndcg@10"]) for n, r in by_name.items()
+                         if n.startswith(f"{mechanism}-eps"))
+        if not private or reference is None:
+            continue
+        xs = [eps for eps, _ in private]
+        plot_curves(out / f"privacy-utility-{mechanism}.png", xs,
+                    {"test NDCG@10": [v for _, v in private],
+                     "non-private": [reference["test_ndcg@10"]] * len(xs)},
+                    xlabel="target epsilon (user-level)", title=f"privacy-utility, {mechanism}-side DP")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="ml-100k")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--silo-rounds", type=int, default=4)
+    parser.add_argument("--device-rounds", type=int, default=20)
+    parser.add_argument("--clients-per-round", type=int, default=200, help="cross-device runs")
     parser.add_argument("--canaries", type=int, default=200)
+    parser.add_argument("--holdout-fraction", type=float, default=0.1)
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 4.0, 8.0])
     parser.add_argument("--only", nargs="*", help="run only these settings (names as in the table)")
-    parser.add_argument("--out", default="runs/bench-audit")
+    parser.add_argument("--out", default="runs/bench-privacy")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, extra in settings(args.epsilons).items():
-        if args.only and name not in args.only:
+    results_file = out / "results.json"
+    rows = json.loads(results_file.read_text()) if results_file.exists() else []
+    done = {row["setting"] for row in rows}
+    grid = settings(args.epsilons, args.silo_rounds, args.device_rounds, args.clients_per_round)
+    for name, extra in grid.items():
+        if (args.only and name not in args.only) or name in done:
             continue
         run_dir = (out / name).resolve()
-        config = {**base_config(args.data, args.rounds, args.canaries), **extra, "out-dir": str(run_dir)}
-        seconds = simulate_in_child(config, 10, out / f"{name}.log")
-        report = run_audit(run_dir, users=500, leakage_users=5)
-        mia, can = report["membership"]["attacks"], report["canaries"]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        rows.append({"setting": name, "claimed_epsilon": report["claimed_epsilon"],
-                     "auc_loss": mia["loss"]["auc"], "auc_log_rank": mia["log_rank"]["auc"],
-                     "tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
-                     "canary_correct": f"{can['correct']}/{can['guesses']}",
-                     "epsilon_lower_bound": can["epsilon_lower_bound"],
-                     "exposure_included": can["exposure"]["mean_included"],
-                     "exposure_excluded": can["exposure"]["mean_excluded"],
-                     "test_ndcg@10": summary["test"]["ndcg@10"], "failures": report["failures"],
-                     "sim_seconds": seconds})
-        (out / "results.json").write_text(json.dumps(rows, indent=2))
+        config = {**base_config(args.data, args.canaries, args.holdout_fraction), **extra, "out-dir": str(run_dir)}
+        clients = num_clients(config)
+        print(f"{name}: {clients} clients, {config['num-server-rounds']} rounds ...", flush=True)
+        seconds = simulate_in_child(config, clients, out / f"{name}.log")
+        rows.append(row_for(name, run_dir, seconds))
+        results_file.write_text(json.dumps(rows, indent=2))
+        plot_utility(out, rows)
         row = rows[-1]
         print(f"{name}: claimed eps {row['claimed_epsilon']}, AUC(loss) {row['auc_loss']['value']:.3f} "
               f"{row['auc_loss']['ci95']}, canaries {row['canary_correct']}, eps_lb {row['epsilon_lower_bound']:.3f}, "

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -183,3 +187,26 @@ def test_from_toml(tmp_path):
     path.write_text("epohcs = 4\n")
     with pytest.raises(ConfigError, match=f"^{path}: unknown key 'epohcs'; did you mean 'epochs'"):
         RunConfig.from_toml(path)
+
+
+ALLOCATION_PROBE = """
+import psutil, torch
+from common.allocator import retain_freed_memory
+applied = retain_freed_memory()
+x = torch.ones(16 << 20)  # 64 MiB, above glibc's default mmap threshold
+before = psutil.Process().memory_info().rss
+del x
+print(applied, (before - psutil.Process().memory_info().rss) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc malloc tuning")
+@pytest.mark.parametrize("setting, retained", [("1", True), ("0", False)])
+def test_freed_tensor_memory_is_kept_for_the_next_step(setting, retained):
+    env = {**os.environ, "FEDSEQREC_RETAIN_MEMORY": setting}
+    out = subprocess.run([sys.executable, "-c", ALLOCATION_PROBE], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    applied, dropped_mib = out[0] == "True", float(out[1])
+    assert applied is retained
+    assert (dropped_mib < 8) if retained else (dropped_mib > 56)
