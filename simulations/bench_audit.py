@@ -107,22 +107,49 @@ def plot_utility(out: Path, rows: list[dict]) -> None:
                     xlabel="target epsilon (user-level)", title=f"privacy-utility, {mechanism}-side DP")
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The grid as BENCHMARKS.md shows it: utility and attack results side by side."""
+    by_name = {row["setting"]: row for row in rows}
+    lines = ["| setting | claimed epsilon (user-level) | test NDCG@10 | test HR@10 | share of its non-private NDCG "
+             "| MIA AUC (loss) [95% CI] | TPR at 1% FPR | canary guesses right | epsilon lower bound (95%) "
+             "| update leakage recall: none / client DP / server DP |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        name = row["setting"]
+        reference = by_name.get("no-dp-silo" if name.startswith(("client", "no-dp-silo")) else "no-dp-device")
+        share = row["test_ndcg@10"] / reference["test_ndcg@10"] if reference else float("nan")
+        claimed = f"{row['claimed_epsilon']:.2f}" if row["claimed_epsilon"] is not None else "none"
+        auc, tpr = row["auc_loss"], row["tpr_at_1pct_fpr_loss"]
+        leak = row["update_leakage"]
+        lines.append(f"| {name} | {claimed} | {row['test_ndcg@10']:.4f} | {row['test_hr@10']:.4f} | {share:.2f} "
+                     f"| {auc['value']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}] | {tpr['value']:.3f} "
+                     f"| {row['canary_correct']} | {row['epsilon_lower_bound']:.2f} "
+                     f"| {leak['no_dp']['recall']:.2f} / {leak['client_dp']['recall']:.2f} / "
+                     f"{leak['server_dp']['recall']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="ml-100k")
     parser.add_argument("--silo-rounds", type=int, default=4)
-    parser.add_argument("--device-rounds", type=int, default=20)
+    parser.add_argument("--device-rounds", type=int, default=100)
     parser.add_argument("--clients-per-round", type=int, default=200, help="cross-device runs")
     parser.add_argument("--canaries", type=int, default=200)
     parser.add_argument("--holdout-fraction", type=float, default=0.1)
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 4.0, 8.0])
     parser.add_argument("--only", nargs="*", help="run only these settings (names as in the table)")
     parser.add_argument("--out", default="runs/bench-privacy")
+    parser.add_argument("--report", action="store_true", help="only rewrite results.md and the plots")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
     rows = json.loads(results_file.read_text()) if results_file.exists() else []
+    if args.report:
+        (out / "results.md").write_text(markdown_table(rows))
+        plot_utility(out, rows)
+        return 0
     done = {row["setting"] for row in rows}
     grid = settings(args.epsilons, args.silo_rounds, args.device_rounds, args.clients_per_round)
     for name, extra in grid.items():
@@ -135,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = simulate_in_child(config, clients, out / f"{name}.log")
         rows.append(row_for(name, run_dir, seconds))
         results_file.write_text(json.dumps(rows, indent=2))
+        (out / "results.md").write_text(markdown_table(rows))
         plot_utility(out, rows)
         row = rows[-1]
         print(f"{name}: claimed eps {row['claimed_epsilon']}, AUC(loss) {row['auc_loss']['value']:.3f} "
