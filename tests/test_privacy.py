@@ -231,6 +231,17 @@ def test_sampling_amplifies_and_fewer_replies_cost_more():
     assert short > sampled
 
 
+def test_grouped_rounds_compose_like_rounds_one_by_one():
+    import dp_accounting
+    from dp_accounting import rdp
+    from common.privacy.server_accounting import ORDERS, round_event
+    events = [(1.0, 10, 100)] * 5 + [(0.7, 8, 100)] + [(1.0, 10, 100)] * 3
+    one_by_one = rdp.RdpAccountant(ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for z, m, n in events:
+        one_by_one.compose(round_event(z, m, n))
+    assert dpfedavg_epsilon_events(events, delta=1e-4) == pytest.approx(one_by_one.get_epsilon(1e-4), rel=1e-9)
+
+
 def test_client_dp_rejects_combinations_that_break_the_guarantee():
     from common.errors import ConfigError
     with pytest.raises(ConfigError, match="fedprox"):

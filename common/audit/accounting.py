@@ -15,6 +15,7 @@ disagreeing with the recomputation, or PLD above RDP (impossible for the same me
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -57,6 +58,11 @@ def poisson_pld_epsilon(history: list[tuple[float, float, int]], *, delta: float
     return float(accountant.get_epsilon(delta))
 
 
+def _grouped(events: list[tuple[float, int, int]]) -> Counter:
+    """Equal rounds with their count: composing k equal events at once is exact and k times cheaper."""
+    return Counter((float(z), int(m), int(n)) for z, m, n in events)
+
+
 def server_rdp_epsilon(events: list[tuple[float, int, int]], *, delta: float) -> float:
     """dp-accounting RDP, fixed-size sampling without replacement, as the run's tracker does."""
     if not events:
@@ -65,10 +71,10 @@ def server_rdp_epsilon(events: list[tuple[float, int, int]], *, delta: float) ->
     relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if partial
                 else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
     accountant = rdp.RdpAccountant(OPACUS_ORDERS + [128, 256, 512], neighboring_relation=relation)
-    for z, m, n in events:
-        gaussian = dp_accounting.GaussianDpEvent(float(z))
-        accountant.compose(gaussian if m >= n else
-                           dp_accounting.SampledWithoutReplacementDpEvent(int(n), int(m), gaussian))
+    for (z, m, n), count in _grouped(events).items():
+        gaussian = dp_accounting.GaussianDpEvent(z)
+        accountant.compose(gaussian if m >= n else dp_accounting.SampledWithoutReplacementDpEvent(n, m, gaussian),
+                           count=count)
     return float(accountant.get_epsilon(delta))
 
 
@@ -81,9 +87,9 @@ def server_pld_epsilon(events: list[tuple[float, int, int]], *, delta: float) ->
     relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if partial
                 else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
     accountant = pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
-    for z, m, n in events:
-        gaussian = dp_accounting.GaussianDpEvent(float(z))
-        accountant.compose(gaussian if m >= n else dp_accounting.PoissonSampledDpEvent(m / n, gaussian))
+    for (z, m, n), count in _grouped(events).items():
+        gaussian = dp_accounting.GaussianDpEvent(z)
+        accountant.compose(gaussian if m >= n else dp_accounting.PoissonSampledDpEvent(m / n, gaussian), count=count)
     return float(accountant.get_epsilon(delta))
 
 

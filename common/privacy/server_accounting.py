@@ -9,6 +9,8 @@ neighbouring relation that this sampling scheme's analysis uses (Wang, Balle & K
 
 from __future__ import annotations
 
+from collections import Counter
+
 import dp_accounting
 from dp_accounting import rdp
 
@@ -35,8 +37,11 @@ def dpfedavg_epsilon_events(events: list[tuple[float, int, int]], *, delta: floa
     relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if partial
                 else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
     accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=relation)
-    for z, m, n in events:
-        accountant.compose(round_event(z, int(m), int(n)))
+    # RDP composes additively, so equal rounds are composed once with a count: the without-
+    # replacement RDP costs ~0.2 s per event, and composing round by round every round made a
+    # 100-round run spend O(rounds^2) time, longer than training, in accounting.
+    for (z, m, n), count in Counter((float(z), int(m), int(n)) for z, m, n in events).items():
+        accountant.compose(round_event(z, m, n), count=count)
     return float(accountant.get_epsilon(delta))
 
 
