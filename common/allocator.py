@@ -5,7 +5,8 @@ per-sample gradients of the item table). glibc serves blocks that large with mma
 on free, so the next step page-faults the same memory back in, zero-filled: measured as ~40% of a
 SASRec step and ~50% of an Opacus DP-SGD step on this CPU (BENCHMARKS.md). Raising glibc's mmap
 and trim thresholds keeps the memory in the heap for reuse, as PyTorch's CUDA caching allocator
-does on GPUs. The price is that a process keeps its peak heap until it exits.
+does on GPUs. The heap is handed back (`release_freed_memory`) after each pass over the data, so
+a long-lived process (a simulation worker, a centralized run) does not keep growing between passes.
 """
 
 from __future__ import annotations
@@ -32,3 +33,9 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(M_MMAP_THRESHOLD, RETAIN_LIMIT)) and bool(mallopt(M_TRIM_THRESHOLD, RETAIN_LIMIT))
+
+
+def release_freed_memory() -> None:
+    """Return free heap memory to the OS (after an epoch, not a step: one re-fault per pass)."""
+    if retain_freed_memory():
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

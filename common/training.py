@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.allocator import retain_freed_memory
+from common.allocator import release_freed_memory, retain_freed_memory
 from common.config import ModelSettings, RunConfig
 from common.losses import next_item_loss
 from common.models import ModelConfig, SequenceRecommender, build_model
@@ -79,4 +79,5 @@ def train_epoch(model: SequenceRecommender, batches: Iterable, optimizer: torch.
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}")
+    release_freed_memory()
     return (total / seen if seen else float("nan")), seen
