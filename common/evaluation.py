@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.allocator import retain_freed_memory
 from common.errors import ConfigError
 from common.metrics import all_metrics
 from common.models import SequenceRecommender
@@ -43,7 +42,6 @@ def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.nda
     """0-based rank of each target among items 1..N, and each user's top-K item indices."""
     if top_k > num_items:
         raise ConfigError(f"config key 'top-k': {top_k} is more than the {num_items} items in the catalogue")
-    retain_freed_memory()  # each batch allocates (B, N) score tensors of several MB
     ranks, tops = [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]

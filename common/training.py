@@ -57,7 +57,8 @@ def train_epoch(model: SequenceRecommender, batches: Iterable, optimizer: torch.
                 options: StepOptions = StepOptions(), device: str = "cpu",
                 global_params: list[torch.Tensor] | None = None, progress=None) -> tuple[float, int]:
     """One pass over `batches`; returns (mean loss, number of sequences seen)."""
-    retain_freed_memory()  # every step frees and re-allocates tensors of tens of MB
+    if options.per_sample_grads:  # DP steps re-allocate B x items x emb per-sample gradients every step
+        retain_freed_memory()
     model.train()
     total, seen = 0.0, 0
     for inputs, targets in batches:
