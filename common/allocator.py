@@ -24,20 +24,28 @@ RETAIN_LIMIT = 1 << 30  # blocks above 1 GiB still go to mmap and back to the OS
 
 
 @functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim  # noqa: B018 - musl and other libcs have neither
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+@functools.cache
 def retain_freed_memory() -> bool:
     """Tune glibc malloc once per process; False where it does not apply (not glibc, or turned
     off with FEDSEQREC_RETAIN_MEMORY=0)."""
     if os.environ.get("FEDSEQREC_RETAIN_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl and other libcs have no mallopt
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_MMAP_THRESHOLD, RETAIN_LIMIT)) and bool(mallopt(M_TRIM_THRESHOLD, RETAIN_LIMIT))
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, RETAIN_LIMIT)) \
+        and bool(libc.mallopt(M_TRIM_THRESHOLD, RETAIN_LIMIT))
 
 
 def release_freed_memory() -> None:
     """Return free heap memory to the OS (after an epoch, not a step: one re-fault per pass)."""
     if retain_freed_memory():
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _glibc().malloc_trim(0)

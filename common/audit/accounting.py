@@ -15,11 +15,12 @@ disagreeing with the recomputation, or PLD above RDP (impossible for the same me
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import dp_accounting
 from dp_accounting import pld, rdp
 from opacus.accountants import RDPAccountant
+
+from common.privacy.server_accounting import grouped_rounds  # exact: k equal events composed at once
 
 # Opacus' default RDP orders: the same grid on both sides makes the comparison like for like.
 OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -58,11 +59,6 @@ def poisson_pld_epsilon(history: list[tuple[float, float, int]], *, delta: float
     return float(accountant.get_epsilon(delta))
 
 
-def _grouped(events: list[tuple[float, int, int]]) -> Counter:
-    """Equal rounds with their count: composing k equal events at once is exact and k times cheaper."""
-    return Counter((float(z), int(m), int(n)) for z, m, n in events)
-
-
 def server_rdp_epsilon(events: list[tuple[float, int, int]], *, delta: float) -> float:
     """dp-accounting RDP, fixed-size sampling without replacement, as the run's tracker does."""
     if not events:
@@ -71,7 +67,7 @@ def server_rdp_epsilon(events: list[tuple[float, int, int]], *, delta: float) ->
     relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if partial
                 else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
     accountant = rdp.RdpAccountant(OPACUS_ORDERS + [128, 256, 512], neighboring_relation=relation)
-    for (z, m, n), count in _grouped(events).items():
+    for (z, m, n), count in grouped_rounds(events).items():
         gaussian = dp_accounting.GaussianDpEvent(z)
         accountant.compose(gaussian if m >= n else dp_accounting.SampledWithoutReplacementDpEvent(n, m, gaussian),
                            count=count)
@@ -87,7 +83,7 @@ def server_pld_epsilon(events: list[tuple[float, int, int]], *, delta: float) ->
     relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if partial
                 else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
     accountant = pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
-    for (z, m, n), count in _grouped(events).items():
+    for (z, m, n), count in grouped_rounds(events).items():
         gaussian = dp_accounting.GaussianDpEvent(z)
         accountant.compose(gaussian if m >= n else dp_accounting.PoissonSampledDpEvent(m / n, gaussian), count=count)
     return float(accountant.get_epsilon(delta))

@@ -24,6 +24,11 @@ def round_event(noise_multiplier: float, num_sampled: int, population: int) -> d
     return dp_accounting.SampledWithoutReplacementDpEvent(population, num_sampled, gaussian)
 
 
+def grouped_rounds(events: list[tuple[float, int, int]]) -> Counter:
+    """Equal rounds (noise, sampled, population) with their count."""
+    return Counter((float(z), int(m), int(n)) for z, m, n in events)
+
+
 def dpfedavg_epsilon(*, noise_multiplier: float, num_sampled: int, population: int, rounds: int,
                      delta: float) -> float:
     return dpfedavg_epsilon_events([(noise_multiplier, num_sampled, population)] * rounds, delta=delta)
@@ -40,7 +45,7 @@ def dpfedavg_epsilon_events(events: list[tuple[float, int, int]], *, delta: floa
     # RDP composes additively, so equal rounds are composed once with a count: the without-
     # replacement RDP costs ~0.2 s per event, and composing round by round every round made a
     # 100-round run spend O(rounds^2) time, longer than training, in accounting.
-    for (z, m, n), count in Counter((float(z), int(m), int(n)) for z, m, n in events).items():
+    for (z, m, n), count in grouped_rounds(events).items():
         accountant.compose(round_event(z, m, n), count=count)
     return float(accountant.get_epsilon(delta))
 
