@@ -6,14 +6,13 @@ An exception in a handler becomes an error reply that the server counts; it neve
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_data import client_key, load_local_data
+from client.local_data import client_key, is_simulated, load_local_data
 from common.audit.messages import message_audit_mod
 from common.config import RunConfig
 from common.federated import DeviceLimits, local_evaluate, local_train
@@ -64,10 +63,11 @@ def train(msg: Message, context: Context) -> Message:
     result = local_train(config, local, msg.content["arrays"].to_torch_state_dict(),
                          server_round=int(round_config["server-round"]), client=key,
                          proximal_mu=float(round_config.get("proximal-mu", 0.0)), ledger=ledger, limits=limits,
-                         expected_rounds=float(round_config.get("expected-rounds", config.federation.num_server_rounds)))
+                         expected_rounds=float(round_config.get("expected-rounds", config.federation.num_server_rounds)),
+                         # a device never takes seed-derived DP noise, whatever the server's config says
+                         reproducible_dp_noise=config.privacy.reproducible_dp_noise and is_simulated(context.node_config))
     if ledger is not None:
         ledger.save(path)  # durable: survives restarts of the node or the simulation
-        context.state["privacy-ledger"] = ConfigRecord({"json": json.dumps(ledger.state_dict())})
     return _reply(msg, result.metrics, result.arrays)
 
 

@@ -40,6 +40,11 @@ def client_key(node_config: dict) -> int:
     raise DataError("node config has neither partition-id (simulation) nor client-id (deployment)")
 
 
+def is_simulated(node_config: dict) -> bool:
+    """A simulated device (a partition of the run's dataset), as opposed to a real one with its own data."""
+    return "partition-id" in node_config and "data-path" not in node_config and "state-dir" not in node_config
+
+
 def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:
     if "data-path" in node_config:
         if "catalogue-path" not in node_config:

@@ -116,6 +116,14 @@ class FederationSettings:
     canaries: int = 0  # audit: random-sequence canary users, each trained on with probability 1/2
     canary_length: int = 20  # items per canary (the last two are its validation / test items)
     audit_messages: bool = False  # audit: clients record each reply's structure in RUN_DIR/message-audit
+    # Cross-device at scale (partition = user): each SuperNode simulates many one-user devices at once.
+    cohort_engine: bool = False
+    cohort_nodes: int = 2  # SuperNodes that host the simulated devices (results do not depend on it)
+    cohort_chunk: int = 64  # users trained together in one vectorised call (fixes the dropout draws)
+    user_sampling: str = _choice("fixed", "poisson")  # fixed: clients-per-round users; poisson: each w.p. q
+    local_optimizer: str = _choice("adam", "sgd")  # per client (per user in the cohort engine), fresh each round
+    server_lr_warmup: int = 0  # rounds over which FedAdam/FedYogi's server-lr rises linearly to its value
+    federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
 
     def validate(self) -> None:
         for key, value in (("num-server-rounds", self.num_server_rounds),
@@ -133,6 +141,11 @@ class FederationSettings:
         _check(0.0 <= self.holdout_fraction < 1.0, "holdout-fraction", "must be in [0, 1)")
         _check(self.canaries >= 0, "canaries", "must be >= 0")
         _check(self.canary_length >= 3, "canary-length", "must be >= 3 (train, validation and test items)")
+        _check(self.cohort_nodes >= 1, "cohort-nodes", "must be >= 1")
+        _check(self.cohort_chunk >= 1, "cohort-chunk", "must be >= 1")
+        _check(self.server_lr_warmup >= 0, "server-lr-warmup", "must be >= 0")
+        _check(self.cohort_engine or self.user_sampling == "fixed", "user-sampling",
+               "poisson sampling is offered by the cohort engine only (set cohort-engine = true)")
 
 
 @dataclass(frozen=True)
@@ -147,7 +160,10 @@ class PrivacySettings:
     accountant: str = _choice("rdp", "prv")
     max_epsilon: float = 0.0  # 0 -> no budget cap
     opacus_mode: str = _choice("hooks", "functorch")  # "ew" cannot see our tied scorer (measured)
-    secure_mode: bool = False  # cryptographically secure noise (slower); for real deployments
+    secure_mode: bool = False  # Opacus' cryptographically secure noise (needs torchcsprng; slower)
+    # Simulation only: DP noise and sampling from the run seed, so a run replays bit for bit. Its
+    # guarantee does not hold against anyone who knows the seed; every report says so. Devices ignore it.
+    reproducible_dp_noise: bool = False
 
     def validate(self) -> None:
         _check(self.noise_multiplier >= 0, "noise-multiplier", "must be >= 0")
@@ -194,7 +210,16 @@ def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
 
 def _cross_check(parts: dict, where: str) -> None:
     """Combinations that would silently break a guarantee."""
-    privacy, model, fed = parts["privacy"], parts["model"], parts["federation"]
+    privacy, model, fed, data = parts["privacy"], parts["model"], parts["federation"], parts["data"]
+    if fed.cohort_engine:
+        needs = {"partition = user (one user per device)": fed.partition == "user",
+                 "train-windows = last (one training window per user)": data.train_windows == "last",
+                 "loss = ce": model.loss == "ce",
+                 "dp-mode = none (user-level DP on the cohort engine is not built yet)": privacy.dp_mode == "none",
+                 "strategy fedavg, fedadam or fedyogi": fed.strategy != "fedprox"}
+        missing = [need for need, ok in needs.items() if not ok]
+        if missing:
+            raise ConfigError(f"{where}: cohort-engine = true needs " + "; ".join(missing))
     if privacy.dp_mode == "client":
         if model.loss != "ce":
             raise ConfigError(f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "

@@ -199,8 +199,8 @@ def privacy_summary(run_dir: Path) -> dict | None:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable privacy report ({exc})") from exc
-    keys = ("mechanism", "dp_mode", "unit_of_privacy", "epsilon", "delta", "rounds", "accountant",
-            "noise_multiplier", "clipping_norm")
+    keys = ("mechanism", "dp_mode", "unit_of_privacy", "adjacency", "sampling", "sensitivity", "epsilon", "delta",
+            "rounds", "accountant", "noise_multiplier", "clipping_norm", "noise_randomness")
     return {key: report.get(key) for key in keys}
 
 

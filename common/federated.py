@@ -19,6 +19,7 @@ from common.evaluation import model_scores, rank_targets
 from common.metrics import ranking_metrics
 from common.privacy.dpsgd import dp_windows, plan_round, train_private
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.randomness import dp_seed
 from common.sequences import SequenceData
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
 
@@ -63,7 +64,10 @@ def check_local_data(local: SequenceData, where: str) -> None:
 
 def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str, torch.Tensor], *,
                 server_round: int, client: int, proximal_mu: float = 0.0, ledger: PrivacyLedger | None = None,
-                limits: DeviceLimits = DeviceLimits(), expected_rounds: float = 1.0) -> LocalResult:
+                limits: DeviceLimits = DeviceLimits(), expected_rounds: float = 1.0,
+                reproducible_dp_noise: bool = False) -> LocalResult:
+    """`reproducible_dp_noise`: DP noise and sampling from the run seed (simulation only); by
+    default they come from OS entropy, secret from the server that knows the seed."""
     if not limits.train:
         return LocalResult(None, {"declined": 1, "num-examples": 0})
     seed = client_seed(config.train.seed, server_round, client)
@@ -71,13 +75,15 @@ def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str,
     model = model_for(config, local.num_items)
     model.load_arrays(global_arrays)
     if config.privacy.dp_mode == "client":
-        return _private_local_train(config, local, model, seed, ledger or PrivacyLedger(config.privacy.accountant),
-                                    limits, expected_rounds)
+        noise_seed = dp_seed(reproducible=reproducible_dp_noise, derived=seed)
+        return _private_local_train(config, local, model, noise_seed, ledger or PrivacyLedger(config.privacy.accountant),
+                                    limits, expected_rounds, reproducible_dp_noise)
     dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
     if len(dataset) == 0:
         raise DataError(f"client {client}: no training windows (histories too short)")
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr,
-                                 weight_decay=config.train.weight_decay)
+    optimizer_class = torch.optim.Adam if config.federation.local_optimizer == "adam" else torch.optim.SGD
+    optimizer = optimizer_class(model.parameters(), lr=config.federation.local_lr,
+                                weight_decay=config.train.weight_decay)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives,
                           proximal_mu=proximal_mu)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
@@ -90,8 +96,8 @@ def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str,
                                         "unit-weight": 1})
 
 
-def _private_local_train(config: RunConfig, local: SequenceData, model, seed: int, ledger: PrivacyLedger,
-                         limits: DeviceLimits, expected_rounds: float) -> LocalResult:
+def _private_local_train(config: RunConfig, local: SequenceData, model, noise_seed: int, ledger: PrivacyLedger,
+                         limits: DeviceLimits, expected_rounds: float, reproducible: bool) -> LocalResult:
     delta = config.privacy.delta
     dataset, unit = dp_windows(local, config)
     if len(dataset) == 0:
@@ -103,12 +109,13 @@ def _private_local_train(config: RunConfig, local: SequenceData, model, seed: in
                              steps=plan.steps).epsilon(delta)
     if cap > 0 and after > cap:
         return LocalResult(None, {"declined": 1, "epsilon": spent, "num-examples": 0})
-    loss, steps = train_private(model, dataset, plan, config, seed=seed, ledger=ledger,
+    loss, steps = train_private(model, dataset, plan, config, noise_seed=noise_seed, ledger=ledger,
                                 max_seconds=limits.max_train_seconds)
     return LocalResult(model.arrays(), {"train-loss": loss, "num-examples": len(dataset), "unit-weight": 1,
                                         "epsilon": ledger.epsilon(delta), "dp-steps": steps,
                                         "noise-multiplier": plan.noise_multiplier,
-                                        "sample-rate": plan.sample_rate, "user-level": int(unit == "user")})
+                                        "sample-rate": plan.sample_rate, "user-level": int(unit == "user"),
+                                        "dp-noise-reproducible": int(reproducible)})
 
 
 @torch.no_grad()

@@ -92,7 +92,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         summary["stopped_early"] = state.stopped_early
     if config.privacy.dp_mode != "none":
         summary["privacy"] = write_privacy_report(run_dir, config, tracker, state.history, len(keys), delta,
-                                                  data.num_users)
+                                                  data.num_users, stopped_early=state.stopped_early)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_reports(run_dir, state.history, config.train.top_k)
     log(INFO, "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s", config.train.top_k,

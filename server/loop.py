@@ -11,7 +11,7 @@ import json
 import time
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
 from common.federated import client_seed
+from common.privacy import randomness
 from server.run_state import RunState
 from server.strategies import strategy_state
 
@@ -54,19 +55,23 @@ def discover_clients(grid: Grid, timeout: float) -> dict[int, int]:
     return keys
 
 
-def sample_clients(keys: list[int], count: int, seed: int, server_round: int) -> list[int]:
-    """Uniform sample without replacement, a pure function of (seed, round)."""
-    rng = np.random.default_rng([seed, server_round])
+def sample_clients(keys: list[int], count: int, seed: int, server_round: int, secret: bool = False) -> list[int]:
+    """Uniform sample without replacement: a pure function of (seed, round), or, when `secret`
+    (server-side DP, whose amplification by sampling needs a draw nobody can redo), from OS entropy."""
+    rng = randomness.secret_rng() if secret else np.random.default_rng([seed, server_round])
     return sorted(rng.choice(sorted(keys), size=min(count, len(keys)), replace=False).tolist())
 
 
 def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord,
                 node_ids: list[int], config: ConfigRecord, timeout: float,
-                order: dict[int, int] | None = None) -> tuple[ArrayRecord | None, dict, dict]:
+                order: dict[int, int] | None = None,
+                refuse: Callable[[int], str | None] | None = None) -> tuple[ArrayRecord | None, dict, dict]:
     """One round of training on the sampled nodes; returns (new arrays or None, round stats).
 
     `order` maps node id -> client key: replies are aggregated in client-key order, so float
-    sums are identical across runs even though node ids are not."""
+    sums are identical across runs even though node ids are not. `refuse(contributing)` is asked
+    after the replies arrive and before aggregation; a reason from it leaves the round
+    unaggregated (stats["refused"] says why)."""
     view = SampledGrid(grid, node_ids)
     messages = list(strategy.configure_train(server_round, arrays, config, view))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
@@ -83,6 +88,10 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     per_client = {(order or {}).get(r.metadata.src_node_id, r.metadata.src_node_id): dict(r.content["metrics"])
                   for r in ok}
     if not contributing:
+        return None, stats, per_client
+    reason = refuse(len(contributing)) if refuse is not None else None
+    if reason:
+        stats["refused"] = reason
         return None, stats, per_client
     new_arrays, metrics = strategy.aggregate_train(server_round, contributing)
     if metrics is not None:
@@ -110,7 +119,10 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
     key = f"ndcg@{config.train.top_k}"
     known_nodes = set(grid.get_node_ids())
     arrays = ArrayRecord(state.arrays)
-    started = time.perf_counter()
+    # Server-DP noise and client sampling come from OS entropy unless the run asked to replay them;
+    # runs without server DP have no guarantee resting on them and stay reproducible.
+    reproducible = config.privacy.dp_mode != "server" or config.privacy.reproducible_dp_noise
+    progress = Progress(fed.num_server_rounds, state.round, state.best.get("metric"))
     for server_round in range(state.round + 1, fed.num_server_rounds + 1):
         if privacy is not None and not privacy.allows(server_round):
             log(INFO, "fedseqrec: stopping before round %s: it would exceed max-epsilon", server_round)
@@ -121,16 +133,23 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         if nodes != known_nodes:  # a node left, joined, or came back with a new id: ask again who is who
             keys, known_nodes = discover_clients(grid, timeout) or keys, nodes
             log(INFO, "fedseqrec: nodes changed; %d clients identified", len(keys))
-        np.random.seed(client_seed(config.train.seed, server_round, -1))  # Flower's DP noise uses numpy's global RNG
-        chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round)
-        new_arrays, stats, per_client = train_round(grid, strategy, server_round, arrays, [keys[c] for c in chosen],
-                                                    ConfigRecord(dict(round_config)), timeout,
-                                                    {node: key for key, node in keys.items()})
+        # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
+        randomness.seed_numpy_global(reproducible=reproducible, derived=client_seed(config.train.seed, server_round, -1))
+        chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round,
+                                secret=not reproducible)
+        new_arrays, stats, per_client = train_round(
+            grid, strategy, server_round, arrays, [keys[c] for c in chosen], ConfigRecord(dict(round_config)),
+            timeout, {node: key for key, node in keys.items()},
+            refuse=privacy.refuses if privacy is not None else None)
+        if "refused" in stats:  # nothing of this round is aggregated, released or checkpointed
+            log(WARNING, "fedseqrec: round %d not aggregated and the run stops: %s", server_round, stats["refused"])
+            state.stopped_early = f"round {server_round} not released: {stats['refused']}"
+            break
         if new_arrays is not None:
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
         if privacy is not None:
-            row.update(privacy.record(server_round, per_client))
+            row.update(privacy.record(server_round, per_client, arrived=stats["replied"]))
             state.privacy = privacy.state_dict()
         if server_round % fed.eval_every_rounds == 0 or server_round == fed.num_server_rounds:
             row["validation"] = evaluate_fn(arrays, "validation")
@@ -144,9 +163,33 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         if server_round % fed.checkpoint_every == 0 or server_round == fed.num_server_rounds:
             state.save(run_dir)
             write_jsonl(Path(run_dir) / "metrics.jsonl", state.history)  # always matches the checkpoint
-        val = row.get("validation", {}).get(key)
-        log(INFO, "fedseqrec: round %d/%d  clients %d ok, %d failed, %d declined  loss %.4f%s  %.1fs "
-            "(elapsed %.0fs)", server_round, fed.num_server_rounds, stats["replied"], stats["failed"],
-            stats["declined"], stats.get("train-loss", float("nan")),
-            f"  val {key} {val:.4f}" if val is not None else "", row["seconds"], time.perf_counter() - started)
+        log(INFO, "%s", progress.line(row, key))
     return state
+
+
+class Progress:
+    """One line per round: round / total, clients, loss, seconds per round, ETA, validation, epsilon."""
+
+    def __init__(self, total: int, done: int, best: float | None = None):
+        self.total, self.first, self.started, self.best = total, done, time.perf_counter(), best
+
+    def line(self, row: dict, key: str) -> str:
+        done = row["round"] - self.first
+        per_round = (time.perf_counter() - self.started) / max(done, 1)
+        eta = per_round * (self.total - row["round"])
+        val = row.get("validation", {}).get(key)
+        parts = [f"fedseqrec: round {row['round']}/{self.total}",
+                 f"clients {row['replied']} ok, {row['failed']} failed, {row['declined']} declined",
+                 f"loss {row.get('train-loss', float('nan')):.4f}",
+                 f"{per_round:.1f} s/round, ETA {_duration(eta)}"]
+        if val is not None:
+            self.best = val if self.best is None else max(self.best, val)
+            parts.append(f"val {key} {val:.4f} (best {self.best:.4f})")
+        if "epsilon" in row:
+            parts.append(f"epsilon {row['epsilon']:.3f}")
+        return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

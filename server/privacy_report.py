@@ -1,73 +1,115 @@
-"""privacy.json, privacy.md and epsilon.png for every DP run: what was spent, by whom, how."""
+"""privacy.json, privacy.md and epsilon.png for every DP run: what was spent, by whom, how.
+
+Every epsilon names its unit, adjacency, sampling and sensitivity (`common.privacy.mechanism`),
+and where the randomness it rests on came from (`common.privacy.randomness`). In client mode
+these are what the clients reported they did, not what the config suggests.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from common.config import RunConfig
 from common.plots import plot_curves
+from common.privacy import randomness
+from common.privacy.mechanism import SERVER_DPFEDAVG, client_dpsgd_facts
 from server.privacy import PrivacyTracker
 
+UNIT_TEXT = {
+    "client": "client (one client's whole contribution; a user when each client holds one user, partition = user)",
+    "user": "user (each user is one DP-SGD sample of its client's updates)",
+    "event": "event (one interaction: each lies in exactly one DP-SGD sample of its client)",
+}
 
-def _unit(config: RunConfig) -> str:
-    if config.privacy.dp_mode == "server":
-        return "client (one client's whole contribution; a user in cross-device runs)"
-    if config.federation.partition == "user":
-        return "event (one interaction: each lies in exactly one DP-SGD sample of its client)"
-    if config.data.train_windows == "last":
-        return "user (each user is one DP-SGD sample of its client's updates)"
-    return "event (one interaction; users with several windows are covered per interaction only)"
+
+def client_mode_unit(tracker: PrivacyTracker) -> str:
+    """The run's unit in client mode: the weakest unit any client trained under."""
+    units = set(tracker.client_unit.values())
+    return "event" if "event" in units or not units else "user"
+
+
+def noise_source(tracker: PrivacyTracker) -> str:
+    if tracker.mode == "server":
+        return tracker.server_noise
+    return randomness.REPRODUCIBLE if randomness.REPRODUCIBLE in tracker.client_noise.values() else randomness.SECRET
 
 
 def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTracker, history: list[dict],
-                         population: int, delta: float, num_users: int) -> dict:
-    privacy, fed = config.privacy, config.federation
+                         population: int, delta: float, num_users: int, stopped_early: str | None = None) -> dict:
+    privacy = config.privacy
+    server = privacy.dp_mode == "server"
+    facts = SERVER_DPFEDAVG if server else client_dpsgd_facts(client_mode_unit(tracker))
+    source = noise_source(tracker)
     by_round = [{"round": r, "epsilon": e} for r, e in sorted(tracker.epsilon_by_round.items())]
     report = {
         "mechanism": "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)"
-        if privacy.dp_mode == "server" else "DP-SGD on each client (Opacus), per-client ledgers",
-        "dp_mode": privacy.dp_mode, "unit_of_privacy": _unit(config), "delta": delta,
-        "accountant": ("dp-accounting RDP, SampledWithoutReplacement (replace-one) per round"
-                       if privacy.dp_mode == "server" else f"Opacus {privacy.accountant.upper()}"),
-        "noise_multiplier": (tracker.noise_multiplier if privacy.dp_mode == "server"
+        if server else "DP-SGD on each client (Opacus), per-client ledgers",
+        "dp_mode": privacy.dp_mode, "unit_of_privacy": UNIT_TEXT[facts.unit], "unit": facts.unit,
+        "adjacency": facts.adjacency, "sampling": facts.sampling, "sensitivity": facts.sensitivity,
+        "delta": delta, "noise_randomness": source, "noise_randomness_note": randomness.DESCRIPTION[source],
+        "accountant": ("dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round, replace-one"
+                       if server else f"Opacus {privacy.accountant.upper()}, add/remove one sample"),
+        "noise_multiplier": (tracker.noise_multiplier if server
                              else privacy.noise_multiplier if privacy.target_epsilon == 0
                              else "per client, calibrated to target_epsilon"),
         "target_epsilon": privacy.target_epsilon or None,
-        "clipping_norm": privacy.clipping_norm if privacy.dp_mode == "server" else privacy.max_grad_norm,
-        "adaptive_clipping": privacy.adaptive_clipping if privacy.dp_mode == "server" else None,
-        "sampling_rate": (tracker.sampled / population if privacy.dp_mode == "server"
-                          else "per client: batch-size / its samples (Poisson)"),
+        "clipping_norm": privacy.clipping_norm if server else privacy.max_grad_norm,
+        "adaptive_clipping": privacy.adaptive_clipping if server else None,
+        "sampling_rate": (tracker.sampled / population if server
+                          else "per client: 1 / its batches per epoch (Poisson)"),
         "clients": population, "clients_per_round": tracker.sampled, "users": num_users,
         "rounds": len(history), "max_epsilon": privacy.max_epsilon or None, "secure_mode": privacy.secure_mode,
         "epsilon": by_round[-1]["epsilon"] if by_round else 0.0, "epsilon_by_round": by_round,
         "declined_clients": tracker.declined, "server_events": tracker.events,
+        "stopped_early": stopped_early,
     }
-    if privacy.dp_mode == "client":
+    if not server:
         eps = np.array(list(tracker.client_epsilon.values()) or [0.0])
         report["per_client_epsilon"] = {"clients_trained": len(tracker.client_epsilon), "min": float(eps.min()),
                                         "median": float(np.median(eps)), "mean": float(eps.mean()),
                                         "p90": float(np.quantile(eps, 0.9)), "max": float(eps.max())}
         report["epsilon_note"] = "run epsilon = the largest epsilon any client has spent"
+        report["clients_by_unit"] = dict(Counter(tracker.client_unit.values()))
+        report["clients_by_noise_randomness"] = dict(Counter(tracker.client_noise.values()))
     Path(run_dir, "privacy.json").write_text(json.dumps(report, indent=2))
-    lines = ["# Privacy report", "", f"- Mechanism: {report['mechanism']}",
-             f"- Unit of privacy: {report['unit_of_privacy']}",
-             f"- Guarantee: ({report['epsilon']:.3f}, {delta:.2e})-DP after {report['rounds']} rounds",
-             f"- Accountant: {report['accountant']}",
-             f"- Noise multiplier: {report['noise_multiplier']}  target epsilon: {report['target_epsilon']}",
-             f"- Clipping norm: {report['clipping_norm']}",
-             f"- Sampling rate: {report['sampling_rate']}",
-             f"- Clients: {population} ({tracker.sampled} per round); declined: {tracker.declined}"]
+    Path(run_dir, "privacy.md").write_text(_markdown(report, population, tracker.sampled))
+    if by_round:
+        plot_curves(Path(run_dir) / "epsilon.png", [r["round"] for r in by_round],
+                    {"epsilon": [r["epsilon"] for r in by_round]}, xlabel="round",
+                    title=f"privacy spent (delta = {delta:.1e}, {privacy.dp_mode}-side DP, {facts.adjacency})")
+    return {"epsilon": report["epsilon"], "delta": delta, "unit": report["unit"], "adjacency": facts.adjacency,
+            "noise_randomness": source}
+
+
+def _markdown(report: dict, population: int, sampled: int) -> str:
+    lines = ["# Privacy report", ""]
+    if report["noise_randomness"] == randomness.REPRODUCIBLE:
+        lines += [f"> **Warning**: {report['noise_randomness_note']}.", ""]
+    lines += [f"- Guarantee: ({report['epsilon']:.3f}, {report['delta']:.2e})-DP after {report['rounds']} rounds, "
+              f"per {report['unit']}, {report['adjacency']} adjacency",
+              f"- Mechanism: {report['mechanism']}",
+              f"- Unit of privacy: {report['unit_of_privacy']}",
+              f"- Adjacency: {report['adjacency']}",
+              f"- Sampling: {report['sampling']}",
+              f"- Sensitivity: {report['sensitivity']}",
+              f"- Noise and sampling randomness: {report['noise_randomness_note']}",
+              f"- Accountant: {report['accountant']}",
+              f"- Noise multiplier: {report['noise_multiplier']}  target epsilon: {report['target_epsilon']}",
+              f"- Clipping norm: {report['clipping_norm']}",
+              f"- Sampling rate: {report['sampling_rate']}",
+              f"- Clients: {population} ({sampled} per round); declined: {report['declined_clients']}"]
+    if report.get("stopped_early"):
+        lines.append(f"- Stopped early: {report['stopped_early']}")
     if "per_client_epsilon" in report:
         stats = report["per_client_epsilon"]
         lines.append(f"- Per-client epsilon over {stats['clients_trained']} clients: min {stats['min']:.3f}, "
                      f"median {stats['median']:.3f}, p90 {stats['p90']:.3f}, max {stats['max']:.3f}")
-    lines += ["", "| round | epsilon |", "|---|---|"] + [f"| {r['round']} | {r['epsilon']:.4f} |" for r in by_round]
-    Path(run_dir, "privacy.md").write_text("\n".join(lines) + "\n")
-    if by_round:
-        plot_curves(Path(run_dir) / "epsilon.png", [r["round"] for r in by_round],
-                    {"epsilon": [r["epsilon"] for r in by_round]}, xlabel="round",
-                    title=f"privacy spent (delta = {delta:.1e}, {privacy.dp_mode}-side DP)")
-    return {"epsilon": report["epsilon"], "delta": delta, "unit": report["unit_of_privacy"]}
+        lines.append(f"- Clients by unit: {report['clients_by_unit']}; by noise source: "
+                     f"{report['clients_by_noise_randomness']}")
+    lines += ["", "| round | epsilon |", "|---|---|"]
+    lines += [f"| {r['round']} | {r['epsilon']:.4f} |" for r in report["epsilon_by_round"]]
+    return "\n".join(lines) + "\n"

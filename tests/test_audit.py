@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.audit.accounting import (audit_client_ledgers, gaussian_epsilon, opacus_rdp_epsilon,
-                                     poisson_pld_epsilon, poisson_rdp_epsilon, server_pld_epsilon,
-                                     server_rdp_epsilon)
+from common.audit.accounting import (audit_client_ledgers, audit_server_events, gaussian_epsilon,
+                                     opacus_rdp_epsilon, poisson_pld_epsilon, poisson_rdp_epsilon)
+from common.audit.worst_pair import epsilon_lower_bound
 from common.audit.canaries import epsilon_lower_bound, exposure, make_canaries, p_value
 from common.audit.membership import dp_tpr_bound, membership_inference, roc_auc
 from common.audit.messages import audit_messages, check_message, message_audit_mod, message_structure
@@ -66,11 +66,13 @@ def test_opacus_and_dp_accounting_rdp_agree_on_the_same_poisson_history():
     assert any("does not match" in f for f in wrong["failures"])
 
 
-def test_server_events_replay_matches_the_runs_accountant():
+def test_server_audit_passes_the_runs_accounting_and_bounds_it_from_below():
     events = [(0.8, 30, 120)] * 3
-    assert server_rdp_epsilon(events, delta=1 / 120) == pytest.approx(
-        dpfedavg_epsilon(noise_multiplier=0.8, num_sampled=30, population=120, rounds=3, delta=1 / 120))
-    assert server_pld_epsilon(events, delta=1 / 120) < server_rdp_epsilon(events, delta=1 / 120)
+    claimed = dpfedavg_epsilon(noise_multiplier=0.8, num_sampled=30, population=120, rounds=3, delta=1 / 120)
+    report = audit_server_events(events, delta=1 / 120, recorded=claimed, adjacency="replace-one")
+    assert report["failures"] == []
+    assert report["epsilon"]["replayed_run_accountant"] == pytest.approx(claimed)
+    assert 0 < report["epsilon"]["independent_lower_bound"] < claimed
 
 
 # --- 2. membership inference -----------------------------------------------------------------
@@ -207,7 +209,8 @@ def test_fedseqrec_audit_on_a_real_dp_run_with_canaries_and_recorded_messages(ca
     assert main(["audit", str(out), "--strict", "--users", "40", "--leakage-users", "3"]) == 0
     report = json.loads((out / "audit.json").read_text())
     assert report["failures"] == []
-    assert report["accounting"]["epsilon"]["dp_accounting_rdp"] == pytest.approx(report["claimed_epsilon"], rel=1e-6)
+    assert report["accounting"]["epsilon"]["replayed_run_accountant"] == pytest.approx(report["claimed_epsilon"], rel=1e-6)
+    assert report["accounting"]["epsilon"]["independent_lower_bound"] <= report["claimed_epsilon"]
     assert report["membership"]["members"] == 40 and report["membership"]["nonmembers"] == 30
     assert report["canaries"]["canaries"] == 8 and report["canaries"]["epsilon_lower_bound"] < report["claimed_epsilon"]
     messages = report["messages"]

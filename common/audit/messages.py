@@ -2,8 +2,9 @@
 
 The mod (enabled by run config `audit-messages = true`) appends one JSON line per outgoing reply to
 RUN_DIR/message-audit/client-<key>.jsonl: record names and kinds, array names / shapes / dtypes,
-metric keys and value types; never array contents or metric values. Query replies (sent before
-the server names the run dir) go to the node's `state-dir` when it has one, else are not kept.
+metric keys and value types; never array contents or metric values. A device (a node with a
+`state-dir`) writes only there, never to a path the server chose; a simulated node writes to the
+run dir the server names (its query replies, sent before that, are not kept).
 The checker accepts only the model's arrays and whitelisted numeric metrics: any other record,
 key or type (a user ID, an item list, a string) fails the audit.
 """
@@ -19,7 +20,8 @@ from flwr.app import Context, Message
 
 AUDIT_DIR = "message-audit"
 METRIC_WHITELIST = frozenset({"client-key", "train-loss", "num-examples", "unit-weight", "declined", "epsilon",
-                              "dp-steps", "noise-multiplier", "sample-rate", "user-level"})
+                              "dp-steps", "noise-multiplier", "sample-rate", "user-level",
+                              "dp-noise-reproducible"})
 METRIC_PATTERNS = (re.compile(r"ndcg@\d+"), re.compile(r"hr@\d+"))
 NUMERIC_TYPES = frozenset({"int", "float"})
 
@@ -44,10 +46,10 @@ def message_structure(reply: Message) -> dict:
 def _audit_file(msg: Message, context: Context) -> Path | None:
     config = msg.content.config_records.get("config") if not msg.has_error() else None
     key = context.node_config.get("partition-id", context.node_config.get("client-id", context.node_id))
+    if "state-dir" in context.node_config:  # a device's files stay in the place its owner chose
+        return Path(str(context.node_config["state-dir"])) / AUDIT_DIR / f"client-{key}.jsonl"
     if config is not None and "run-dir" in config:
         return Path(str(config["run-dir"])) / AUDIT_DIR / f"client-{key}.jsonl"
-    if "state-dir" in context.node_config:
-        return Path(str(context.node_config["state-dir"])) / AUDIT_DIR / f"client-{key}.jsonl"
     return None
 
 

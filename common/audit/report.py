@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common.audit.accounting import audit_client_ledgers, audit_server_events  # noqa: E402
+from common.privacy.randomness import REPRODUCIBLE  # noqa: E402
 from common.audit.canaries import audit_canaries, exposure, make_canaries  # noqa: E402
 from common.audit.membership import FPR_POINTS, dp_tpr_bound, membership_inference, sequence_scores  # noqa: E402
 from common.audit.messages import AUDIT_DIR, audit_messages  # noqa: E402
@@ -57,13 +58,36 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
     if privacy is None:
         return {"skipped": "not a DP run (no privacy.json)"}
     if privacy["dp_mode"] == "server":
-        return audit_server_events(privacy["server_events"], delta=privacy["delta"], recorded=privacy["epsilon"])
+        section = audit_server_events(privacy["server_events"], delta=privacy["delta"], recorded=privacy["epsilon"],
+                                      adjacency=privacy.get("adjacency"))
+        section["failures"] += randomness_failures(run_dir, config, privacy)
+        return section
     ledgers = {p.parent.name: json.loads(p.read_text())["history"]
                for p in sorted((run_dir / "client-state").glob("client-*/privacy_ledger.json"))}
     if not ledgers:
         return {"skipped": "client-mode run without ledgers in RUN_DIR/client-state (deployed clients keep theirs)"}
-    return audit_client_ledgers(ledgers, delta=privacy["delta"], recorded=privacy["epsilon"],
-                                accountant=config.privacy.accountant)
+    section = audit_client_ledgers(ledgers, delta=privacy["delta"], recorded=privacy["epsilon"],
+                                   accountant=config.privacy.accountant)
+    section["failures"] += randomness_failures(run_dir, config, privacy)
+    return section
+
+
+def randomness_failures(run_dir: Path, config: RunConfig, privacy: dict) -> list[str]:
+    """A guarantee rests on noise the adversary cannot redo: a report must say where it came from,
+    and a run whose noise was derived from the seed must say so where people read it."""
+    source = privacy.get("noise_randomness")
+    if source is None:
+        return ["privacy.json does not say where the DP noise and sampling came from (a run from before "
+                "secret noise: its noise was derived from the run seed)"]
+    failures = []
+    if config.privacy.reproducible_dp_noise and config.privacy.dp_mode == "server" and source != REPRODUCIBLE:
+        failures.append(f"the run config asked for reproducible-dp-noise but privacy.json says {source!r}")
+    if source == REPRODUCIBLE:
+        markdown = (run_dir / "privacy.md").read_text() if (run_dir / "privacy.md").exists() else ""
+        if "does NOT hold against anyone who knows the seed" not in markdown:
+            failures.append("the DP noise was derived from the run seed and privacy.md does not warn that the "
+                            "guarantee does not hold against anyone who knows the seed")
+    return failures
 
 
 def membership_section(model, config: RunConfig, data, partition, privacy, users: int, rng) -> dict:
@@ -172,11 +196,12 @@ def _plot_canaries(path: Path, canaries: dict) -> None:
 def _markdown(report: dict) -> str:
     lines = ["# Privacy audit", "", f"- Run: `{report['run_dir']}`",
              f"- DP mode: {report['dp_mode']}; claimed epsilon: {report['claimed_epsilon']}, "
-             f"delta: {report['delta']}; unit: {report.get('unit_of_privacy')}",
+             f"delta: {report['delta']}; unit: {report.get('unit_of_privacy')}; adjacency: {report.get('adjacency')}",
+             f"- DP noise and sampling: {report.get('noise_randomness')}",
              f"- Failures: {len(report['failures'])}"]
     lines += [f"  - **FAIL**: {f}" for f in report["failures"]]
     acc = report["accounting"]
-    lines += ["", "## 1. Accounting recomputed (dp-accounting)", ""]
+    lines += ["", "## 1. Accounting recomputed", ""]
     if "skipped" in acc:
         lines.append(f"Skipped: {acc['skipped']}")
     else:
@@ -233,6 +258,8 @@ def run_audit(run_dir: Path, *, canary_guesses: int = 0, users: int = 500, leaka
               "claimed_epsilon": privacy["epsilon"] if privacy else None,
               "delta": privacy["delta"] if privacy else None,
               "unit_of_privacy": privacy["unit_of_privacy"] if privacy else None,
+              "adjacency": privacy.get("adjacency") if privacy else None,
+              "noise_randomness": privacy.get("noise_randomness") if privacy else None,
               "accounting": accounting_section(run_dir, config, privacy),
               "membership": membership_section(model, config, data, partition, privacy, users, rng),
               "canaries": canary_section(model, config, data, privacy, canary_guesses, seed),

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import RunConfig
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.mechanism import dpsgd_unit
 from common.sequences import SequenceData, training_windows
 from common.training import StepOptions, train_epoch
 
@@ -35,8 +36,8 @@ class DPPlan:
 def dp_windows(local: SequenceData, config: RunConfig) -> tuple[TensorDataset, str]:
     inputs, targets, owners = training_windows(local.train_sequences(), config.data.max_len,
                                                config.data.train_windows, disjoint=True)
-    unit = "user" if len(np.unique(owners)) == len(owners) else "event"
-    return TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets)), unit
+    return TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets)), dpsgd_unit(
+        len(np.unique(owners)) == len(owners))
 
 
 def plan_round(config: RunConfig, num_samples: int, unit: str, expected_rounds: float) -> DPPlan:
@@ -73,10 +74,14 @@ class _TimeBudget:
 
 
 def train_private(model: torch.nn.Module, dataset: TensorDataset, plan: DPPlan, config: RunConfig, *,
-                  seed: int, ledger: PrivacyLedger, max_seconds: float = 0.0) -> tuple[float, int]:
-    """Run the planned DP-SGD steps, record them in the ledger; returns (mean loss, steps taken)."""
+                  noise_seed: int, ledger: PrivacyLedger, max_seconds: float = 0.0) -> tuple[float, int]:
+    """Run the planned DP-SGD steps, record them in the ledger; returns (mean loss, steps taken).
+
+    `noise_seed` seeds both the Gaussian noise and the Poisson sampling: it must be secret from the
+    server (`common.privacy.randomness.dp_seed`). Never None outside secure mode: Opacus would then
+    draw from torch's global RNG, which training seeds from the run seed."""
     privacy = config.privacy
-    generator = None if privacy.secure_mode else torch.Generator().manual_seed(seed)
+    generator = None if privacy.secure_mode else torch.Generator().manual_seed(noise_seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, generator=generator)
     if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:  # the ledger must record Opacus' real rate

@@ -2,9 +2,12 @@
 
 Flower picks a fixed number m of the N clients each round, uniformly without replacement; that
 is not Poisson sampling. We account for exactly that with Google's dp-accounting RDP accountant:
-`SampledWithoutReplacementDpEvent(N, m, Gaussian(z))` per round, under the replace-one
-neighbouring relation that this sampling scheme's analysis uses (Wang, Balle & Kasiviswanathan
-2019). The unit of privacy is one client's whole contribution (a user, in cross-device runs).
+`SampledWithoutReplacementDpEvent(N, m, Gaussian(z'))` per round under the replace-one relation
+that this sampling scheme's analysis uses (Wang, Balle & Kasiviswanathan 2019), where z' is the
+noise relative to the sum's sensitivity under that relation (`common.privacy.mechanism`: z / 2).
+Events are recorded as [z, m, N] with Flower's z (noise std / clipping norm), so what was run
+and what was accounted can be read apart. The unit of privacy is one client's whole
+contribution (a user, in cross-device runs).
 """
 
 from __future__ import annotations
@@ -14,11 +17,18 @@ from collections import Counter
 import dp_accounting
 from dp_accounting import rdp
 
+from common.privacy.mechanism import (ADD_OR_REMOVE_ONE, REPLACE_ONE, SERVER_DPFEDAVG,
+                                      accountant_noise_multiplier)
+
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
+RELATION = {REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
+            ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE}[SERVER_DPFEDAVG.adjacency]
 
 
 def round_event(noise_multiplier: float, num_sampled: int, population: int) -> dp_accounting.DpEvent:
-    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    """One round with Flower's multiplier z (noise std / C), as the accountant must see it."""
+    gaussian = dp_accounting.GaussianDpEvent(accountant_noise_multiplier(noise_multiplier,
+                                                                         SERVER_DPFEDAVG.adjacency))
     if num_sampled >= population:
         return gaussian  # everyone takes part: no amplification by sampling
     return dp_accounting.SampledWithoutReplacementDpEvent(population, num_sampled, gaussian)
@@ -35,24 +45,23 @@ def dpfedavg_epsilon(*, noise_multiplier: float, num_sampled: int, population: i
 
 
 def dpfedavg_epsilon_events(events: list[tuple[float, int, int]], *, delta: float) -> float:
-    """Epsilon after rounds with possibly different (noise multiplier, sampled, population)."""
+    """Epsilon after rounds with possibly different (Flower noise multiplier, sampled, population)."""
     if not events:
         return 0.0
-    partial = any(m < n for _, m, n in events)
-    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if partial
-                else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
-    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=relation)
+    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=RELATION)
     # RDP composes additively, so equal rounds are composed once with a count: the without-
     # replacement RDP costs ~0.2 s per event, and composing round by round every round made a
     # 100-round run spend O(rounds^2) time, longer than training, in accounting.
     for (z, m, n), count in grouped_rounds(events).items():
+        if z <= 0:
+            return float("inf")  # no noise: no guarantee
         accountant.compose(round_event(z, m, n), count=count)
     return float(accountant.get_epsilon(delta))
 
 
 def dpfedavg_noise_for(target_epsilon: float, *, num_sampled: int, population: int, rounds: int,
                        delta: float) -> float:
-    """Smallest noise multiplier (to 0.1%) whose epsilon after `rounds` rounds is <= target."""
+    """Smallest Flower noise multiplier (to 0.1%) whose epsilon after `rounds` rounds is <= target."""
     low, high = 0.05, 1.0
     while dpfedavg_epsilon(noise_multiplier=high, num_sampled=num_sampled, population=population,
                            rounds=rounds, delta=delta) > target_epsilon:

@@ -1,0 +1,68 @@
+"""What a DP mechanism's epsilon is about: adjacency, sampling, sensitivity, unit of privacy.
+
+The one place that decides these facts; the run's accounting, the calibration to a target
+epsilon and the reports all read them from here, so they cannot disagree.
+
+Server-side DP-FedAvg (Flower's wrappers): each sampled client's update is clipped to C, the
+server adds N(0, (z C)^2) to the clipped sum (z C / m on the average of m). Flower samples a
+fixed number m of the N clients without replacement, and the analysis of that sampling
+(Wang, Balle & Kasiviswanathan 2019) is under replace-one adjacency: one client's update is
+replaced by another's, which moves the clipped sum by up to 2C. An accountant that takes the
+noise relative to the L2 sensitivity therefore gets z C / 2C = z / 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+REPLACE_ONE = "replace-one"
+ADD_OR_REMOVE_ONE = "add/remove"
+
+
+def sum_sensitivity(adjacency: str, clip: float) -> float:
+    """L2 sensitivity of a sum of updates each clipped to `clip`, under `adjacency`."""
+    if adjacency == REPLACE_ONE:
+        return 2.0 * clip  # one clipped update swapped for another: from +C to -C
+    if adjacency == ADD_OR_REMOVE_ONE:
+        return clip  # one clipped update more or less
+    raise ValueError(f"unknown adjacency {adjacency!r}; use {REPLACE_ONE!r} or {ADD_OR_REMOVE_ONE!r}")
+
+
+def accountant_noise_multiplier(noise_multiplier: float, adjacency: str) -> float:
+    """Noise std / sensitivity, for a mechanism whose noise std is `noise_multiplier` x clip."""
+    return noise_multiplier / sum_sensitivity(adjacency, 1.0)
+
+
+@dataclass(frozen=True)
+class MechanismFacts:
+    """What every epsilon of a run is about; written into privacy.json and privacy.md."""
+    unit: str  # "client", "user" or "event"
+    adjacency: str
+    sampling: str
+    sensitivity: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Server-side DP-FedAvg as Flower runs it (fixed-size sampling, noise z * C on the clipped sum).
+SERVER_DPFEDAVG = MechanismFacts(
+    unit="client",
+    adjacency=REPLACE_ONE,
+    sampling="fixed-size: m of N clients per round, uniformly without replacement (secret draw)",
+    sensitivity="2C on the clipped sum (one client's update clipped to C replaced by another's); "
+                "the accountant's noise multiplier is z / 2")
+
+
+def dpsgd_unit(owners_are_unique: bool) -> str:
+    """Client-side DP-SGD's unit: one DP sample per user protects the user, else one event."""
+    return "user" if owners_are_unique else "event"
+
+
+def client_dpsgd_facts(unit: str) -> MechanismFacts:
+    """Opacus DP-SGD on a client: Poisson sampling of its training windows, add/remove one window."""
+    return MechanismFacts(
+        unit=unit,
+        adjacency=ADD_OR_REMOVE_ONE,
+        sampling="Poisson: each training window of the client with probability q per step (secret draw)",
+        sensitivity="C = max-grad-norm per sample (per-sample gradients clipped to C, add/remove one sample)")
