@@ -7,15 +7,18 @@ An exception in a handler becomes an error reply that the server counts; it neve
 from __future__ import annotations
 
 import warnings
+
+import numpy as np
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_data import client_key, is_simulated, load_local_data
+from client.local_data import client_key, cohort_data, is_simulated, load_local_data
+from common.cohort_clients import evaluate_users, train_chunks
 from common.audit.messages import message_audit_mod
 from common.config import RunConfig
-from common.federated import DeviceLimits, local_evaluate, local_train
+from common.federated import DeviceLimits, local_train
 from common.privacy.ledger import PrivacyLedger
 
 # Opacus' known, harmless notices (see STACK.md); anything else still shows.
@@ -34,8 +37,34 @@ def _reply(msg: Message, metrics: dict, arrays: dict | None = None) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Identify this client (its partition or device id) so that the server samples by identity."""
+    """Identify this client (its partition or device id) so that the server samples by identity.
+    In the cohort engine a simulated node instead offers to host the run's simulated devices."""
+    config = RunConfig.from_flat(context.run_config)
+    if config.federation.cohort_engine and is_simulated(context.node_config):
+        return _reply(msg, {"cohort-host": 1})
     return _reply(msg, {"client-key": client_key(context.node_config)})
+
+
+def _chunks(round_config) -> list[tuple[int, list[int]]]:
+    """[(chunk index, client keys)] from the round config (absent: one chunk of this device's users)."""
+    if "chunk-ids" not in round_config:
+        return [(0, None)]
+    keys, out, start = list(round_config["chunk-keys"]), [], 0
+    for index, size in zip(round_config["chunk-ids"], round_config["chunk-sizes"]):
+        out.append((int(index), keys[start:start + int(size)]))
+        start += int(size)
+    return out
+
+
+def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
+    round_config = msg.content["config"]
+    chunks = []
+    for index, keys in _chunks(round_config):
+        local, rows = cohort_data(config, context.node_config, keys)
+        chunks.append((index, rows))
+    result = train_chunks(config, local, chunks, msg.content["arrays"].to_torch_state_dict(),
+                          int(round_config["server-round"]))
+    return _reply(msg, result.metrics, result.arrays)
 
 
 def _ledger_path(context: Context, round_config, key: int) -> Path:
@@ -51,10 +80,12 @@ def train(msg: Message, context: Context) -> Message:
     round_config = msg.content["config"]
     if config.privacy.delta == 0 and "delta" in round_config:  # 1 / users, resolved by the server
         config = config.replace(**{"delta": float(round_config["delta"])})
-    key = client_key(context.node_config)
     limits = DeviceLimits.from_node_config(context.node_config)
     if not limits.train:
         return _reply(msg, {"declined": 1, "num-examples": 0})
+    if config.federation.cohort_engine:
+        return _cohort_train(msg, context, config)
+    key = client_key(context.node_config)
     local = load_local_data(config, context.node_config)
     ledger = None
     if config.privacy.dp_mode == "client":
@@ -73,6 +104,14 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """Rank this client's own held-out items; only means and a count leave (federated evaluation)."""
     config = RunConfig.from_flat(context.run_config)
+    round_config = msg.content["config"] if "config" in msg.content else {}
+    split = str(round_config.get("split", "validation"))
+    arrays = msg.content["arrays"].to_torch_state_dict()
+    if config.federation.cohort_engine:
+        keys = [key for _, chunk in _chunks(round_config) for key in (chunk or [])]
+        local, rows = cohort_data(config, context.node_config, keys if "chunk-ids" in round_config else None)
+        return _reply(msg, evaluate_users(config, local, rows, arrays, split))
     local = load_local_data(config, context.node_config)
-    return _reply(msg, local_evaluate(config, local, msg.content["arrays"].to_torch_state_dict()))
+    return _reply(msg, evaluate_users(config, local, np.arange(local.num_users), arrays, split))

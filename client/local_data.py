@@ -67,3 +67,18 @@ def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:
                         "catalogue-path (deployment)")
     check_local_data(local, where)
     return local
+
+
+def cohort_data(config: RunConfig, node_config: dict, chunk_keys: list[int] | None) -> tuple[SequenceData, np.ndarray]:
+    """The data and rows of the users a cohort-engine node is asked for: on a simulated node the
+    one-user clients named by `chunk_keys`, on a device all of its own users."""
+    if not is_simulated(node_config):
+        local = load_local_data(config, node_config)
+        return local, np.arange(local.num_users)
+    partitioning = cached_partitioning(config.data, config.federation, config.train.seed)
+    keys = np.asarray(chunk_keys or [], dtype=np.int64)
+    if len(keys) and (keys.min() < 0 or keys.max() >= partitioning.num_clients):
+        raise DataError(f"cohort users {keys.min()}..{keys.max()} outside the run's {partitioning.num_clients} "
+                        "one-user clients")
+    rows = np.array([partitioning.clients[k][0] for k in keys], dtype=np.int64)
+    return cached_population(config.data, config.federation, config.train.seed), rows

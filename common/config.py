@@ -107,6 +107,7 @@ class FederationSettings:
     local_epochs: int = 1
     local_lr: float = 1e-3
     server_lr: float = 1e-2  # FedAdam/FedYogi eta
+    server_tau: float = 1e-3  # FedAdam/FedYogi adaptivity (Reddi et al. 2021); small = closer to plain Adam
     proximal_mu: float = 0.01  # FedProx
     eval_every_rounds: int = 1
     eval_users: int = 0  # validation users for server-side evaluation each round; 0 = all
@@ -136,6 +137,7 @@ class FederationSettings:
         _check(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
         _check(self.local_lr > 0, "local-lr", "must be > 0")
         _check(self.server_lr > 0, "server-lr", "must be > 0")
+        _check(self.server_tau > 0, "server-tau", "must be > 0")
         _check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0")
         _check(self.eval_users >= 0, "eval-users", "must be >= 0")
         _check(0.0 <= self.holdout_fraction < 1.0, "holdout-fraction", "must be in [0, 1)")

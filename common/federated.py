@@ -1,8 +1,8 @@
 """What one federated client does with its local users, independent of Flower's messages.
 
 `local_train` starts from the global weights, runs local epochs on the client's training
-windows and returns new weights plus numeric metrics; `local_evaluate` ranks the full catalogue
-for the client's validation targets. Only weights and numbers leave these functions.
+windows and returns new weights plus numeric metrics (evaluation: `common.cohort_clients.
+evaluate_users`). Only weights and numbers leave these functions.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import torch
 
 from common.config import RunConfig
 from common.errors import DataError
-from common.evaluation import model_scores, rank_targets
-from common.metrics import ranking_metrics
 from common.privacy.dpsgd import dp_windows, plan_round, train_private
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
@@ -116,17 +114,3 @@ def _private_local_train(config: RunConfig, local: SequenceData, model, noise_se
                                         "noise-multiplier": plan.noise_multiplier,
                                         "sample-rate": plan.sample_rate, "user-level": int(unit == "user"),
                                         "dp-noise-reproducible": int(reproducible)})
-
-
-@torch.no_grad()
-def local_evaluate(config: RunConfig, local: SequenceData, global_arrays: dict[str, torch.Tensor]) -> dict:
-    model = model_for(config, local.num_items)
-    model.load_arrays(global_arrays)
-    model.eval()
-    histories, targets = local.validation_cases()
-    ranks, _ = rank_targets(model_scores(model), histories, targets, max_len=config.data.max_len,
-                            num_items=local.num_items, top_k=config.train.top_k,
-                            mask_seen=config.train.mask_seen)
-    metrics = ranking_metrics(ranks, config.train.top_k)
-    k = config.train.top_k
-    return {f"ndcg@{k}": metrics[f"ndcg@{k}"], f"hr@{k}": metrics[f"hr@{k}"], "num-examples": len(targets)}

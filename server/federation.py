@@ -18,6 +18,8 @@ from common.config import RunConfig
 from common.data import cached_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.training import model_for
+from common.partition import cached_partitioning
+from server.cohort import CohortPlan, federated_evaluate
 from server.loop import discover_clients, run_rounds
 from server.privacy import PrivacyTracker
 from server.privacy_report import write_privacy_report
@@ -32,8 +34,11 @@ def resolve_run_dir(config: RunConfig) -> Path:
     return (Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
 
 
-def make_evaluator(config: RunConfig, data):
-    """evaluate(arrays, split) on the server's copy of the validation / test targets."""
+def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: CohortPlan | None = None):
+    """evaluate(arrays, split) on the server's copy of the validation / test targets, or, with
+    `federated-evaluation`, by the clients on their own held-out items (the server only sums)."""
+    if config.federation.federated_evaluation:
+        return _federated_evaluator(config, grid, plan)
     users = None
     if config.federation.eval_users and config.federation.eval_users < data.num_users:
         users = np.random.default_rng(config.train.seed).choice(data.num_users, config.federation.eval_users,
@@ -46,6 +51,18 @@ def make_evaluator(config: RunConfig, data):
         return evaluate(model_scores(model), data, split, max_len=config.data.max_len, top_k=config.train.top_k,
                         mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size,
                         device=config.train.device, users=None if all_users else users)
+    return evaluate_arrays
+
+
+def _federated_evaluator(config: RunConfig, grid: Grid, plan: CohortPlan):
+    keys = plan.keys
+    users = None
+    if config.federation.eval_users and config.federation.eval_users < len(keys):
+        users = np.random.default_rng(config.train.seed).choice(keys, config.federation.eval_users, replace=False)
+
+    def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
+        record = arrays if isinstance(arrays, ArrayRecord) else ArrayRecord(arrays)
+        return federated_evaluate(grid, plan, record, split, None if all_users else users, server_round=0)
     return evaluate_arrays
 
 
@@ -63,18 +80,26 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
-    keys = discover_clients(grid, timeout=3600.0)
-    if not keys:
+    keys, hosts = discover_clients(grid, timeout=3600.0)
+    if not keys and not hosts:
         raise RuntimeError("no client identified itself; check the SuperNodes' logs")
+    plan = None
+    if config.federation.cohort_engine or config.federation.federated_evaluation:
+        simulated = cached_partitioning(config.data, config.federation, config.train.seed).num_clients if hosts else 0
+        plan = CohortPlan(config, simulated, hosts, keys)
+        log(INFO, "fedseqrec: %s", f"{simulated} simulated devices on {len(hosts)} nodes" if hosts
+            else f"{len(keys)} clients")
+    population = len(plan.keys) if plan is not None else len(keys)
     delta = config.privacy.delta or 1.0 / data.num_users  # <= 1 / users, as the literature asks
-    tracker = PrivacyTracker(config, len(keys), delta, state.privacy)
+    tracker = PrivacyTracker(config, population, delta, state.privacy)
     strategy = tracker.wrap(build_strategy(config))
     if state.strategy:
         load_strategy_state(strategy, state.strategy)
-    expected_rounds = config.federation.num_server_rounds * min(1.0, config.federation.clients_per_round / len(keys))
+    expected_rounds = config.federation.num_server_rounds * min(1.0, config.federation.clients_per_round / population)
     round_config = {"run-dir": str(run_dir), "delta": delta, "expected-rounds": expected_rounds}
-    evaluate_arrays = make_evaluator(config, data)
-    state = run_rounds(grid, config, strategy, state, run_dir, evaluate_arrays, keys, round_config, tracker)
+    evaluate_arrays = make_evaluator(config, data, grid, plan)
+    state = run_rounds(grid, config, strategy, state, run_dir, evaluate_arrays, keys, round_config, tracker,
+                       cohort=plan if config.federation.cohort_engine else None)
 
     best_arrays = state.best.get("arrays", state.arrays)
     test = evaluate_arrays(best_arrays, "test", all_users=True)
@@ -91,7 +116,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     if state.stopped_early:
         summary["stopped_early"] = state.stopped_early
     if config.privacy.dp_mode != "none":
-        summary["privacy"] = write_privacy_report(run_dir, config, tracker, state.history, len(keys), delta,
+        summary["privacy"] = write_privacy_report(run_dir, config, tracker, state.history, population, delta,
                                                   data.num_users, stopped_early=state.stopped_early)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_reports(run_dir, state.history, config.train.top_k)

@@ -40,19 +40,23 @@ class SampledGrid:
         return getattr(self._grid, name)
 
 
-def discover_clients(grid: Grid, timeout: float) -> dict[int, int]:
-    """client-key -> node id, asked once per run: sampling by identity makes runs reproducible
-    and resumable even though node ids change between runs."""
+def discover_clients(grid: Grid, timeout: float) -> tuple[dict[int, int], list[int]]:
+    """(client-key -> node id, node ids that host simulated devices), asked once per run: sampling
+    by identity makes runs reproducible and resumable even though node ids change between runs."""
     node_ids = sorted(grid.get_node_ids())
     messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY,
                         dst_node_id=node) for node in node_ids]
-    keys = {}
+    keys, hosts = {}, []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             log(WARNING, "node %s did not identify itself: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
-        keys[int(reply.content["metrics"]["client-key"])] = reply.metadata.src_node_id
-    return keys
+        metrics = reply.content["metrics"]
+        if "cohort-host" in metrics:
+            hosts.append(reply.metadata.src_node_id)
+        else:
+            keys[int(metrics["client-key"])] = reply.metadata.src_node_id
+    return keys, sorted(hosts)
 
 
 def sample_clients(keys: list[int], count: int, seed: int, server_round: int, secret: bool = False) -> list[int]:
@@ -65,15 +69,22 @@ def sample_clients(keys: list[int], count: int, seed: int, server_round: int, se
 def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord,
                 node_ids: list[int], config: ConfigRecord, timeout: float,
                 order: dict[int, int] | None = None,
-                refuse: Callable[[int], str | None] | None = None) -> tuple[ArrayRecord | None, dict, dict]:
+                refuse: Callable[[int], str | None] | None = None,
+                per_node: dict[int, dict] | None = None) -> tuple[ArrayRecord | None, dict, dict]:
     """One round of training on the sampled nodes; returns (new arrays or None, round stats).
 
     `order` maps node id -> client key: replies are aggregated in client-key order, so float
     sums are identical across runs even though node ids are not. `refuse(contributing)` is asked
     after the replies arrive and before aggregation; a reason from it leaves the round
-    unaggregated (stats["refused"] says why)."""
+    unaggregated (stats["refused"] says why). `per_node` adds config entries per node (the
+    cohort engine's chunks of users)."""
     view = SampledGrid(grid, node_ids)
     messages = list(strategy.configure_train(server_round, arrays, config, view))
+    if per_node:  # strategies share one content record between messages: give each node its own
+        messages = [Message(content=RecordDict({**dict(m.content.items()), "config": ConfigRecord(
+                                {**dict(m.content["config"]), **per_node.get(m.metadata.dst_node_id, {})})}),
+                            message_type=m.metadata.message_type, dst_node_id=m.metadata.dst_node_id)
+                    for m in messages]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     replies.sort(key=lambda m: (order or {}).get(m.metadata.src_node_id, m.metadata.src_node_id))
     failed = [r for r in replies if r.has_error()]
@@ -110,12 +121,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunState, run_dir: Path,
-               evaluate_fn, keys: dict[int, int], round_config: dict, privacy=None, timeout: float = 3600.0) -> RunState:
+               evaluate_fn, keys: dict[int, int], round_config: dict, privacy=None, timeout: float = 3600.0,
+               cohort=None) -> RunState:
     """Rounds state.round + 1 .. num-server-rounds; checkpoint after each. `privacy` (a
     server.privacy.PrivacyTracker) may stop the run before a round that would exceed the budget
-    and records epsilon after each round."""
+    and records epsilon after each round. `cohort` (a server.cohort.CohortPlan) samples users
+    and hands their chunks to the nodes that host them."""
     fed = config.federation
-    log(INFO, "fedseqrec: %d clients available, %d per round", len(keys), min(fed.clients_per_round, len(keys)))
+    available = len(cohort.keys) if cohort is not None else len(keys)
+    log(INFO, "fedseqrec: %d clients available, %d per round%s", available, min(fed.clients_per_round, available),
+        f" ({fed.user_sampling} sampling, cohort engine on {len(cohort.hosts)} nodes)" if cohort is not None else "")
     key = f"ndcg@{config.train.top_k}"
     known_nodes = set(grid.get_node_ids())
     arrays = ArrayRecord(state.arrays)
@@ -131,16 +146,29 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         round_start = time.perf_counter()
         nodes = set(grid.get_node_ids())
         if nodes != known_nodes:  # a node left, joined, or came back with a new id: ask again who is who
-            keys, known_nodes = discover_clients(grid, timeout) or keys, nodes
-            log(INFO, "fedseqrec: nodes changed; %d clients identified", len(keys))
+            found, hosts = discover_clients(grid, timeout)
+            keys, known_nodes = found or keys, nodes
+            if cohort is not None:
+                cohort.hosts, cohort.devices = hosts or cohort.hosts, found or cohort.devices
+            log(INFO, "fedseqrec: nodes changed; %d clients, %d hosts identified", len(keys), len(hosts))
+        _warm_up_server_lr(strategy, config, server_round)
         # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
         randomness.seed_numpy_global(reproducible=reproducible, derived=client_seed(config.train.seed, server_round, -1))
-        chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round,
-                                secret=not reproducible)
+        if cohort is not None:
+            users = cohort.sample(server_round)
+            per_node = cohort.assign(users)
+            node_ids, order = sorted(per_node), {node: i for i, node in enumerate(sorted(per_node))}
+        else:
+            chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round,
+                                    secret=not reproducible)
+            per_node, node_ids, order = None, [keys[c] for c in chosen], {node: key for key, node in keys.items()}
         new_arrays, stats, per_client = train_round(
-            grid, strategy, server_round, arrays, [keys[c] for c in chosen], ConfigRecord(dict(round_config)),
-            timeout, {node: key for key, node in keys.items()},
-            refuse=privacy.refuses if privacy is not None else None)
+            grid, strategy, server_round, arrays, node_ids, ConfigRecord(dict(round_config)), timeout, order,
+            refuse=privacy.refuses if privacy is not None else None, per_node=per_node)
+        if cohort is not None:  # count users, not the nodes that computed them
+            replied = sum(int(m.get("users", 0)) for m in per_client.values())
+            stats.update({"nodes": len(node_ids), "sampled": len(users), "replied": replied,
+                          "failed": len(users) - replied})
         if "refused" in stats:  # nothing of this round is aggregated, released or checkpointed
             log(WARNING, "fedseqrec: round %d not aggregated and the run stops: %s", server_round, stats["refused"])
             state.stopped_early = f"round {server_round} not released: {stats['refused']}"
@@ -165,6 +193,16 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
             write_jsonl(Path(run_dir) / "metrics.jsonl", state.history)  # always matches the checkpoint
         log(INFO, "%s", progress.line(row, key))
     return state
+
+
+def _warm_up_server_lr(strategy: Strategy, config: RunConfig, server_round: int) -> None:
+    """FedAdam / FedYogi: the server learning rate rises linearly over `server-lr-warmup` rounds."""
+    inner = strategy
+    while hasattr(inner, "strategy"):
+        inner = inner.strategy
+    warmup = config.federation.server_lr_warmup
+    if hasattr(inner, "eta") and warmup > 0:
+        inner.eta = config.federation.server_lr * min(1.0, server_round / warmup)
 
 
 class Progress:

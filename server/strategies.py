@@ -28,7 +28,8 @@ def build_strategy(config: RunConfig) -> Strategy:
         return FedProx(**common, proximal_mu=fed.proximal_mu)
     optimiser = FedAdam if fed.strategy == "fedadam" else FedYogi
     # eta_l is only reported by Flower; clients use local-lr themselves.
-    return optimiser(**common, eta=fed.server_lr, eta_l=fed.local_lr, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    return optimiser(**common, eta=fed.server_lr, eta_l=fed.local_lr, beta_1=0.9, beta_2=0.99,
+                     tau=fed.server_tau)
 
 
 def _inner(strategy: Strategy) -> Strategy:

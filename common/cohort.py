@@ -1,0 +1,131 @@
+"""The cohort engine: many one-user devices' local updates computed at once.
+
+Each user's update is exactly what that user's device computes: start from the global weights,
+take `steps` optimiser steps (SGD, or Adam with the user's own moments) on the user's training
+window alone, optionally clip the whole update to `clip`. Users are stacked along a leading axis
+and trained together with `torch.func` (`functional_call` + `grad` + `vmap`): one set of weights
+per user, no Python loop of models. The result is the sum of the users' updates and their count:
+what a server learns from a secure aggregation of those devices.
+
+One SGD step without clipping has a cheaper exact form: the sum of the users' updates is -lr
+times the gradient of the sum of their losses at the global weights, one batched backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from common.models import SequenceRecommender
+
+
+@dataclass(frozen=True)
+class LocalRecipe:
+    steps: int = 1  # optimiser steps per user per round (one window per user: one step per local epoch)
+    optimizer: str = "sgd"  # "sgd" or "adam" (each user with its own moments, fresh every round)
+    lr: float = 1.0
+    clip: float = 0.0  # > 0: each user's whole update clipped to this L2 norm
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class CohortResult:
+    update_sum: dict[str, torch.Tensor]  # sum over users of (local weights - global weights)
+    users: int
+    loss_sum: float  # sum over users of the mean loss of their first local step
+    clipped: int = 0  # users whose update was scaled down by `clip`
+
+
+def user_loss(model: SequenceRecommender, params: dict[str, torch.Tensor], inputs: torch.Tensor,
+              targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-item cross-entropy of one user's windows (W, T); target 0 = no prediction.
+
+    Shape-static (no boolean indexing), so it vmaps over users; equal to `common.losses` "ce"."""
+    logits = functional_call(model, params, (inputs,))  # (W, T, N)
+    valid = (targets > 0).to(logits.dtype)  # (W, T)
+    token = F.cross_entropy(logits.flatten(0, 1), (targets - 1).clamp(min=0).flatten(), reduction="none")  # (W*T,)
+    per_window = (token.view(targets.shape) * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # (W,)
+    return per_window.mean()
+
+
+def cohort_update(model: SequenceRecommender, inputs: torch.Tensor, targets: torch.Tensor,
+                  recipe: LocalRecipe) -> CohortResult:
+    """Local updates of U users from the model's current (global) weights; inputs/targets (U, W, T).
+
+    Dropout masks come from torch's global RNG: seed it before calling for a reproducible result."""
+    if len(inputs) == 0:
+        return CohortResult({k: torch.zeros_like(v) for k, v in model.named_parameters()}, 0, 0.0)
+    if recipe.steps == 1 and recipe.optimizer == "sgd" and recipe.clip <= 0:
+        return _one_sgd_step(model, inputs, targets, recipe.lr)
+    return _stacked(model, inputs, targets, recipe)
+
+
+def _one_sgd_step(model, inputs, targets, lr: float) -> CohortResult:
+    U, W, T = inputs.shape
+    params = dict(model.named_parameters())
+    model.zero_grad(set_to_none=True)
+    # Every user has W windows, so the sum of the users' mean losses is U x the mean over all windows,
+    # and its gradient is the sum of the users' gradients.
+    total = U * user_loss(model, params, inputs.reshape(U * W, T), targets.reshape(U * W, T))
+    total.backward()
+    update = {k: -lr * p.grad.detach() for k, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    return CohortResult(update, U, float(total.detach()))
+
+
+def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
+    base = {k: p.detach() for k, p in model.named_parameters()}
+    U = len(inputs)
+    params = {k: v.unsqueeze(0).repeat(U, *([1] * v.dim())) for k, v in base.items()}  # (U, ...)
+    moments = ({k: torch.zeros_like(v) for k, v in params.items()},
+               {k: torch.zeros_like(v) for k, v in params.items()}) if recipe.optimizer == "adam" else None
+    loss_and_grad = vmap(_loss_and_grad(model), in_dims=(0, 0, 0), randomness="different")
+    first_loss = 0.0
+    for step in range(1, recipe.steps + 1):
+        losses, grads = loss_and_grad(params, inputs, targets)  # (U,), {k: (U, ...)}
+        if step == 1:
+            first_loss = float(losses.sum())
+        with torch.no_grad():
+            if moments is None:
+                params = {k: params[k] - recipe.lr * grads[k] for k in params}
+            else:
+                params = _adam(params, grads, moments, step, recipe)
+    with torch.no_grad():
+        update = {k: params[k] - base[k] for k in params}  # (U, ...)
+        clipped = 0
+        if recipe.clip > 0:
+            norms = torch.sqrt(sum(u.flatten(1).pow(2).sum(1) for u in update.values()))  # (U,)
+            scale = (recipe.clip / norms.clamp(min=1e-12)).clamp(max=1.0)  # (U,)
+            clipped = int((scale < 1).sum())
+            update = {k: u * scale.view(-1, *([1] * (u.dim() - 1))) for k, u in update.items()}
+        return CohortResult({k: u.sum(0) for k, u in update.items()}, U, first_loss, clipped)
+
+
+def _loss_and_grad(model):
+    def one_user(params, x, y):
+        loss = user_loss(model, params, x, y)
+        return loss, loss
+
+    grad_fn = grad(one_user, has_aux=True)
+
+    def both(params, x, y):
+        grads, loss = grad_fn(params, x, y)
+        return loss, grads
+    return both
+
+
+def _adam(params, grads, moments, step: int, recipe: LocalRecipe):
+    first, second = moments
+    b1, b2 = recipe.betas
+    correction = math.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+    out = {}
+    for k in params:
+        first[k].mul_(b1).add_(grads[k], alpha=1 - b1)
+        second[k].mul_(b2).addcmul_(grads[k], grads[k], value=1 - b2)
+        out[k] = params[k] - recipe.lr * correction * first[k] / (second[k].sqrt() + recipe.eps * math.sqrt(1 - b2 ** step))
+    return out

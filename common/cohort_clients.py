@@ -1,0 +1,83 @@
+"""What a SuperNode does in the cohort engine, independent of Flower's messages.
+
+A simulated SuperNode hosts no fixed users: the server hands it chunks of this round's sampled
+users (by client key), and it computes each user's update as that user's device would, chunk by
+chunk with `common.cohort`. Chunks are fixed by the server (the round's sorted sample cut every
+`cohort-chunk` users) and each chunk's dropout draws are seeded by (run seed, round, chunk), so a
+run's result does not depend on how many SuperNodes or workers share the work. A real device is
+the same code with a cohort of its own users (normally one) in one chunk.
+
+The reply carries the mean of the chunk users' updates applied to the global weights with
+`num-examples` = the number of users: Flower's weighted average then gives the user-level mean
+over the whole cohort, and (reply - global) x count is the sum a secure aggregation would show.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.cohort import LocalRecipe, cohort_update
+from common.config import RunConfig
+from common.evaluation import model_scores, rank_targets
+from common.federated import LocalResult, client_seed
+from common.metrics import ranking_metrics
+from common.sequences import SequenceData, training_windows
+from common.training import model_for
+
+
+def recipe_for(config: RunConfig) -> LocalRecipe:
+    fed = config.federation
+    # One training window per user, so a local epoch is one optimiser step.
+    return LocalRecipe(steps=fed.local_epochs, optimizer=fed.local_optimizer, lr=fed.local_lr)
+
+
+def user_windows(local: SequenceData, rows: np.ndarray, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U', 1, T) inputs and targets of the users that can train (>= 2 training items)."""
+    sequences = local.train_sequences() if len(rows) == local.num_users else None
+    picked = [sequences[r] if sequences is not None else local.sequence(int(r))[:-2] for r in rows]
+    inputs, targets, _ = training_windows(picked, max_len, "last")
+    return torch.as_tensor(inputs).unsqueeze(1), torch.as_tensor(targets).unsqueeze(1)
+
+
+def train_chunks(config: RunConfig, local: SequenceData, chunks: list[tuple[int, np.ndarray]],
+                 global_arrays: dict[str, torch.Tensor], server_round: int) -> LocalResult:
+    """Users' local updates, chunk by chunk; `chunks` = [(chunk index, rows of `local`)]."""
+    model = model_for(config, local.num_items)
+    model.load_arrays(global_arrays)
+    model.train()
+    recipe = recipe_for(config)
+    names = dict(model.named_parameters())
+    total = {k: torch.zeros_like(p) for k, p in names.items()}
+    users, loss_sum = 0, 0.0
+    for index, rows in chunks:
+        torch.manual_seed(client_seed(config.train.seed, server_round, index))  # dropout: fixed per chunk
+        inputs, targets = user_windows(local, rows, config.data.max_len)
+        result = cohort_update(model, inputs, targets, recipe)
+        for k in total:
+            total[k] += result.update_sum[k]
+        users += result.users
+        loss_sum += result.loss_sum
+    if users == 0:
+        return LocalResult(None, {"declined": 1, "num-examples": 0, "users": 0})
+    arrays = {k: v.detach().clone() for k, v in model.arrays().items()}
+    for k, p in names.items():
+        if k in arrays:
+            arrays[k] = global_arrays[k] + total[k] / users
+    return LocalResult(arrays, {"train-loss": loss_sum / users, "num-examples": users, "users": users})
+
+
+@torch.no_grad()
+def evaluate_users(config: RunConfig, local: SequenceData, rows: np.ndarray, global_arrays: dict[str, torch.Tensor],
+                   split: str) -> dict:
+    """Mean ranking metrics of `rows`' held-out item (validation or test), with their count."""
+    model = model_for(config, local.num_items)
+    model.load_arrays(global_arrays)
+    model.eval()
+    cut = 2 if split == "validation" else 1
+    sequences = [local.sequence(int(r)) for r in rows]
+    histories, targets = [s[:-cut] for s in sequences], np.array([s[-cut] for s in sequences], dtype=np.int64)
+    ranks, _ = rank_targets(model_scores(model), histories, targets, max_len=config.data.max_len,
+                            num_items=local.num_items, top_k=config.train.top_k, mask_seen=config.train.mask_seen,
+                            batch_size=config.train.eval_batch_size)
+    return {**ranking_metrics(ranks, config.train.top_k), "num-examples": len(rows)}

@@ -1,0 +1,191 @@
+"""The cohort engine: many one-user devices at once, exactly as each device would compute."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from common.cohort import LocalRecipe, cohort_update, user_loss
+from common.cohort_clients import evaluate_users, train_chunks
+from common.config import RunConfig
+from common.data import load_sequence_data
+from common.evaluation import evaluate, model_scores
+from common.models import ModelConfig, build_model
+from common.training import model_for
+from tests.test_federation import _kill_group, _run, _start
+
+SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0)
+COHORT = {"data": "synthetic", "synthetic-users": 200, "synthetic-items": 50, "partition": "user",
+          "train-windows": "last", "model": "sasrec", "emb-dim": 16, "num-layers": 1, "max-len": 20,
+          "dropout": 0.0, "cohort-engine": True, "cohort-chunk": 16, "clients-per-round": 60,
+          "num-server-rounds": 6, "local-epochs": 1, "local-optimizer": "sgd", "local-lr": 1.0,
+          "strategy": "fedadam", "server-lr": 0.01, "server-tau": 1e-6, "server-lr-warmup": 2}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cohort-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(cache, monkeypatch):
+    monkeypatch.setenv("FEDSEQREC_CACHE", str(cache))
+
+
+def _one_by_one(model, inputs, targets, recipe: LocalRecipe) -> dict[str, torch.Tensor]:
+    """Each user in its own model with torch's optimisers: what each device computes."""
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    total = {k: torch.zeros_like(v) for k, v in start.items()}
+    for x, y in zip(inputs, targets):
+        device = build_model(SMALL)
+        device.load_state_dict(model.state_dict())
+        optimizer = (torch.optim.SGD(device.parameters(), lr=recipe.lr) if recipe.optimizer == "sgd"
+                     else torch.optim.Adam(device.parameters(), lr=recipe.lr, eps=recipe.eps))
+        for _ in range(recipe.steps):
+            optimizer.zero_grad()
+            user_loss(device, dict(device.named_parameters()), x, y).backward()
+            optimizer.step()
+        update = {k: p.detach() - start[k] for k, p in device.named_parameters()}
+        if recipe.clip > 0:
+            norm = torch.sqrt(sum((u ** 2).sum() for u in update.values()))
+            update = {k: u * min(1.0, recipe.clip / float(norm)) for k, u in update.items()}
+        for k in total:
+            total[k] += update[k]
+    return total
+
+
+@pytest.mark.parametrize("recipe", [LocalRecipe(1, "sgd", 0.5), LocalRecipe(3, "sgd", 0.5),
+                                    # eps well above float noise: the key bias's gradient is exactly 0 in
+                                    # theory, and Adam would blow its rounding noise up to +-lr
+                                    LocalRecipe(3, "adam", 0.01, eps=1e-4),
+                                    LocalRecipe(2, "adam", 0.01, clip=0.05, eps=1e-4)],
+                         ids=["sgd-1-batched", "sgd-3", "adam-3", "adam-2-clipped"])
+def test_cohort_update_equals_training_each_user_in_its_own_model(recipe):
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    inputs = torch.randint(0, 41, (6, 1, 12))
+    targets = torch.randint(1, 41, (6, 1, 12))
+    targets[:, :, :4] = 0  # short histories: padded positions predict nothing
+    result = cohort_update(model, inputs, targets, recipe)
+    expected = _one_by_one(model, inputs, targets, recipe)
+    assert result.users == 6
+    scale = max(float(v.abs().max()) for v in expected.values())
+    for key in expected:
+        assert torch.allclose(result.update_sum[key], expected[key], atol=1e-4 * scale, rtol=1e-4), key
+    if recipe.clip:
+        assert result.clipped == 6
+        norms = torch.sqrt(sum((v ** 2).sum() for v in result.update_sum.values()))
+        assert norms <= 6 * recipe.clip * (1 + 1e-5)
+
+
+def test_chunks_spread_over_nodes_give_the_same_aggregate():
+    config = RunConfig.from_flat({**COHORT, "dropout": 0.2, "local-epochs": 2, "local-optimizer": "adam",
+                                  "local-lr": 0.01})
+    data = load_sequence_data(config.data)
+    start = model_for(config, data.num_items).arrays()
+    chunks = [(i, np.arange(i * 16, (i + 1) * 16)) for i in range(4)]
+    one_node = train_chunks(config, data, chunks, start, server_round=3)
+    node_a, node_b = (train_chunks(config, data, part, start, server_round=3) for part in (chunks[::2], chunks[1::2]))
+    n_a, n_b = node_a.metrics["num-examples"], node_b.metrics["num-examples"]
+    assert one_node.metrics["num-examples"] == n_a + n_b == 64
+    for key, value in one_node.arrays.items():
+        combined = (node_a.arrays[key] * n_a + node_b.arrays[key] * n_b) / (n_a + n_b)  # Flower's weighted mean
+        assert torch.allclose(value, combined, atol=1e-6), key  # dropout draws are fixed per chunk
+
+
+def test_client_evaluation_equals_server_evaluation_on_the_same_users():
+    config = RunConfig.from_flat(COHORT)
+    data = load_sequence_data(config.data)
+    model = model_for(config, data.num_items)
+    users = np.arange(0, 200, 3)
+    for split in ("validation", "test"):
+        server = evaluate(model_scores(model), data, split, max_len=20, top_k=10, users=users)
+        halves = [evaluate_users(config, data, part, model.arrays(), split) for part in (users[:30], users[30:])]
+        for key in ("ndcg@10", "hr@10", "mrr@10"):
+            pooled = sum(h[key] * h["num-examples"] for h in halves) / len(users)
+            assert pooled == pytest.approx(server[key], abs=1e-9), (split, key)
+
+
+def test_cohort_config_rejects_what_it_cannot_do():
+    from common.errors import ConfigError
+    for bad, needs in [({"partition": "iid"}, "partition = user"), ({"train-windows": "all"}, "train-windows"),
+                       ({"dp-mode": "server"}, "dp-mode = none"), ({"strategy": "fedprox"}, "fedavg, fedadam or fedyogi")]:
+        with pytest.raises(ConfigError, match=needs):
+            RunConfig.from_flat({**COHORT, **bad})
+    with pytest.raises(ConfigError, match="user-sampling"):
+        RunConfig.from_flat({"user-sampling": "poisson"})
+
+
+# --- whole runs on Flower's simulation engine -------------------------------------------------------
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cohort_run(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort") / "two-nodes"
+    _run({**COHORT, "cohort-nodes": 2, "out-dir": str(out)}, cache, num_supernodes=2)
+    return out
+
+
+def test_cohort_run_learns_and_counts_users(cohort_run):
+    rows = _rows(cohort_run)
+    assert [r["sampled"] for r in rows] == [60] * 6 and all(r["replied"] == 60 for r in rows)
+    assert all(r["nodes"] == 2 for r in rows)
+    val = [r["validation"]["ndcg@10"] for r in rows]
+    assert val[-1] > val[0] + 0.02, val
+
+
+def test_cohort_run_does_not_depend_on_the_number_of_nodes(cache, tmp_path):
+    # FedAvg: FedAdam with a tiny tau would blow the float rounding of a different summation order
+    # up to +-server-lr on coordinates whose update is ~0, hiding what this test is about.
+    config = {**COHORT, "strategy": "fedavg", "local-lr": 0.5, "dropout": 0.2, "num-server-rounds": 3}
+    runs = []
+    for nodes in (2, 3):
+        runs.append(tmp_path / f"{nodes}-nodes")
+        _run({**config, "cohort-nodes": nodes, "out-dir": str(runs[-1])}, cache, num_supernodes=nodes)
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=False)["arrays"] for d in runs)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_federated_evaluation_gives_the_server_side_figures(cohort_run, cache, tmp_path):
+    out = tmp_path / "federated-eval"
+    _run({**COHORT, "cohort-nodes": 2, "federated-evaluation": True, "out-dir": str(out)}, cache, num_supernodes=2)
+    for ours, theirs in zip(_rows(out), _rows(cohort_run)):
+        assert ours["validation"]["ndcg@10"] == pytest.approx(theirs["validation"]["ndcg@10"], abs=1e-6)
+    summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, cohort_run))
+    assert summary["test"]["ndcg@10"] == pytest.approx(reference["test"]["ndcg@10"], abs=1e-6)
+
+
+def test_poisson_sampling_draws_about_q_n_users(cache, tmp_path):
+    out = tmp_path / "poisson"
+    _run({**COHORT, "user-sampling": "poisson", "num-server-rounds": 3, "out-dir": str(out)}, cache, num_supernodes=2)
+    sampled = [r["sampled"] for r in _rows(out)]
+    assert len(set(sampled)) > 1 and all(30 < s < 90 for s in sampled)  # Binomial(200, 0.3): mean 60, sd 6.5
+
+
+def test_killed_cohort_run_resumes_to_the_uninterrupted_result(cache, tmp_path):
+    config = {**COHORT, "num-server-rounds": 40, "eval-every-rounds": 10}
+    reference = tmp_path / "reference"
+    _run({**config, "out-dir": str(reference)}, cache, num_supernodes=2)
+    out = tmp_path / "killed"
+    proc = _start({**config, "out-dir": str(out)}, cache, num_supernodes=2)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "checkpoint.pt").exists() and torch.load(out / "checkpoint.pt", weights_only=True)["round"] >= 3:
+                break
+            time.sleep(0.05)
+    finally:
+        _kill_group(proc)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] < 40
+    assert "resuming" in _run({**config, "out-dir": str(out)}, cache, num_supernodes=2)
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=False)["arrays"] for d in (reference, out))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
