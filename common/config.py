@@ -39,6 +39,9 @@ class DataSettings:
     train_windows: str = _choice("all", "last")  # all: every max_len chunk of a history; last: the latest only
     synthetic_users: int = 500  # used only when data = "synthetic"
     synthetic_items: int = 200
+    # A server without interaction data: the federation's item catalogue (JSON of original item IDs in
+    # model index order, written by `fedseqrec partition`); needs federated-evaluation = true.
+    catalogue_path: str = ""
 
     def validate(self) -> None:
         _check(self.min_item_count >= 1, "min-item-count", "must be >= 1")
@@ -213,6 +216,9 @@ def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
 def _cross_check(parts: dict, where: str) -> None:
     """Combinations that would silently break a guarantee."""
     privacy, model, fed, data = parts["privacy"], parts["model"], parts["federation"], parts["data"]
+    if data.catalogue_path and not fed.federated_evaluation:
+        raise ConfigError(f"{where}: catalogue-path (a server without interaction data) needs "
+                          "federated-evaluation = true: the server has no held-out items to rank")
     if fed.cohort_engine:
         needs = {"partition = user (one user per device)": fed.partition == "user",
                  "train-windows = last (one training window per user)": data.train_windows == "last",

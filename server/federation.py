@@ -8,6 +8,8 @@ from datetime import datetime
 from logging import INFO
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
@@ -15,6 +17,7 @@ from flwr.serverapp import Grid
 
 from common.checkpoint import save_model
 from common.config import RunConfig
+from common.errors import DataError
 from common.data import cached_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.training import model_for
@@ -66,21 +69,50 @@ def _federated_evaluator(config: RunConfig, grid: Grid, plan: CohortPlan):
     return evaluate_arrays
 
 
+@dataclass(frozen=True)
+class ServerCatalogue:
+    """What the server knows of the data: the items; the users only when it holds interactions."""
+    item_ids: np.ndarray  # (N + 1,) original item ID per model index, [0] = padding
+    num_users: int | None
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids) - 1
+
+
+def server_catalogue(config: RunConfig, data=None) -> ServerCatalogue:
+    if not config.data.catalogue_path:
+        return ServerCatalogue(data.item_ids, data.num_users)
+    path = Path(config.data.catalogue_path)
+    try:
+        item_ids = np.asarray(json.loads(path.read_text()), dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the item catalogue ({exc}); it must be the JSON list of original "
+                        "item IDs that `fedseqrec partition` writes") from exc
+    if item_ids.ndim != 1 or len(item_ids) < 2:
+        raise DataError(f"{path}: the item catalogue must be a list of at least two item IDs (index 0 = padding)")
+    return ServerCatalogue(item_ids, None)
+
+
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -> dict:
     run_dir = Path(run_dir) if run_dir else resolve_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = config.to_flat()
     (run_dir / "config.json").write_text(json.dumps(flat, indent=2))
     started = time.perf_counter()
-    data = cached_sequence_data(config.data)
+    # A server with a catalogue only never reads interactions (federated evaluation does the ranking).
+    data = None if config.data.catalogue_path else cached_sequence_data(config.data)
+    catalogue = server_catalogue(config, data)
     fingerprint = config_fingerprint(flat)
     state = RunState.load(run_dir, fingerprint)
     if state is None:
-        state = RunState(fingerprint=fingerprint, round=0, arrays=model_for(config, data.num_items).arrays())
+        state = RunState(fingerprint=fingerprint, round=0, arrays=model_for(config, catalogue.num_items).arrays())
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
+    identify_started = time.perf_counter()
     keys, hosts = discover_clients(grid, timeout=3600.0)
+    identify_seconds = time.perf_counter() - identify_started
     if not keys and not hosts:
         raise RuntimeError("no client identified itself; check the SuperNodes' logs")
     plan = None
@@ -90,7 +122,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         log(INFO, "fedseqrec: %s", f"{simulated} simulated devices on {len(hosts)} nodes" if hosts
             else f"{len(keys)} clients")
     population = len(plan.keys) if plan is not None else len(keys)
-    delta = config.privacy.delta or 1.0 / data.num_users  # <= 1 / users, as the literature asks
+    # <= 1 / users, as the literature asks (a server without data counts its clients instead)
+    delta = config.privacy.delta or 1.0 / (catalogue.num_users or population)
     tracker = PrivacyTracker(config, population, delta, state.privacy)
     strategy = tracker.wrap(build_strategy(config))
     if state.strategy:
@@ -104,20 +137,21 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     best_arrays = state.best.get("arrays", state.arrays)
     test = evaluate_arrays(best_arrays, "test", all_users=True)
     validation = evaluate_arrays(best_arrays, "validation", all_users=True)
-    model = model_for(config, data.num_items)
+    model = model_for(config, catalogue.num_items)
     model.load_arrays(best_arrays)
-    save_model(run_dir / "model.pt", model, data.item_ids, run_config=flat, best_round=state.best.get("round"))
+    save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=flat, best_round=state.best.get("round"))
     summary = {"rounds": state.round, "best_round": state.best.get("round"), "validation": validation,
-               "test": test, "num_users": data.num_users, "num_items": data.num_items,
+               "test": test, "num_users": catalogue.num_users or population, "num_items": catalogue.num_items,
                "failed_clients": sum(r["failed"] for r in state.history),
                "declined_clients": sum(r["declined"] for r in state.history),
-               "wall_seconds_this_process": time.perf_counter() - started,
+               "wall_seconds_this_process": time.perf_counter() - started, "identify_seconds": identify_seconds,
                "round_seconds_total": sum(r["seconds"] for r in state.history)}
     if state.stopped_early:
         summary["stopped_early"] = state.stopped_early
     if config.privacy.dp_mode != "none":
         summary["privacy"] = write_privacy_report(run_dir, config, tracker, state.history, population, delta,
-                                                  data.num_users, stopped_early=state.stopped_early)
+                                                  catalogue.num_users or population,
+                                                  stopped_early=state.stopped_early)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_reports(run_dir, state.history, config.train.top_k)
     log(INFO, "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s", config.train.top_k,

@@ -29,7 +29,7 @@ from common.federated import local_train
 from common.partition import partition_users
 from common.training import model_for
 from simulations.federate import project_defaults
-from simulations.simulate import simulate
+from simulations.simulate import num_supernodes, simulate
 
 
 class PeakMemory:
@@ -71,7 +71,7 @@ def load_run_config(path: str | None, **overrides) -> dict:
 
 def bench_run(flat: dict, out: Path) -> dict:
     config = RunConfig.from_flat({**flat, "out-dir": str(out)})
-    clients = partition_users(load_sequence_data(config.data), config.federation, config.train.seed).num_clients
+    clients = num_supernodes(config)
     started = time.perf_counter()
     with PeakMemory() as memory:
         simulate({**flat, "out-dir": str(out)}, num_supernodes=clients)

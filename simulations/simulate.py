@@ -14,6 +14,16 @@ from typing import Any
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+def num_supernodes(config) -> int:
+    """SuperNodes a simulation of `config` (a RunConfig) needs: the cohort engine's hosts, else one
+    per client of the partition."""
+    if config.federation.cohort_engine:
+        return config.federation.cohort_nodes
+    from common.data import load_sequence_data
+    from common.partition import partition_users
+    return partition_users(load_sequence_data(config.data), config.federation, config.train.seed).num_clients
+
+
 def simulate(run_config: dict[str, Any], num_supernodes: int, *, cpus_per_client: float = 1.0,
              num_cpus: int | None = None, verbose: bool = False,
              client_app_attr: str = "client.app:app") -> None:

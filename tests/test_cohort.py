@@ -189,3 +189,24 @@ def test_killed_cohort_run_resumes_to_the_uninterrupted_result(cache, tmp_path):
     a, b = (torch.load(d / "checkpoint.pt", weights_only=False)["arrays"] for d in (reference, out))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_server_with_only_the_item_catalogue_runs_with_federated_evaluation(cache, tmp_path):
+    from common.errors import ConfigError
+    config = RunConfig.from_flat(COHORT)
+    data = load_sequence_data(config.data)
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(data.item_ids.tolist()))
+    with pytest.raises(ConfigError, match="federated-evaluation"):
+        RunConfig.from_flat({**COHORT, "catalogue-path": str(catalogue)})
+    runs = {}
+    for name, extra in (("full", {}), ("catalogue", {"catalogue-path": str(catalogue)})):
+        runs[name] = tmp_path / name
+        _run({**COHORT, "num-server-rounds": 2, "federated-evaluation": True, "out-dir": str(runs[name]), **extra},
+             cache, num_supernodes=2)
+    summary, reference = (json.loads((runs[n] / "summary.json").read_text()) for n in ("catalogue", "full"))
+    assert summary["num_items"] == data.num_items and summary["num_users"] == 200
+    assert summary["test"] == pytest.approx(reference["test"], abs=1e-6)
+    from common.checkpoint import load_model
+    _, items, _ = load_model(runs["catalogue"] / "model.pt")
+    assert np.array_equal(items, data.item_ids)
