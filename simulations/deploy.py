@@ -8,38 +8,36 @@ entry for the CLI, and `flwr run <project> <connection> --run-config FILE --stre
     python -m simulations.deploy --data ../shared/data/ml-100k/u.data --nodes 2 --rounds 2 --work DIR
 
 Every process started here runs in its own session; on exit (success, error, Ctrl-C, SIGTERM)
-it and every descendant seen (Flower starts `flower-superexec`, `flwr-serverapp` and
-`flwr-clientapp` processes, some detached) get SIGTERM, then SIGKILL after a grace period. Logs
-are written to `<work>/logs/`.
+a run still going gets Flower's stop (`flwr stop`) and its ServerApp process is ended first, then
+every process started and every descendant seen (Flower starts `flower-superexec`,
+`flwr-serverapp` and `flwr-clientapp` processes, some detached) get SIGTERM, then SIGKILL after a
+grace period (simulations/processes.py). Ctrl-C or SIGTERM ends the demo with exit 130 (143) and one
+line: the round reached, the run folder and the command that resumes (the same command); a second
+Ctrl-C SIGKILLs everything at once. Logs are written to `<work>/logs/`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import ipaddress
 import json
 import os
 import re
-import signal
-import socket
+import shlex
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import psutil
+from simulations.processes import (VENV_BIN, ProcessTracker, StoppedAtOnce, StopSignals, become_subreaper,
+                                   flower_env, free_port, port_open, remove_partial_files, stop_serverapps,
+                                   toml_value, write_connection)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 CONNECTION = "fedseqrec-loopback"
-
-# What every Flower process started here needs on this kind of machine (see STACK.md).
-FLOWER_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 
 
 class DeploymentError(RuntimeError):
@@ -143,140 +141,6 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Processes
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(FLOWER_ENV)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["FLWR_HOME"] = str(flwr_home)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.update(extra or {})
-    return env
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-class ProcessTracker:
-    """Processes started here plus every descendant seen (a thread polls), stopped together."""
-
-    def __init__(self, poll_seconds: float = 0.5):
-        self.started: dict[str, subprocess.Popen] = {}
-        self._seen: dict[int, psutil.Process] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, args=(poll_seconds,), daemon=True)
-        self._thread.start()
-
-    def start(self, name: str, command: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            out.write(f"$ {' '.join(command)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=cwd, start_new_session=True)
-        with self._lock:
-            self.started[name] = proc
-            try:
-                self._seen[proc.pid] = psutil.Process(proc.pid)
-            except psutil.NoSuchProcess:
-                pass
-        self.snapshot()
-        return proc
-
-    def snapshot(self) -> None:
-        with self._lock:
-            roots = list(self._seen.values())
-        found = {}
-        for root in roots:
-            try:
-                for child in root.children(recursive=True):
-                    found[child.pid] = child
-            except psutil.NoSuchProcess:
-                continue
-        with self._lock:
-            for pid, proc in found.items():
-                self._seen.setdefault(pid, proc)
-
-    def _poll(self, seconds: float) -> None:
-        while not self._stop.wait(seconds):
-            self.snapshot()
-
-    def pids(self) -> list[int]:
-        """Every pid started or seen as a descendant."""
-        with self._lock:
-            return sorted(self._seen)
-
-    def alive(self) -> list[int]:
-        """Tracked processes still running (psutil checks the start time, so a reused pid is not ours)."""
-        with self._lock:
-            procs = list(self._seen.values())
-        out = []
-        for proc in procs:
-            try:
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    out.append(proc.pid)
-            except psutil.NoSuchProcess:
-                pass
-        return sorted(out)
-
-    def stop(self, names: Sequence[str] | None = None, grace: float = 15.0) -> None:
-        """SIGTERM the named processes (default: all) and their descendants, SIGKILL after `grace` s."""
-        self.snapshot()
-        with self._lock:
-            if names is None:
-                targets = list(self._seen.values())
-            else:
-                targets = []
-                for name in names:
-                    if name in self.started and self.started[name].pid in self._seen:
-                        root = self._seen[self.started[name].pid]
-                        targets.append(root)
-                        try:
-                            targets += root.children(recursive=True)
-                        except psutil.NoSuchProcess:
-                            pass
-        for proc in targets:
-            _send(proc, signal.SIGTERM)
-        _, survivors = psutil.wait_procs(targets, timeout=grace)
-        for proc in survivors:
-            _send(proc, signal.SIGKILL)
-        psutil.wait_procs(survivors, timeout=5)
-        for popen in list(self.started.values()):  # reap our own children
-            try:
-                popen.wait(timeout=0.1)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def close(self, grace: float = 15.0) -> None:
-        try:
-            self.stop(None, grace)
-        finally:
-            self._stop.set()
-            self._thread.join(timeout=2)
-
-
-def _send(proc: psutil.Process, sig: int) -> None:
-    try:
-        proc.send_signal(sig)  # psutil refuses if the pid now belongs to another process
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass
-
-
-# --------------------------------------------------------------------------------------------
 # The deployment
 
 
@@ -292,7 +156,7 @@ class NodeSpec:
         values = {"data-path": str(Path(self.data_path).resolve()),
                   "catalogue-path": str(Path(self.catalogue_path).resolve()),
                   "client-id": int(self.client_id), "state-dir": str(Path(self.state_dir).resolve())}
-        return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
+        return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
 
 def nodes_from_partition(partition_dir: str | Path, work: str | Path) -> list[NodeSpec]:
@@ -332,6 +196,7 @@ class LoopbackDeployment:
         self.port: int | None = None
         self.tracker: ProcessTracker | None = None
         self.run_id: int | None = None
+        self._finished_run: int | None = None  # the last run seen finished (nothing to stop)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -370,13 +235,36 @@ class LoopbackDeployment:
         self._wait_for_nodes()
 
     def stop(self) -> None:
-        """Stop every process started (and its descendants); safe to call twice."""
-        if self.tracker is not None:
-            with _signals_deferred():  # a second Ctrl-C must not cut the clean-up short
-                self.tracker.close(self.stop_grace)
-                (self.logs / "pids.json").write_text(json.dumps(
-                    {"started": {n: p.pid for n, p in self.tracker.started.items()}, "all": self.tracker.pids(),
-                     "alive_after_stop": self.tracker.alive()}, indent=2))
+        """Stop a run still going (Flower's stop, then its ServerApp process alone), then every process
+        started and its descendants; safe to call twice. Interrupted itself (a second Ctrl-C, an
+        error), it SIGKILLs every process at once and re-raises."""
+        if self.tracker is None:
+            return
+        try:
+            self._stop_run()
+            self.tracker.close(self.stop_grace)
+        except BaseException:
+            self.tracker.kill()
+            self.tracker.close(0.0)
+            raise
+        finally:
+            (self.logs / "pids.json").write_text(json.dumps(
+                {"started": {n: p.pid for n, p in self.tracker.started.items()}, "all": self.tracker.pids(),
+                 "alive_after_stop": self.tracker.alive()}, indent=2))
+
+    def _stop_run(self) -> None:
+        """`flwr stop` for a run that was started and not seen finished, then its ServerApp process."""
+        log = self.logs / "flwr-run.log"
+        started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace")) if log.exists() else []
+        if started and self._finished_run != int(started[-1]) and self._running("superlink"):
+            try:
+                self.flwr(["stop", started[-1], CONNECTION], "stop-run", timeout=15.0, check=False)
+            except subprocess.TimeoutExpired:
+                pass
+        stop_serverapps(self.tracker, self.stop_grace)
+
+    def _running(self, name: str) -> bool:
+        return name in self.tracker.started and self.tracker.started[name].poll() is None
 
     def pids(self) -> list[int]:
         return self.tracker.pids() if self.tracker else []
@@ -408,7 +296,7 @@ class LoopbackDeployment:
                                       self.logs / "superlink.log", self._env(home), self.work)
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline and proc.poll() is None:
-                if _port_open(self.port):
+                if port_open(self.port):
                     return
                 time.sleep(0.3)
             if proc.poll() is None:
@@ -423,10 +311,7 @@ class LoopbackDeployment:
             entry["root-certificates"] = str(self.certificates.ca_cert)
         else:
             entry["insecure"] = True
-        lines = ["[superlink]", f"default = {_toml_value(CONNECTION)}", "", f"[superlink.{CONNECTION}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
-        self.cli_home.mkdir(parents=True, exist_ok=True)
-        (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
+        write_connection(self.cli_home, CONNECTION, entry)
 
     def _start_supernode(self, index: int, node: NodeSpec) -> None:
         Path(node.state_dir).mkdir(parents=True, exist_ok=True)
@@ -502,7 +387,7 @@ class LoopbackDeployment:
         Raises DeploymentError when flwr run fails or does not finish within `timeout` seconds."""
         if isinstance(run_config, Mapping):
             path = self.work / "run-config.toml"
-            path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
+            path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
         else:
             path = Path(run_config).resolve()
         log = self.logs / "flwr-run.log"
@@ -527,6 +412,8 @@ class LoopbackDeployment:
         while not info.get("status", "").startswith("finished") and time.monotonic() < deadline:
             time.sleep(1.0)
             info = self.run_info(self.run_id)
+        if info.get("status", "").startswith("finished"):
+            self._finished_run = self.run_id
         if info.get("status") != "finished:completed":
             raise DeploymentError(f"run {self.run_id} ended as {info.get('status') or 'unknown'}: "
                                   f"{info.get('status-details', '')}; see {log}")
@@ -540,32 +427,6 @@ class LoopbackDeployment:
         except ValueError:
             return {}
         return {k: str(v) if k.startswith("status") else v for k, v in runs[0].items()} if runs else {}
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGINT and SIGTERM while the block runs (main thread only); deliver them afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            signal.raise_signal(received[0])
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,10 +457,6 @@ def demo(data: str, nodes: int, rounds: int, work: Path, *, model: str = "sasrec
     if not summary_path.exists():
         raise DeploymentError(f"the run ended without {summary_path}; see {work / 'logs'}")
     return json.loads(summary_path.read_text())
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -639,21 +496,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_config:
         import tomllib
         overrides = tomllib.loads(Path(args.run_config).read_text())
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`cmd &`)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # clean up on SIGTERM as on Ctrl-C
-    try:
-        summary = demo(args.data, args.nodes, args.rounds, Path(args.work), model=args.model, overrides=overrides,
-                       tls=not args.insecure, node_auth=not (args.insecure or args.no_node_auth),
-                       timeout=args.timeout)
-    except DeploymentError as exc:
-        print(f"deploy: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("deploy: interrupted; every process was stopped", file=sys.stderr)
-        return 130
-    print(json.dumps({"rounds": summary["rounds"], "validation": summary["validation"], "test": summary["test"],
-                      "out": str(Path(args.work).resolve() / "run")}, indent=2))
-    return 0
+    work = Path(args.work).resolve()
+    total = int(overrides.get("num-server-rounds", args.rounds))
+    resume = shlex.join(["python", "-m", "simulations.deploy", *(sys.argv[1:] if argv is None else argv)])
+    become_subreaper()  # orphans of the processes started stay in this process's tree
+    with StopSignals() as signals:
+        try:
+            try:
+                summary = demo(args.data, args.nodes, args.rounds, work, model=args.model, overrides=overrides,
+                               tls=not args.insecure, node_auth=not (args.insecure or args.no_node_auth),
+                               timeout=args.timeout)
+            except DeploymentError as exc:
+                print(f"deploy: error: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:  # every process was stopped on the way out of the deployment
+                how = "stopped"
+            else:
+                print(json.dumps({"rounds": summary["rounds"], "validation": summary["validation"],
+                                  "test": summary["test"], "out": str(work / "run")}, indent=2))
+                return 0
+        except StoppedAtOnce:
+            how = "killed at once (second interrupt)"
+        signals.ignore()  # nothing runs any more
+        remove_partial_files(work / "run")
+        from simulations.federate import stopped_line
+        print(stopped_line("deploy", how, work / "run", total, resume), file=sys.stderr, flush=True)
+        return signals.exit_code
 
 
 if __name__ == "__main__":

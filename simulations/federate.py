@@ -1,91 +1,307 @@
-"""`fedseqrec federate`: `flwr run .` on a local simulation sized to the run's client count.
+"""`fedseqrec federate`: `flwr run` on a local simulation SuperLink of its own; Ctrl-C stops it all.
 
-It sets what the local SuperLink needs on this kind of machine (no runtime `uv sync` of the
-dependencies, no telemetry, the venv's Flower binaries on PATH), passes
-`--federation-config num_supernodes=<clients>`, streams the logs, and stops the detached local
-SuperLink that `flwr run` starts, by its pid, even when the run fails.
+It starts `flower-superlink --simulation` on a free port with a private FLWR_HOME (no runtime
+`uv sync`, no telemetry, the venv's Flower binaries on PATH), runs `flwr run <project> --stream`
+with `--federation-config num_supernodes=<one per client, or the cohort engine's hosts>`, and
+prints each streamed log line once. The run folder is always fixed here (`--out-dir`, else the
+run config's `out-dir`, else `runs/<timestamp>`; relative to the current directory) and passed
+to the ServerApp, so that the same command with the same `--out-dir` resumes after the last
+checkpoint.
+
+Ctrl-C or SIGTERM: Flower's own stop for the run (`flwr stop <run-id>`), then SIGINT to the
+process running the ServerApp, alone (it writes the checkpoints atomically, so the last complete
+one stays), then SIGTERM to every other process this command started (found by pid and process
+tree, never by name), SIGKILL after a grace period; exit 130 (143 for SIGTERM) with one line:
+the round reached, the run folder and the command that resumes. A second Ctrl-C SIGKILLs
+everything at once.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+import collections
+import datetime as dt
+import json
+import re
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
+from typing import TextIO
 
 from common.config import RunConfig
 from common.data import load_sequence_data
+from common.errors import FedSeqRecError
 from common.partition import partition_users
+from simulations.processes import (VENV_BIN, ProcessTracker, StoppedAtOnce, StopSignals, become_subreaper,
+                                   flower_env, free_port, remove_partial_files, stop_serverapps, wait_gone,
+                                   write_connection, write_toml)
+from simulations.simulate import num_supernodes
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+CONNECTION = "fedseqrec-local"
 
 
 def project_defaults() -> dict:
     return tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
-def resolve_config(run_config_file: str | None) -> tuple[RunConfig, dict]:
+def resolve_config(run_config_file: str | None, extra: dict | None = None) -> tuple[RunConfig, dict]:
     overrides = tomllib.loads(Path(run_config_file).read_text()) if run_config_file else {}
+    overrides.update(extra or {})
     return RunConfig.from_flat({**project_defaults(), **overrides}, where=run_config_file or "pyproject.toml"), overrides
 
 
 def num_clients(config: RunConfig) -> int:
+    """Clients of the run's partition (one SuperNode each, unless the cohort engine simulates them)."""
     data = load_sequence_data(config.data)
     return partition_users(data, config.federation, config.train.seed).num_clients
 
 
-def _superlink_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "flower-superlink"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+def run_folder(out_dir: str) -> Path:
+    """The run folder for `out-dir` ("" picks runs/<timestamp>), absolute, from the current directory."""
+    return Path(out_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}").expanduser().resolve()
 
 
-def federate(run_config_file: str | None, cpus_per_client: float = 1.0) -> int:
-    config, _ = resolve_config(run_config_file)
-    clients = num_clients(config)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    for var in ("FEDSEQREC_DATA_DIR", "FEDSEQREC_CACHE"):  # the SuperLink's processes run elsewhere
-        if env.get(var):
-            env[var] = str(Path(env[var]).expanduser().resolve())
-    before = _superlink_pids()
-    command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT_DIR), "--stream",
-               "--federation-config", f"num_supernodes={clients} client_resources_num_cpus={cpus_per_client:g}"]
-    if run_config_file:
-        command += ["--run-config", str(Path(run_config_file).resolve())]
-    print(f"fedseqrec: {clients} clients; running: {' '.join(command)}", flush=True)
+def checkpoint_round(run_dir: Path) -> int:
+    """The last round the run folder's checkpoint holds (0 when there is none)."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    import torch
+    return int(torch.load(path, map_location="cpu", weights_only=True)["round"])
+
+
+def stopped_line(who: str, how: str, run_dir: Path, total_rounds: int, resume: str, seen_round: int = 0) -> str:
+    """The one line a stopped run ends with: the round reached, the run folder, the command that resumes."""
+    saved = checkpoint_round(run_dir)
+    if seen_round > saved:
+        reached = f"at round {seen_round}/{total_rounds} (last checkpoint: round {saved})"
+    elif saved:
+        reached = f"after round {saved}/{total_rounds}"
+    else:
+        reached = f"before round 1/{total_rounds} was checkpointed"
+    return f"{who}: {how} {reached}; run folder {run_dir}; resume with: {resume}"
+
+
+def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir: str | None = None) -> int:
+    """Run the federation; 0 when it completed, 130/143 when stopped by SIGINT/SIGTERM, else 1 or flwr's code."""
+    config, overrides = resolve_config(run_config_file, {"out-dir": out_dir} if out_dir else None)
+    run_dir = run_folder(config.federation.out_dir)
+    overrides["out-dir"] = str(run_dir)
+    resume = ["fedseqrec", "federate"] + (["--run-config", run_config_file] if run_config_file else [])
+    if cpus_per_client != 1:
+        resume += ["--cpus-per-client", f"{cpus_per_client:g}"]
+    resume = shlex.join(resume + ["--out-dir", str(run_dir)])
+    total = config.federation.num_server_rounds
+
+    become_subreaper()  # orphans of the processes started below stay in this process's tree
+    with StopSignals() as signals:
+        federation = LocalFederation(run_dir)
+        try:
+            try:
+                try:
+                    nodes = num_supernodes(config)
+                    code = federation.run(overrides, f"num_supernodes={nodes} "
+                                                     f"client_resources_num_cpus={cpus_per_client:g}", nodes)
+                except Exception:
+                    federation.close()
+                    raise
+                federation.close()  # the SuperLink outlives a completed run
+                return code
+            except KeyboardInterrupt:
+                federation.stop()
+                line = stopped_line("fedseqrec", "stopped", run_dir, total, resume, federation.log.round)
+        except StoppedAtOnce:
+            federation.kill()
+            line = stopped_line("fedseqrec", "killed at once (second interrupt)", run_dir, total, resume,
+                                federation.log.round)
+        signals.ignore()  # nothing runs any more
+        federation.close()
+        print(line, file=sys.stderr, flush=True)
+        return signals.exit_code
+
+
+class LocalFederation:
+    """A private simulation SuperLink and `flwr run --stream` against it, every process tracked."""
+
+    def __init__(self, run_dir: Path, *, stop_grace: float = 5.0, serverapp_grace: float = 20.0):
+        self.run_dir = Path(run_dir)
+        self.home = Path(tempfile.mkdtemp(prefix="fedseqrec-flwr-"))  # FLWR_HOME: connection, installed app
+        self.env = flower_env(self.home)
+        self.tracker = ProcessTracker()
+        self.log = StreamedLog()
+        self.stop_grace, self.serverapp_grace = stop_grace, serverapp_grace
+        self._reader: threading.Thread | None = None
+
+    def run(self, run_config: dict, federation_config: str, nodes: int, timeout: float = 120.0) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = write_toml(self.home / "run-config.toml", run_config)
+        self.start_superlink(timeout)
+        command = [str(VENV_BIN / "flwr"), "run", str(PROJECT_DIR), CONNECTION, "--stream",
+                   "--run-config", str(config_file), "--federation-config", federation_config]
+        print(f"fedseqrec: {nodes} SuperNodes on a local SuperLink ({self.run_dir / 'superlink.log'}); run folder "
+              f"{self.run_dir}; Ctrl-C stops, the same command resumes", flush=True)
+        proc = self.tracker.start("flwr-run", command, None, self.env, PROJECT_DIR, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
+        self._reader = threading.Thread(target=self.log.follow, args=(proc.stdout,), daemon=True)
+        self._reader.start()
+        code = proc.wait()
+        self._reader.join(timeout=30)
+        if code != 0:
+            return code
+        # `flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
+        status = self.run_status()
+        if status.get("status") != "finished:completed":
+            print(f"fedseqrec: error: run {self.log.run_id} ended as {status.get('status') or 'unknown'}: "
+                  f"{status.get('status-details', '')}; see the log above and {self.run_dir / 'superlink.log'}",
+                  file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    def start_superlink(self, timeout: float) -> None:
+        command = [str(VENV_BIN / "flower-superlink"), "--insecure", "--simulation",
+                   "--disable-runtime-dependency-installation", "--host", "127.0.0.1"]
+        log = self.run_dir / "superlink.log"
+        for _ in range(5):  # a free port may be taken between the check and the bind: try again
+            port = free_port()
+            proc = self.tracker.start("superlink", command + ["--port", str(port)], log, self.env, PROJECT_DIR)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                if _healthy(port):
+                    write_connection(self.home, CONNECTION, {"address": f"127.0.0.1:{port}", "insecure": True})
+                    return
+                time.sleep(0.3)
+            if proc.poll() is None:
+                raise FedSeqRecError(f"the local SuperLink did not answer on port {port} in {timeout:.0f} s; see {log}")
+            self.tracker.stop(["superlink"], self.stop_grace)
+        raise FedSeqRecError(f"the local SuperLink exited at start; see {log}")
+
+    def flwr(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "flwr"), *args], capture_output=True, text=True, env=self.env,
+                              cwd=self.home, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def runs(self) -> list[dict]:
+        """`flwr ls` on this SuperLink: one dict per run ('run-id', 'status', 'status-details', ...)."""
+        try:
+            result = self.flwr("ls", CONNECTION, "--format", "json")
+            return json.loads(result.stdout).get("runs", [])
+        except (subprocess.TimeoutExpired, ValueError):
+            return []
+
+    def run_status(self, wait: float = 60.0) -> dict:
+        deadline = time.monotonic() + wait
+        while True:
+            info = next((r for r in self.runs() if str(r.get("run-id")) == str(self.log.run_id)), {})
+            info = {k: str(v) if k.startswith("status") else v for k, v in info.items()}
+            if info.get("status", "").startswith("finished") or time.monotonic() > deadline:
+                return info
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        """Flower's stop for the run, then the ServerApp's process alone, then every other process."""
+        self.log.echo = False  # the user asked to stop: the one line that follows is the last output
+        if "superlink" in self.tracker.started and self.tracker.started["superlink"].poll() is None:
+            run_ids = [self.log.run_id] if self.log.run_id else [
+                r["run-id"] for r in self.runs() if not str(r.get("status", "")).startswith("finished")]
+            for run_id in run_ids:
+                try:
+                    self.flwr("stop", str(run_id), CONNECTION, timeout=15.0)
+                except subprocess.TimeoutExpired:
+                    pass
+        stop_serverapps(self.tracker, self.serverapp_grace)
+        self.tracker.stop(None, self.stop_grace)
+        remove_partial_files(self.run_dir)
+
+    def kill(self) -> None:
+        self.log.echo = False
+        self.tracker.kill()
+        wait_gone(self.tracker.processes(), 5.0)
+        self.tracker.reap()
+        remove_partial_files(self.run_dir)
+
+    def close(self) -> None:
+        """Stop whatever still runs (the SuperLink after a completed run) and remove FLWR_HOME."""
+        self.tracker.close(self.stop_grace)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _healthy(port: int) -> bool:
     try:
-        return subprocess.run(command, env=env, cwd=PROJECT_DIR).returncode
-    finally:
-        stop_processes(_superlink_pids() - before)  # only the SuperLink this run started
-
-
-def stop_processes(pids: set[int], grace: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds."""
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while pids and time.monotonic() < deadline:
-        pids = {pid for pid in pids if _alive(pid)}
-        time.sleep(0.2)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as response:
+            return response.status == 200
+    except OSError:
         return False
-    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+# --------------------------------------------------------------------------------------------
+# The streamed log
+
+_FLOWER_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*(?:\x1b\[0m)?:\s*(?P<msg>.*)$")
+# `logging.basicConfig` run by Opacus at import (opacus/utils/module_utils.py) adds this root handler;
+# Flower's logger propagates to it, so in the ServerApp's process every Flower record is written twice.
+_ROOT_LINE = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:(?P<level>[A-Z]+):(?P<msg>.*)$")
+_ROUND = re.compile(r"fedseqrec: round (\d+)/(\d+)")
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+
+
+class StreamedLog:
+    """Echo `flwr run --stream` output, each record once; note the run id and the last round seen.
+
+    A line in the root handler's format is dropped when it repeats a Flower record just printed
+    (with the record's continuation lines), or when it is a DEBUG record, which Flower's own
+    console handler does not show.
+    """
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out
+        self.echo = True
+        self.run_id: int | None = None
+        self.round = 0
+        self._recent: collections.deque[list[str]] = collections.deque(maxlen=64)  # Flower records printed
+        self._open: list[str] | None = None  # the record whose continuation lines are coming
+        self._skip: list[str] = []  # continuation lines of a repeated record still to drop
+
+    def follow(self, stream: TextIO) -> None:
+        for line in stream:
+            self.feed(line.rstrip("\n"))
+
+    def feed(self, line: str) -> None:
+        if self._skip:
+            if line == self._skip[0]:
+                self._skip.pop(0)
+                return
+            self._skip = []
+        if started := _RUN_ID.search(line):
+            self.run_id = int(started.group(1))
+        flower, root = _FLOWER_LINE.match(line), _ROOT_LINE.match(line)
+        if flower:
+            self._open = [flower.group("msg").strip()]
+            self._recent.append(self._open)
+            self._note_round(flower.group("msg"))
+        elif root:
+            self._open = None
+            if root.group("level") == "DEBUG":
+                return
+            message = root.group("msg").strip()
+            for record in self._recent:
+                if record[0] == message:
+                    self._recent.remove(record)
+                    self._skip = list(record[1:])
+                    return
+            self._note_round(message)
+        elif self._open is not None:
+            self._open.append(line)
+        if self.echo:
+            print(line, file=self.out or sys.stdout, flush=True)
+
+    def _note_round(self, message: str) -> None:
+        if found := _ROUND.search(message):
+            self.round = max(self.round, int(found.group(1)))
