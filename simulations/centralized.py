@@ -75,8 +75,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
             if stale >= train.patience:
                 break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learned, report on the best epoch
-        interrupted = True
-        print(f"interrupted in epoch {epoch}; reporting the best epoch so far ({best_epoch})", flush=True)
+        interrupted = True  # the caller says so (`fedseqrec train` prints one line)
     log.close()
     if best_state is None:
         raise KeyboardInterrupt("stopped before the first validation: nothing to report")

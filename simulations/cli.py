@@ -38,26 +38,44 @@ def _flat_from_args(args: argparse.Namespace) -> dict:
     return flat
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    import signal
-
     from simulations.centralized import train_centralized
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops training but keeps the results
+    from simulations.processes import StoppedAtOnce, StopSignals, remove_partial_files
+
     config = RunConfig.from_flat(_flat_from_args(args), where="fedseqrec train")
-    metrics = train_centralized(config, Path(args.out), show_progress=not args.quiet)
+    out = Path(args.out)
+    with StopSignals() as signals:  # Ctrl-C or `kill`: stop training but keep the best epoch's results
+        try:
+            metrics = train_centralized(config, out, show_progress=not args.quiet)
+        except (KeyboardInterrupt, StoppedAtOnce) as exc:  # before the first validation, or while reporting
+            signals.ignore()
+            remove_partial_files(out)
+            at_once = " at once" if isinstance(exc, StoppedAtOnce) else ""
+            print(f"fedseqrec: training stopped{at_once} in epoch {_epochs_logged(out) + 1}/{config.train.epochs} "
+                  f"with nothing to report; {out} holds metrics.jsonl of the epochs run", file=sys.stderr, flush=True)
+            return signals.exit_code
+        signals.ignore()  # the results are written: a late Ctrl-C does not cut the summary short
     k = config.train.top_k
+    if metrics["interrupted"]:
+        print(f"fedseqrec: training stopped in epoch {metrics['epochs_run']}/{config.train.epochs}; reported the "
+              f"best epoch ({metrics['best_epoch']}, test ndcg@{k} {metrics['test'][f'ndcg@{k}']:.4f}) in {out} "
+              "(metrics.json, model.pt)", file=sys.stderr, flush=True)
+        return signals.exit_code
     print(json.dumps({"test": {m: metrics["test"][m] for m in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}")},
                       "best_epoch": metrics["best_epoch"], "out": str(args.out)}, indent=2))
     return 0
 
 
+def _epochs_logged(out: Path) -> int:
+    try:
+        return len((out / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
 def _cmd_federate(args: argparse.Namespace) -> int:
     from simulations.federate import federate
-    return federate(args.run_config, args.cpus_per_client)
+    return federate(args.run_config, args.cpus_per_client, args.out_dir)
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
@@ -136,9 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train, _TRAIN_GROUPS)
     train.set_defaults(handler=_cmd_train)
 
-    federate = commands.add_parser("federate", help="flwr run . on a local simulation sized to the run")
+    federate = commands.add_parser("federate", help="flwr run . on a local simulation sized to the run; "
+                                                    "Ctrl-C stops it and prints the command that resumes")
     federate.add_argument("--run-config", help="TOML of run-config overrides (e.g. simulations/cross-device.toml)")
     federate.add_argument("--cpus-per-client", type=int, default=1)
+    federate.add_argument("--out-dir", default=None,
+                          help="run folder (default: the run config's out-dir, else runs/<timestamp>); "
+                               "the same folder resumes after its last checkpoint")
     federate.set_defaults(handler=_cmd_federate)
 
     partition = commands.add_parser("partition", help="split a dataset into per-node files for a deployment")
