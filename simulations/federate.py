@@ -90,7 +90,10 @@ def stopped_line(who: str, how: str, run_dir: Path, total_rounds: int, resume: s
 
 
 def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir: str | None = None) -> int:
-    """Run the federation; 0 when it completed, 130/143 when stopped by SIGINT/SIGTERM, else 1 or flwr's code."""
+    """Run the federation; 0 when it completed, 130/143 when stopped by SIGINT/SIGTERM, else 1 or flwr's code.
+
+    For the `fedseqrec federate` process itself: it installs SIGINT/SIGTERM handlers and becomes a
+    subreaper that owns (and on a stop ends) every process below it."""
     config, overrides = resolve_config(run_config_file, {"out-dir": out_dir} if out_dir else None)
     run_dir = run_folder(config.federation.out_dir)
     overrides["out-dir"] = str(run_dir)
