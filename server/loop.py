@@ -165,7 +165,7 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         new_arrays, stats, per_client = train_round(
             grid, strategy, server_round, arrays, node_ids, ConfigRecord(dict(round_config)), timeout, order,
             refuse=privacy.refuses if privacy is not None else None, per_node=per_node)
-        if cohort is not None:  # count users, not the nodes that computed them
+        if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
             replied = sum(int(m.get("users", 0)) for m in per_client.values())
             stats.update({"nodes": len(node_ids), "sampled": len(users), "replied": replied,
                           "failed": len(users) - replied})

@@ -5,6 +5,7 @@ one SuperNode per user, and a whole cohort-engine federation through `flwr run`.
         --out runs/bench-cross-device --users-per-round 200 --rounds 3
     FEDSEQREC_DATA_DIR=../shared/data .venv/bin/python -m simulations.bench_cross_device run \\
         --run-config simulations/ml1m-cohort.toml --out runs/bench-cross-device
+    .venv/bin/python -m simulations.bench_cross_device plot --out simulations/results --runs RUN_DIR [RUN_DIR ...]
 
 Throughput: the same rounds (same users per round, one local SGD step per user, no evaluation
 until the last round) on the same machine, first with the cohort engine on 2 SuperNodes, then
@@ -82,9 +83,51 @@ def bench_run(run_config: str, out: Path) -> dict:
             "validation_by_round": [(r["round"], r["validation"]["ndcg@10"]) for r in rows if "validation" in r]}
 
 
+# Recorded curves to compare with (BENCHMARKS.md): validation NDCG@10 of the 10-silo IID federation
+# per round (3 local epochs: 3 passes over each user's data per round) and the centralized result.
+SILO_IID_BY_ROUND = [0.025, 0.072, 0.098, 0.106, 0.112, 0.116, 0.121, 0.124, 0.128, 0.131, 0.134, 0.136, 0.137,
+                     0.139, 0.141]
+SILO_LOCAL_EPOCHS = 3
+CENTRALIZED_TEST_NDCG = 0.1519
+
+
+def plot_participations(path: Path, run_dirs: list[Path]) -> None:
+    """Validation NDCG@10 against participations per user (passes of a user's data through training)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run_dir in run_dirs:
+        config = json.loads((run_dir / "config.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        users, steps = summary["num_users"], config["local-epochs"]
+        done, xs, ys = 0, [], []
+        for row in rows:
+            done += row["replied"] * steps / users
+            if "validation" in row:
+                xs.append(done)
+                ys.append(row["validation"]["ndcg@10"])
+        ax.plot(xs, ys, marker="o", markersize=3,
+                label=f"cross-device, cohort engine ({config['clients-per-round']} users/round, "
+                      f"server-lr {config['server-lr']:g})")
+    silo_x = [SILO_LOCAL_EPOCHS * (r + 1) for r in range(len(SILO_IID_BY_ROUND))]
+    ax.plot(silo_x, SILO_IID_BY_ROUND, marker="s", markersize=3, label="cross-silo, 10 IID silos (3 local epochs)")
+    ax.axhline(CENTRALIZED_TEST_NDCG, color="grey", linestyle="--", label="centralized SASRec (test, best epoch 24)")
+    ax.set_xlabel("participations per user (local passes over the user's window)")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title("ML-1M, SASRec L50")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["throughput", "run"])
+    parser.add_argument("mode", choices=["throughput", "run", "plot"])
+    parser.add_argument("--runs", nargs="+", default=[], help="plot: run folders of cohort-engine runs")
     parser.add_argument("--out", required=True)
     parser.add_argument("--run-config", default="simulations/ml1m-cohort.toml")
     parser.add_argument("--users-per-round", type=int, default=200)
@@ -92,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.mode == "plot":
+        plot_participations(out / "participations.png", [Path(r) for r in args.runs])
+        print(out / "participations.png")
+        return 0
     result = (bench_throughput(out, args.users_per_round, args.rounds) if args.mode == "throughput"
               else bench_run(args.run_config, out))
     result["machine"] = f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"

@@ -448,6 +448,10 @@ def demo(data: str, nodes: int, rounds: int, work: Path, *, model: str = "sasrec
     config = RunConfig.from_flat({**project_defaults(), **run_config}, where="simulations.deploy")
     partition_dir = work / "partition"
     write_node_files(config, partition_dir, nodes)
+    # From here on only the devices hold interactions: the server gets the item catalogue, and the
+    # clients rank their own held-out items (federated evaluation).
+    run_config.update({"data": "", "catalogue-path": str(partition_dir / "catalogue.json"),
+                       "federated-evaluation": True})
     specs = nodes_from_partition(partition_dir, work)
     with LoopbackDeployment(work, specs, tls=tls, node_auth=node_auth) as deployment:
         print(f"deploy: SuperLink on {deployment.address} (tls={tls}, node auth={node_auth}), "

@@ -210,3 +210,50 @@ def test_a_server_with_only_the_item_catalogue_runs_with_federated_evaluation(ca
     from common.checkpoint import load_model
     _, items, _ = load_model(runs["catalogue"] / "model.pt")
     assert np.array_equal(items, data.item_ids)
+
+
+def test_plan_deals_chunks_round_robin_and_gives_devices_their_own_users():
+    from server.cohort import CohortPlan
+    config = RunConfig.from_flat({**COHORT, "cohort-chunk": 2})
+    hosts = CohortPlan(config, num_users=10, hosts=[7, 9], devices={})
+    assert hosts.assign(np.array([1, 3, 4, 8, 9])) == {
+        7: {"chunk-ids": [0, 2], "chunk-sizes": [2, 1], "chunk-keys": [1, 3, 9]},
+        9: {"chunk-ids": [1], "chunk-sizes": [2], "chunk-keys": [4, 8]}}
+    a, b = hosts.sample(5), hosts.sample(5)
+    assert np.array_equal(a, b) and len(a) == 10  # seeded by (seed, round); min(60, 10) users
+    devices = CohortPlan(config, num_users=0, hosts=[], devices={3: 101, 5: 105})
+    assert devices.assign(np.array([3, 5])) == {101: {}, 105: {}}
+
+
+def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
+    """The deployment path: a SuperNode with its own data file trains its user with the same code."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+    import client.app as client_app
+    from client.local_data import load_local_data
+    from common.synthetic import synthetic_interactions
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    config = RunConfig.from_flat(COHORT)
+    data = load_sequence_data(config.data)
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(data.item_ids.tolist()))
+    frame = synthetic_interactions(200, 50, seed=0)
+    one_user = frame[frame["user_id"] == frame["user_id"].iloc[0]]
+    one_user.to_csv(tmp_path / "me.csv", index=False)
+    node_config = {"client-id": 4, "data-path": str(tmp_path / "me.csv"), "catalogue-path": str(catalogue),
+                   "state-dir": str(tmp_path / "state")}
+    context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=config.to_flat())
+    start = model_for(config, data.num_items).arrays()
+    ask = Message(content=RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord({"server-round": 2})}),
+                  message_type="train", dst_node_id=7)
+    reply = client_app.train(ask, context)
+    assert reply.content["metrics"]["users"] == 1 and reply.content["metrics"]["num-examples"] == 1
+    local = load_local_data(config, node_config)
+    expected = train_chunks(config, local, [(0, np.arange(1))], start, server_round=2)
+    got = reply.content["arrays"].to_torch_state_dict()
+    for key, value in expected.arrays.items():
+        assert torch.allclose(got[key], value, atol=1e-7), key
+    query = client_app.query(Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query",
+                                     dst_node_id=7), context)
+    assert query.content["metrics"]["client-key"] == 4  # a device identifies itself, it hosts no one else

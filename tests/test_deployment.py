@@ -38,6 +38,9 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     write_node_files(config, tmp_path / "partition", 2)
     nodes = nodes_from_partition(tmp_path / "partition", tmp_path / "work")
     assert [n.client_id for n in nodes] == [0, 1]
+    # The server holds no interactions: only the item catalogue; clients evaluate their own users.
+    run_config.update({"data": str(tmp_path / "not-on-the-server.csv"), "federated-evaluation": True,
+                       "catalogue-path": str(tmp_path / "partition" / "catalogue.json")})
 
     deployment = LoopbackDeployment(tmp_path / "work", nodes, startup_timeout=300, stop_grace=20)
     try:
@@ -77,6 +80,8 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     assert all(row["sampled"] == 2 and row["replied"] == 2 for row in history)  # the rogue node never counted
 
     # The global model moved away from the initial one (same seed -> same initial weights) ...
+    assert not (tmp_path / "not-on-the-server.csv").exists()
+    assert history[-1]["validation"]["users"] == 120  # every device's users, ranked on the devices
     data = load_sequence_data(config.data)
     initial = model_for(config, data.num_items)
     trained, item_ids, _ = load_model(out / "model.pt")
