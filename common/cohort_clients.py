@@ -28,8 +28,10 @@ from common.training import model_for
 
 def recipe_for(config: RunConfig) -> LocalRecipe:
     fed = config.federation
-    # One training window per user, so a local epoch is one optimiser step.
-    return LocalRecipe(steps=fed.local_epochs, optimizer=fed.local_optimizer, lr=fed.local_lr)
+    # One training window per user, so a local epoch is one optimiser step. Under server-side DP
+    # each user clips its own whole update on its device.
+    clip = config.privacy.clipping_norm if config.privacy.dp_mode == "server" else 0.0
+    return LocalRecipe(steps=fed.local_epochs, optimizer=fed.local_optimizer, lr=fed.local_lr, clip=clip)
 
 
 def user_windows(local: SequenceData, rows: np.ndarray, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +51,7 @@ def train_chunks(config: RunConfig, local: SequenceData, chunks: list[tuple[int,
     recipe = recipe_for(config)
     names = dict(model.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in names.items()}
-    users, loss_sum = 0, 0.0
+    users, loss_sum, clipped = 0, 0.0, 0
     for index, rows in chunks:
         torch.manual_seed(client_seed(config.train.seed, server_round, index))  # dropout: fixed per chunk
         inputs, targets = user_windows(local, rows, config.data.max_len)
@@ -58,13 +60,15 @@ def train_chunks(config: RunConfig, local: SequenceData, chunks: list[tuple[int,
             total[k] += result.update_sum[k]
         users += result.users
         loss_sum += result.loss_sum
+        clipped += result.clipped
     if users == 0:
         return LocalResult(None, {"declined": 1, "num-examples": 0, "users": 0})
     arrays = {k: v.detach().clone() for k, v in model.arrays().items()}
     for k, p in names.items():
         if k in arrays:
             arrays[k] = global_arrays[k] + total[k] / users
-    return LocalResult(arrays, {"train-loss": loss_sum / users, "num-examples": users, "users": users})
+    return LocalResult(arrays, {"train-loss": loss_sum / users, "num-examples": users, "users": users,
+                                "clipped": clipped})
 
 
 @torch.no_grad()

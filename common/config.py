@@ -223,7 +223,8 @@ def _cross_check(parts: dict, where: str) -> None:
         needs = {"partition = user (one user per device)": fed.partition == "user",
                  "train-windows = last (one training window per user)": data.train_windows == "last",
                  "loss = ce": model.loss == "ce",
-                 "dp-mode = none (user-level DP on the cohort engine is not built yet)": privacy.dp_mode == "none",
+                 "dp-mode none or server (client DP-SGD per user is not built)": privacy.dp_mode != "client",
+                 "adaptive-clipping = false (not built for the cohort engine)": not privacy.adaptive_clipping,
                  "strategy fedavg, fedadam or fedyogi": fed.strategy != "fedprox"}
         missing = [need for need, ok in needs.items() if not ok]
         if missing:

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
+from common.privacy import randomness
 
 EVALUATED = ("ndcg", "hr", "mrr", "precision", "recall", "f1")
 
@@ -31,9 +32,11 @@ class CohortPlan:
     def keys(self) -> np.ndarray:
         return np.arange(self.num_users) if self.hosts else np.array(sorted(self.devices), dtype=np.int64)
 
-    def sample(self, server_round: int) -> np.ndarray:
+    def sample(self, server_round: int, secret: bool = False) -> np.ndarray:
+        """This round's users; `secret` (server-side DP) draws from OS entropy: amplification by
+        sampling needs a sample nobody can redo."""
         fed, keys = self.config.federation, self.keys
-        rng = np.random.default_rng([self.config.train.seed, server_round])
+        rng = randomness.secret_rng() if secret else np.random.default_rng([self.config.train.seed, server_round])
         if fed.user_sampling == "poisson":
             q = min(1.0, fed.clients_per_round / len(keys))
             return keys[rng.random(len(keys)) < q]

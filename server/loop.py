@@ -70,14 +70,17 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
                 node_ids: list[int], config: ConfigRecord, timeout: float,
                 order: dict[int, int] | None = None,
                 refuse: Callable[[int], str | None] | None = None,
-                per_node: dict[int, dict] | None = None) -> tuple[ArrayRecord | None, dict, dict]:
+                per_node: dict[int, dict] | None = None,
+                combine: Callable[[list[Message]], list[Message]] | None = None
+                ) -> tuple[ArrayRecord | None, dict, dict]:
     """One round of training on the sampled nodes; returns (new arrays or None, round stats).
 
     `order` maps node id -> client key: replies are aggregated in client-key order, so float
     sums are identical across runs even though node ids are not. `refuse(contributing)` is asked
     after the replies arrive and before aggregation; a reason from it leaves the round
     unaggregated (stats["refused"] says why). `per_node` adds config entries per node (the
-    cohort engine's chunks of users)."""
+    cohort engine's chunks of users); `combine` replaces the contributing replies before aggregation
+    (the cohort engine's DP noise on the users' sum)."""
     view = SampledGrid(grid, node_ids)
     messages = list(strategy.configure_train(server_round, arrays, config, view))
     if per_node:  # strategies share one content record between messages: give each node its own
@@ -104,6 +107,8 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     if reason:
         stats["refused"] = reason
         return None, stats, per_client
+    if combine is not None:
+        contributing = combine(contributing)
     new_arrays, metrics = strategy.aggregate_train(server_round, contributing)
     if metrics is not None:
         stats["train-loss"] = float(metrics.get("train-loss", float("nan")))
@@ -155,7 +160,7 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
         randomness.seed_numpy_global(reproducible=reproducible, derived=client_seed(config.train.seed, server_round, -1))
         if cohort is not None:
-            users = cohort.sample(server_round)
+            users = cohort.sample(server_round, secret=not reproducible)
             per_node = cohort.assign(users)
             node_ids, order = sorted(per_node), {node: i for i, node in enumerate(sorted(per_node))}
         else:
@@ -164,7 +169,9 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
             per_node, node_ids, order = None, [keys[c] for c in chosen], {node: key for key, node in keys.items()}
         new_arrays, stats, per_client = train_round(
             grid, strategy, server_round, arrays, node_ids, ConfigRecord(dict(round_config)), timeout, order,
-            refuse=privacy.refuses if privacy is not None else None, per_node=per_node)
+            refuse=privacy.refuses if privacy is not None else None, per_node=per_node,
+            combine=(lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
+            if cohort is not None and privacy is not None and privacy.mode == "server" else None)
         if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
             replied = sum(int(m.get("users", 0)) for m in per_client.values())
             stats.update({"nodes": len(node_ids), "sampled": len(users), "replied": replied,

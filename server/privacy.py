@@ -1,9 +1,12 @@
 """Privacy on the server: the DP-FedAvg wrapper, the per-round epsilon, and the budget stop.
 
-Server mode (DP-FedAvg, `common.privacy.mechanism.SERVER_DPFEDAVG`): Flower's DP strategy wrapper
+Server mode (DP-FedAvg, `common.privacy.mechanism.server_facts`): Flower's DP strategy wrapper
 clips each client's update to `clipping-norm` and adds N(0, (z * C / m)^2) to the average of m
 sampled updates; epsilon is accounted per round for the noise that was really added relative to
 the updates that really arrived (fewer replies -> a smaller effective multiplier z * m' / m).
+On the cohort engine each user clips its own update on its device, and `private_sum` adds
+N(0, (z C)^2) to the cohort's clipped sum and divides by the expected cohort size: the noise is
+relative to the sum whatever arrives, and users may be Poisson-sampled (add/remove, multiplier z).
 The budget is checked twice: before a round (as if every sampled client replies) and, binding,
 after the replies arrive and before aggregation, so a round that would pass `max-epsilon` is
 never aggregated nor released. Client mode: each client accounts for itself (Opacus ledger);
@@ -15,7 +18,12 @@ from __future__ import annotations
 from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
                                      DifferentialPrivacyServerSideFixedClipping, Strategy)
 
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
 from common.config import RunConfig
+from common.federated import client_seed
 from common.privacy import randomness
 from common.privacy.server_accounting import dpfedavg_epsilon_events, dpfedavg_noise_for
 
@@ -24,7 +32,9 @@ class PrivacyTracker:
     def __init__(self, config: RunConfig, population: int, delta: float, state: dict | None = None):
         self.config, self.population, self.delta = config, population, delta
         self.mode = config.privacy.dp_mode
-        self.sampled = min(config.federation.clients_per_round, population)
+        self.cohort = config.federation.cohort_engine  # noise on the users' clipped sum, added here
+        self.sampling = config.federation.user_sampling if self.cohort else "fixed"
+        self.sampled = min(config.federation.clients_per_round, population)  # expected, under Poisson
         state = state or {}
         self.epsilon_by_round: dict[int, float] = {int(k): v for k, v in state.get("epsilon_by_round", {}).items()}
         self.events: list[list[float]] = state.get("events", [])  # server mode: [z_effective, m, N] per round
@@ -37,10 +47,10 @@ class PrivacyTracker:
         if self.mode == "server" and config.privacy.target_epsilon > 0:
             self.noise_multiplier = dpfedavg_noise_for(
                 config.privacy.target_epsilon, num_sampled=self.sampled, population=population,
-                rounds=config.federation.num_server_rounds, delta=delta)
+                rounds=config.federation.num_server_rounds, delta=delta, sampling=self.sampling)
 
     def wrap(self, strategy: Strategy) -> Strategy:
-        if self.mode != "server":
+        if self.mode != "server" or self.cohort:  # the cohort engine clips on devices, noises in private_sum
             return strategy
         privacy = self.config.privacy
         wrapper = (DifferentialPrivacyServerSideAdaptiveClipping if privacy.adaptive_clipping
@@ -53,10 +63,38 @@ class PrivacyTracker:
         return randomness.REPRODUCIBLE if self.config.privacy.reproducible_dp_noise else randomness.SECRET
 
     def _server_epsilon(self, events: list[list[float]]) -> float:
-        return dpfedavg_epsilon_events([tuple(e) for e in events], delta=self.delta)
+        return dpfedavg_epsilon_events([tuple(e) for e in events], delta=self.delta, sampling=self.sampling)
 
     def _round_event(self, arrived: int) -> list[float]:
+        if self.cohort:  # noise z C on the sum itself: the same multiplier however many arrive
+            return [self.noise_multiplier, self.sampled, self.population]
         return [self.noise_multiplier * arrived / self.sampled, self.sampled, self.population]
+
+    def private_sum(self, replies: list[Message], global_arrays: ArrayRecord, server_round: int) -> list[Message]:
+        """Cohort engine, server mode: the clipped users' sum + N(0, (z C)^2), over the expected cohort
+        size, as one reply for the strategy (its weighted mean is then exactly this)."""
+        privacy = self.config.privacy
+        rng = (np.random.default_rng([self.config.train.seed, server_round, client_seed(0, server_round, -2)])
+               if privacy.reproducible_dp_noise else randomness.secret_rng())
+        start = global_arrays.to_numpy_ndarrays()
+        names = list(global_arrays.keys())
+        total = [np.zeros_like(a, dtype=np.float64) for a in start]
+        users, loss = 0, 0.0
+        for reply in replies:
+            n = int(reply.content["metrics"]["num-examples"])
+            users += n
+            loss += float(reply.content["metrics"].get("train-loss", 0.0)) * n
+            for acc, mean, base in zip(total, reply.content["arrays"].to_numpy_ndarrays(), start):
+                acc += (mean.astype(np.float64) - base) * n  # this node's users' clipped sum
+        std = self.noise_multiplier * privacy.clipping_norm
+        noisy = {name: (base + (acc + rng.normal(0.0, std, acc.shape)) / self.sampled).astype(base.dtype)
+                 for name, base, acc in zip(names, start, total)}
+        combined = replies[0]
+        combined.content = RecordDict({"arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v))
+                                                              for k, v in noisy.items()}),
+                                       "metrics": MetricRecord({"num-examples": 1, "unit-weight": 1,
+                                                                "train-loss": loss / max(users, 1)})})
+        return [combined]
 
     def epsilon_after(self, arrived: int) -> float:
         """Server mode: the run's epsilon if a round with `arrived` contributing clients were released."""
@@ -106,4 +144,5 @@ class PrivacyTracker:
         return {"epsilon_by_round": {str(k): v for k, v in self.epsilon_by_round.items()}, "events": self.events,
                 "client_epsilon": {str(k): v for k, v in self.client_epsilon.items()},
                 "client_unit": {str(k): v for k, v in self.client_unit.items()},
-                "client_noise": {str(k): v for k, v in self.client_noise.items()}, "declined": self.declined}
+                "client_noise": {str(k): v for k, v in self.client_noise.items()}, "declined": self.declined,
+                "sampling": self.sampling}

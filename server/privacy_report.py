@@ -16,7 +16,7 @@ import numpy as np
 from common.config import RunConfig
 from common.plots import plot_curves
 from common.privacy import randomness
-from common.privacy.mechanism import SERVER_DPFEDAVG, client_dpsgd_facts
+from common.privacy.mechanism import client_dpsgd_facts, server_facts
 from server.privacy import PrivacyTracker
 
 UNIT_TEXT = {
@@ -42,16 +42,21 @@ def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTrack
                          population: int, delta: float, num_users: int, stopped_early: str | None = None) -> dict:
     privacy = config.privacy
     server = privacy.dp_mode == "server"
-    facts = SERVER_DPFEDAVG if server else client_dpsgd_facts(client_mode_unit(tracker))
+    facts = server_facts(tracker.sampling) if server else client_dpsgd_facts(client_mode_unit(tracker))
     source = noise_source(tracker)
     by_round = [{"round": r, "epsilon": e} for r, e in sorted(tracker.epsilon_by_round.items())]
     report = {
-        "mechanism": "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)"
-        if server else "DP-SGD on each client (Opacus), per-client ledgers",
+        "mechanism": ("DP-FedAvg, each user clips its update on its device, Gaussian noise on the cohort's sum "
+                      "(McMahan et al. 2018), cohort engine" if server and tracker.cohort else
+                      "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)" if server
+                      else "DP-SGD on each client (Opacus), per-client ledgers"),
+        "sampling_kind": tracker.sampling if server else "poisson",
         "dp_mode": privacy.dp_mode, "unit_of_privacy": UNIT_TEXT[facts.unit], "unit": facts.unit,
         "adjacency": facts.adjacency, "sampling": facts.sampling, "sensitivity": facts.sensitivity,
         "delta": delta, "noise_randomness": source, "noise_randomness_note": randomness.DESCRIPTION[source],
-        "accountant": ("dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round, replace-one"
+        "accountant": ("dp-accounting RDP, PoissonSampled(q, Gaussian(z)) per round, add/remove"
+                       if server and tracker.sampling == "poisson" else
+                       "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round, replace-one"
                        if server else f"Opacus {privacy.accountant.upper()}, add/remove one sample"),
         "noise_multiplier": (tracker.noise_multiplier if server
                              else privacy.noise_multiplier if privacy.target_epsilon == 0

@@ -113,7 +113,8 @@ def test_client_evaluation_equals_server_evaluation_on_the_same_users():
 def test_cohort_config_rejects_what_it_cannot_do():
     from common.errors import ConfigError
     for bad, needs in [({"partition": "iid"}, "partition = user"), ({"train-windows": "all"}, "train-windows"),
-                       ({"dp-mode": "server"}, "dp-mode = none"), ({"strategy": "fedprox"}, "fedavg, fedadam or fedyogi")]:
+                       ({"dp-mode": "client"}, "dp-mode none or server"),
+                       ({"dp-mode": "server", "adaptive-clipping": True}, "adaptive-clipping"), ({"strategy": "fedprox"}, "fedavg, fedadam or fedyogi")]:
         with pytest.raises(ConfigError, match=needs):
             RunConfig.from_flat({**COHORT, **bad})
     with pytest.raises(ConfigError, match="user-sampling"):
@@ -257,3 +258,76 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     query = client_app.query(Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query",
                                      dst_node_id=7), context)
     assert query.content["metrics"]["client-key"] == 4  # a device identifies itself, it hosts no one else
+
+
+# --- user-level DP-FedAvg on the cohort engine -----------------------------------------------------
+
+def test_poisson_accounting_matches_the_gaussian_oracle_and_bounds_from_below():
+    from common.audit.worst_pair import epsilon_lower_bound
+    from common.privacy.server_accounting import dpfedavg_epsilon
+    from tests.test_privacy import gaussian_rdp_epsilon
+    # Everyone sampled (q = 1): the Gaussian mechanism at multiplier z under add/remove (sensitivity C).
+    for z, rounds in [(1.0, 1), (2.0, 10)]:
+        ours = dpfedavg_epsilon(noise_multiplier=z, num_sampled=100, population=100, rounds=rounds, delta=1e-5,
+                                sampling="poisson")
+        assert ours == pytest.approx(gaussian_rdp_epsilon(z, rounds, 1e-5), rel=0.02)
+    # Sampled: between the exact epsilon of a concrete add/remove pair and the RDP claim; the bound is
+    # dp-accounting's PLD of the same subsampled Gaussian (an independent implementation agrees).
+    import dp_accounting
+    from dp_accounting import pld
+    claim = dpfedavg_epsilon(noise_multiplier=1.0, num_sampled=500, population=6040, rounds=200, delta=1 / 6040,
+                             sampling="poisson")
+    bound = epsilon_lower_bound([(1.0, 500, 6040)] * 200, delta=1 / 6040, adjacency="add/remove")
+    accountant = pld.PLDAccountant(value_discretization_interval=1e-3)
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(500 / 6040, dp_accounting.GaussianDpEvent(1.0)), count=200)
+    assert bound == pytest.approx(accountant.get_epsilon(1 / 6040), rel=0.02)
+    assert 0 < bound <= claim
+
+
+def _reply(arrays: dict, users: int, loss: float = 1.0):
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    ask = Message(content=RecordDict({"config": ConfigRecord({})}), message_type="train", dst_node_id=3)
+    return Message(content=RecordDict({"arrays": ArrayRecord(arrays),
+                                       "metrics": MetricRecord({"num-examples": users, "train-loss": loss})}),
+                   reply_to=ask)
+
+
+def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohort():
+    from flwr.app import ArrayRecord
+    from server.privacy import PrivacyTracker
+    config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "user-sampling": "poisson",
+                                  "noise-multiplier": 0.0, "clipping-norm": 0.5})
+    tracker = PrivacyTracker(config, population=200, delta=1e-3)
+    start = {"w": torch.zeros(200_000)}
+    a, b = torch.full((200_000,), 0.1), torch.full((200_000,), -0.3)  # node means of 3 and 2 users
+    out = tracker.private_sum([_reply({"w": a}, 3), _reply({"w": b}, 2)], ArrayRecord(start), 1)
+    assert len(out) == 1 and int(out[0].content["metrics"]["num-examples"]) == 1
+    expected = (3 * 0.1 + 2 * -0.3) / 60  # sum over the expected cohort q N = 60, not the 5 that came
+    assert torch.allclose(out[0].content["arrays"].to_torch_state_dict()["w"], torch.full((200_000,), expected), atol=1e-7)
+    noisy = PrivacyTracker(config.replace(**{"noise-multiplier": 1.2}), population=200, delta=1e-3)
+    out = noisy.private_sum([_reply({"w": torch.zeros(200_000)}, 5)], ArrayRecord(start), 1)
+    std = float(out[0].content["arrays"].to_torch_state_dict()["w"].std())
+    assert std == pytest.approx(1.2 * 0.5 / 60, rel=0.02)  # z C on the sum, over the expected cohort
+    again = noisy.private_sum([_reply({"w": torch.zeros(200_000)}, 5)], ArrayRecord(start), 1)
+    assert not torch.equal(out[0].content["arrays"].to_torch_state_dict()["w"], again[0].content["arrays"].to_torch_state_dict()["w"])
+
+
+def test_user_level_dp_fedavg_on_the_cohort_engine_end_to_end(cache, tmp_path):
+    from common.privacy.server_accounting import dpfedavg_epsilon
+    from simulations.cli import main
+    out = tmp_path / "dp-cohort"
+    _run({**COHORT, "dp-mode": "server", "user-sampling": "poisson", "noise-multiplier": 1.0, "clipping-norm": 0.5,
+          "num-server-rounds": 3, "holdout-fraction": 0.2, "out-dir": str(out)}, cache, num_supernodes=2)
+    report = json.loads((out / "privacy.json").read_text())
+    assert report["adjacency"] == "add/remove" and report["sampling_kind"] == "poisson"
+    assert report["noise_randomness"] == "secret" and "cohort engine" in report["mechanism"]
+    population = report["clients"]
+    assert report["epsilon"] == pytest.approx(dpfedavg_epsilon(noise_multiplier=1.0, num_sampled=60,
+                                                               population=population, rounds=3,
+                                                               delta=report["delta"], sampling="poisson"))
+    assert main(["audit", str(out), "--strict", "--users", "20", "--leakage-users", "2"]) == 0
+    audit = json.loads((out / "audit.json").read_text())
+    assert 0 < audit["accounting"]["epsilon"]["independent_lower_bound"] <= report["epsilon"]

@@ -22,7 +22,7 @@ from dp_accounting import pld, rdp
 from opacus.accountants import RDPAccountant
 
 from common.audit.worst_pair import epsilon_lower_bound
-from common.privacy.mechanism import REPLACE_ONE
+from common.privacy.mechanism import ADD_OR_REMOVE_ONE, REPLACE_ONE
 from common.privacy.server_accounting import dpfedavg_epsilon_events
 
 # Opacus' default RDP orders: the same grid on both sides makes the comparison like for like.
@@ -113,16 +113,19 @@ def audit_client_ledgers(ledgers: dict[str, list], *, delta: float, recorded: fl
                       "orders, PLD with discretization " + str(PLD_DISCRETIZATION)}
 
 
-def audit_server_events(events: list, *, delta: float, recorded: float, adjacency: str | None) -> dict:
+def audit_server_events(events: list, *, delta: float, recorded: float, adjacency: str | None,
+                        sampling: str = "fixed") -> dict:
     """Server mode: the recorded epsilon against a replay of the run's accountant and against an
     independent lower bound (`common.audit.worst_pair`) that a correct claim can never be under."""
-    events = [(float(z), int(m), int(n)) for z, m, n in events]
-    replayed = dpfedavg_epsilon_events(events, delta=delta)
-    lower = epsilon_lower_bound(events, delta=delta)
+    events = [(float(z), float(m), int(n)) for z, m, n in events]
+    replayed = dpfedavg_epsilon_events(events, delta=delta, sampling=sampling)
+    # The adjacency this sampling is analysed under, decided here again (not read from the run).
+    expected = ADD_OR_REMOVE_ONE if sampling == "poisson" else REPLACE_ONE
+    lower = epsilon_lower_bound(events, delta=delta, adjacency=expected)
     failures = []
-    if adjacency != REPLACE_ONE:
-        failures.append(f"the report's adjacency is {adjacency!r}: fixed-size sampling of clients is analysed "
-                        f"under {REPLACE_ONE!r}, and an epsilon without its adjacency cannot be checked")
+    if adjacency != expected:
+        failures.append(f"the report's adjacency is {adjacency!r}: {sampling} sampling of clients is analysed "
+                        f"under {expected!r}, and an epsilon without its adjacency cannot be checked")
     if events and _relative_gap(replayed, recorded) > RDP_TOLERANCE:
         failures.append(f"recorded epsilon {recorded:.4f} does not match the run's accountant replayed on its "
                         f"recorded rounds ({replayed:.4f})")
@@ -133,7 +136,7 @@ def audit_server_events(events: list, *, delta: float, recorded: float, adjacenc
     return {"mode": "server", "delta": delta, "recorded_epsilon": recorded, "rounds": len(events),
             "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
             "failures": failures,
-            "method": "Replay: the run's dp-accounting RDP (SampledWithoutReplacement, replace-one, z / 2) on the "
-                      "recorded rounds [z_eff, m, N]. Independent: exact epsilon (privacy-loss distribution on a "
+            "method": "Replay: the run's dp-accounting RDP (fixed: SampledWithoutReplacement, replace-one, z / 2; "
+                      "poisson: PoissonSampled, add/remove, z) on the recorded rounds [z_eff, m, N]. Independent: exact epsilon (privacy-loss distribution on a "
                       "grid, rounded down) of concrete replace-one neighbouring datasets under the mechanism as run "
                       "(common/audit/worst_pair.py); the true epsilon lies between the two."}

@@ -59,7 +59,8 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
         return {"skipped": "not a DP run (no privacy.json)"}
     if privacy["dp_mode"] == "server":
         section = audit_server_events(privacy["server_events"], delta=privacy["delta"], recorded=privacy["epsilon"],
-                                      adjacency=privacy.get("adjacency"))
+                                      adjacency=privacy.get("adjacency"),
+                                      sampling=privacy.get("sampling_kind", "fixed"))
         section["failures"] += randomness_failures(run_dir, config, privacy)
         return section
     ledgers = {p.parent.name: json.loads(p.read_text())["history"]

@@ -70,8 +70,9 @@ def update_leakage(config: RunConfig, data: SequenceData, global_arrays: dict[st
                    users: np.ndarray, *, noise_multiplier: float, clipping_norm: float,
                    max_grad_norm: float, seed: int = 0) -> dict:
     """Precision / recall of the item-set reconstruction for each user in `users` and each setting."""
-    plain = config.replace(**{"dp-mode": "none"})
-    client_dp = config.replace(**{"dp-mode": "client", "noise-multiplier": noise_multiplier,
+    # One user's update, computed offline with the run's local recipe (one user alone: no cohort needed).
+    plain = config.replace(**{"dp-mode": "none", "cohort-engine": False, "user-sampling": "fixed"})
+    client_dp = config.replace(**{"dp-mode": "client", "cohort-engine": False, "user-sampling": "fixed", "noise-multiplier": noise_multiplier,
                                   "max-grad-norm": max_grad_norm, "target-epsilon": 0.0, "max-epsilon": 0.0,
                                   "loss": "ce", "strategy": "fedavg" if config.federation.strategy == "fedprox"
                                   else config.federation.strategy, "delta": config.privacy.delta or 1e-5})

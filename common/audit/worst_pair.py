@@ -6,7 +6,9 @@ the mechanism), so that a wrong method or a wrong sensitivity in the run shows u
 below this bound. The mechanism, read from what Flower does: each round m of N clients are drawn
 without replacement (q = m / N), each update is clipped to C, and Gaussian noise of standard
 deviation sigma = z C is added to the clipped sum. Replace-one adjacency: D and D' differ in one
-client. Two concrete pairs, all updates along one direction e and within the clipping ball:
+client (add/remove, for Poisson-sampled users: one user more or less, whose update is C e, with
+every other user sending 0: the pair (1 - q) N(0, s2) + q N(C, s2) against N(0, s2), both ways).
+Replace-one pairs, all updates along one direction e and within the clipping ball:
 - aligned: every other client sends -C e; the differing one sends +C e in D and -C e in D'.
   Shifted by m C, the round's output along e is (1 - q) N(0, s2) + q N(2C, s2) under D and
   N(0, s2) under D' (s2 = sigma^2), compared in both directions;
@@ -37,7 +39,10 @@ def _log_normal_pdf(y: np.ndarray, mean: float) -> np.ndarray:
 
 # (P's means, Q's means) in units of C / sigma, each a mixture (1 - q) N(first) + q N(second).
 PAIRS = {"aligned": ((0.0, 2.0), (0.0, 0.0)), "aligned-reverse": ((0.0, 0.0), (0.0, 2.0)),
-         "centred": ((0.0, 1.0), (0.0, -1.0))}
+         "centred": ((0.0, 1.0), (0.0, -1.0)),
+         # add/remove (Poisson-sampled users): the user is there with its update C e, or absent
+         "added": ((0.0, 1.0), (0.0, 0.0)), "removed": ((0.0, 0.0), (0.0, 1.0))}
+PAIRS_BY_ADJACENCY = {"replace-one": ("aligned", "aligned-reverse", "centred"), "add/remove": ("added", "removed")}
 
 
 def _log_mixture(y: np.ndarray, means: tuple[float, float], q: float) -> np.ndarray:
@@ -103,14 +108,16 @@ def composed_loss(rounds: list[tuple[float, float]], pair: str) -> tuple[int, np
     return composed
 
 
-def epsilon_lower_bound(events: list[tuple[float, int, int]], *, delta: float) -> float:
-    """The largest epsilon at `delta` of the concrete pairs, over rounds recorded as (Flower z, m, N)."""
+def epsilon_lower_bound(events: list[tuple[float, float, int]], *, delta: float,
+                        adjacency: str = "replace-one") -> float:
+    """The largest epsilon at `delta` of the concrete pairs, over rounds recorded as (z, m, N):
+    noise z C on the clipped sum, m of N sampled (the expected m under Poisson sampling)."""
     if any(float(z) <= 0 for z, _, _ in events):
         return math.inf  # a round without noise
-    rounds = [(1.0 / float(z), min(1.0, int(m) / int(n))) for z, m, n in events]
+    rounds = [(1.0 / float(z), min(1.0, float(m) / int(n))) for z, m, n in events]
     if not rounds:
         return 0.0
-    return max(_pair_epsilon(composed_loss(rounds, pair), delta) for pair in PAIRS)
+    return max(_pair_epsilon(composed_loss(rounds, pair), delta) for pair in PAIRS_BY_ADJACENCY[adjacency])
 
 
 def _pair_epsilon(composed: tuple[int, np.ndarray], delta: float) -> float:

@@ -54,6 +54,23 @@ SERVER_DPFEDAVG = MechanismFacts(
                 "the accountant's noise multiplier is z / 2")
 
 
+# DP-FedAvg on the cohort engine with Poisson sampling of users (McMahan et al. 2018): each user clips
+# its own update to C, the cohort's clipped sum gets N(0, (z C)^2) and is divided by the expected
+# cohort size q N. Add/remove one user moves the sum by at most C: the accountant's multiplier is z.
+SERVER_DPFEDAVG_POISSON = MechanismFacts(
+    unit="client",
+    adjacency=ADD_OR_REMOVE_ONE,
+    sampling="Poisson: each user with probability q per round, independently (secret draw)",
+    sensitivity="C on the clipped sum (one user's update clipped to C added or removed); the accountant's "
+                "noise multiplier is z")
+
+
+def server_facts(sampling: str) -> MechanismFacts:
+    """Server-side DP-FedAvg's facts for `user-sampling` fixed (Flower's wrapper or the cohort engine)
+    or poisson (the cohort engine)."""
+    return SERVER_DPFEDAVG_POISSON if sampling == "poisson" else SERVER_DPFEDAVG
+
+
 def dpsgd_unit(owners_are_unique: bool) -> str:
     """Client-side DP-SGD's unit: one DP sample per user protects the user, else one event."""
     return "user" if owners_are_unique else "event"

@@ -17,60 +17,65 @@ from collections import Counter
 import dp_accounting
 from dp_accounting import rdp
 
-from common.privacy.mechanism import (ADD_OR_REMOVE_ONE, REPLACE_ONE, SERVER_DPFEDAVG,
-                                      accountant_noise_multiplier)
+from common.privacy.mechanism import (ADD_OR_REMOVE_ONE, REPLACE_ONE, accountant_noise_multiplier,
+                                      server_facts)
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
-RELATION = {REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
-            ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE}[SERVER_DPFEDAVG.adjacency]
+RELATIONS = {REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
+             ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE}
 
 
-def round_event(noise_multiplier: float, num_sampled: int, population: int) -> dp_accounting.DpEvent:
-    """One round with Flower's multiplier z (noise std / C), as the accountant must see it."""
-    gaussian = dp_accounting.GaussianDpEvent(accountant_noise_multiplier(noise_multiplier,
-                                                                         SERVER_DPFEDAVG.adjacency))
+def round_event(noise_multiplier: float, num_sampled: float, population: int,
+                sampling: str = "fixed") -> dp_accounting.DpEvent:
+    """One round with multiplier z (noise std / C on the clipped sum), as the accountant must see it.
+    fixed: m of N without replacement; poisson: each of N with probability m / N (m expected)."""
+    facts = server_facts(sampling)
+    gaussian = dp_accounting.GaussianDpEvent(accountant_noise_multiplier(noise_multiplier, facts.adjacency))
     if num_sampled >= population:
         return gaussian  # everyone takes part: no amplification by sampling
-    return dp_accounting.SampledWithoutReplacementDpEvent(population, num_sampled, gaussian)
+    if sampling == "poisson":
+        return dp_accounting.PoissonSampledDpEvent(num_sampled / population, gaussian)
+    return dp_accounting.SampledWithoutReplacementDpEvent(population, int(num_sampled), gaussian)
 
 
-def grouped_rounds(events: list[tuple[float, int, int]]) -> Counter:
+def grouped_rounds(events: list[tuple[float, float, int]]) -> Counter:
     """Equal rounds (noise, sampled, population) with their count."""
-    return Counter((float(z), int(m), int(n)) for z, m, n in events)
+    return Counter((float(z), float(m), int(n)) for z, m, n in events)
 
 
-def dpfedavg_epsilon(*, noise_multiplier: float, num_sampled: int, population: int, rounds: int,
-                     delta: float) -> float:
-    return dpfedavg_epsilon_events([(noise_multiplier, num_sampled, population)] * rounds, delta=delta)
+def dpfedavg_epsilon(*, noise_multiplier: float, num_sampled: float, population: int, rounds: int,
+                     delta: float, sampling: str = "fixed") -> float:
+    return dpfedavg_epsilon_events([(noise_multiplier, num_sampled, population)] * rounds, delta=delta,
+                                   sampling=sampling)
 
 
-def dpfedavg_epsilon_events(events: list[tuple[float, int, int]], *, delta: float) -> float:
-    """Epsilon after rounds with possibly different (Flower noise multiplier, sampled, population)."""
+def dpfedavg_epsilon_events(events: list[tuple[float, float, int]], *, delta: float, sampling: str = "fixed") -> float:
+    """Epsilon after rounds with possibly different (noise multiplier, sampled, population)."""
     if not events:
         return 0.0
-    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=RELATION)
+    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=RELATIONS[server_facts(sampling).adjacency])
     # RDP composes additively, so equal rounds are composed once with a count: the without-
     # replacement RDP costs ~0.2 s per event, and composing round by round every round made a
     # 100-round run spend O(rounds^2) time, longer than training, in accounting.
     for (z, m, n), count in grouped_rounds(events).items():
         if z <= 0:
             return float("inf")  # no noise: no guarantee
-        accountant.compose(round_event(z, m, n), count=count)
+        accountant.compose(round_event(z, m, n, sampling), count=count)
     return float(accountant.get_epsilon(delta))
 
 
-def dpfedavg_noise_for(target_epsilon: float, *, num_sampled: int, population: int, rounds: int,
-                       delta: float) -> float:
-    """Smallest Flower noise multiplier (to 0.1%) whose epsilon after `rounds` rounds is <= target."""
+def dpfedavg_noise_for(target_epsilon: float, *, num_sampled: float, population: int, rounds: int,
+                       delta: float, sampling: str = "fixed") -> float:
+    """Smallest noise multiplier (to 0.1%) whose epsilon after `rounds` rounds is <= target."""
     low, high = 0.05, 1.0
     while dpfedavg_epsilon(noise_multiplier=high, num_sampled=num_sampled, population=population,
-                           rounds=rounds, delta=delta) > target_epsilon:
+                           rounds=rounds, delta=delta, sampling=sampling) > target_epsilon:
         low, high = high, high * 2
         if high > 1e4:
             raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
     while (high - low) / high > 1e-3:
         mid = (low + high) / 2
         eps = dpfedavg_epsilon(noise_multiplier=mid, num_sampled=num_sampled, population=population,
-                               rounds=rounds, delta=delta)
+                               rounds=rounds, delta=delta, sampling=sampling)
         low, high = (mid, high) if eps > target_epsilon else (low, mid)
     return high
