@@ -46,9 +46,7 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def _chunks(round_config) -> list[tuple[int, list[int]]]:
-    """[(chunk index, client keys)] from the round config (absent: one chunk of this device's users)."""
-    if "chunk-ids" not in round_config:
-        return [(0, None)]
+    """[(chunk index, client keys)] that the server dealt this simulated node."""
     keys, out, start = list(round_config["chunk-keys"]), [], 0
     for index, size in zip(round_config["chunk-ids"], round_config["chunk-sizes"]):
         out.append((int(index), keys[start:start + int(size)]))
@@ -56,12 +54,23 @@ def _chunks(round_config) -> list[tuple[int, list[int]]]:
     return out
 
 
+def _cohort_users(round_config, config: RunConfig, node_config) -> tuple:
+    """(data, [(chunk index, rows)]) of the users this node is asked for (a device: all of its own)."""
+    if "chunk-ids" not in round_config:
+        local, rows = cohort_data(config, node_config, None)
+        return local, [(0, rows)]
+    chunks = _chunks(round_config)
+    local, rows = cohort_data(config, node_config, [key for _, keys in chunks for key in keys])
+    out, start = [], 0
+    for index, keys in chunks:
+        out.append((index, rows[start:start + len(keys)]))
+        start += len(keys)
+    return local, out
+
+
 def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
     round_config = msg.content["config"]
-    chunks = []
-    for index, keys in _chunks(round_config):
-        local, rows = cohort_data(config, context.node_config, keys)
-        chunks.append((index, rows))
+    local, chunks = _cohort_users(round_config, config, context.node_config)
     result = train_chunks(config, local, chunks, msg.content["arrays"].to_torch_state_dict(),
                           int(round_config["server-round"]))
     return _reply(msg, result.metrics, result.arrays)
@@ -110,8 +119,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     split = str(round_config.get("split", "validation"))
     arrays = msg.content["arrays"].to_torch_state_dict()
     if config.federation.cohort_engine:
-        keys = [key for _, chunk in _chunks(round_config) for key in (chunk or [])]
-        local, rows = cohort_data(config, context.node_config, keys if "chunk-ids" in round_config else None)
+        local, chunks = _cohort_users(round_config, config, context.node_config)
+        rows = np.concatenate([rows for _, rows in chunks])
         return _reply(msg, evaluate_users(config, local, rows, arrays, split))
     local = load_local_data(config, context.node_config)
     return _reply(msg, evaluate_users(config, local, np.arange(local.num_users), arrays, split))

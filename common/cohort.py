@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from common.models import SequenceRecommender
 
@@ -84,10 +84,10 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
     params = {k: v.unsqueeze(0).repeat(U, *([1] * v.dim())) for k, v in base.items()}  # (U, ...)
     moments = ({k: torch.zeros_like(v) for k, v in params.items()},
                {k: torch.zeros_like(v) for k, v in params.items()}) if recipe.optimizer == "adam" else None
-    loss_and_grad = vmap(_loss_and_grad(model), in_dims=(0, 0, 0), randomness="different")
+    grads_and_loss = vmap(grad_and_value(lambda p, x, y: user_loss(model, p, x, y)), randomness="different")
     first_loss = 0.0
     for step in range(1, recipe.steps + 1):
-        losses, grads = loss_and_grad(params, inputs, targets)  # (U,), {k: (U, ...)}
+        grads, losses = grads_and_loss(params, inputs, targets)  # {k: (U, ...)}, (U,)
         if step == 1:
             first_loss = float(losses.sum())
         with torch.no_grad():
@@ -104,19 +104,6 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
             clipped = int((scale < 1).sum())
             update = {k: u * scale.view(-1, *([1] * (u.dim() - 1))) for k, u in update.items()}
         return CohortResult({k: u.sum(0) for k, u in update.items()}, U, first_loss, clipped)
-
-
-def _loss_and_grad(model):
-    def one_user(params, x, y):
-        loss = user_loss(model, params, x, y)
-        return loss, loss
-
-    grad_fn = grad(one_user, has_aux=True)
-
-    def both(params, x, y):
-        grads, loss = grad_fn(params, x, y)
-        return loss, grads
-    return both
 
 
 def _adam(params, grads, moments, step: int, recipe: LocalRecipe):

@@ -238,6 +238,17 @@ def _cross_check(parts: dict, where: str) -> None:
                               "gradient would bypass per-sample clipping; use fedavg, fedadam or fedyogi")
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A run-config file's keys, or a ConfigError that says what is wrong with the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataSettings = field(default_factory=DataSettings)
@@ -276,14 +287,7 @@ class RunConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "RunConfig":
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        return cls.from_flat({**values, **(overrides or {})}, where=str(path))
+        return cls.from_flat({**read_toml(path), **(overrides or {})}, where=str(path))
 
     def to_flat(self) -> dict[str, Any]:
         return {key: getattr(getattr(self, group), f.name) for key, (group, f) in self.keys().items()}

@@ -21,7 +21,6 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
 from common.plots import plot_curves
 from common.training import StepOptions, train_epoch

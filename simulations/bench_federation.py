@@ -24,7 +24,6 @@ import torch
 
 from common.config import RunConfig
 from common.data import load_sequence_data
-from common.evaluation import evaluate, model_scores
 from common.federated import local_train
 from common.partition import partition_users
 from common.training import model_for

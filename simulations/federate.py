@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import TextIO
 
-from common.config import RunConfig
+from common.config import RunConfig, read_toml
 from common.data import load_sequence_data
 from common.errors import FedSeqRecError
 from common.partition import partition_users
@@ -52,7 +52,7 @@ def project_defaults() -> dict:
 
 
 def resolve_config(run_config_file: str | None, extra: dict | None = None) -> tuple[RunConfig, dict]:
-    overrides = tomllib.loads(Path(run_config_file).read_text()) if run_config_file else {}
+    overrides = read_toml(run_config_file) if run_config_file else {}
     overrides.update(extra or {})
     return RunConfig.from_flat({**project_defaults(), **overrides}, where=run_config_file or "pyproject.toml"), overrides
 

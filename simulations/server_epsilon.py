@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta", type=float)
     parser.add_argument("--plot", help="with --recorded: write the corrected privacy-utility plot here (PNG)")
     args = parser.parse_args(argv)
+    if not args.recorded:
+        if None in (args.noise, args.sampled, args.population, args.rounds, args.delta):
+            parser.error("give --recorded, or all of --noise --sampled --population --rounds --delta")
+        if not (args.noise > 0 and 1 <= args.sampled <= args.population and args.rounds >= 1 and 0 < args.delta < 1):
+            parser.error("need --noise > 0, 1 <= --sampled <= --population, --rounds >= 1, 0 < --delta < 1")
     print("| run | z used | epsilon reported before the fix | epsilon (RDP, replace-one, sensitivity 2C) "
           "| independent lower bound |")
     print("|---|---|---|---|---|")
@@ -97,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             plot_recorded(args.plot, rows)
         return 0
-    if None in (args.noise, args.sampled, args.population, args.rounds, args.delta):
-        parser.error("give --recorded, or all of --noise --sampled --population --rounds --delta")
     shape = dict(m=args.sampled, n=args.population, rounds=args.rounds, delta=args.delta)
     row = figures(args.noise, **shape)
     print(f"| given | {args.noise:.4f} | {old_epsilon(args.noise, **shape):.3f} | {row['epsilon']:.2f} "

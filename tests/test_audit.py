@@ -12,10 +12,9 @@ import torch
 
 from common.audit.accounting import (audit_client_ledgers, audit_server_events, gaussian_epsilon,
                                      opacus_rdp_epsilon, poisson_pld_epsilon, poisson_rdp_epsilon)
-from common.audit.worst_pair import epsilon_lower_bound
 from common.audit.canaries import epsilon_lower_bound, exposure, make_canaries, p_value
 from common.audit.membership import dp_tpr_bound, membership_inference, roc_auc
-from common.audit.messages import audit_messages, check_message, message_audit_mod, message_structure
+from common.audit.messages import audit_messages, check_message, message_audit_mod
 from common.config import RunConfig
 from common.data import load_sequence_data
 from common.partition import cached_population, partition_users
@@ -27,14 +26,7 @@ TINY = {"data": "synthetic", "synthetic-users": 80, "synthetic-items": 40, "mode
         "num-layers": 1, "max-len": 20, "batch-size": 32, "dropout": 0.0, "local-epochs": 2, "local-lr": 0.01}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("audit-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(cache, monkeypatch):
-    monkeypatch.setenv("FEDSEQREC_CACHE", str(cache))
+pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 # --- 1. accounting ---------------------------------------------------------------------------

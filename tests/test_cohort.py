@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from common.data import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.models import ModelConfig, build_model
 from common.training import model_for
-from tests.test_federation import _kill_group, _run, _start
+from tests.test_federation import _kill_after_round, _run
 
 SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0)
 COHORT = {"data": "synthetic", "synthetic-users": 200, "synthetic-items": 50, "partition": "user",
@@ -26,14 +25,7 @@ COHORT = {"data": "synthetic", "synthetic-users": 200, "synthetic-items": 50, "p
           "strategy": "fedadam", "server-lr": 0.01, "server-tau": 1e-6, "server-lr-warmup": 2}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cohort-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(cache, monkeypatch):
-    monkeypatch.setenv("FEDSEQREC_CACHE", str(cache))
+pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 def _one_by_one(model, inputs, targets, recipe: LocalRecipe) -> dict[str, torch.Tensor]:
@@ -176,15 +168,7 @@ def test_killed_cohort_run_resumes_to_the_uninterrupted_result(cache, tmp_path):
     reference = tmp_path / "reference"
     _run({**config, "out-dir": str(reference)}, cache, num_supernodes=2)
     out = tmp_path / "killed"
-    proc = _start({**config, "out-dir": str(out)}, cache, num_supernodes=2)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "checkpoint.pt").exists() and torch.load(out / "checkpoint.pt", weights_only=True)["round"] >= 3:
-                break
-            time.sleep(0.05)
-    finally:
-        _kill_group(proc)
+    _kill_after_round({**config, "out-dir": str(out)}, cache, out, 3, num_supernodes=2)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] < 40
     assert "resuming" in _run({**config, "out-dir": str(out)}, cache, num_supernodes=2)
     a, b = (torch.load(d / "checkpoint.pt", weights_only=False)["arrays"] for d in (reference, out))

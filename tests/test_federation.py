@@ -48,6 +48,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+def _kill_after_round(run_config: dict, cache: Path, out: Path, round_: int, **kwargs) -> None:
+    """Start a run and SIGKILL its whole process group once its checkpoint reaches `round_`."""
+    proc = _start(run_config, cache, **kwargs)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "checkpoint.pt").exists() and torch.load(out / "checkpoint.pt", weights_only=True)["round"] >= round_:
+                break
+            time.sleep(0.05)
+    finally:
+        _kill_group(proc)  # SIGKILL: no chance to clean up
+
+
 def _run(run_config: dict, cache: Path, timeout: float = 600, **kwargs) -> str:
     proc = _start(run_config, cache, **kwargs)
     try:
@@ -62,10 +75,6 @@ def _arrays(path: Path) -> dict[str, torch.Tensor]:
     model, _, _ = load_model(path)
     return model.arrays()
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")
@@ -163,15 +172,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(finished_run, cache, tmp
     reference, _ = finished_run
     out = tmp_path / "killed"
     run_config = {**SIM_CONFIG, "out-dir": str(out)}
-    proc = _start(run_config, cache)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "checkpoint.pt").exists() and torch.load(out / "checkpoint.pt", weights_only=True)["round"] >= 2:
-                break
-            time.sleep(0.2)
-    finally:
-        _kill_group(proc)  # SIGKILL: no chance to clean up
+    _kill_after_round(run_config, cache, out, 2)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert 2 <= state["round"] < 4, "the run should have been killed before its last round"
     assert not (out / "summary.json").exists()

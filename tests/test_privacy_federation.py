@@ -11,10 +11,6 @@ from common.privacy.server_accounting import dpfedavg_epsilon
 from tests.test_federation import SIM_CONFIG, _run
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("dpcache")
-
 
 def test_server_side_dp_run_reports_epsilon_and_stops_at_budget(cache, tmp_path):
     out = tmp_path / "dp-server"

@@ -31,14 +31,7 @@ TINY = {"data": "synthetic", "synthetic-users": 30, "synthetic-items": 40, "mode
         "dp-mode": "client", "noise-multiplier": 1.0, "delta": 1e-3}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("truth-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(cache, monkeypatch):
-    monkeypatch.setenv("FEDSEQREC_CACHE", str(cache))
+pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 # --- secret noise --------------------------------------------------------------------------------
