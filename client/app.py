@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_data import client_key, cohort_data, is_simulated, load_local_data
+from client.participation import ftrl_own_slots
 from common.cohort_clients import evaluate_users, train_chunks
 from common.audit.messages import message_audit_mod
 from common.config import RunConfig
@@ -70,10 +71,15 @@ def _cohort_users(round_config, config: RunConfig, node_config) -> tuple:
 
 def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
     round_config = msg.content["config"]
+    if "clipping-norm" in round_config:  # server DP: this round's C (it moves under adaptive clipping)
+        config = config.replace(**{"clipping-norm": float(round_config["clipping-norm"])})
     local, chunks = _cohort_users(round_config, config, context.node_config)
-    result = train_chunks(config, local, chunks, msg.content["arrays"].to_torch_state_dict(),
-                          int(round_config["server-round"]))
-    return _reply(msg, result.metrics, result.arrays)
+    server_round = int(round_config["server-round"])
+    refused = 0
+    if config.privacy.dp_mode == "server" and config.privacy.server_mechanism == "dp-ftrl":
+        chunks, refused = ftrl_own_slots(config, context.node_config, round_config, chunks, server_round)
+    result = train_chunks(config, local, chunks, msg.content["arrays"].to_torch_state_dict(), server_round)
+    return _reply(msg, {**result.metrics, "refused-slot": refused}, result.arrays)
 
 
 def _ledger_path(context: Context, round_config, key: int) -> Path:

@@ -169,6 +169,15 @@ class PrivacySettings:
     # Simulation only: DP noise and sampling from the run seed, so a run replays bit for bit. Its
     # guarantee does not hold against anyone who knows the seed; every report says so. Devices ignore it.
     reproducible_dp_noise: bool = False
+    # Server DP on the cohort engine: DP-FedAvg (sampled users, noise on each round's sum) or DP-FTRL
+    # (no sampling: tree-aggregated noise on the running sum, each user once per tree).
+    server_mechanism: str = _choice("dp-fedavg", "dp-ftrl")
+    max_participations: int = 0  # dp-ftrl: trees (passes over the users) a user may join; 0 = all of the run's
+    # Adaptive clipping (Andrew et al. 2021): C follows the clip-quantile of the users' update norms,
+    # learned from a noisy count whose privacy cost is part of the accounted noise multiplier.
+    clip_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clip_count_stddev: float = 0.0  # noise on the count of unclipped users; 0 -> expected cohort / 20
 
     def validate(self) -> None:
         _check(self.noise_multiplier >= 0, "noise-multiplier", "must be >= 0")
@@ -177,6 +186,10 @@ class PrivacySettings:
         _check(self.clipping_norm > 0, "clipping-norm", "must be > 0")
         _check(0.0 <= self.delta < 1.0, "delta", "must be in [0, 1)")
         _check(self.max_epsilon >= 0, "max-epsilon", "must be >= 0")
+        _check(self.max_participations >= 0, "max-participations", "must be >= 0 (0 = no cap beyond the run)")
+        _check(0.0 < self.clip_quantile < 1.0, "clip-quantile", "must be in (0, 1)")
+        _check(self.clip_lr > 0, "clip-lr", "must be > 0")
+        _check(self.clip_count_stddev >= 0, "clip-count-stddev", "must be >= 0 (0 = expected cohort / 20)")
 
 
 _GROUPS = {"data": DataSettings, "model": ModelSettings, "train": TrainSettings,
@@ -224,11 +237,19 @@ def _cross_check(parts: dict, where: str) -> None:
                  "train-windows = last (one training window per user)": data.train_windows == "last",
                  "loss = ce": model.loss == "ce",
                  "dp-mode none or server (client DP-SGD per user is not built)": privacy.dp_mode != "client",
-                 "adaptive-clipping = false (not built for the cohort engine)": not privacy.adaptive_clipping,
                  "strategy fedavg, fedadam or fedyogi": fed.strategy != "fedprox"}
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: cohort-engine = true needs " + "; ".join(missing))
+    if privacy.server_mechanism == "dp-ftrl":
+        needs = {"cohort-engine = true": fed.cohort_engine,
+                 "dp-mode = server": privacy.dp_mode == "server",
+                 "user-sampling = fixed (DP-FTRL samples nobody: its schedule is a hash of user and tree)":
+                     fed.user_sampling == "fixed",
+                 "adaptive-clipping = false (a changing C inside a tree is not accounted)": not privacy.adaptive_clipping}
+        missing = [need for need, ok in needs.items() if not ok]
+        if missing:
+            raise ConfigError(f"{where}: server-mechanism = dp-ftrl needs " + "; ".join(missing))
     if privacy.dp_mode == "client":
         if model.loss != "ce":
             raise ConfigError(f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
-from common.privacy import randomness
+from common.privacy import participation, randomness
 
 EVALUATED = ("ndcg", "hr", "mrr", "precision", "recall", "f1")
 
@@ -36,11 +36,29 @@ class CohortPlan:
         """This round's users; `secret` (server-side DP) draws from OS entropy: amplification by
         sampling needs a sample nobody can redo."""
         fed, keys = self.config.federation, self.keys
+        if self.config.privacy.dp_mode == "server" and self.config.privacy.server_mechanism == "dp-ftrl":
+            return self.ftrl_users(server_round)
         rng = randomness.secret_rng() if secret else np.random.default_rng([self.config.train.seed, server_round])
         if fed.user_sampling == "poisson":
             q = min(1.0, fed.clients_per_round / len(keys))
             return keys[rng.random(len(keys)) < q]
         return np.sort(rng.choice(keys, size=min(fed.clients_per_round, len(keys)), replace=False))
+
+    def ftrl_users(self, server_round: int) -> np.ndarray:
+        """DP-FTRL samples nobody: this round's users are those whose slot of the current tree it is."""
+        fed, keys = self.config.federation, self.keys
+        rounds_in_tree, cap = participation.ftrl_schedule(len(keys), fed.clients_per_round, fed.num_server_rounds,
+                                                          self.config.privacy.max_participations)
+        return participation.scheduled(self.config.train.seed, keys, server_round, rounds_in_tree, cap)
+
+    def schedule_over(self, server_round: int) -> bool:
+        """DP-FTRL: this round lies past every user's last allowed tree."""
+        privacy, fed = self.config.privacy, self.config.federation
+        if not (privacy.dp_mode == "server" and privacy.server_mechanism == "dp-ftrl"):
+            return False
+        rounds_in_tree, cap = participation.ftrl_schedule(len(self.keys), fed.clients_per_round,
+                                                          fed.num_server_rounds, privacy.max_participations)
+        return participation.tree_of(server_round, rounds_in_tree)[0] >= cap
 
     def assign(self, users: np.ndarray) -> dict[int, dict]:
         """node id -> the config entries that name its chunks of `users` (sorted client keys)."""

@@ -161,6 +161,17 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         randomness.seed_numpy_global(reproducible=reproducible, derived=client_seed(config.train.seed, server_round, -1))
         if cohort is not None:
             users = cohort.sample(server_round, secret=not reproducible)
+            if len(users) == 0 and cohort.schedule_over(server_round):
+                log(INFO, "fedseqrec: stopping before round %s: every user has joined its max-participations "
+                    "trees (DP-FTRL)", server_round)
+                state.stopped_early = f"DP-FTRL participation cap reached before round {server_round}"
+                break
+            if len(users) == 0:  # a Poisson draw can be empty: nothing to train, nothing to release
+                log(WARNING, "fedseqrec: round %s sampled no user; nothing trained", server_round)
+                state.round = server_round
+                state.history.append({"round": server_round, "sampled": 0, "replied": 0, "failed": 0,
+                                      "declined": 0, "train-seconds": 0.0, "seconds": 0.0})
+                continue
             per_node = cohort.assign(users)
             node_ids, order = sorted(per_node), {node: i for i, node in enumerate(sorted(per_node))}
         else:
@@ -168,7 +179,8 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
                                     secret=not reproducible)
             per_node, node_ids, order = None, [keys[c] for c in chosen], {node: key for key, node in keys.items()}
         new_arrays, stats, per_client = train_round(
-            grid, strategy, server_round, arrays, node_ids, ConfigRecord(dict(round_config)), timeout, order,
+            grid, strategy, server_round, arrays, node_ids, ConfigRecord({**round_config, **(privacy.round_config(server_round) if privacy is not None else {})}),
+            timeout, order,
             refuse=privacy.refuses if privacy is not None else None, per_node=per_node,
             combine=(lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
             if cohort is not None and privacy is not None and privacy.mode == "server" else None)

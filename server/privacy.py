@@ -4,9 +4,11 @@ Server mode (DP-FedAvg, `common.privacy.mechanism.server_facts`): Flower's DP st
 clips each client's update to `clipping-norm` and adds N(0, (z * C / m)^2) to the average of m
 sampled updates; epsilon is accounted per round for the noise that was really added relative to
 the updates that really arrived (fewer replies -> a smaller effective multiplier z * m' / m).
-On the cohort engine each user clips its own update on its device, and `private_sum` adds
-N(0, (z C)^2) to the cohort's clipped sum and divides by the expected cohort size: the noise is
-relative to the sum whatever arrives, and users may be Poisson-sampled (add/remove, multiplier z).
+On the cohort engine each user clips its own update on its device, and `private_sum` adds noise
+to the cohort's clipped sum (`server.cohort_noise`: DP-FedAvg's fresh N(0, (z C)^2) per round, or
+DP-FTRL's tree-aggregated noise) and divides by the expected cohort size: the noise is relative to
+the sum whatever arrives; DP-FedAvg's users may be Poisson-sampled (add/remove, multiplier z);
+DP-FTRL samples nobody and is accounted per tree with each user's participations capped.
 The budget is checked twice: before a round (as if every sampled client replies) and, binding,
 after the replies arrive and before aggregation, so a round that would pass `max-epsilon` is
 never aggregated nor released. Client mode: each client accounts for itself (Opacus ledger);
@@ -24,8 +26,10 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from common.config import RunConfig
 from common.federated import client_seed
-from common.privacy import randomness
-from common.privacy.server_accounting import dpfedavg_epsilon_events, dpfedavg_noise_for
+from common.privacy import participation, randomness
+from common.privacy.server_accounting import (dpfedavg_epsilon_events, dpfedavg_noise_for, dpftrl_epsilon,
+                                              dpftrl_noise_for)
+from server.cohort_noise import AdaptiveClip, GaussianRoundNoise, TreeRoundNoise, update_noise_multiplier
 
 
 class PrivacyTracker:
@@ -43,26 +47,60 @@ class PrivacyTracker:
         self.client_unit: dict[int, str] = {int(k): v for k, v in state.get("client_unit", {}).items()}
         self.client_noise: dict[int, str] = {int(k): v for k, v in state.get("client_noise", {}).items()}
         self.declined: int = state.get("declined", 0)
-        self.noise_multiplier = config.privacy.noise_multiplier
-        if self.mode == "server" and config.privacy.target_epsilon > 0:
-            self.noise_multiplier = dpfedavg_noise_for(
-                config.privacy.target_epsilon, num_sampled=self.sampled, population=population,
-                rounds=config.federation.num_server_rounds, delta=delta, sampling=self.sampling)
+        privacy, fed = config.privacy, config.federation
+        self.mechanism = privacy.server_mechanism if self.cohort else "dp-fedavg"
+        self.ftrl = self.mode == "server" and self.mechanism == "dp-ftrl"
+        self.rounds_in_tree, self.cap = participation.ftrl_schedule(  # dp-ftrl: trees a user may join
+            population, fed.clients_per_round, fed.num_server_rounds, privacy.max_participations)
+        self._next_round = len(self.epsilon_by_round) + 1
+        self.noise_multiplier = privacy.noise_multiplier
+        if self.mode == "server" and privacy.target_epsilon > 0:
+            self.noise_multiplier = (
+                dpftrl_noise_for(privacy.target_epsilon, rounds_in_tree=self.rounds_in_tree, trees=self.cap,
+                                 delta=delta) if self.ftrl else
+                dpfedavg_noise_for(privacy.target_epsilon, num_sampled=self.sampled, population=population,
+                                   rounds=fed.num_server_rounds, delta=delta, sampling=self.sampling))
+        self.tree = TreeRoundNoise(state.get("trees")) if self.ftrl else None
+        self.round_noise = self.tree or GaussianRoundNoise()
+        # Adaptive clipping on the cohort engine: the count's noise takes a share of the accounted z.
+        self.adaptive = (AdaptiveClip(state.get("clip", privacy.clipping_norm), privacy.clip_quantile,
+                                      privacy.clip_lr, privacy.clip_count_stddev or self.sampled / 20)
+                         if self.cohort and self.mode == "server" and privacy.adaptive_clipping else None)
+        self.update_multiplier = (update_noise_multiplier(self.noise_multiplier, self.adaptive.count_stddev)
+                                  if self.adaptive else self.noise_multiplier)
+        self.clip_by_round: dict[int, float] = {int(k): v for k, v in state.get("clip_by_round", {}).items()}
 
     def wrap(self, strategy: Strategy) -> Strategy:
         if self.mode != "server" or self.cohort:  # the cohort engine clips on devices, noises in private_sum
             return strategy
         privacy = self.config.privacy
-        wrapper = (DifferentialPrivacyServerSideAdaptiveClipping if privacy.adaptive_clipping
-                   else DifferentialPrivacyServerSideFixedClipping)
-        return wrapper(strategy, noise_multiplier=self.noise_multiplier, clipping_norm=privacy.clipping_norm,
-                       num_sampled_clients=self.sampled)
+        if privacy.adaptive_clipping:  # the count noise's share of z is taken inside Flower's wrapper
+            return DifferentialPrivacyServerSideAdaptiveClipping(
+                strategy, noise_multiplier=self.noise_multiplier, num_sampled_clients=self.sampled,
+                initial_clipping_norm=privacy.clipping_norm, target_clipped_quantile=privacy.clip_quantile,
+                clip_norm_lr=privacy.clip_lr, clipped_count_stddev=privacy.clip_count_stddev or None)
+        return DifferentialPrivacyServerSideFixedClipping(strategy, noise_multiplier=self.noise_multiplier,
+                                                          clipping_norm=privacy.clipping_norm,
+                                                          num_sampled_clients=self.sampled)
 
     @property
     def server_noise(self) -> str:
         return randomness.REPRODUCIBLE if self.config.privacy.reproducible_dp_noise else randomness.SECRET
 
+    @property
+    def clip(self) -> float:
+        """The clipping norm devices use this round (it moves under adaptive clipping)."""
+        return self.adaptive.clip if self.adaptive else self.config.privacy.clipping_norm
+
+    def round_config(self, server_round: int) -> dict:
+        """What devices need to know of this round's mechanism (cohort engine, server DP)."""
+        if not (self.cohort and self.mode == "server"):
+            return {}
+        return {"clipping-norm": self.clip, **({"rounds-in-tree": self.rounds_in_tree} if self.ftrl else {})}
+
     def _server_epsilon(self, events: list[list[float]]) -> float:
+        if self.ftrl:
+            return dpftrl_epsilon(self.noise_multiplier, self.tree.trees, delta=self.delta)
         return dpfedavg_epsilon_events([tuple(e) for e in events], delta=self.delta, sampling=self.sampling)
 
     def _round_event(self, arrived: int) -> list[float]:
@@ -86,9 +124,16 @@ class PrivacyTracker:
             loss += float(reply.content["metrics"].get("train-loss", 0.0)) * n
             for acc, mean, base in zip(total, reply.content["arrays"].to_numpy_ndarrays(), start):
                 acc += (mean.astype(np.float64) - base) * n  # this node's users' clipped sum
-        std = self.noise_multiplier * privacy.clipping_norm
-        noisy = {name: (base + (acc + rng.normal(0.0, std, acc.shape)) / self.sampled).astype(base.dtype)
-                 for name, base, acc in zip(names, start, total)}
+        clip = self.clip
+        unclipped = sum(int(r.content["metrics"]["num-examples"]) - int(r.content["metrics"].get("clipped", 0))
+                        for r in replies)
+        noise = self.round_noise.noise([a.shape for a in total], self.update_multiplier * clip, rng,
+                                       pass_index=participation.tree_of(server_round, self.rounds_in_tree)[0])
+        noisy = {name: (base + (acc + draw) / self.sampled).astype(base.dtype)
+                 for name, base, acc, draw in zip(names, start, total, noise)}
+        if self.adaptive:  # C for the next round, from this round's noisy count (its cost is in z)
+            self.clip_by_round[server_round] = clip
+            self.adaptive.step(unclipped, users, self.sampled, rng)
         combined = replies[0]
         combined.content = RecordDict({"arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v))
                                                               for k, v in noisy.items()}),
@@ -98,13 +143,29 @@ class PrivacyTracker:
 
     def epsilon_after(self, arrived: int) -> float:
         """Server mode: the run's epsilon if a round with `arrived` contributing clients were released."""
+        if self.ftrl:
+            return dpftrl_epsilon(self.noise_multiplier, self._trees_after(), delta=self.delta) if arrived else \
+                self._server_epsilon(self.events)
         return self._server_epsilon(self.events + [self._round_event(arrived)] if arrived else self.events)
+
+    def _trees_after(self) -> list[list[int]]:
+        """DP-FTRL's trees if the next round were released."""
+        trees = [list(t) for t in self.tree.trees]
+        pass_index = participation.tree_of(self._next_round, self.rounds_in_tree)[0]
+        while len(trees) <= pass_index:
+            trees.append([])
+        if self.tree.tree is not None and self.tree.pass_index == pass_index and self.tree.position > 0:
+            trees[pass_index][-1] += 1
+        else:
+            trees[pass_index].append(1)
+        return trees
 
     def _cap(self) -> float:
         return self.config.privacy.max_epsilon if self.mode == "server" else 0.0
 
     def allows(self, server_round: int) -> bool:
         """False when even a round in which every sampled client replies would pass max-epsilon."""
+        self._next_round = server_round
         return self._cap() <= 0 or self.epsilon_after(self.sampled) <= self._cap()
 
     def refuses(self, arrived: int) -> str | None:
@@ -125,6 +186,8 @@ class PrivacyTracker:
         if self.mode == "server":
             if arrived:
                 self.events.append(self._round_event(arrived))
+                if self.ftrl:
+                    self.tree.book()
             epsilon = self._server_epsilon(self.events)
         else:
             for key, metrics in per_client.items():
@@ -145,4 +208,8 @@ class PrivacyTracker:
                 "client_epsilon": {str(k): v for k, v in self.client_epsilon.items()},
                 "client_unit": {str(k): v for k, v in self.client_unit.items()},
                 "client_noise": {str(k): v for k, v in self.client_noise.items()}, "declined": self.declined,
-                "sampling": self.sampling}
+                "sampling": self.sampling, "mechanism": self.mechanism,
+                **({"trees": self.tree.trees, "rounds_in_tree": self.rounds_in_tree, "max_participations": self.cap}
+                   if self.ftrl else {}),
+                **({"clip": self.adaptive.clip, "clip_by_round": {str(k): v for k, v in self.clip_by_round.items()},
+                    "update_noise_multiplier": self.update_multiplier} if self.adaptive else {})}

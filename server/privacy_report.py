@@ -42,19 +42,24 @@ def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTrack
                          population: int, delta: float, num_users: int, stopped_early: str | None = None) -> dict:
     privacy = config.privacy
     server = privacy.dp_mode == "server"
-    facts = server_facts(tracker.sampling) if server else client_dpsgd_facts(client_mode_unit(tracker))
+    facts = server_facts(tracker.sampling, tracker.mechanism) if server else client_dpsgd_facts(client_mode_unit(tracker))
     source = noise_source(tracker)
     by_round = [{"round": r, "epsilon": e} for r, e in sorted(tracker.epsilon_by_round.items())]
     report = {
-        "mechanism": ("DP-FedAvg, each user clips its update on its device, Gaussian noise on the cohort's sum "
+        "mechanism": ("DP-FTRL, each user clips its update on its device, tree-aggregated Gaussian noise on the "
+                      "running sum with restarts every pass (Kairouz et al. 2021), cohort engine" if tracker.ftrl else
+                      "DP-FedAvg, each user clips its update on its device, Gaussian noise on the cohort's sum "
                       "(McMahan et al. 2018), cohort engine" if server and tracker.cohort else
                       "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)" if server
                       else "DP-SGD on each client (Opacus), per-client ledgers"),
-        "sampling_kind": tracker.sampling if server else "poisson",
+        "sampling_kind": ("none (dp-ftrl)" if tracker.ftrl else tracker.sampling) if server else "poisson",
+        "server_mechanism": tracker.mechanism if server else None,
         "dp_mode": privacy.dp_mode, "unit_of_privacy": UNIT_TEXT[facts.unit], "unit": facts.unit,
         "adjacency": facts.adjacency, "sampling": facts.sampling, "sensitivity": facts.sensitivity,
         "delta": delta, "noise_randomness": source, "noise_randomness_note": randomness.DESCRIPTION[source],
-        "accountant": ("dp-accounting RDP, PoissonSampled(q, Gaussian(z)) per round, add/remove"
+        "accountant": ("dp-accounting RDP, SingleEpochTreeAggregation(z, tree lengths) per pass, replace-with-zero"
+                       if tracker.ftrl else
+                       "dp-accounting RDP, PoissonSampled(q, Gaussian(z)) per round, add/remove"
                        if server and tracker.sampling == "poisson" else
                        "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round, replace-one"
                        if server else f"Opacus {privacy.accountant.upper()}, add/remove one sample"),
@@ -64,6 +69,14 @@ def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTrack
         "target_epsilon": privacy.target_epsilon or None,
         "clipping_norm": privacy.clipping_norm if server else privacy.max_grad_norm,
         "adaptive_clipping": privacy.adaptive_clipping if server else None,
+        **({"adaptive_clipping_detail": {
+            "quantile": privacy.clip_quantile, "clip_lr": privacy.clip_lr,
+            "count_stddev": tracker.adaptive.count_stddev, "update_noise_multiplier": tracker.update_multiplier,
+            "final_clipping_norm": tracker.adaptive.clip,
+            "note": "the accounted z covers the update and the clip count together: 1/z^2 = 1/z_update^2 + "
+                    "1/(2 count_stddev)^2"}} if server and tracker.adaptive else {}),
+        **({"dp_ftrl": {"trees": tracker.tree.trees, "rounds_in_tree": tracker.rounds_in_tree,
+                        "max_participations": tracker.cap}} if tracker.ftrl else {}),
         "sampling_rate": (tracker.sampled / population if server
                           else "per client: 1 / its batches per epoch (Poisson)"),
         "clients": population, "clients_per_round": tracker.sampled, "users": num_users,
@@ -107,6 +120,15 @@ def _markdown(report: dict, population: int, sampled: int) -> str:
               f"- Clipping norm: {report['clipping_norm']}",
               f"- Sampling rate: {report['sampling_rate']}",
               f"- Clients: {population} ({sampled} per round); declined: {report['declined_clients']}"]
+    if "dp_ftrl" in report:
+        ftrl = report["dp_ftrl"]
+        lines.append(f"- DP-FTRL: {ftrl['rounds_in_tree']} rounds per tree, each user in at most one round per tree "
+                     f"and at most {ftrl['max_participations']} trees; trees run per pass: {ftrl['trees']}")
+    if "adaptive_clipping_detail" in report:
+        detail = report["adaptive_clipping_detail"]
+        lines.append(f"- Adaptive clipping: quantile {detail['quantile']}, count noise {detail['count_stddev']:.2f}, "
+                     f"update noise multiplier {detail['update_noise_multiplier']:.3f}, final C "
+                     f"{detail['final_clipping_norm']:.4f} ({detail['note']})")
     if report.get("stopped_early"):
         lines.append(f"- Stopped early: {report['stopped_early']}")
     if "per_client_epsilon" in report:

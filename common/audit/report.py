@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.audit.accounting import audit_client_ledgers, audit_server_events  # noqa: E402
+from common.audit.accounting import audit_client_ledgers, audit_ftrl_trees, audit_server_events  # noqa: E402
 from common.privacy.randomness import REPRODUCIBLE  # noqa: E402
 from common.audit.canaries import audit_canaries, exposure, make_canaries  # noqa: E402
 from common.audit.membership import FPR_POINTS, dp_tpr_bound, membership_inference, sequence_scores  # noqa: E402
@@ -57,6 +57,12 @@ def _bound_applies_to_users(privacy: dict | None) -> bool:
 def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -> dict:
     if privacy is None:
         return {"skipped": "not a DP run (no privacy.json)"}
+    if privacy["dp_mode"] == "server" and "dp_ftrl" in privacy:
+        section = audit_ftrl_trees(privacy["dp_ftrl"]["trees"], noise_multiplier=privacy["noise_multiplier"],
+                                   delta=privacy["delta"], recorded=privacy["epsilon"],
+                                   adjacency=privacy.get("adjacency"))
+        section["failures"] += randomness_failures(run_dir, config, privacy)
+        return section
     if privacy["dp_mode"] == "server":
         section = audit_server_events(privacy["server_events"], delta=privacy["delta"], recorded=privacy["epsilon"],
                                       adjacency=privacy.get("adjacency"),

@@ -71,8 +71,9 @@ def update_leakage(config: RunConfig, data: SequenceData, global_arrays: dict[st
                    max_grad_norm: float, seed: int = 0) -> dict:
     """Precision / recall of the item-set reconstruction for each user in `users` and each setting."""
     # One user's update, computed offline with the run's local recipe (one user alone: no cohort needed).
-    plain = config.replace(**{"dp-mode": "none", "cohort-engine": False, "user-sampling": "fixed"})
-    client_dp = config.replace(**{"dp-mode": "client", "cohort-engine": False, "user-sampling": "fixed", "noise-multiplier": noise_multiplier,
+    one_user = {"cohort-engine": False, "user-sampling": "fixed", "server-mechanism": "dp-fedavg"}
+    plain = config.replace(**{"dp-mode": "none", **one_user})
+    client_dp = config.replace(**{"dp-mode": "client", **one_user, "noise-multiplier": noise_multiplier,
                                   "max-grad-norm": max_grad_norm, "target-epsilon": 0.0, "max-epsilon": 0.0,
                                   "loss": "ce", "strategy": "fedavg" if config.federation.strategy == "fedprox"
                                   else config.federation.strategy, "delta": config.privacy.delta or 1e-5})

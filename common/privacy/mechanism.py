@@ -17,13 +17,16 @@ from dataclasses import asdict, dataclass
 
 REPLACE_ONE = "replace-one"
 ADD_OR_REMOVE_ONE = "add/remove"
+# One user's data replaced by nothing (a zero update) in the slots it had: the relation of tree
+# aggregation's analysis (Kairouz et al. 2021), where the schedule of the others does not move.
+REPLACE_WITH_ZERO = "replace-with-zero"
 
 
 def sum_sensitivity(adjacency: str, clip: float) -> float:
     """L2 sensitivity of a sum of updates each clipped to `clip`, under `adjacency`."""
     if adjacency == REPLACE_ONE:
         return 2.0 * clip  # one clipped update swapped for another: from +C to -C
-    if adjacency == ADD_OR_REMOVE_ONE:
+    if adjacency in (ADD_OR_REMOVE_ONE, REPLACE_WITH_ZERO):
         return clip  # one clipped update more or less
     raise ValueError(f"unknown adjacency {adjacency!r}; use {REPLACE_ONE!r} or {ADD_OR_REMOVE_ONE!r}")
 
@@ -65,9 +68,22 @@ SERVER_DPFEDAVG_POISSON = MechanismFacts(
                 "noise multiplier is z")
 
 
-def server_facts(sampling: str) -> MechanismFacts:
-    """Server-side DP-FedAvg's facts for `user-sampling` fixed (Flower's wrapper or the cohort engine)
-    or poisson (the cohort engine)."""
+# DP-FTRL on the cohort engine: no sampling; tree aggregation of the clipped sums
+# (`common.privacy.tree_aggregation`), each user in one round per tree and in at most `cap` trees.
+SERVER_DPFTRL = MechanismFacts(
+    unit="client",
+    adjacency=REPLACE_WITH_ZERO,
+    sampling="none: each user in its own round of each tree (a public hash of user and tree), at most once per "
+             "tree and in at most max-participations trees, enforced by the device",
+    sensitivity="C per tree node (one user's update clipped to C enters one leaf per tree, so at most "
+                "ceil(log2(rounds per tree + 1)) nodes); the accountant's noise multiplier is z per node")
+
+
+def server_facts(sampling: str, mechanism: str = "dp-fedavg") -> MechanismFacts:
+    """Server-side DP's facts: DP-FedAvg with `user-sampling` fixed (Flower's wrapper or the cohort
+    engine) or poisson (the cohort engine), or DP-FTRL (the cohort engine)."""
+    if mechanism == "dp-ftrl":
+        return SERVER_DPFTRL
     return SERVER_DPFEDAVG_POISSON if sampling == "poisson" else SERVER_DPFEDAVG
 
 

@@ -15,14 +15,20 @@ from __future__ import annotations
 from collections import Counter
 
 import dp_accounting
+from absl import logging as absl_logging
 from dp_accounting import rdp
 
-from common.privacy.mechanism import (ADD_OR_REMOVE_ONE, REPLACE_ONE, accountant_noise_multiplier,
-                                      server_facts)
+# The RDP accountant warns for each low order whose series does not converge at large sampling
+# rates and drops that order; the epsilon from the other orders is still a valid upper bound.
+absl_logging.set_verbosity(absl_logging.ERROR)
+
+from common.privacy.mechanism import (ADD_OR_REMOVE_ONE, REPLACE_ONE, REPLACE_WITH_ZERO, SERVER_DPFTRL,
+                                      accountant_noise_multiplier, server_facts)
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
 RELATIONS = {REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
-             ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE}
+             ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+             REPLACE_WITH_ZERO: dp_accounting.NeighboringRelation.REPLACE_SPECIAL}
 
 
 def round_event(noise_multiplier: float, num_sampled: float, population: int,
@@ -78,4 +84,36 @@ def dpfedavg_noise_for(target_epsilon: float, *, num_sampled: float, population:
         eps = dpfedavg_epsilon(noise_multiplier=mid, num_sampled=num_sampled, population=population,
                                rounds=rounds, delta=delta, sampling=sampling)
         low, high = (mid, high) if eps > target_epsilon else (low, mid)
+    return high
+
+
+def dpftrl_epsilon(noise_multiplier: float, trees: list[list[int]], *, delta: float) -> float:
+    """DP-FTRL with tree restarts (Kairouz et al. 2021, appendix D): `trees` holds, for each pass in
+    which a user may take part once, the lengths (rounds) of the trees that pass was cut into (more
+    than one when a resumed run restarted a tree). Noise std per node = z C; sensitivity C per node."""
+    trees = [[int(n) for n in steps if n > 0] for steps in trees]
+    trees = [steps for steps in trees if steps]
+    if not trees:
+        return 0.0
+    if noise_multiplier <= 0:
+        return float("inf")
+    accountant = rdp.RdpAccountant(ORDERS, neighboring_relation=RELATIONS[SERVER_DPFTRL.adjacency])
+    z = accountant_noise_multiplier(noise_multiplier, SERVER_DPFTRL.adjacency)
+    for steps, count in Counter(tuple(steps) for steps in trees).items():
+        accountant.compose(dp_accounting.SingleEpochTreeAggregationDpEvent(z, list(steps)), count=count)
+    return float(accountant.get_epsilon(delta))
+
+
+def dpftrl_noise_for(target_epsilon: float, *, rounds_in_tree: int, trees: int, delta: float) -> float:
+    """Smallest noise multiplier (to 0.1%) whose DP-FTRL epsilon over `trees` full trees is <= target."""
+    def epsilon(z: float) -> float:
+        return dpftrl_epsilon(z, [[rounds_in_tree]] * trees, delta=delta)
+    low, high = 0.05, 1.0
+    while epsilon(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e5:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
+    while (high - low) / high > 1e-3:
+        mid = (low + high) / 2
+        low, high = (mid, high) if epsilon(mid) > target_epsilon else (low, mid)
     return high
