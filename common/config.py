@@ -102,7 +102,9 @@ class TrainSettings:
 @dataclass(frozen=True)
 class FederationSettings:
     num_server_rounds: int = 15
-    strategy: str = _choice("fedavg", "fedadam", "fedyogi", "fedprox")
+    # fedmedian .. bulyan: Byzantine-robust aggregation (Flower's strategies), for cross-silo / per-user clients
+    strategy: str = _choice("fedavg", "fedadam", "fedyogi", "fedprox", "fedmedian", "fedtrimmedavg", "krum",
+                            "multikrum", "bulyan")
     partition: str = _choice("iid", "user", "dirichlet")  # user: one user per client (cross-device)
     num_partitions: int = 10  # silos for iid/dirichlet partitions
     dirichlet_alpha: float = 0.5
@@ -128,6 +130,14 @@ class FederationSettings:
     local_optimizer: str = _choice("adam", "sgd")  # per client (per user in the cohort engine), fresh each round
     server_lr_warmup: int = 0  # rounds over which FedAdam/FedYogi's server-lr rises linearly to its value
     federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
+    # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
+    max_update_norm: float = 0.0  # > 0: a reply whose update is longer is dropped (norm bounding)
+    max_reply_examples: int = 0  # > 0: a reply claiming more examples is dropped
+    min_replies: int = 1  # valid replies a round needs; fewer: the round is skipped (logged)
+    round_deadline: float = 3600.0  # seconds a round waits for replies; later ones are discarded and counted
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end per coordinate
+    assumed_malicious: int = 0  # krum, multikrum, bulyan: clients per round assumed malicious
+    multikrum_select: int = 0  # multikrum: updates averaged; 0 -> all but assumed-malicious
 
     def validate(self) -> None:
         for key, value in (("num-server-rounds", self.num_server_rounds),
@@ -149,6 +159,13 @@ class FederationSettings:
         _check(self.cohort_nodes >= 1, "cohort-nodes", "must be >= 1")
         _check(self.cohort_chunk >= 1, "cohort-chunk", "must be >= 1")
         _check(self.server_lr_warmup >= 0, "server-lr-warmup", "must be >= 0")
+        _check(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
+        _check(self.max_reply_examples >= 0, "max-reply-examples", "must be >= 0 (0 = no bound)")
+        _check(self.min_replies >= 1, "min-replies", "must be >= 1")
+        _check(self.round_deadline > 0, "round-deadline", "must be > 0 seconds")
+        _check(0.0 <= self.trim_beta < 0.5, "trim-beta", "must be in [0, 0.5)")
+        _check(self.assumed_malicious >= 0, "assumed-malicious", "must be >= 0")
+        _check(self.multikrum_select >= 0, "multikrum-select", "must be >= 0 (0 = all but assumed-malicious)")
         _check(self.cohort_engine or self.user_sampling == "fixed", "user-sampling",
                "poisson sampling is offered by the cohort engine only (set cohort-engine = true)")
 
@@ -237,7 +254,7 @@ def _cross_check(parts: dict, where: str) -> None:
                  "train-windows = last (one training window per user)": data.train_windows == "last",
                  "loss = ce": model.loss == "ce",
                  "dp-mode none or server (client DP-SGD per user is not built)": privacy.dp_mode != "client",
-                 "strategy fedavg, fedadam or fedyogi": fed.strategy != "fedprox"}
+                 "strategy fedavg, fedadam or fedyogi": fed.strategy in ("fedavg", "fedadam", "fedyogi")}
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: cohort-engine = true needs " + "; ".join(missing))
@@ -250,6 +267,9 @@ def _cross_check(parts: dict, where: str) -> None:
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: server-mechanism = dp-ftrl needs " + "; ".join(missing))
+    if fed.strategy in ROBUST_STRATEGIES and privacy.dp_mode == "server":
+        raise ConfigError(f"{where}: strategy = {fed.strategy} cannot be used with dp-mode = server: DP-FedAvg's "
+                          "sensitivity is that of a sum of clipped updates; bound updates with max-update-norm")
     if privacy.dp_mode == "client":
         if model.loss != "ce":
             raise ConfigError(f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "
@@ -257,6 +277,9 @@ def _cross_check(parts: dict, where: str) -> None:
         if fed.strategy == "fedprox":
             raise ConfigError(f"{where}: dp-mode = client cannot use strategy = fedprox: the proximal term's "
                               "gradient would bypass per-sample clipping; use fedavg, fedadam or fedyogi")
+
+
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -143,6 +143,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     summary = {"rounds": state.round, "best_round": state.best.get("round"), "validation": validation,
                "test": test, "num_users": catalogue.num_users or population, "num_items": catalogue.num_items,
                "failed_clients": sum(r["failed"] for r in state.history),
+               "late_replies": sum(r.get("late", 0) for r in state.history),
+               "invalid_replies": sum(r.get("invalid", 0) for r in state.history),
+               "skipped_rounds": [r["round"] for r in state.history if "skipped" in r],
                "declined_clients": sum(r["declined"] for r in state.history),
                "wall_seconds_this_process": time.perf_counter() - started, "identify_seconds": identify_seconds,
                "round_seconds_total": sum(r["seconds"] for r in state.history)}

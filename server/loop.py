@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from common.config import RunConfig
 from common.federated import client_seed
 from common.privacy import randomness
+from server.reply_checks import reply_problem
 from server.run_state import RunState
 from server.strategies import strategy_state
 
@@ -71,7 +72,8 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
                 order: dict[int, int] | None = None,
                 refuse: Callable[[int], str | None] | None = None,
                 per_node: dict[int, dict] | None = None,
-                combine: Callable[[list[Message]], list[Message]] | None = None
+                combine: Callable[[list[Message]], list[Message]] | None = None,
+                check: Callable[[Message], str | None] | None = None, min_replies: int = 1
                 ) -> tuple[ArrayRecord | None, dict, dict]:
     """One round of training on the sampled nodes; returns (new arrays or None, round stats).
 
@@ -80,7 +82,9 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     after the replies arrive and before aggregation; a reason from it leaves the round
     unaggregated (stats["refused"] says why). `per_node` adds config entries per node (the
     cohort engine's chunks of users); `combine` replaces the contributing replies before aggregation
-    (the cohort engine's DP noise on the users' sum)."""
+    (the cohort engine's DP noise on the users' sum). `check(reply)` gives why a reply must be
+    dropped (`server.reply_checks`); with fewer than `min_replies` valid replies the round is skipped
+    (stats["skipped"] says why). Replies that miss the deadline (`timeout`) are counted as late."""
     view = SampledGrid(grid, node_ids)
     messages = list(strategy.configure_train(server_round, arrays, config, view))
     if per_node:  # strategies share one content record between messages: give each node its own
@@ -97,11 +101,21 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     for reply in failed:
         log(WARNING, "round %s: client on node %s failed: %s", server_round, reply.metadata.src_node_id,
             reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "no reason")
-    stats = {"sampled": len(node_ids), "replied": len(contributing), "failed": len(failed) + len(node_ids) - len(replies),
-             "declined": len(declined)}
+    invalid = []
+    if check is not None:
+        verdicts = [(reply, check(reply)) for reply in contributing]
+        invalid = [(reply, why) for reply, why in verdicts if why]
+        contributing = [reply for reply, why in verdicts if not why]
+        for reply, why in invalid:
+            log(WARNING, "round %s: reply from node %s dropped: %s", server_round, reply.metadata.src_node_id, why)
+    stats = {"sampled": len(node_ids), "replied": len(contributing), "failed": len(failed),
+             "late": len(node_ids) - len(replies), "invalid": len(invalid), "declined": len(declined)}
     per_client = {(order or {}).get(r.metadata.src_node_id, r.metadata.src_node_id): dict(r.content["metrics"])
                   for r in ok}
     if not contributing:
+        return None, stats, per_client
+    if len(contributing) < min_replies:
+        stats["skipped"] = f"{len(contributing)} valid replies < min-replies {min_replies}"
         return None, stats, per_client
     reason = refuse(len(contributing)) if refuse is not None else None
     if reason:
@@ -179,9 +193,13 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
                                     secret=not reproducible)
             per_node, node_ids, order = None, [keys[c] for c in chosen], {node: key for key, node in keys.items()}
         new_arrays, stats, per_client = train_round(
-            grid, strategy, server_round, arrays, node_ids, ConfigRecord({**round_config, **(privacy.round_config(server_round) if privacy is not None else {})}),
-            timeout, order,
+            grid, strategy, server_round, arrays, node_ids,
+            ConfigRecord({**round_config, **(privacy.round_config(server_round) if privacy is not None else {})}),
+            min(timeout, fed.round_deadline), order,
             refuse=privacy.refuses if privacy is not None else None, per_node=per_node,
+            check=lambda reply, start=arrays: reply_problem(reply, start, max_update_norm=fed.max_update_norm,
+                                                            max_examples=fed.max_reply_examples),
+            min_replies=fed.min_replies,
             combine=(lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
             if cohort is not None and privacy is not None and privacy.mode == "server" else None)
         if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
@@ -192,11 +210,14 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
             log(WARNING, "fedseqrec: round %d not aggregated and the run stops: %s", server_round, stats["refused"])
             state.stopped_early = f"round {server_round} not released: {stats['refused']}"
             break
+        if "skipped" in stats:  # nothing aggregated or released; the next round starts from the same model
+            log(WARNING, "fedseqrec: round %d skipped: %s", server_round, stats["skipped"])
         if new_arrays is not None:
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
         if privacy is not None:
-            row.update(privacy.record(server_round, per_client, arrived=stats["replied"]))
+            row.update(privacy.record(server_round, per_client,
+                                      arrived=0 if "skipped" in stats else stats["replied"]))
             state.privacy = privacy.state_dict()
         if server_round % fed.eval_every_rounds == 0 or server_round == fed.num_server_rounds:
             row["validation"] = evaluate_fn(arrays, "validation")
@@ -236,7 +257,8 @@ class Progress:
         eta = per_round * (self.total - row["round"])
         val = row.get("validation", {}).get(key)
         parts = [f"fedseqrec: round {row['round']}/{self.total}",
-                 f"clients {row['replied']} ok, {row['failed']} failed, {row['declined']} declined",
+                 f"clients {row['replied']} ok, {row['failed']} failed, {row['declined']} declined"
+                 + "".join(f", {row[k]} {k}" for k in ("late", "invalid") if row.get(k)),
                  f"loss {row.get('train-loss', float('nan')):.4f}",
                  f"{per_round:.1f} s/round, ETA {_duration(eta)}"]
         if val is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import (Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum,
+                                     MultiKrum, Strategy)
 
 from common.config import RunConfig
 
@@ -26,6 +27,20 @@ def build_strategy(config: RunConfig) -> Strategy:
         return FedAvg(**common)
     if fed.strategy == "fedprox":
         return FedProx(**common, proximal_mu=fed.proximal_mu)
+    # Byzantine-robust aggregation: unweighted over clients, so that a client cannot buy weight
+    # by claiming more examples.
+    robust = {**common, "weighted_by_key": "unit-weight"}
+    if fed.strategy == "fedmedian":
+        return FedMedian(**robust)
+    if fed.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**robust, beta=fed.trim_beta)
+    if fed.strategy == "krum":
+        return Krum(**robust, num_malicious_nodes=fed.assumed_malicious)
+    if fed.strategy == "multikrum":
+        select = fed.multikrum_select or max(1, fed.clients_per_round - fed.assumed_malicious)
+        return MultiKrum(**robust, num_malicious_nodes=fed.assumed_malicious, num_nodes_to_select=select)
+    if fed.strategy == "bulyan":
+        return Bulyan(**robust, num_malicious_nodes=fed.assumed_malicious)
     optimiser = FedAdam if fed.strategy == "fedadam" else FedYogi
     # eta_l is only reported by Flower; clients use local-lr themselves.
     return optimiser(**common, eta=fed.server_lr, eta_l=fed.local_lr, beta_1=0.9, beta_2=0.99,
