@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_data import client_key, cohort_data, is_simulated, load_local_data
+from client.fault_injection import drop_cohort_users, fault_injection_mod
 from client.participation import ftrl_own_slots
 from common.cohort_clients import evaluate_users, train_chunks
 from common.audit.messages import message_audit_mod
@@ -26,7 +27,9 @@ from common.privacy.ledger import PrivacyLedger
 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
 warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 
-app = ClientApp(mods=[message_audit_mod])  # records reply structure when audit-messages = true
+# message_audit_mod records each reply's structure when audit-messages = true; fault_injection_mod
+# makes simulated clients drop out or attack when the run asks (sim-dropout, sim-attack).
+app = ClientApp(mods=[message_audit_mod, fault_injection_mod])
 
 
 def _reply(msg: Message, metrics: dict, arrays: dict | None = None) -> Message:
@@ -78,8 +81,11 @@ def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
     refused = 0
     if config.privacy.dp_mode == "server" and config.privacy.server_mechanism == "dp-ftrl":
         chunks, refused = ftrl_own_slots(config, context.node_config, round_config, chunks, server_round)
+    dropped = 0
+    if config.federation.sim_dropout > 0 and is_simulated(context.node_config):
+        chunks, dropped = drop_cohort_users(config, round_config, chunks, server_round)
     result = train_chunks(config, local, chunks, msg.content["arrays"].to_torch_state_dict(), server_round)
-    return _reply(msg, {**result.metrics, "refused-slot": refused}, result.arrays)
+    return _reply(msg, {**result.metrics, "refused-slot": refused, "dropped-users": dropped}, result.arrays)
 
 
 def _ledger_path(context: Context, round_config, key: int) -> Path:

@@ -138,6 +138,13 @@ class FederationSettings:
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end per coordinate
     assumed_malicious: int = 0  # krum, multikrum, bulyan: clients per round assumed malicious
     multikrum_select: int = 0  # multikrum: updates averaged; 0 -> all but assumed-malicious
+    # Simulated faults and attackers (client/fault_injection.py), honoured only by simulated clients:
+    # a real device never drops or attacks on the server's say.
+    sim_dropout: float = 0.0  # share of sampled clients (users, on the cohort engine) that drop out each round
+    sim_attack: str = _choice("none", "sign-flip", "scale", "random", "promote")
+    sim_attackers: float = 0.0  # share of clients that attack (a fixed set, drawn from the run seed)
+    sim_attack_scale: float = 10.0  # sign-flip / scale / random / promote: how far the update is pushed
+    sim_target_item: int = 0  # promote: the model index of the item pushed into everyone's top-10
 
     def validate(self) -> None:
         for key, value in (("num-server-rounds", self.num_server_rounds),
@@ -165,6 +172,14 @@ class FederationSettings:
         _check(self.round_deadline > 0, "round-deadline", "must be > 0 seconds")
         _check(0.0 <= self.trim_beta < 0.5, "trim-beta", "must be in [0, 0.5)")
         _check(self.assumed_malicious >= 0, "assumed-malicious", "must be >= 0")
+        _check(0.0 <= self.sim_dropout < 1.0, "sim-dropout", "must be in [0, 1)")
+        _check(0.0 <= self.sim_attackers < 1.0, "sim-attackers", "must be in [0, 1)")
+        _check(self.sim_attack_scale > 0, "sim-attack-scale", "must be > 0")
+        _check(self.sim_target_item >= 0, "sim-target-item", "must be >= 0 (a model item index)")
+        _check(self.sim_attack != "promote" or self.sim_target_item > 0, "sim-target-item",
+               "sim-attack = promote needs the item to promote (a model item index >= 1)")
+        _check(not (self.cohort_engine and self.sim_attack != "none"), "sim-attack",
+               "attackers are simulated per client, not on the cohort engine (set cohort-engine = false)")
         _check(self.multikrum_select >= 0, "multikrum-select", "must be >= 0 (0 = all but assumed-malicious)")
         _check(self.cohort_engine or self.user_sampling == "fixed", "user-sampling",
                "poisson sampling is offered by the cohort engine only (set cohort-engine = true)")

@@ -85,3 +85,14 @@ def item_user_counts(data: SequenceData) -> np.ndarray:
     for seq in data.train_sequences():
         counts[np.unique(seq)] += 1
     return counts
+
+
+def item_exposure(score_fn: ScoreFn, data: SequenceData, item: int, *, max_len: int, top_k: int = 10,
+                  batch_size: int = 512) -> float:
+    """Share of users with `item` (a model index) in their top-k, recommending from their whole
+    history (the test split's input) with seen items masked: what an item-promotion attack buys."""
+    histories, _ = data.test_cases()
+    no_target = np.zeros(len(histories), dtype=np.int64)  # padding: every seen item masked, none kept rankable
+    _, tops = rank_targets(score_fn, histories, no_target, max_len=max_len, num_items=data.num_items,
+                           top_k=top_k, mask_seen=True, batch_size=batch_size)
+    return float((tops == item).any(axis=1).mean())

@@ -21,7 +21,7 @@ from flwr.app import Context, Message
 AUDIT_DIR = "message-audit"
 METRIC_WHITELIST = frozenset({"client-key", "train-loss", "num-examples", "unit-weight", "declined", "epsilon",
                               "dp-steps", "noise-multiplier", "sample-rate", "user-level",
-                              "dp-noise-reproducible", "users", "clipped"})
+                              "dp-noise-reproducible", "users", "clipped", "refused-slot", "dropped-users"})
 METRIC_PATTERNS = (re.compile(r"ndcg@\d+"), re.compile(r"hr@\d+"))
 NUMERIC_TYPES = frozenset({"int", "float"})
 
