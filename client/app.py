@@ -17,9 +17,11 @@ from flwr.clientapp import ClientApp
 from client.local_data import client_key, cohort_data, is_simulated, load_local_data
 from client.fault_injection import drop_cohort_users, fault_injection_mod
 from client.participation import ftrl_own_slots
+from client.secure_aggregation import secure_aggregation_mod
 from common.cohort_clients import evaluate_users, train_chunks
 from common.audit.messages import message_audit_mod
 from common.config import RunConfig
+from common.errors import DataError
 from common.federated import DeviceLimits, local_train
 from common.privacy.ledger import PrivacyLedger
 
@@ -29,7 +31,8 @@ warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 
 # message_audit_mod records each reply's structure when audit-messages = true; fault_injection_mod
 # makes simulated clients drop out or attack when the run asks (sim-dropout, sim-attack).
-app = ClientApp(mods=[message_audit_mod, fault_injection_mod])
+# secure_aggregation_mod runs Flower's SecAgg+ client protocol when the server asks for it.
+app = ClientApp(mods=[message_audit_mod, secure_aggregation_mod, fault_injection_mod])
 
 
 def _reply(msg: Message, metrics: dict, arrays: dict | None = None) -> Message:
@@ -77,6 +80,10 @@ def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
     if "clipping-norm" in round_config:  # server DP: this round's C (it moves under adaptive clipping)
         config = config.replace(**{"clipping-norm": float(round_config["clipping-norm"])})
     local, chunks = _cohort_users(round_config, config, context.node_config)
+    if config.privacy.dp_mode == "server" and not is_simulated(context.node_config) and local.num_users != 1:
+        # The server's divisor (expected cohort) and its accounting count devices as users.
+        raise DataError(f"this device holds {local.num_users} users; user-level DP on the cohort engine needs "
+                        "exactly one user per device (split the data with one user per node)")
     server_round = int(round_config["server-round"])
     refused = 0
     if config.privacy.dp_mode == "server" and config.privacy.server_mechanism == "dp-ftrl":

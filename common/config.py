@@ -138,6 +138,11 @@ class FederationSettings:
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end per coordinate
     assumed_malicious: int = 0  # krum, multikrum, bulyan: clients per round assumed malicious
     multikrum_select: int = 0  # multikrum: updates averaged; 0 -> all but assumed-malicious
+    # SecAgg+ (Flower's workflow and client mod): the server learns only the sum of the nodes' replies.
+    secure_aggregation: bool = False
+    secagg_shares: float = 1.0  # key shares per node, as a share of the round's nodes (Flower: num_shares)
+    secagg_threshold: float = 0.5  # shares needed to reconstruct, as a share of secagg-shares
+    secagg_clip_range: float = 8.0  # weights are clipped to +-this before quantisation
     # Simulated faults and attackers (client/fault_injection.py), honoured only by simulated clients:
     # a real device never drops or attacks on the server's say.
     sim_dropout: float = 0.0  # share of sampled clients (users, on the cohort engine) that drop out each round
@@ -172,6 +177,12 @@ class FederationSettings:
         _check(self.round_deadline > 0, "round-deadline", "must be > 0 seconds")
         _check(0.0 <= self.trim_beta < 0.5, "trim-beta", "must be in [0, 0.5)")
         _check(self.assumed_malicious >= 0, "assumed-malicious", "must be >= 0")
+        _check(0.0 < self.secagg_shares <= 1.0, "secagg-shares", "must be in (0, 1]")
+        _check(0.0 < self.secagg_threshold <= 1.0, "secagg-threshold", "must be in (0, 1]")
+        _check(self.secagg_clip_range > 0, "secagg-clip-range", "must be > 0")
+        _check(not self.secure_aggregation or self.cohort_engine, "secure-aggregation",
+               "needs cohort-engine = true: a server that sees only sums cannot clip updates, so devices clip "
+               "their own (the cohort engine does)")
         _check(0.0 <= self.sim_dropout < 1.0, "sim-dropout", "must be in [0, 1)")
         _check(0.0 <= self.sim_attackers < 1.0, "sim-attackers", "must be in [0, 1)")
         _check(self.sim_attack_scale > 0, "sim-attack-scale", "must be > 0")

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -25,6 +25,7 @@ from common.federated import client_seed
 from common.privacy import randomness
 from server.reply_checks import reply_problem
 from server.run_state import RunState
+from server.secure_aggregation import secure_mean
 from server.strategies import strategy_state
 
 
@@ -129,6 +130,43 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     return new_arrays, stats, per_client
 
 
+def secure_train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord, node_ids: list[int],
+                       config: ConfigRecord, timeout: float, run_config: RunConfig,
+                       refuse: Callable[[int], str | None] | None = None, per_node: dict[int, dict] | None = None,
+                       combine: Callable[[list[Message]], list[Message]] | None = None,
+                       min_replies: int = 1) -> tuple[ArrayRecord | None, dict, dict]:
+    """`train_round` through SecAgg+ (`server.secure_aggregation`): the server gets only the nodes'
+    weighted mean, which enters `combine` (DP noise) and the strategy as one reply. Replies cannot be
+    checked one by one here: the devices clip their own updates."""
+    list(strategy.configure_train(server_round, arrays, config, SampledGrid(grid, node_ids)))  # FedOpt's state
+    configs = {node: {**dict(config), "server-round": server_round, **(per_node or {}).get(node, {})}
+               for node in node_ids}
+    mean, per_client, failed = secure_mean(grid, run_config, server_round, arrays, configs, timeout)
+    users = sum(int(m.get("num-examples", 0)) for m in per_client.values())
+    stats = {"sampled": len(node_ids), "replied": len(per_client), "failed": failed,
+             "late": max(0, len(node_ids) - len(per_client) - failed), "invalid": 0, "declined": 0,
+             "secure-aggregation": 1}
+    if mean is None or users == 0:
+        return None, stats, per_client
+    if len(per_client) < min_replies:
+        stats["skipped"] = f"{len(per_client)} replies < min-replies {min_replies}"
+        return None, stats, per_client
+    reason = refuse(len(per_client)) if refuse is not None else None
+    if reason:
+        stats["refused"] = reason
+        return None, stats, per_client
+    loss = sum(float(m.get("train-loss", 0.0)) * int(m["num-examples"]) for m in per_client.values()) / users
+    reply = Message(content=RecordDict({"arrays": mean, "metrics": MetricRecord({
+        "num-examples": users, "unit-weight": 1, "train-loss": loss,
+        "clipped": sum(int(m.get("clipped", 0)) for m in per_client.values())})}),
+        dst_node_id=0, message_type=MessageType.TRAIN)
+    replies = combine([reply]) if combine is not None else [reply]
+    new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+    if metrics is not None:
+        stats["train-loss"] = float(metrics.get("train-loss", loss))
+    return new_arrays, stats, per_client
+
+
 def arrays_to_torch(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
 
@@ -192,16 +230,22 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
             chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round,
                                     secret=not reproducible)
             per_node, node_ids, order = None, [keys[c] for c in chosen], {node: key for key, node in keys.items()}
-        new_arrays, stats, per_client = train_round(
-            grid, strategy, server_round, arrays, node_ids,
-            ConfigRecord({**round_config, **(privacy.round_config(server_round) if privacy is not None else {})}),
-            min(timeout, fed.round_deadline), order,
-            refuse=privacy.refuses if privacy is not None else None, per_node=per_node,
-            check=lambda reply, start=arrays: reply_problem(reply, start, max_update_norm=fed.max_update_norm,
-                                                            max_examples=fed.max_reply_examples),
-            min_replies=fed.min_replies,
-            combine=(lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
-            if cohort is not None and privacy is not None and privacy.mode == "server" else None)
+        this_round = ConfigRecord({**round_config,
+                                   **(privacy.round_config(server_round) if privacy is not None else {})})
+        combine = ((lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
+                   if cohort is not None and privacy is not None and privacy.mode == "server" else None)
+        refuse = privacy.refuses if privacy is not None else None
+        if fed.secure_aggregation:
+            new_arrays, stats, per_client = secure_train_round(
+                grid, strategy, server_round, arrays, node_ids, this_round, min(timeout, fed.round_deadline), config,
+                refuse=refuse, per_node=per_node, combine=combine, min_replies=fed.min_replies)
+        else:
+            new_arrays, stats, per_client = train_round(
+                grid, strategy, server_round, arrays, node_ids, this_round, min(timeout, fed.round_deadline), order,
+                refuse=refuse, per_node=per_node,
+                check=lambda reply, start=arrays: reply_problem(reply, start, max_update_norm=fed.max_update_norm,
+                                                                max_examples=fed.max_reply_examples),
+                min_replies=fed.min_replies, combine=combine)
         if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
             replied = sum(int(m.get("users", 0)) for m in per_client.values())
             stats.update({"nodes": len(node_ids), "sampled": len(users), "replied": replied,

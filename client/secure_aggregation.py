@@ -1,0 +1,43 @@
+"""The device's side of SecAgg+: Flower's `secaggplus_mod`, speaking to our train handler.
+
+Flower's SecAgg+ client mod runs the protocol's four stages and, in the third, asks the app
+to train and masks what it returns. It speaks the legacy FitIns / FitRes format (unnamed arrays,
+a `num_examples` count); our handler speaks named arrays and metrics. This mod routes only SecAgg+
+messages through `secaggplus_mod` and translates at the boundary, so the handler is the same one
+that plain rounds use. A device that trains nobody this round (0 users) sends the global weights
+with weight 0: it still has to take part in the masking.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
+
+ARRAY_NAMES = "array-names"  # as server.secure_aggregation sends it
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+
+    def train_in_our_format(legacy: Message, ctx: Context) -> Message:
+        # Read the records themselves: the legacy FitIns type cannot hold our list-valued config entries.
+        config = legacy.content.config_records["fitins.config"]
+        names = list(config[ARRAY_NAMES])
+        arrays = legacy.content.array_records["fitins.parameters"]
+        start = {name: array for name, array in zip(names, arrays.values())}
+        legacy.content = RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord(
+            {k: v for k, v in config.items() if k != ARRAY_NAMES})})
+        reply = call_next(legacy, ctx)
+        metrics = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
+        trained = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord(start)
+        weight = int(metrics.get("num-examples", 0)) if "arrays" in reply.content else 0
+        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([trained[name].numpy() for name in names]),
+                        weight, {k: v for k, v in metrics.items() if k != "num-examples"})
+        reply.content = compat.fitres_to_recorddict(fitres, keep_input=True)
+        return reply
+
+    return secaggplus_mod(msg, context, train_in_our_format)
