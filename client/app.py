@@ -21,12 +21,14 @@ from common.cohort_clients import evaluate_users, train_chunks
 from common.audit.messages import message_audit_mod
 from common.config import RunConfig
 from common.federated import DeviceLimits, local_train
+from common.logs import drop_opacus_root_handler
 from common.privacy.ledger import PrivacyLedger
 
 # Opacus' known, harmless notices (see STACK.md); anything else still shows.
 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
 warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 
+drop_opacus_root_handler()  # each Flower record once on the console
 # message_audit_mod records each reply's structure when audit-messages = true; fault_injection_mod
 # makes simulated clients drop out or attack when the run asks (sim-dropout, sim-attack).
 app = ClientApp(mods=[message_audit_mod, fault_injection_mod])

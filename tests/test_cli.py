@@ -134,3 +134,33 @@ def test_sigterm_stops_training_but_keeps_the_best_model(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["interrupted"] is True and 2 <= metrics["epochs_run"] < 500
     assert (out / "model.pt").exists() and "ndcg@10" in metrics["test"]
+
+
+LOG_PROBE = """
+from logging import INFO
+import {app}  # noqa: F401 - the app's imports, Opacus among them
+from flwr.common.logger import log
+log(INFO, "fedseqrec: round 1/1 probe")
+"""
+
+
+@pytest.mark.parametrize("app", ["server.app", "client.app"])
+def test_a_log_record_is_printed_once_in_an_app_process(app):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LOG_PROBE.format(app=app)], capture_output=True, text=True,
+                          check=True)
+    assert (done.stdout + done.stderr).count("fedseqrec: round 1/1 probe") == 1
+
+
+def test_federate_help_names_files_that_exist(capsys):
+    import re
+    from pathlib import Path
+
+    with pytest.raises(SystemExit):
+        main(["federate", "--help"])
+    named = re.findall(r"simulations/[\w.-]+\.toml", capsys.readouterr().out)
+    assert named
+    root = Path(__file__).resolve().parents[1]
+    assert all((root / name).is_file() for name in named), named

@@ -232,3 +232,18 @@ def test_cli_bad_input_exits_2(exported, tmp_path, capsys, problem):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("fedseqrec: error: ")
+
+
+def test_cli_recommend_notes_and_items_each_on_their_own_line(exported, tmp_path):
+    """stderr's note and stdout's items, merged as on a terminal: the note is a line of its own."""
+    csv = tmp_path / "history.csv"
+    csv.write_text("user_id,item_id,timestamp\n1,1000,1\n1,1007,2\n")
+    model = exported["gru"][1] / "model.onnx"
+    done = subprocess.run([sys.executable, "-m", "simulations.cli", "recommend", "--model", str(model),
+                           "--history", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    lines = done.stdout.splitlines()
+    assert done.stdout.endswith("\n")
+    assert lines.count("source: model") == 1
+    items = [line for line in lines if line != "source: model"]
+    assert [line.split("\t")[0] for line in items] == [str(rank) for rank in range(1, 11)]
