@@ -24,7 +24,8 @@ from common.federated import DeviceLimits, local_train
 from common.logs import drop_opacus_root_handler
 from common.privacy.ledger import PrivacyLedger
 
-# Opacus' known, harmless notices (see STACK.md); anything else still shows.
+# Opacus' known, harmless notices (the insecure-RNG default; the full-backward-hook notice that its
+# per-sample hooks raise); anything else still shows.
 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
 warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 

@@ -34,7 +34,8 @@ from typing import Mapping, Sequence
 import psutil
 
 VENV_BIN = Path(sys.executable).parent
-# What every Flower process started here needs on this kind of machine (see STACK.md).
+# What every Flower process started here needs: no `uv sync` of [project].dependencies per run (the
+# SuperLink would otherwise install them, and uv would fetch a CUDA torch) and no telemetry.
 FLOWER_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The Flower processes that run a ServerApp (simulation and deployment runtime).
