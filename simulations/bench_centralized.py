@@ -14,11 +14,10 @@ import json
 import platform
 from pathlib import Path
 
-from common.config import RunConfig
+from common.config import RunConfig, read_toml
 from simulations.centralized import train_centralized
 
-BASE = {"data": "ml-1m", "train-windows": "last", "batch-size": 64, "lr": 0.001, "epochs": 60, "patience": 6,
-        "emb-dim": 64, "num-layers": 2, "dropout": 0.2}
+BASE = read_toml(Path(__file__).with_name("ml1m-centralized.toml"))  # the baseline's own settings
 
 
 def main() -> None:

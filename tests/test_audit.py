@@ -23,7 +23,8 @@ from common.training import StepOptions, model_for, train_epoch, window_dataset,
 from tests.test_federation import SIM_CONFIG, _run
 
 TINY = {"data": "synthetic", "synthetic-users": 80, "synthetic-items": 40, "model": "sasrec", "emb-dim": 16,
-        "num-layers": 1, "max-len": 20, "batch-size": 32, "dropout": 0.0, "local-epochs": 2, "local-lr": 0.01}
+        "num-layers": 1, "max-len": 20, "train-windows": "all", "batch-size": 32, "dropout": 0.0, "local-epochs": 2,
+        "local-lr": 0.01}
 
 
 pytestmark = pytest.mark.usefixtures("cache_env")

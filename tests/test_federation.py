@@ -199,5 +199,6 @@ def test_pyproject_run_config_lists_every_key_with_valid_values():
     defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(defaults) == set(RunConfig.keys())
     RunConfig.from_flat(defaults)
+    assert defaults == RunConfig().to_flat()  # one source of defaults: the dataclasses, mirrored here
     for toml in sorted((ROOT / "simulations").glob("*.toml")):
         RunConfig.from_toml(toml)  # every shipped experiment config is valid

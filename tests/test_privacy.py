@@ -130,6 +130,7 @@ def client_data() -> SequenceData:
 def dp_config(**extra) -> RunConfig:
     return RunConfig.from_flat({"data": "synthetic", "model": "sasrec", "emb-dim": 8, "num-layers": 1,
                                 "max-len": 10, "batch-size": 8, "dp-mode": "client", "train-windows": "last",
+                                "local-epochs": 1, "local-lr": 0.001,
                                 "noise-multiplier": 1.0, "delta": 1e-3, **extra})
 
 

@@ -19,7 +19,7 @@ from common.evaluation import evaluate, model_scores
 from common.synthetic import synthetic_interactions
 from simulations.centralized import train_centralized
 
-TINY = {"model": "sasrec", "max-len": 10, "emb-dim": 16, "num-layers": 1, "dropout": 0.0,
+TINY = {"model": "sasrec", "max-len": 10, "train-windows": "all", "emb-dim": 16, "num-layers": 1, "dropout": 0.0,
         "batch-size": 32, "lr": 1e-2, "seed": 3, "eval-batch-size": 64}
 
 
