@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.config import RunConfig
+from common.config import RunConfig, read_toml
 from common.errors import FedSeqRecError
 
 _TRAIN_GROUPS = ("data", "model", "train")
@@ -25,11 +25,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...]) 
 def _flat_from_args(args: argparse.Namespace) -> dict:
     flat = {}
     if getattr(args, "config", None):
-        import tomllib
-        try:
-            flat.update(tomllib.loads(Path(args.config).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise FedSeqRecError(f"{args.config}: cannot read config ({exc})") from exc
+        flat.update(read_toml(args.config))  # a ConfigError names the file and what is wrong
     for name, value in vars(args).items():
         if name.startswith("cfg:") and value is not None:
             flat[name[4:]] = value

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from common.config import read_toml
+from common.errors import ConfigError, FedSeqRecError
 from simulations.processes import (VENV_BIN, ProcessTracker, StoppedAtOnce, StopSignals, become_subreaper,
                                    flower_env, free_port, port_open, remove_partial_files, stop_serverapps,
                                    toml_value, write_connection)
@@ -435,17 +437,16 @@ class LoopbackDeployment:
 
 def demo(data: str, nodes: int, rounds: int, work: Path, *, model: str = "sasrec",
          overrides: Mapping | None = None, tls: bool = True, node_auth: bool = True,
-         timeout: float = 3600.0) -> dict:
+         timeout: float = 3600.0, where: str = "simulations.deploy") -> dict:
     """Partition `data` into per-node files, deploy on loopback, run `rounds` rounds, return summary.json."""
     from common.config import RunConfig
     from simulations.deployment_data import write_node_files
-    from simulations.federate import project_defaults
 
     work = Path(work).resolve()
     data_arg = str(Path(data).resolve()) if Path(data).exists() else data  # a file path or a named dataset
     run_config = {"data": data_arg, "model": model, "num-server-rounds": rounds, "clients-per-round": nodes,
                   "out-dir": str(work / "run"), "num-threads": 1, **(overrides or {})}
-    config = RunConfig.from_flat({**project_defaults(), **run_config}, where="simulations.deploy")
+    config = RunConfig.from_flat(run_config, where=where)
     partition_dir = work / "partition"
     write_node_files(config, partition_dir, nodes)
     # From here on only the devices hold interactions: the server gets the item catalogue, and the
@@ -496,10 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.data or not args.work:
         parser.error("--data and --work are required for the loopback demo")
-    overrides = {}
-    if args.run_config:
-        import tomllib
-        overrides = tomllib.loads(Path(args.run_config).read_text())
+    try:
+        overrides = read_toml(args.run_config) if args.run_config else {}
+    except ConfigError as exc:  # one line, no traceback: a missing or unreadable file
+        print(f"deploy: error: {exc}", file=sys.stderr)
+        return 2
     work = Path(args.work).resolve()
     total = int(overrides.get("num-server-rounds", args.rounds))
     resume = shlex.join(["python", "-m", "simulations.deploy", *(sys.argv[1:] if argv is None else argv)])
@@ -509,10 +511,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 summary = demo(args.data, args.nodes, args.rounds, work, model=args.model, overrides=overrides,
                                tls=not args.insecure, node_auth=not (args.insecure or args.no_node_auth),
-                               timeout=args.timeout)
+                               timeout=args.timeout, where=args.run_config or "simulations.deploy")
             except DeploymentError as exc:
                 print(f"deploy: error: {exc}", file=sys.stderr)
                 return 1
+            except FedSeqRecError as exc:  # a bad run-config key or value: one line, before anything starts
+                print(f"deploy: error: {exc}", file=sys.stderr)
+                return 2
             except KeyboardInterrupt:  # every process was stopped on the way out of the deployment
                 how = "stopped"
             else:

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 from typing import TextIO
@@ -46,14 +45,12 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedseqrec-local"
 
 
-def project_defaults() -> dict:
-    return tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-
-
 def resolve_config(run_config_file: str | None, extra: dict | None = None) -> tuple[RunConfig, dict]:
+    """The run's config (the defaults, which pyproject.toml repeats for Flower, plus the file's
+    overrides) and the overrides alone, for `flwr run --run-config`."""
     overrides = read_toml(run_config_file) if run_config_file else {}
     overrides.update(extra or {})
-    return RunConfig.from_flat({**project_defaults(), **overrides}, where=run_config_file or "pyproject.toml"), overrides
+    return RunConfig.from_flat(overrides, where=run_config_file or "run config"), overrides
 
 
 def num_clients(config: RunConfig) -> int:

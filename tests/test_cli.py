@@ -164,3 +164,25 @@ def test_federate_help_names_files_that_exist(capsys):
     assert named
     root = Path(__file__).resolve().parents[1]
     assert all((root / name).is_file() for name in named), named
+
+
+@pytest.mark.parametrize("content, needle", [(None, "config file not found"), ("epochs = = 1\n", "not valid TOML"),
+                                             ("epohcs = 1\n", "unknown key 'epohcs'")])
+def test_federate_and_deploy_report_a_bad_run_config_file_in_one_line(tmp_path, content, needle):
+    """Every command reads run-config files through common.config.read_toml: one line, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    toml = tmp_path / "run.toml"
+    if content is not None:
+        toml.write_text(content)
+    commands = {"fedseqrec": [sys.executable, "-m", "simulations.cli", "federate", "--run-config", str(toml)],
+                "deploy": [sys.executable, "-m", "simulations.deploy", "--data", "synthetic", "--work",
+                           str(tmp_path / "work"), "--run-config", str(toml)]}
+    for prefix, argv in commands.items():
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: ") and needle in lines[0], done.stderr
+        assert str(toml) in lines[0]

@@ -20,7 +20,6 @@ from common.training import model_for
 from simulations.deploy import (VENV_BIN, DeploymentError, LoopbackDeployment, free_port, make_node_keys,
                                 nodes_from_partition)
 from simulations.deployment_data import write_node_files
-from simulations.federate import project_defaults
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     data_file = tmp_path / "interactions.csv"
     synthetic_interactions(120, 60, seed=0).to_csv(data_file, index=False)
     run_config = {**RUN, "data": str(data_file), "out-dir": str(tmp_path / "run")}
-    config = RunConfig.from_flat({**project_defaults(), **run_config}, where="test")
+    config = RunConfig.from_flat(run_config, where="test")
     write_node_files(config, tmp_path / "partition", 2)
     nodes = nodes_from_partition(tmp_path / "partition", tmp_path / "work")
     assert [n.client_id for n in nodes] == [0, 1]
