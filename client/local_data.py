@@ -17,9 +17,9 @@ import numpy as np
 from common.config import RunConfig
 from common.errors import DataError
 from common.federated import check_local_data
-from common.interactions import Columns, load_interactions
+from common.data.interactions import Columns, load_interactions
 from common.partition import cached_partitioning, cached_population
-from common.sequences import SequenceData, sequences_for_catalogue
+from common.data.sequences import SequenceData, sequences_for_catalogue
 
 
 @lru_cache(maxsize=8)

@@ -22,7 +22,7 @@ from common.config import RunConfig
 from common.evaluation import model_scores, rank_targets
 from common.federated import LocalResult, client_seed
 from common.metrics import ranking_metrics
-from common.sequences import SequenceData, training_windows
+from common.data.sequences import SequenceData, training_windows
 from common.training import model_for
 
 

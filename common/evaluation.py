@@ -15,7 +15,7 @@ import torch
 from common.errors import ConfigError
 from common.metrics import all_metrics
 from common.models import SequenceRecommender
-from common.sequences import SequenceData, left_pad
+from common.data.sequences import SequenceData, left_pad
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, T) item indices -> (B, N) scores
 

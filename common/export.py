@@ -207,8 +207,8 @@ def privacy_summary(run_dir: Path) -> dict | None:
 def training_item_counts(run_config: dict, item_ids: np.ndarray) -> np.ndarray:
     """(N + 1,) counts of each item in the run's training parts, indexed like the model."""
     from common.config import RunConfig
-    from common.data import load_sequence_data
-    from common.datasets import MOVIELENS, resolve_interactions
+    from common.data.load import load_sequence_data
+    from common.data.files import MOVIELENS, resolve_interactions
     config = RunConfig.from_flat(run_config, where="the run's run_config")
     if config.data.data in MOVIELENS:  # an export never downloads: fail fast if the data is not here
         resolve_interactions(config.data.data, config.data.data_dir, download=False)

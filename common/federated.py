@@ -18,7 +18,7 @@ from common.errors import DataError
 from common.privacy.dpsgd import dp_windows, plan_round, train_private
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
-from common.sequences import SequenceData
+from common.data.sequences import SequenceData
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
 
 

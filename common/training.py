@@ -14,7 +14,7 @@ from common.allocator import release_freed_memory, retain_freed_memory
 from common.config import ModelSettings, RunConfig
 from common.losses import next_item_loss
 from common.models import ModelConfig, SequenceRecommender, build_model
-from common.sequences import training_windows
+from common.data.sequences import training_windows
 
 
 def set_seed(seed: int) -> None:

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from common.checkpoint import save_model
 from common.config import RunConfig
 from common.errors import DataError
-from common.data import cached_sequence_data
+from common.data.load import cached_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.training import model_for
 from common.partition import cached_partitioning

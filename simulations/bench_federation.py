@@ -22,7 +22,7 @@ import psutil
 import torch
 
 from common.config import RunConfig, read_toml
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.federated import local_train
 from common.partition import partition_users
 from common.training import model_for

@@ -99,7 +99,7 @@ def torch_top_k(model, histories: list[np.ndarray], max_len: int, batch_size: in
     """(U, K) PyTorch top-K item indices, every seen item masked (the runner's rule)."""
     import torch
     from common.evaluation import model_scores
-    from common.sequences import left_pad
+    from common.data.sequences import left_pad
     score = model_scores(model)
     tops = []
     with torch.no_grad():
@@ -125,7 +125,7 @@ def bench(run_dir: Path, export_dir: Path, data_dir: str | None, calls: int, use
     from client.ondevice import OnDeviceRecommender
     from common.checkpoint import load_model
     from common.config import RunConfig
-    from common.data import load_sequence_data
+    from common.data.load import load_sequence_data
     from common.evaluation import evaluate, model_scores
     from common.export import export_run
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from common.checkpoint import save_model
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores, popularity_scores
 from common.plots import plot_curves
 from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader

@@ -103,7 +103,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _history_ids(path: Path, user: int | None) -> list[int]:
     """One user's item IDs from a user_id,item_id,timestamp file, oldest first."""
-    from common.interactions import ITEM, TIME, USER, load_interactions
+    from common.data.interactions import ITEM, TIME, USER, load_interactions
     frame = load_interactions(path)
     users = frame[USER].unique()
     if user is None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from common.config import RunConfig, read_toml
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.errors import FedSeqRecError
 from common.partition import partition_users
 from simulations.processes import (VENV_BIN, ProcessTracker, StoppedAtOnce, StopSignals, become_subreaper,

@@ -19,7 +19,7 @@ def num_supernodes(config) -> int:
     per client of the partition."""
     if config.federation.cohort_engine:
         return config.federation.cohort_nodes
-    from common.data import load_sequence_data
+    from common.data.load import load_sequence_data
     from common.partition import partition_users
     return partition_users(load_sequence_data(config.data), config.federation, config.train.seed).num_clients
 

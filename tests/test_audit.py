@@ -16,7 +16,7 @@ from common.audit.canaries import epsilon_lower_bound, exposure, make_canaries, 
 from common.audit.membership import dp_tpr_bound, membership_inference, roc_auc
 from common.audit.messages import audit_messages, check_message, message_audit_mod
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.partition import cached_population, partition_users
 from common.privacy.server_accounting import dpfedavg_epsilon
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from common.config import RunConfig
-from common.synthetic import synthetic_interactions
+from common.data.synthetic import synthetic_interactions
 from simulations.cli import main
 
 FAST = ["--quiet", "--model", "sasrec", "--max-len", "8", "--emb-dim", "8", "--num-layers", "1",

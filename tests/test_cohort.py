@@ -11,7 +11,7 @@ import torch
 from common.cohort import LocalRecipe, cohort_update, user_loss
 from common.cohort_clients import evaluate_users, train_chunks
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.models import ModelConfig, build_model
 from common.training import model_for
@@ -217,7 +217,7 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     from flwr.supercore.task_identity import TaskIdentity
     import client.app as client_app
     from client.local_data import load_local_data
-    from common.synthetic import synthetic_interactions
+    from common.data.synthetic import synthetic_interactions
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     config = RunConfig.from_flat(COHORT)
     data = load_sequence_data(config.data)

@@ -13,9 +13,9 @@ import torch
 
 from common.checkpoint import load_model
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
-from common.synthetic import synthetic_interactions
+from common.data.synthetic import synthetic_interactions
 from common.training import model_for
 from simulations.deploy import (VENV_BIN, DeploymentError, LoopbackDeployment, free_port, make_node_keys,
                                 nodes_from_partition)

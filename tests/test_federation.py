@@ -20,7 +20,7 @@ import torch
 
 from common.checkpoint import load_model
 from common.config import FederationSettings, RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.partition import partition_users
 from common.training import model_for

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import datasets
+from common.data import files as datasets
 from common.errors import DataError
-from common.interactions import Columns, load_interactions
+from common.data.interactions import Columns, load_interactions
 
 ROWS = [(1, 10, 100), (1, 11, 90), (2, 10, 95), (3, 12, 7)]  # user, item, time in file order
 
@@ -219,7 +219,7 @@ def test_ragged_rows(tmp_path):
     assert "malformed rows" in raises_data_error(write(tmp_path / "a.csv", text))
 
 
-# --- common.datasets: local copies first, checksum-verified archives -----------------------------
+# --- common.data.files: local copies first, checksum-verified archives -----------------------------
 
 @pytest.fixture
 def no_download(monkeypatch, tmp_path):

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
-from common.sequences import training_windows
+from common.data.sequences import training_windows
 from common.training import StepOptions, train_epoch
 
 ARCHS = ["sasrec", "gru", "lstm"]

@@ -15,12 +15,12 @@ import torch
 from client.ondevice import OnDeviceRecommender, read_item_titles
 from common.checkpoint import save_model
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.errors import ConfigError, DataError
 from common.evaluation import model_scores
 from common.export import METADATA_KEY, export_run
 from common.models import ModelConfig, build_model
-from common.sequences import left_pad
+from common.data.sequences import left_pad
 from simulations.cli import main
 
 ARCHS = ("sasrec", "gru", "lstm")

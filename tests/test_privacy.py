@@ -17,8 +17,8 @@ from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.server_accounting import dpfedavg_epsilon, dpfedavg_epsilon_events
-from common.sequences import SequenceData, build_sequences
-from common.synthetic import synthetic_interactions
+from common.data.sequences import SequenceData, build_sequences
+from common.data.synthetic import synthetic_interactions
 from common.training import StepOptions, train_epoch
 
 

@@ -17,7 +17,7 @@ import torch
 from common.audit.accounting import audit_server_events, gaussian_epsilon
 from common.audit.worst_pair import epsilon_lower_bound
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.federated import local_train
 from common.privacy import randomness
 from common.privacy.mechanism import ADD_OR_REMOVE_ONE, REPLACE_ONE, sum_sensitivity

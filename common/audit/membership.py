@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from common.models import SequenceRecommender
-from common.sequences import training_windows
+from common.data.sequences import training_windows
 
 FPR_POINTS = (0.001, 0.01)
 

@@ -22,7 +22,7 @@ from common.audit.messages import AUDIT_DIR, audit_messages  # noqa: E402
 from common.audit.update_leakage import update_leakage  # noqa: E402
 from common.checkpoint import load_model  # noqa: E402
 from common.config import RunConfig  # noqa: E402
-from common.data import load_sequence_data  # noqa: E402
+from common.data.load import load_sequence_data  # noqa: E402
 from common.errors import FedSeqRecError  # noqa: E402
 from common.partition import partition_users, run_canaries  # noqa: E402
 

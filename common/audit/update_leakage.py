@@ -22,7 +22,7 @@ import torch
 from common.config import RunConfig
 from common.federated import local_train
 from common.privacy.ledger import PrivacyLedger
-from common.sequences import SequenceData
+from common.data.sequences import SequenceData
 
 ITEM_TABLE = "item_emb.weight"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
-from common.interactions import ITEM, TIME, USER
+from common.data.interactions import ITEM, TIME, USER
 
 
 @dataclass
