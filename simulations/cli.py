@@ -83,7 +83,8 @@ def _cmd_partition(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from common.audit.report import run_audit, summary_lines
+    from common.audit.render import summary_lines
+    from common.audit.report import run_audit
     report = run_audit(Path(args.run_dir), canary_guesses=args.canary_guesses, users=args.users,
                        leakage_users=args.leakage_users)
     print("\n".join(summary_lines(report)))

@@ -12,9 +12,11 @@ import torch
 
 from common.audit.accounting import (audit_client_ledgers, audit_server_events, gaussian_epsilon,
                                      opacus_rdp_epsilon, poisson_pld_epsilon, poisson_rdp_epsilon)
-from common.audit.canaries import epsilon_lower_bound, exposure, make_canaries, p_value
+from common.audit.canaries import epsilon_lower_bound, exposure, p_value
 from common.audit.membership import dp_tpr_bound, membership_inference, roc_auc
-from common.audit.messages import audit_messages, check_message, message_audit_mod
+from client.message_audit import message_audit_mod
+from common.audit.messages import audit_messages, check_message
+from common.canaries import make_canaries
 from common.config import RunConfig
 from common.data.load import load_sequence_data
 from common.partition import cached_population, partition_users
