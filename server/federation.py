@@ -51,7 +51,7 @@ def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: Coho
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
         model.load_arrays(arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays)
         model.eval()
-        return evaluate(model_scores(model), data, split, max_len=config.data.max_len, top_k=config.train.top_k,
+        return evaluate(model_scores(model), data, split, top_k=config.train.top_k,
                         mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size,
                         device=config.train.device, users=None if all_users else users)
     return evaluate_arrays

@@ -145,7 +145,7 @@ def bench(run_dir: Path, export_dir: Path, data_dir: str | None, calls: int, use
     if users:
         histories, targets = histories[:users], targets[:users]
     reference = torch_top_k(model, histories, max_len)  # (U, K)
-    torch_eval = evaluate(model_scores(model), data, "test", max_len=max_len, top_k=TOP_K,
+    torch_eval = evaluate(model_scores(model), data, "test", top_k=TOP_K,
                           mask_seen=config.train.mask_seen, users=np.arange(len(histories)))
     result = {"run_dir": str(run_dir), "arch": model.config.arch, "max_len": max_len,
               "num_items": data.num_items, "test_users": len(histories), "export_seconds": export_seconds,

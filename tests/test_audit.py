@@ -98,10 +98,10 @@ def test_membership_inference_detects_an_overfit_model_and_not_an_unrelated_one(
     train = data.train_sequences()
     members, nonmembers, others = train[:40], train[40:80], train[80:120]
     overfit = _overfit(config, members, data.num_items, epochs=60)
-    found = membership_inference(overfit, members, nonmembers, max_len=20, bootstrap=100)
+    found = membership_inference(overfit, members, nonmembers, bootstrap=100)
     assert found["attacks"]["loss"]["auc"]["value"] > 0.8
     unrelated = _overfit(config, others, data.num_items, epochs=60)  # never saw members nor non-members
-    null = membership_inference(unrelated, members, nonmembers, max_len=20, bootstrap=100)
+    null = membership_inference(unrelated, members, nonmembers, bootstrap=100)
     low, high = null["attacks"]["loss"]["auc"]["ci95"]
     assert low <= 0.5 <= high
 

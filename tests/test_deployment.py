@@ -92,7 +92,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     initial.eval()
     k = config.train.top_k
     with torch.no_grad():
-        before = evaluate(model_scores(initial), data, "validation", max_len=config.data.max_len, top_k=k,
+        before = evaluate(model_scores(initial), data, "validation", top_k=k,
                           mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size)[f"ndcg@{k}"]
     after = history[-1]["validation"][f"ndcg@{k}"]
     assert after > before, (before, after)

@@ -157,7 +157,7 @@ def test_simulated_federation_improves_validation_ndcg(finished_run, cache, monk
     data = load_sequence_data(config.data)
     initial = model_for(config, data.num_items)
     initial.eval()
-    before = evaluate(model_scores(initial), data, "validation", max_len=20)["ndcg@10"]
+    before = evaluate(model_scores(initial), data, "validation")["ndcg@10"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert all(r["replied"] == 4 and r["failed"] == 0 for r in rows)

@@ -73,7 +73,7 @@ def test_saved_model_reproduces_the_reported_metrics(trained):
     assert item_ids[0] == -1 and sorted(item_ids[1:]) == list(item_ids[1:])
     assert metadata["best_epoch"] == metrics["best_epoch"]
     assert metadata["run_config"] == config.to_flat()
-    again = evaluate(model_scores(model), data, "test", max_len=config.data.max_len, top_k=10)
+    again = evaluate(model_scores(model), data, "test", top_k=10)
     assert again == pytest.approx(metrics["test"])
 
 

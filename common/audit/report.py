@@ -104,7 +104,6 @@ def membership_section(model, config: RunConfig, data, partition, privacy, users
     train = data.train_sequences()
     applies = _bound_applies_to_users(privacy)
     result = membership_inference(model, [train[u] for u in chosen], [train[u] for u in held],
-                                  max_len=config.data.max_len,
                                   epsilon=privacy["epsilon"] if applies else None,
                                   delta=privacy["delta"] if applies else None)
     result["dp_bound_applies"] = applies
@@ -127,11 +126,11 @@ def canary_section(model, config: RunConfig, data, privacy, k: int, seed: int) -
         return {"skipped": "the run inserted no canaries (canaries = 0)"}
     canaries = run_canaries(data.num_items, fed, config.train.seed)
     train = [s[:-2] for s in canaries.sequences]
-    loss = sequence_scores(model, train, max_len=config.data.max_len)["loss"]
+    loss = sequence_scores(model, train)["loss"]
     delta = privacy["delta"] if privacy else 1.0 / data.num_users
     result = audit_canaries(-loss, canaries.included, k=k or max(1, fed.canaries // 4), delta=delta)
     candidates = make_canaries(data.num_items, EXPOSURE_CANDIDATES, fed.canary_length, seed + 1).sequences
-    candidate_loss = sequence_scores(model, [s[:-2] for s in candidates], max_len=config.data.max_len)["loss"]
+    candidate_loss = sequence_scores(model, [s[:-2] for s in candidates])["loss"]
     exposures = exposure(loss, candidate_loss)
     result.update({"loss": loss.tolist(), "included_mask": canaries.included.tolist(),
                    "exposure": {"candidates": EXPOSURE_CANDIDATES, "max_possible": math.log2(EXPOSURE_CANDIDATES + 1),
