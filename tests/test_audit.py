@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from common.audit.accounting import (audit_client_ledgers, audit_server_events, gaussian_epsilon,
-                                     opacus_rdp_epsilon, poisson_pld_epsilon, poisson_rdp_epsilon)
+from client.message_audit import message_audit_mod
+from common.audit.accounting import (
+    audit_client_ledgers,
+    audit_server_events,
+    gaussian_epsilon,
+    opacus_rdp_epsilon,
+    poisson_pld_epsilon,
+    poisson_rdp_epsilon,
+)
 from common.audit.canaries import epsilon_lower_bound, exposure, p_value
 from common.audit.membership import dp_tpr_bound, membership_inference, roc_auc
-from client.message_audit import message_audit_mod
 from common.audit.messages import audit_messages, check_message
 from common.canaries import make_canaries
 from common.config import RunConfig
@@ -22,7 +28,7 @@ from common.data.load import load_sequence_data
 from common.partition import cached_population, partition_users
 from common.privacy.server_accounting import dpfedavg_epsilon
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
-from tests.test_federation import SIM_CONFIG, _run
+from tests.conftest import SIM_CONFIG, _run
 
 TINY = {"data": "synthetic", "synthetic-users": 80, "synthetic-items": 40, "model": "sasrec", "emb-dim": 16,
         "num-layers": 1, "max-len": 20, "train-windows": "all", "batch-size": 32, "dropout": 0.0, "local-epochs": 2,
@@ -204,7 +210,8 @@ def test_fedseqrec_audit_on_a_real_dp_run_with_canaries_and_recorded_messages(ca
     assert main(["audit", str(out), "--strict", "--users", "40", "--leakage-users", "3"]) == 0
     report = json.loads((out / "audit.json").read_text())
     assert report["failures"] == []
-    assert report["accounting"]["epsilon"]["replayed_run_accountant"] == pytest.approx(report["claimed_epsilon"], rel=1e-6)
+    replayed = report["accounting"]["epsilon"]["replayed_run_accountant"]
+    assert replayed == pytest.approx(report["claimed_epsilon"], rel=1e-6)
     assert report["accounting"]["epsilon"]["independent_lower_bound"] <= report["claimed_epsilon"]
     assert report["membership"]["members"] == 40 and report["membership"]["nonmembers"] == 30
     assert report["canaries"]["canaries"] == 8 and report["canaries"]["epsilon_lower_bound"] < report["claimed_epsilon"]

@@ -15,7 +15,7 @@ from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.models import ModelConfig, build_model
 from common.training import model_for
-from tests.test_federation import _kill_after_round, _run
+from tests.conftest import _kill_after_round, _run
 
 SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0)
 COHORT = {"data": "synthetic", "synthetic-users": 200, "synthetic-items": 50, "partition": "user",
@@ -249,7 +249,7 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
 def test_poisson_accounting_matches_the_gaussian_oracle_and_bounds_from_below():
     from common.audit.worst_pair import epsilon_lower_bound
     from common.privacy.server_accounting import dpfedavg_epsilon
-    from tests.test_privacy import gaussian_rdp_epsilon
+    from tests.conftest import gaussian_rdp_epsilon
     # Everyone sampled (q = 1): the Gaussian mechanism at multiplier z under add/remove (sensitivity C).
     for z, rounds in [(1.0, 1), (2.0, 10)]:
         ours = dpfedavg_epsilon(noise_multiplier=z, num_sampled=100, population=100, rounds=rounds, delta=1e-5,

@@ -14,11 +14,17 @@ import torch
 from common.checkpoint import load_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
-from common.evaluation import evaluate, model_scores
 from common.data.synthetic import synthetic_interactions
+from common.evaluation import evaluate, model_scores
 from common.training import model_for
-from simulations.deploy import (VENV_BIN, DeploymentError, LoopbackDeployment, free_port, make_node_keys,
-                                nodes_from_partition)
+from simulations.deploy import (
+    VENV_BIN,
+    DeploymentError,
+    LoopbackDeployment,
+    free_port,
+    make_node_keys,
+    nodes_from_partition,
+)
 from simulations.deployment_data import write_node_files
 
 pytestmark = pytest.mark.slow

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.data.sequences import SequenceData, left_pad
 from common.errors import ConfigError
 from common.evaluation import evaluate, popularity_scores, rank_targets
 from common.metrics import all_metrics, coverage, novelty, ranking_metrics
-from common.data.sequences import SequenceData, left_pad
 
 
 def test_ranking_metrics_by_hand():

@@ -16,11 +16,11 @@ from client.ondevice import OnDeviceRecommender, read_item_titles
 from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
+from common.data.sequences import left_pad
 from common.errors import ConfigError, DataError
 from common.evaluation import model_scores
 from common.export import METADATA_KEY, export_run
 from common.models import ModelConfig, build_model
-from common.data.sequences import left_pad
 from simulations.cli import main
 
 ARCHS = ("sasrec", "gru", "lstm")
@@ -106,7 +106,8 @@ def test_int8_model_mostly_agrees(exported, arch):
 
 
 def test_runner_imports_no_torch():
-    code = "import client.ondevice, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    code = ("import client.ondevice, sys; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 

@@ -24,7 +24,7 @@ from common.privacy.mechanism import ADD_OR_REMOVE_ONE, REPLACE_ONE, sum_sensiti
 from common.privacy.server_accounting import dpfedavg_epsilon, dpfedavg_noise_for, round_event
 from common.training import model_for
 from server.privacy import PrivacyTracker
-from tests.test_federation import SIM_CONFIG, _run
+from tests.conftest import SIM_CONFIG, _run
 
 TINY = {"data": "synthetic", "synthetic-users": 30, "synthetic-items": 40, "model": "gru", "emb-dim": 16,
         "hidden-dim": 16, "max-len": 20, "batch-size": 8, "dropout": 0.0, "local-epochs": 1, "local-lr": 0.01,

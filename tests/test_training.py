@@ -14,9 +14,9 @@ import pytest
 from common.checkpoint import load_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
+from common.data.synthetic import synthetic_interactions
 from common.errors import ConfigError
 from common.evaluation import evaluate, model_scores
-from common.data.synthetic import synthetic_interactions
 from simulations.centralized import train_centralized
 
 TINY = {"model": "sasrec", "max-len": 10, "train-windows": "all", "emb-dim": 16, "num-layers": 1, "dropout": 0.0,
