@@ -7,10 +7,9 @@ An exception in a handler becomes an error reply that the server counts; it neve
 from __future__ import annotations
 
 import warnings
-
-import numpy as np
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -115,12 +114,13 @@ def train(msg: Message, context: Context) -> Message:
     if config.privacy.dp_mode == "client":
         path = _ledger_path(context, round_config, key)
         ledger = PrivacyLedger.load(path, config.privacy.accountant)
+    expected_rounds = float(round_config.get("expected-rounds", config.federation.num_server_rounds))
+    # a device never takes seed-derived DP noise, whatever the server's config says
+    reproducible = config.privacy.reproducible_dp_noise and is_simulated(context.node_config)
     result = local_train(config, local, msg.content["arrays"].to_torch_state_dict(),
                          server_round=int(round_config["server-round"]), client=key,
                          proximal_mu=float(round_config.get("proximal-mu", 0.0)), ledger=ledger, limits=limits,
-                         expected_rounds=float(round_config.get("expected-rounds", config.federation.num_server_rounds)),
-                         # a device never takes seed-derived DP noise, whatever the server's config says
-                         reproducible_dp_noise=config.privacy.reproducible_dp_noise and is_simulated(context.node_config))
+                         expected_rounds=expected_rounds, reproducible_dp_noise=reproducible)
     if ledger is not None:
         ledger.save(path)  # durable: survives restarts of the node or the simulation
     return _reply(msg, result.metrics, result.arrays)

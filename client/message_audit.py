@@ -28,7 +28,8 @@ def message_structure(reply: Message) -> dict:
         return row
     content = reply.content
     for name, record in content.array_records.items():
-        row["records"][name] = {"kind": "arrays", "arrays": {key: {"shape": list(array.shape), "dtype": str(array.dtype)}
+        row["records"][name] = {"kind": "arrays",
+                                "arrays": {key: {"shape": list(array.shape), "dtype": str(array.dtype)}
                                                              for key, array in record.items()}}
     for name, record in content.metric_records.items():
         row["records"][name] = {"kind": "metrics", "metrics": {key: type(value).__name__

@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from common.errors import ConfigError
 
@@ -327,7 +328,7 @@ class RunConfig:
                 for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_flat(cls, values: Mapping[str, Any], where: str = "run config") -> "RunConfig":
+    def from_flat(cls, values: Mapping[str, Any], where: str = "run config") -> RunConfig:
         known = cls.keys()
         grouped: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
         for key, value in values.items():
@@ -349,12 +350,12 @@ class RunConfig:
         return cls(**parts)
 
     @classmethod
-    def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "RunConfig":
+    def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
         return cls.from_flat({**read_toml(path), **(overrides or {})}, where=str(path))
 
     def to_flat(self) -> dict[str, Any]:
         return {key: getattr(getattr(self, group), f.name) for key, (group, f) in self.keys().items()}
 
-    def replace(self, **flat: Any) -> "RunConfig":
+    def replace(self, **flat: Any) -> RunConfig:
         """A copy with some flat keys changed (validated like any other input)."""
         return RunConfig.from_flat({**self.to_flat(), **flat})

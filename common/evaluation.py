@@ -7,15 +7,15 @@ look good.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from common.data.sequences import SequenceData, left_pad
 from common.errors import ConfigError
 from common.metrics import all_metrics
 from common.models import SequenceRecommender
-from common.data.sequences import SequenceData, left_pad
 
 # (B, T) item indices -> (B, N) scores. A score function may carry `max_len`, the longest input it
 # takes (model_scores: the model's own); ranking feeds it the last max_len items of each history.

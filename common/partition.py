@@ -13,8 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from common.config import DataSettings, FederationSettings
 from common.canaries import CanarySet, make_canaries
+from common.config import DataSettings, FederationSettings
 from common.data.load import append_users, cached_sequence_data
 from common.data.sequences import SequenceData
 

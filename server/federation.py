@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from logging import INFO
 from pathlib import Path
-
-from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -17,11 +16,11 @@ from flwr.serverapp import Grid
 
 from common.checkpoint import save_model
 from common.config import RunConfig
-from common.errors import DataError
 from common.data.load import cached_sequence_data
+from common.errors import DataError
 from common.evaluation import evaluate, model_scores
-from common.training import model_for
 from common.partition import cached_partitioning
+from common.training import model_for
 from server.cohort import CohortPlan, federated_evaluate
 from server.loop import discover_clients, run_rounds
 from server.privacy import PrivacyTracker

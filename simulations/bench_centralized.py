@@ -43,7 +43,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     (out / "summary.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                                   "rows": rows}, indent=2))
-    lines = ["| model | max len | test NDCG@10 | test HR@10 | best epoch | s/epoch | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | max len | test NDCG@10 | test HR@10 | best epoch | s/epoch | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['max_len']} | {r['ndcg@10']:.4f} | {r['hr@10']:.4f} | {r['best_epoch']} | "
               f"{r['seconds_per_epoch']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

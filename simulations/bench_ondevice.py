@@ -98,8 +98,9 @@ def _run_worker(model: Path, histories: Path, calls: int) -> dict:
 def torch_top_k(model, histories: list[np.ndarray], max_len: int, batch_size: int = 256) -> np.ndarray:
     """(U, K) PyTorch top-K item indices, every seen item masked (the runner's rule)."""
     import torch
-    from common.evaluation import model_scores
+
     from common.data.sequences import left_pad
+    from common.evaluation import model_scores
     score = model_scores(model)
     tops = []
     with torch.no_grad():

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     federate = commands.add_parser("federate", help="flwr run . on a local simulation sized to the run; "
                                                     "Ctrl-C stops it and prints the command that resumes")
-    federate.add_argument("--run-config", help="TOML of run-config overrides (e.g. simulations/ml1m-cohort.toml, the main job)")
+    federate.add_argument("--run-config",
+                          help="TOML of run-config overrides (e.g. simulations/ml1m-cohort.toml, the main job)")
     federate.add_argument("--cpus-per-client", type=int, default=1)
     federate.add_argument("--out-dir", default=None,
                           help="run folder (default: the run config's out-dir, else runs/<timestamp>); "

@@ -28,15 +28,26 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from common.config import read_toml
 from common.errors import ConfigError, FedSeqRecError
-from simulations.processes import (VENV_BIN, ProcessTracker, StoppedAtOnce, StopSignals, become_subreaper,
-                                   flower_env, free_port, port_open, remove_partial_files, stop_serverapps,
-                                   toml_value, write_connection)
+from simulations.processes import (
+    VENV_BIN,
+    ProcessTracker,
+    StoppedAtOnce,
+    StopSignals,
+    become_subreaper,
+    flower_env,
+    free_port,
+    port_open,
+    remove_partial_files,
+    stop_serverapps,
+    toml_value,
+    write_connection,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedseqrec-loopback"
@@ -67,7 +78,7 @@ def make_certificates(directory: str | Path, hosts: Sequence[str] = ("127.0.0.1"
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -202,7 +213,7 @@ class LoopbackDeployment:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def __enter__(self) -> "LoopbackDeployment":
+    def __enter__(self) -> LoopbackDeployment:
         try:
             self.start()
         except BaseException:

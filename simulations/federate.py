@@ -36,9 +36,20 @@ from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
 from common.errors import FedSeqRecError
 from common.partition import partition_users
-from simulations.processes import (VENV_BIN, ProcessTracker, StoppedAtOnce, StopSignals, become_subreaper,
-                                   flower_env, free_port, remove_partial_files, stop_serverapps, wait_gone,
-                                   write_connection, write_toml)
+from simulations.processes import (
+    VENV_BIN,
+    ProcessTracker,
+    StoppedAtOnce,
+    StopSignals,
+    become_subreaper,
+    flower_env,
+    free_port,
+    remove_partial_files,
+    stop_serverapps,
+    wait_gone,
+    write_connection,
+    write_toml,
+)
 from simulations.simulate import num_supernodes
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]

@@ -28,8 +28,8 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import psutil
 
@@ -41,7 +41,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The Flower processes that run a ServerApp (simulation and deployment runtime).
 SERVERAPP_PROGRAMS = ("flwr-simulation", "flwr-serverapp")
 _SUBREAPER = False
-_TRACKERS: "weakref.WeakSet[ProcessTracker]" = weakref.WeakSet()
+_TRACKERS: weakref.WeakSet[ProcessTracker] = weakref.WeakSet()
 
 
 class StoppedAtOnce(BaseException):
@@ -242,7 +242,7 @@ class StopSignals:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         for sig in SIGNALS:  # installed even if started with SIGINT ignored (`cmd &`)
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -19,6 +19,7 @@ import math
 import numpy as np
 from scipy import stats
 
+
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     """P[>= v correct of r guesses] for an (epsilon, delta)-DP mechanism, m canaries each in w.p. 1/2:
     P[Bin(r, q) >= v] + 2 m delta max_i P[v - i <= Bin(r, q) < v] / i, q = e^eps / (1 + e^eps)."""

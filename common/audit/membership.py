@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.models import SequenceRecommender
 from common.data.sequences import training_windows
+from common.models import SequenceRecommender
 
 FPR_POINTS = (0.001, 0.01)
 

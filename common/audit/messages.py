@@ -57,6 +57,7 @@ def audit_messages(run_dir: Path, expected_arrays: dict[str, tuple[list[int], st
             row = json.loads(line)
             count += 1
             types[row["message_type"]] = types.get(row["message_type"], 0) + 1
-            failures += [f"{path.name}:{number} ({row['message_type']}): {p}" for p in check_message(row, expected_arrays)]
+            failures += [f"{path.name}:{number} ({row['message_type']}): {p}"
+                         for p in check_message(row, expected_arrays)]
     return {"files": len(files), "messages": count, "by_type": types, "failures": failures,
             "whitelist": sorted(METRIC_WHITELIST) + [p.pattern for p in METRIC_PATTERNS]}

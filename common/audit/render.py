@@ -110,7 +110,8 @@ def markdown(report: dict) -> str:
     leak = report["update_leakage"]
     lines += ["", "## 4. Item leakage from one client's update", "",
               f"{leak['users']} users; z = {leak['noise_multiplier']}, C = {leak['clipping_norm']}, "
-              f"per-sample C = {leak['max_grad_norm']}; random guessing precision {leak['random_guess_precision']:.3f}.", "",
+              f"per-sample C = {leak['max_grad_norm']}; "
+              f"random guessing precision {leak['random_guess_precision']:.3f}.", "",
               "| setting | precision | recall | items predicted |", "|---|---|---|---|"]
     lines += [f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['predicted']:.1f} |"
               for name, v in leak["settings"].items()]
@@ -129,10 +130,12 @@ def summary_lines(report: dict) -> list[str]:
         lines.append("  accounting: " + ", ".join(f"{k} {v:.3f}" for k, v in acc["epsilon"].items()))
     mia = report["membership"]
     if "attacks" in mia:
-        lines.append("  membership AUC: " + ", ".join(f"{k} {a['auc']['value']:.3f}" for k, a in mia["attacks"].items()))
+        lines.append("  membership AUC: "
+                     + ", ".join(f"{k} {a['auc']['value']:.3f}" for k, a in mia["attacks"].items()))
     can = report["canaries"]
     if "epsilon_lower_bound" in can:
-        lines.append(f"  canaries: {can['correct']}/{can['guesses']} correct, epsilon >= {can['epsilon_lower_bound']:.3f}")
+        lines.append(f"  canaries: {can['correct']}/{can['guesses']} correct, "
+                     f"epsilon >= {can['epsilon_lower_bound']:.3f}")
     leak = report["update_leakage"]["settings"]
     lines.append("  update leakage precision/recall: " +
                  ", ".join(f"{k} {v['precision']:.2f}/{v['recall']:.2f}" for k, v in leak.items()))

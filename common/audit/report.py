@@ -1,6 +1,7 @@
 """`fedseqrec audit RUN_DIR`: compute every audit that applies to a finished run (`compute_audit`);
-`run_audit` also writes audit.json, audit.md, roc.png and canary-scores.png (common.audit.render). Anything that contradicts the run's privacy claim goes in
-the "failures" list (the CLI exits non-zero on failures only with --strict)."""
+`run_audit` also writes audit.json, audit.md, roc.png and canary-scores.png (common.audit.render).
+Anything that contradicts the run's privacy claim goes in the "failures" list (the CLI exits
+non-zero on failures only with --strict)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from common.audit.accounting import audit_client_ledgers, audit_ftrl_trees, audit_server_events
-from common.privacy.randomness import REPRODUCIBLE
 from common.audit.canaries import audit_canaries, exposure
 from common.audit.membership import FPR_POINTS, membership_inference, sequence_scores
 from common.audit.messages import AUDIT_DIR, audit_messages
@@ -23,6 +23,7 @@ from common.config import RunConfig
 from common.data.load import load_sequence_data
 from common.errors import FedSeqRecError
 from common.partition import partition_users, run_canaries
+from common.privacy.randomness import REPRODUCIBLE
 
 EXPOSURE_CANDIDATES = 1000
 
@@ -42,6 +43,10 @@ def load_run(run_dir: Path):
     config = RunConfig.from_flat(flat, where=f"{run_dir} run config")
     privacy = json.loads((run_dir / "privacy.json").read_text()) if (run_dir / "privacy.json").exists() else None
     return model, config, privacy
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    return float(values.mean()) if len(values) else None
 
 
 def _sample(users: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -134,8 +139,8 @@ def canary_section(model, config: RunConfig, data, privacy, k: int, seed: int) -
     exposures = exposure(loss, candidate_loss)
     result.update({"loss": loss.tolist(), "included_mask": canaries.included.tolist(),
                    "exposure": {"candidates": EXPOSURE_CANDIDATES, "max_possible": math.log2(EXPOSURE_CANDIDATES + 1),
-                                "mean_included": float(exposures[canaries.included].mean()) if canaries.included.any() else None,
-                                "mean_excluded": float(exposures[~canaries.included].mean()) if (~canaries.included).any() else None},
+                                "mean_included": _mean_or_none(exposures[canaries.included]),
+                                "mean_excluded": _mean_or_none(exposures[~canaries.included])},
                    "failures": []})
     one_sample = config.privacy.dp_mode == "server" or fed.canary_length - 2 <= config.data.max_len + 1
     result["dp_claim_covers_canary"] = privacy is not None and one_sample
