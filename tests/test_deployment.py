@@ -17,15 +17,10 @@ from common.data.load import load_sequence_data
 from common.data.synthetic import synthetic_interactions
 from common.evaluation import evaluate, model_scores
 from common.training import model_for
-from simulations.deploy import (
-    VENV_BIN,
-    DeploymentError,
-    LoopbackDeployment,
-    free_port,
-    make_node_keys,
-    nodes_from_partition,
-)
+from simulations.credentials import make_node_keys
 from simulations.deployment_data import write_node_files
+from simulations.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
+from simulations.processes import VENV_BIN, free_port
 
 pytestmark = pytest.mark.slow
 
