@@ -102,7 +102,7 @@ def item_user_counts(data: SequenceData) -> np.ndarray:
     return counts
 
 
-def item_exposure(score_fn: ScoreFn, data: SequenceData, item: int, *, max_len: int, top_k: int = 10,
+def item_exposure(score_fn: ScoreFn, data: SequenceData, item: int, *, max_len: int | None = None, top_k: int = 10,
                   batch_size: int = 512) -> float:
     """Share of users with `item` (a model index) in their top-k, recommending from their whole
     history (the test split's input) with seen items masked: what an item-promotion attack buys."""

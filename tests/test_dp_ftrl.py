@@ -14,8 +14,8 @@ from common.errors import ConfigError
 from common.privacy import participation
 from common.privacy.tree_aggregation import TreeNoise, nodes_above, prefix_nodes, tree_depth
 from tests.test_cohort import COHORT, _reply
-from tests.test_federation import _run
-from tests.test_privacy import gaussian_rdp_epsilon
+from tests.conftest import _run
+from tests.conftest import gaussian_rdp_epsilon
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
