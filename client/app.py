@@ -13,10 +13,10 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_data import client_key, cohort_data, is_simulated, load_local_data
 from client.fault_injection import drop_cohort_users, fault_injection_mod
-from client.participation import ftrl_own_slots
+from client.local_data import client_key, cohort_data, is_simulated, load_local_data
 from client.message_audit import message_audit_mod
+from client.participation import ftrl_own_slots
 from common.cohort_clients import evaluate_users, train_chunks
 from common.config import RunConfig
 from common.federated import DeviceLimits, local_train

@@ -283,7 +283,8 @@ def _cross_check(parts: dict, where: str) -> None:
                  "dp-mode = server": privacy.dp_mode == "server",
                  "user-sampling = fixed (DP-FTRL samples nobody: its schedule is a hash of user and tree)":
                      fed.user_sampling == "fixed",
-                 "adaptive-clipping = false (a changing C inside a tree is not accounted)": not privacy.adaptive_clipping}
+                 "adaptive-clipping = false (a changing C inside a tree is not accounted)":
+                     not privacy.adaptive_clipping}
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: server-mechanism = dp-ftrl needs " + "; ".join(missing))

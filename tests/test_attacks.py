@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from client.fault_injection import attackers, dropped, fake_users, poisoned
 from common.config import RunConfig
+from common.data.synthetic import synthetic_interactions
 from common.errors import ConfigError
 from common.evaluation import item_exposure, model_scores, popularity_scores
 from common.federated import local_train
-from common.data.synthetic import synthetic_interactions
 from tests.conftest import SIM_CONFIG, _run
 
 pytestmark = pytest.mark.usefixtures("cache_env")

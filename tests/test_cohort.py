@@ -215,6 +215,7 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
+
     import client.app as client_app
     from client.local_data import load_local_data
     from common.data.synthetic import synthetic_interactions
@@ -281,6 +282,7 @@ def _reply(arrays: dict, users: int, loss: float = 1.0):
 
 def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohort():
     from flwr.app import ArrayRecord
+
     from server.privacy import PrivacyTracker
     config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "user-sampling": "poisson",
                                   "noise-multiplier": 0.0, "clipping-norm": 0.5})
@@ -290,13 +292,15 @@ def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohor
     out = tracker.private_sum([_reply({"w": a}, 3), _reply({"w": b}, 2)], ArrayRecord(start), 1)
     assert len(out) == 1 and int(out[0].content["metrics"]["num-examples"]) == 1
     expected = (3 * 0.1 + 2 * -0.3) / 60  # sum over the expected cohort q N = 60, not the 5 that came
-    assert torch.allclose(out[0].content["arrays"].to_torch_state_dict()["w"], torch.full((200_000,), expected), atol=1e-7)
+    summed = out[0].content["arrays"].to_torch_state_dict()["w"]
+    assert torch.allclose(summed, torch.full((200_000,), expected), atol=1e-7)
     noisy = PrivacyTracker(config.replace(**{"noise-multiplier": 1.2}), population=200, delta=1e-3)
     out = noisy.private_sum([_reply({"w": torch.zeros(200_000)}, 5)], ArrayRecord(start), 1)
     std = float(out[0].content["arrays"].to_torch_state_dict()["w"].std())
     assert std == pytest.approx(1.2 * 0.5 / 60, rel=0.02)  # z C on the sum, over the expected cohort
     again = noisy.private_sum([_reply({"w": torch.zeros(200_000)}, 5)], ArrayRecord(start), 1)
-    assert not torch.equal(out[0].content["arrays"].to_torch_state_dict()["w"], again[0].content["arrays"].to_torch_state_dict()["w"])
+    first, second = (o[0].content["arrays"].to_torch_state_dict()["w"] for o in (out, again))
+    assert not torch.equal(first, second)
 
 
 def test_user_level_dp_fedavg_on_the_cohort_engine_end_to_end(cache, tmp_path):

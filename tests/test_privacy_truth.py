@@ -176,6 +176,7 @@ def test_message_audit_on_a_device_writes_to_its_state_dir_not_the_servers_path(
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
+
     from client.message_audit import AUDIT_DIR, message_audit_mod
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     server_chose, state_dir = tmp_path / "server-run", tmp_path / "device-state"
