@@ -7,28 +7,30 @@ An exception in a handler becomes an error reply that the server counts; it neve
 from __future__ import annotations
 
 import warnings
-
-import numpy as np
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_data import client_key, cohort_data, is_simulated, load_local_data
 from client.fault_injection import drop_cohort_users, fault_injection_mod
+from client.local_data import client_key, cohort_data, is_simulated, load_local_data
+from client.message_audit import message_audit_mod
 from client.participation import ftrl_own_slots
 from client.secure_aggregation import secure_aggregation_mod
 from common.cohort_clients import evaluate_users, train_chunks
-from common.audit.messages import message_audit_mod
 from common.config import RunConfig
 from common.errors import DataError
 from common.federated import DeviceLimits, local_train
+from common.logs import drop_opacus_root_handler
 from common.privacy.ledger import PrivacyLedger
 
-# Opacus' known, harmless notices (see STACK.md); anything else still shows.
+# Opacus' known, harmless notices (the insecure-RNG default; the full-backward-hook notice that its
+# per-sample hooks raise); anything else still shows.
 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
 warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 
+drop_opacus_root_handler()  # each Flower record once on the console
 # message_audit_mod records each reply's structure when audit-messages = true; fault_injection_mod
 # makes simulated clients drop out or attack when the run asks (sim-dropout, sim-attack).
 # secure_aggregation_mod runs Flower's SecAgg+ client protocol when the server asks for it.
@@ -119,12 +121,13 @@ def train(msg: Message, context: Context) -> Message:
     if config.privacy.dp_mode == "client":
         path = _ledger_path(context, round_config, key)
         ledger = PrivacyLedger.load(path, config.privacy.accountant)
+    expected_rounds = float(round_config.get("expected-rounds", config.federation.num_server_rounds))
+    # a device never takes seed-derived DP noise, whatever the server's config says
+    reproducible = config.privacy.reproducible_dp_noise and is_simulated(context.node_config)
     result = local_train(config, local, msg.content["arrays"].to_torch_state_dict(),
                          server_round=int(round_config["server-round"]), client=key,
                          proximal_mu=float(round_config.get("proximal-mu", 0.0)), ledger=ledger, limits=limits,
-                         expected_rounds=float(round_config.get("expected-rounds", config.federation.num_server_rounds)),
-                         # a device never takes seed-derived DP noise, whatever the server's config says
-                         reproducible_dp_noise=config.privacy.reproducible_dp_noise and is_simulated(context.node_config))
+                         expected_rounds=expected_rounds, reproducible_dp_noise=reproducible)
     if ledger is not None:
         ledger.save(path)  # durable: survives restarts of the node or the simulation
     return _reply(msg, result.metrics, result.arrays)

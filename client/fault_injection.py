@@ -20,9 +20,9 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 
 from client.local_data import client_key, is_simulated, load_local_data
 from common.config import RunConfig
+from common.data.sequences import SequenceData
 from common.federated import local_train
 from common.partition import cached_partitioning
-from common.sequences import SequenceData
 
 
 def dropped(seed: int, server_round: int, client: int, share: float) -> bool:

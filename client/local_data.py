@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
+from common.data.interactions import Columns, load_interactions
+from common.data.sequences import SequenceData, sequences_for_catalogue
 from common.errors import DataError
 from common.federated import check_local_data
-from common.interactions import Columns, load_interactions
 from common.partition import cached_partitioning, cached_population
-from common.sequences import SequenceData, sequences_for_catalogue
 
 
 @lru_cache(maxsize=8)

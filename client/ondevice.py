@@ -9,9 +9,9 @@ numpy. Files come from `fedseqrec export`: model.onnx (or model.int8.onnx) with 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import onnxruntime as ort
@@ -55,7 +55,7 @@ class OnDeviceRecommender:
         self._sorted_ids = item_ids[1:][self._order]  # (N,)
 
     @classmethod
-    def load(cls, model_path: str | Path, *, threads: int = 1) -> "OnDeviceRecommender":
+    def load(cls, model_path: str | Path, *, threads: int = 1) -> OnDeviceRecommender:
         path = Path(model_path)
         if not path.is_file():
             raise DataError(f"{path}: no model file; create one with `fedseqrec export RUN_DIR --out DIR`")

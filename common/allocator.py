@@ -36,8 +36,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 @functools.cache
 def retain_freed_memory() -> bool:
-    """Tune glibc malloc once per process; False where it does not apply (not glibc, or turned
-    off with FEDSEQREC_RETAIN_MEMORY=0)."""
+    """Tune glibc malloc once per process (DP-SGD only); False where it does not apply (not glibc,
+    or turned off with FEDSEQREC_RETAIN_MEMORY=0)."""
     if os.environ.get("FEDSEQREC_RETAIN_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     libc = _glibc()
@@ -45,7 +45,13 @@ def retain_freed_memory() -> bool:
         and bool(libc.mallopt(M_TRIM_THRESHOLD, RETAIN_LIMIT))
 
 
+def retaining() -> bool:
+    """Whether this process has turned retention on; asking never turns it on."""
+    return retain_freed_memory.cache_info().currsize > 0 and retain_freed_memory()
+
+
 def release_freed_memory() -> None:
-    """Return free heap memory to the OS (after an epoch, not a step: one re-fault per pass)."""
-    if retain_freed_memory():
+    """Return free heap memory to the OS (after an epoch, not a step: one re-fault per pass). Does
+    nothing in a process that never turned retention on: non-private training keeps glibc's defaults."""
+    if retaining():
         _glibc().malloc_trim(0)

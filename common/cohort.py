@@ -114,5 +114,6 @@ def _adam(params, grads, moments, step: int, recipe: LocalRecipe):
     for k in params:
         first[k].mul_(b1).add_(grads[k], alpha=1 - b1)
         second[k].mul_(b2).addcmul_(grads[k], grads[k], value=1 - b2)
-        out[k] = params[k] - recipe.lr * correction * first[k] / (second[k].sqrt() + recipe.eps * math.sqrt(1 - b2 ** step))
+        denominator = second[k].sqrt() + recipe.eps * math.sqrt(1 - b2 ** step)
+        out[k] = params[k] - recipe.lr * correction * first[k] / denominator
     return out

@@ -19,10 +19,10 @@ import torch
 
 from common.cohort import LocalRecipe, cohort_update
 from common.config import RunConfig
+from common.data.sequences import SequenceData, training_windows
 from common.evaluation import model_scores, rank_targets
 from common.federated import LocalResult, client_seed
 from common.metrics import ranking_metrics
-from common.sequences import SequenceData, training_windows
 from common.training import model_for
 
 
@@ -64,7 +64,7 @@ def train_chunks(config: RunConfig, local: SequenceData, chunks: list[tuple[int,
     if users == 0:
         return LocalResult(None, {"declined": 1, "num-examples": 0, "users": 0})
     arrays = {k: v.detach().clone() for k, v in model.arrays().items()}
-    for k, p in names.items():
+    for k in names:
         if k in arrays:
             arrays[k] = global_arrays[k] + total[k] / users
     return LocalResult(arrays, {"train-loss": loss_sum / users, "num-examples": users, "users": users,

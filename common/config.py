@@ -1,4 +1,8 @@
-"""The one typed, validated run configuration.
+"""The one typed, validated run configuration, and the one source of its defaults.
+
+The dataclass defaults below are the main job's settings; `pyproject.toml [tool.flwr.app.config]`
+(which Flower reads) lists the same values, checked key by key by a test. Other experiments,
+the centralized baseline included, are named TOML files under simulations/.
 
 Configuration flows one way: a flat mapping of kebab-case keys (Flower's `run_config`, a TOML
 file, or CLI flags) -> `RunConfig.from_flat` -> frozen dataclasses -> code. Unknown keys,
@@ -10,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from common.errors import ConfigError
 
@@ -36,7 +41,7 @@ class DataSettings:
     min_item_count: int = 5  # SASRec-style 5-core items (ML-1M: 3,416 items)
     min_user_count: int = 3  # leave-one-out needs >= 1 training item
     max_len: int = 50  # model context; 200 is the literature's ML-1M setting
-    train_windows: str = _choice("all", "last")  # all: every max_len chunk of a history; last: the latest only
+    train_windows: str = _choice("last", "all")  # last: the latest max_len + 1 items only; all: every chunk
     synthetic_users: int = 500  # used only when data = "synthetic"
     synthetic_items: int = 200
     # A server without interaction data: the federation's item catalogue (JSON of original item IDs in
@@ -75,7 +80,7 @@ class ModelSettings:
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 200  # centralized epochs (upper bound; early stopping ends sooner)
-    batch_size: int = 128
+    batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 10  # evaluations without validation NDCG@10 gain before stopping
@@ -109,8 +114,8 @@ class FederationSettings:
     num_partitions: int = 10  # silos for iid/dirichlet partitions
     dirichlet_alpha: float = 0.5
     clients_per_round: int = 10
-    local_epochs: int = 1
-    local_lr: float = 1e-3
+    local_epochs: int = 3
+    local_lr: float = 3e-3
     server_lr: float = 1e-2  # FedAdam/FedYogi eta
     server_tau: float = 1e-3  # FedAdam/FedYogi adaptivity (Reddi et al. 2021); small = closer to plain Adam
     proximal_mu: float = 0.01  # FedProx
@@ -289,7 +294,8 @@ def _cross_check(parts: dict, where: str) -> None:
                  "dp-mode = server": privacy.dp_mode == "server",
                  "user-sampling = fixed (DP-FTRL samples nobody: its schedule is a hash of user and tree)":
                      fed.user_sampling == "fixed",
-                 "adaptive-clipping = false (a changing C inside a tree is not accounted)": not privacy.adaptive_clipping}
+                 "adaptive-clipping = false (a changing C inside a tree is not accounted)":
+                     not privacy.adaptive_clipping}
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: server-mechanism = dp-ftrl needs " + "; ".join(missing))
@@ -334,7 +340,7 @@ class RunConfig:
                 for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_flat(cls, values: Mapping[str, Any], where: str = "run config") -> "RunConfig":
+    def from_flat(cls, values: Mapping[str, Any], where: str = "run config") -> RunConfig:
         known = cls.keys()
         grouped: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
         for key, value in values.items():
@@ -356,12 +362,12 @@ class RunConfig:
         return cls(**parts)
 
     @classmethod
-    def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "RunConfig":
+    def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
         return cls.from_flat({**read_toml(path), **(overrides or {})}, where=str(path))
 
     def to_flat(self) -> dict[str, Any]:
         return {key: getattr(getattr(self, group), f.name) for key, (group, f) in self.keys().items()}
 
-    def replace(self, **flat: Any) -> "RunConfig":
+    def replace(self, **flat: Any) -> RunConfig:
         """A copy with some flat keys changed (validated like any other input)."""
         return RunConfig.from_flat({**self.to_flat(), **flat})

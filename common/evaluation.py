@@ -7,23 +7,26 @@ look good.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from common.data.sequences import SequenceData, left_pad
 from common.errors import ConfigError
 from common.metrics import all_metrics
 from common.models import SequenceRecommender
-from common.sequences import SequenceData, left_pad
 
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, T) item indices -> (B, N) scores
+# (B, T) item indices -> (B, N) scores. A score function may carry `max_len`, the longest input it
+# takes (model_scores: the model's own); ranking feeds it the last max_len items of each history.
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def model_scores(model: SequenceRecommender) -> ScoreFn:
     def score(inputs: torch.Tensor) -> torch.Tensor:
         hidden = model.encode(inputs)[:, -1]  # (B, D): state after the latest item
         return model.score(hidden)  # (B, N)
+    score.max_len = model.config.max_len  # one source: the model's context length
     return score
 
 
@@ -32,16 +35,28 @@ def popularity_scores(item_counts: np.ndarray) -> ScoreFn:
 
     def score(inputs: torch.Tensor) -> torch.Tensor:
         return popularity.to(inputs.device).expand(inputs.shape[0], -1).clone()
+    score.max_len = 1  # looks at no history
     return score
+
+
+def context_length(score_fn: ScoreFn, max_len: int | None) -> int:
+    """`max_len` if given (a shorter context), else the one the score function carries."""
+    if max_len is None:
+        max_len = getattr(score_fn, "max_len", None)
+        if max_len is None:
+            raise ValueError("max_len is needed for a score function that does not carry one "
+                             "(model_scores carries the model's)")
+    return max_len
 
 
 @torch.no_grad()
 def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray, *,
-                 max_len: int, num_items: int, top_k: int = 10, mask_seen: bool = True,
+                 num_items: int, max_len: int | None = None, top_k: int = 10, mask_seen: bool = True,
                  batch_size: int = 512, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each target among items 1..N, and each user's top-K item indices."""
     if top_k > num_items:
         raise ConfigError(f"config key 'top-k': {top_k} is more than the {num_items} items in the catalogue")
+    max_len = context_length(score_fn, max_len)
     ranks, tops = [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
@@ -63,7 +78,7 @@ def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.nda
     return np.concatenate(ranks), np.concatenate(tops)
 
 
-def evaluate(score_fn: ScoreFn, data: SequenceData, split: str, *, max_len: int, top_k: int = 10,
+def evaluate(score_fn: ScoreFn, data: SequenceData, split: str, *, max_len: int | None = None, top_k: int = 10,
              mask_seen: bool = True, batch_size: int = 512, device: str = "cpu",
              users: np.ndarray | None = None) -> dict[str, float]:
     """Metrics on the validation or test target of every user (or of `users`)."""
@@ -87,7 +102,7 @@ def item_user_counts(data: SequenceData) -> np.ndarray:
     return counts
 
 
-def item_exposure(score_fn: ScoreFn, data: SequenceData, item: int, *, max_len: int, top_k: int = 10,
+def item_exposure(score_fn: ScoreFn, data: SequenceData, item: int, *, max_len: int | None = None, top_k: int = 10,
                   batch_size: int = 512) -> float:
     """Share of users with `item` (a model index) in their top-k, recommending from their whole
     history (the test split's input) with seen items masked: what an item-promotion attack buys."""

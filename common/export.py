@@ -207,8 +207,8 @@ def privacy_summary(run_dir: Path) -> dict | None:
 def training_item_counts(run_config: dict, item_ids: np.ndarray) -> np.ndarray:
     """(N + 1,) counts of each item in the run's training parts, indexed like the model."""
     from common.config import RunConfig
-    from common.data import load_sequence_data
-    from common.datasets import MOVIELENS, resolve_interactions
+    from common.data.files import MOVIELENS, resolve_interactions
+    from common.data.load import load_sequence_data
     config = RunConfig.from_flat(run_config, where="the run's run_config")
     if config.data.data in MOVIELENS:  # an export never downloads: fail fast if the data is not here
         resolve_interactions(config.data.data, config.data.data_dir, download=False)
@@ -225,7 +225,8 @@ def _popularity(metadata: dict, item_ids: np.ndarray, item_counts: np.ndarray | 
     if item_counts is not None:
         counts = np.asarray(item_counts)
         if counts.shape != item_ids.shape:
-            raise DataError(f"item_counts has shape {counts.shape}; the model needs {item_ids.shape} (index 0 = padding)")
+            raise DataError(f"item_counts has shape {counts.shape}; the model needs {item_ids.shape} "
+                            "(index 0 = padding)")
         return [int(c) for c in counts], "given item counts"
     if dp:  # raw counts of the users' data are not covered by the run's DP guarantee
         return None, "none: DP run, raw item counts would leak outside the privacy guarantee"

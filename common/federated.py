@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from common.config import RunConfig
+from common.data.sequences import SequenceData
 from common.errors import DataError
 from common.privacy.dpsgd import dp_windows, plan_round, train_private
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
-from common.sequences import SequenceData
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
 
 
@@ -43,7 +43,7 @@ class DeviceLimits:
     max_train_seconds: float = 0.0  # 0 = no limit
 
     @classmethod
-    def from_node_config(cls, node_config: dict) -> "DeviceLimits":
+    def from_node_config(cls, node_config: dict) -> DeviceLimits:
         return cls(float(node_config.get("max-epsilon", 0.0)), bool(node_config.get("train", True)),
                    float(node_config.get("max-train-seconds", 0.0)))
 
@@ -74,8 +74,9 @@ def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str,
     model.load_arrays(global_arrays)
     if config.privacy.dp_mode == "client":
         noise_seed = dp_seed(reproducible=reproducible_dp_noise, derived=seed)
-        return _private_local_train(config, local, model, noise_seed, ledger or PrivacyLedger(config.privacy.accountant),
-                                    limits, expected_rounds, reproducible_dp_noise)
+        ledger = ledger or PrivacyLedger(config.privacy.accountant)
+        return _private_local_train(config, local, model, noise_seed, ledger, limits, expected_rounds,
+                                    reproducible_dp_noise)
     dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
     if len(dataset) == 0:
         raise DataError(f"client {client}: no training windows (histories too short)")

@@ -13,10 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from common.canaries import CanarySet, make_canaries
 from common.config import DataSettings, FederationSettings
-from common.audit.canaries import CanarySet, make_canaries
-from common.data import append_users, cached_sequence_data
-from common.sequences import SequenceData
+from common.data.load import append_users, cached_sequence_data
+from common.data.sequences import SequenceData
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.allocator import release_freed_memory, retain_freed_memory
 from common.config import ModelSettings, RunConfig
+from common.data.sequences import training_windows
 from common.losses import next_item_loss
 from common.models import ModelConfig, SequenceRecommender, build_model
-from common.sequences import training_windows
 
 
 def set_seed(seed: int) -> None:

@@ -6,8 +6,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
+from common.logs import drop_opacus_root_handler
 from server.federation import run_federation
 
+drop_opacus_root_handler()  # each Flower record once on the console
 app = ServerApp()
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from logging import INFO
 from pathlib import Path
-
-from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -17,11 +16,11 @@ from flwr.serverapp import Grid
 
 from common.checkpoint import save_model
 from common.config import RunConfig
+from common.data.load import cached_sequence_data
 from common.errors import DataError
-from common.data import cached_sequence_data
 from common.evaluation import evaluate, model_scores
-from common.training import model_for
 from common.partition import cached_partitioning
+from common.training import model_for
 from server.cohort import CohortPlan, federated_evaluate
 from server.loop import discover_clients, run_rounds
 from server.privacy import PrivacyTracker
@@ -51,7 +50,7 @@ def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: Coho
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
         model.load_arrays(arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays)
         model.eval()
-        return evaluate(model_scores(model), data, split, max_len=config.data.max_len, top_k=config.train.top_k,
+        return evaluate(model_scores(model), data, split, top_k=config.train.top_k,
                         mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size,
                         device=config.train.device, users=None if all_users else users)
     return evaluate_arrays

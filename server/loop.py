@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -210,7 +210,8 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
             log(INFO, "fedseqrec: nodes changed; %d clients, %d hosts identified", len(keys), len(hosts))
         _warm_up_server_lr(strategy, config, server_round)
         # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
-        randomness.seed_numpy_global(reproducible=reproducible, derived=client_seed(config.train.seed, server_round, -1))
+        derived = client_seed(config.train.seed, server_round, -1)
+        randomness.seed_numpy_global(reproducible=reproducible, derived=derived)
         if cohort is not None:
             users = cohort.sample(server_round, secret=not reproducible)
             if len(users) == 0 and cohort.schedule_over(server_round):
@@ -315,4 +316,6 @@ class Progress:
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

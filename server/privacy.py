@@ -17,18 +17,24 @@ the server collects their reported epsilons, units of privacy and noise sources.
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
-                                     DifferentialPrivacyServerSideFixedClipping, Strategy)
-
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
 
 from common.config import RunConfig
 from common.federated import client_seed
 from common.privacy import participation, randomness
-from common.privacy.server_accounting import (dpfedavg_epsilon_events, dpfedavg_noise_for, dpftrl_epsilon,
-                                              dpftrl_noise_for)
+from common.privacy.server_accounting import (
+    dpfedavg_epsilon_events,
+    dpfedavg_noise_for,
+    dpftrl_epsilon,
+    dpftrl_noise_for,
+)
 from server.cohort_noise import AdaptiveClip, GaussianRoundNoise, TreeRoundNoise, update_noise_multiplier
 
 

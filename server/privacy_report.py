@@ -42,7 +42,10 @@ def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTrack
                          population: int, delta: float, num_users: int, stopped_early: str | None = None) -> dict:
     privacy = config.privacy
     server = privacy.dp_mode == "server"
-    facts = server_facts(tracker.sampling, tracker.mechanism) if server else client_dpsgd_facts(client_mode_unit(tracker))
+    if server:
+        facts = server_facts(tracker.sampling, tracker.mechanism)
+    else:
+        facts = client_dpsgd_facts(client_mode_unit(tracker))
     source = noise_source(tracker)
     by_round = [{"round": r, "epsilon": e} for r, e in sorted(tracker.epsilon_by_round.items())]
     report = {

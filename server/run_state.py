@@ -40,7 +40,7 @@ class RunState:
         atomic_torch_save(self.__dict__, Path(run_dir) / CHECKPOINT)
 
     @classmethod
-    def load(cls, run_dir: Path, fingerprint: str) -> "RunState | None":
+    def load(cls, run_dir: Path, fingerprint: str) -> RunState | None:
         path = Path(run_dir) / CHECKPOINT
         if not path.exists():
             return None

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from common.config import RunConfig
 from simulations.bench_federation import PeakMemory, load_run_config
 from simulations.simulate import num_supernodes, simulate
-from common.config import RunConfig
 
 THROUGHPUT = {"data": "ml-1m", "partition": "user", "train-windows": "last", "model": "sasrec", "max-len": 50,
               "local-epochs": 1, "local-optimizer": "sgd", "local-lr": 1.0, "batch-size": 64, "strategy": "fedavg",

@@ -15,19 +15,17 @@ import argparse
 import json
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
 
-from common.config import RunConfig
-from common.data import load_sequence_data
+from common.config import RunConfig, read_toml
+from common.data.load import load_sequence_data
 from common.federated import local_train
 from common.partition import partition_users
 from common.training import model_for
-from simulations.federate import project_defaults
 from simulations.simulate import num_supernodes, simulate
 
 
@@ -60,9 +58,9 @@ class PeakMemory:
 
 
 def load_run_config(path: str | None, **overrides) -> dict:
-    flat = dict(project_defaults())
+    flat = RunConfig().to_flat()  # the defaults (pyproject.toml repeats them for Flower)
     if path:
-        flat.update(tomllib.loads(Path(path).read_text()))
+        flat.update(read_toml(path))
     flat.update({k.replace("_", "-"): v for k, v in overrides.items() if v is not None})
     RunConfig.from_flat(flat)
     return flat

@@ -98,8 +98,9 @@ def _run_worker(model: Path, histories: Path, calls: int) -> dict:
 def torch_top_k(model, histories: list[np.ndarray], max_len: int, batch_size: int = 256) -> np.ndarray:
     """(U, K) PyTorch top-K item indices, every seen item masked (the runner's rule)."""
     import torch
+
+    from common.data.sequences import left_pad
     from common.evaluation import model_scores
-    from common.sequences import left_pad
     score = model_scores(model)
     tops = []
     with torch.no_grad():
@@ -125,7 +126,7 @@ def bench(run_dir: Path, export_dir: Path, data_dir: str | None, calls: int, use
     from client.ondevice import OnDeviceRecommender
     from common.checkpoint import load_model
     from common.config import RunConfig
-    from common.data import load_sequence_data
+    from common.data.load import load_sequence_data
     from common.evaluation import evaluate, model_scores
     from common.export import export_run
 
@@ -145,7 +146,7 @@ def bench(run_dir: Path, export_dir: Path, data_dir: str | None, calls: int, use
     if users:
         histories, targets = histories[:users], targets[:users]
     reference = torch_top_k(model, histories, max_len)  # (U, K)
-    torch_eval = evaluate(model_scores(model), data, "test", max_len=max_len, top_k=TOP_K,
+    torch_eval = evaluate(model_scores(model), data, "test", top_k=TOP_K,
                           mask_seen=config.train.mask_seen, users=np.arange(len(histories)))
     result = {"run_dir": str(run_dir), "arch": model.config.arch, "max_len": max_len,
               "num_items": data.num_items, "test_users": len(histories), "export_seconds": export_seconds,

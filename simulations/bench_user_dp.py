@@ -101,7 +101,8 @@ def audit(out: Path, users: int) -> list[dict]:
                         "lower_bound": report["accounting"]["epsilon"]["independent_lower_bound"],
                         "replayed": report["accounting"]["epsilon"]["replayed_run_accountant"],
                         "failures": report["accounting"]["failures"],
-                        "mia_auc_with_95_interval": attacks, "canaries": report.get("canaries", {}).get("epsilon_lower_bound")}
+                        "mia_auc_with_95_interval": attacks,
+                        "canaries": report.get("canaries", {}).get("epsilon_lower_bound")}
         results_path.write_text(json.dumps(rows, indent=2))
     return rows
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from common.checkpoint import save_model
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores, popularity_scores
 from common.plots import plot_curves
 from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader
@@ -38,7 +38,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
-    eval_kwargs = dict(max_len=data_cfg.max_len, top_k=train.top_k, mask_seen=train.mask_seen,
+    eval_kwargs = dict(top_k=train.top_k, mask_seen=train.mask_seen,
                        batch_size=train.eval_batch_size, device=train.device)
     key = f"ndcg@{train.top_k}"
     history, best, best_state, best_epoch, stale = [], float("-inf"), None, 0, 0

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.config import RunConfig
+from common.config import RunConfig, read_toml
 from common.errors import FedSeqRecError
 
 _TRAIN_GROUPS = ("data", "model", "train")
@@ -25,11 +25,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...]) 
 def _flat_from_args(args: argparse.Namespace) -> dict:
     flat = {}
     if getattr(args, "config", None):
-        import tomllib
-        try:
-            flat.update(tomllib.loads(Path(args.config).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise FedSeqRecError(f"{args.config}: cannot read config ({exc})") from exc
+        flat.update(read_toml(args.config))  # a ConfigError names the file and what is wrong
     for name, value in vars(args).items():
         if name.startswith("cfg:") and value is not None:
             flat[name[4:]] = value
@@ -87,7 +83,8 @@ def _cmd_partition(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from common.audit.report import run_audit, summary_lines
+    from common.audit.render import summary_lines
+    from common.audit.report import run_audit
     report = run_audit(Path(args.run_dir), canary_guesses=args.canary_guesses, users=args.users,
                        leakage_users=args.leakage_users)
     print("\n".join(summary_lines(report)))
@@ -107,7 +104,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _history_ids(path: Path, user: int | None) -> list[int]:
     """One user's item IDs from a user_id,item_id,timestamp file, oldest first."""
-    from common.interactions import ITEM, TIME, USER, load_interactions
+    from common.data.interactions import ITEM, TIME, USER, load_interactions
     frame = load_interactions(path)
     users = frame[USER].unique()
     if user is None:
@@ -156,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     federate = commands.add_parser("federate", help="flwr run . on a local simulation sized to the run; "
                                                     "Ctrl-C stops it and prints the command that resumes")
-    federate.add_argument("--run-config", help="TOML of run-config overrides (e.g. simulations/cross-device.toml)")
+    federate.add_argument("--run-config",
+                          help="TOML of run-config overrides (e.g. simulations/ml1m-cohort.toml, the main job)")
     federate.add_argument("--cpus-per-client", type=int, default=1)
     federate.add_argument("--out-dir", default=None,
                           help="run folder (default: the run config's out-dir, else runs/<timestamp>); "

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 
 
 def write_node_files(config: RunConfig, out: Path, nodes: int) -> list[Path]:

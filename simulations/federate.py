@@ -3,7 +3,7 @@
 It starts `flower-superlink --simulation` on a free port with a private FLWR_HOME (no runtime
 `uv sync`, no telemetry, the venv's Flower binaries on PATH), runs `flwr run <project> --stream`
 with `--federation-config num_supernodes=<one per client, or the cohort engine's hosts>`, and
-prints each streamed log line once. The run folder is always fixed here (`--out-dir`, else the
+streams its log. The run folder is always fixed here (`--out-dir`, else the
 run config's `out-dir`, else `runs/<timestamp>`; relative to the current directory) and passed
 to the ServerApp, so that the same command with the same `--out-dir` resumes after the last
 checkpoint.
@@ -18,7 +18,6 @@ everything at once.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import re
@@ -29,32 +28,40 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 from typing import TextIO
 
 from common.config import RunConfig, read_toml
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.errors import FedSeqRecError
 from common.partition import partition_users
-from simulations.processes import (VENV_BIN, ProcessTracker, StoppedAtOnce, StopSignals, become_subreaper,
-                                   flower_env, free_port, remove_partial_files, stop_serverapps, wait_gone,
-                                   write_connection, write_toml)
+from simulations.processes import (
+    VENV_BIN,
+    ProcessTracker,
+    StoppedAtOnce,
+    StopSignals,
+    become_subreaper,
+    flower_env,
+    free_port,
+    remove_partial_files,
+    stop_serverapps,
+    wait_gone,
+    write_connection,
+    write_toml,
+)
 from simulations.simulate import num_supernodes
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedseqrec-local"
 
 
-def project_defaults() -> dict:
-    return tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-
-
 def resolve_config(run_config_file: str | None, extra: dict | None = None) -> tuple[RunConfig, dict]:
+    """The run's config (the defaults, which pyproject.toml repeats for Flower, plus the file's
+    overrides) and the overrides alone, for `flwr run --run-config`."""
     overrides = read_toml(run_config_file) if run_config_file else {}
     overrides.update(extra or {})
-    return RunConfig.from_flat({**project_defaults(), **overrides}, where=run_config_file or "pyproject.toml"), overrides
+    return RunConfig.from_flat(overrides, where=run_config_file or "run config"), overrides
 
 
 def num_clients(config: RunConfig) -> int:
@@ -247,61 +254,28 @@ def _healthy(port: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # The streamed log
 
-_FLOWER_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*(?:\x1b\[0m)?:\s*(?P<msg>.*)$")
-# `logging.basicConfig` run by Opacus at import (opacus/utils/module_utils.py) adds this root handler;
-# Flower's logger propagates to it, so in the ServerApp's process every Flower record is written twice.
-_ROOT_LINE = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:(?P<level>[A-Z]+):(?P<msg>.*)$")
 _ROUND = re.compile(r"fedseqrec: round (\d+)/(\d+)")
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
 
 class StreamedLog:
-    """Echo `flwr run --stream` output, each record once; note the run id and the last round seen.
-
-    A line in the root handler's format is dropped when it repeats a Flower record just printed
-    (with the record's continuation lines), or when it is a DEBUG record, which Flower's own
-    console handler does not show.
-    """
+    """Echo `flwr run --stream` output; note the run id and the last round seen. (Each record
+    arrives once: the apps take away the root handler Opacus installs, see common/logs.py.)"""
 
     def __init__(self, out: TextIO | None = None):
         self.out = out
         self.echo = True
         self.run_id: int | None = None
         self.round = 0
-        self._recent: collections.deque[list[str]] = collections.deque(maxlen=64)  # Flower records printed
-        self._open: list[str] | None = None  # the record whose continuation lines are coming
-        self._skip: list[str] = []  # continuation lines of a repeated record still to drop
 
     def follow(self, stream: TextIO) -> None:
         for line in stream:
             self.feed(line.rstrip("\n"))
 
     def feed(self, line: str) -> None:
-        if self._skip:
-            if line == self._skip[0]:
-                self._skip.pop(0)
-                return
-            self._skip = []
         if started := _RUN_ID.search(line):
             self.run_id = int(started.group(1))
-        flower, root = _FLOWER_LINE.match(line), _ROOT_LINE.match(line)
-        if flower:
-            self._open = [flower.group("msg").strip()]
-            self._recent.append(self._open)
-            self._note_round(flower.group("msg"))
-        elif root:
-            self._open = None
-            if root.group("level") == "DEBUG":
-                return
-            message = root.group("msg").strip()
-            for record in self._recent:
-                if record[0] == message:
-                    self._recent.remove(record)
-                    self._skip = list(record[1:])
-                    return
-            self._note_round(message)
-        elif self._open is not None:
-            self._open.append(line)
+        self._note_round(line)
         if self.echo:
             print(line, file=self.out or sys.stdout, flush=True)
 

@@ -28,19 +28,20 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import psutil
 
 VENV_BIN = Path(sys.executable).parent
-# What every Flower process started here needs on this kind of machine (see STACK.md).
+# What every Flower process started here needs: no `uv sync` of [project].dependencies per run (the
+# SuperLink would otherwise install them, and uv would fetch a CUDA torch) and no telemetry.
 FLOWER_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The Flower processes that run a ServerApp (simulation and deployment runtime).
 SERVERAPP_PROGRAMS = ("flwr-simulation", "flwr-serverapp")
 _SUBREAPER = False
-_TRACKERS: "weakref.WeakSet[ProcessTracker]" = weakref.WeakSet()
+_TRACKERS: weakref.WeakSet[ProcessTracker] = weakref.WeakSet()
 
 
 class StoppedAtOnce(BaseException):
@@ -241,7 +242,7 @@ class StopSignals:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         for sig in SIGNALS:  # installed even if started with SIGINT ignored (`cmd &`)
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

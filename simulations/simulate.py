@@ -19,7 +19,7 @@ def num_supernodes(config) -> int:
     per client of the partition."""
     if config.federation.cohort_engine:
         return config.federation.cohort_nodes
-    from common.data import load_sequence_data
+    from common.data.load import load_sequence_data
     from common.partition import partition_users
     return partition_users(load_sequence_data(config.data), config.federation, config.train.seed).num_clients
 
@@ -30,9 +30,9 @@ def simulate(run_config: dict[str, Any], num_supernodes: int, *, cpus_per_client
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
+    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.run import Run
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType

@@ -1,7 +1,42 @@
-"""Shared test set-up: the thread count and a preprocessing cache per test module."""
+"""Shared test set-up: the thread count, a preprocessing cache per test module, and the helpers
+that several test modules use (simulated runs in a child process, an independent DP oracle)."""
 
+import inspect
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+
+# Tests that run a whole simulated federation (through `_run` or `_kill_after_round` below, in the
+# test or in a fixture it uses) are marked slow here, so that `pytest -m "not slow"` is a quick run
+# for development; tests that start other real processes carry `@pytest.mark.slow` themselves.
+_SIMULATION_CALL = re.compile(r"(?<![\w.])(_run|_kill_after_round)\(")
+
+
+def _runs_a_simulation(function) -> bool:
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return _SIMULATION_CALL.search(source) is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        functions = [getattr(item, "function", None)]
+        functions += [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(_runs_a_simulation(f) for f in functions if f is not None and f.__module__ != __name__):
+            item.add_marker(pytest.mark.slow)
+
 
 # The tests use tiny models: one intra-op thread is fastest, and avoids oversubscribing small CI machines.
 torch.set_num_threads(1)
@@ -17,3 +52,66 @@ def cache(tmp_path_factory):
 def cache_env(cache, monkeypatch):
     """This process uses the module's cache too (`pytestmark = pytest.mark.usefixtures("cache_env")`)."""
     monkeypatch.setenv("FEDSEQREC_CACHE", str(cache))
+
+
+# --- simulated runs: the real ServerApp/ClientApp on Flower's simulation engine, in a child process
+# (so that a test can SIGKILL it mid-run and resume)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SIM_CONFIG = {"data": "synthetic", "synthetic-users": 120, "synthetic-items": 60, "partition": "iid",
+              "num-partitions": 4, "clients-per-round": 4, "num-server-rounds": 4, "model": "sasrec",
+              "emb-dim": 16, "num-layers": 1, "max-len": 20, "batch-size": 32, "local-epochs": 2,
+              "local-lr": 0.01, "strategy": "fedavg", "dropout": 0.0}
+
+
+def _start(run_config: dict, cache: Path, num_supernodes: int = 4, client_app: str = "client.app:app"):
+    spec = json.dumps({"run_config": run_config, "num_supernodes": num_supernodes, "client_app": client_app})
+    env = {**os.environ, "FEDSEQREC_CACHE": str(cache), "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def _kill_after_round(run_config: dict, cache: Path, out: Path, round_: int, **kwargs) -> None:
+    """Start a run and SIGKILL its whole process group once its checkpoint reaches `round_`."""
+    proc = _start(run_config, cache, **kwargs)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            checkpoint = out / "checkpoint.pt"
+            if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["round"] >= round_:
+                break
+            time.sleep(0.05)
+    finally:
+        _kill_group(proc)  # SIGKILL: no chance to clean up
+
+
+def _run(run_config: dict, cache: Path, timeout: float = 600, **kwargs) -> str:
+    proc = _start(run_config, cache, **kwargs)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+# --- an independent oracle for DP accounting
+
+def gaussian_rdp_epsilon(z: float, rounds: int, delta: float) -> float:
+    """Independent oracle: RDP of the Gaussian mechanism, alpha * T / (2 z^2), converted with the
+    same conversion dp-accounting uses (Canonne et al. 2020 / Balle et al. 2020)."""
+    best = math.inf
+    for alpha in np.linspace(1.01, 200, 20000):
+        rdp = alpha * rounds / (2 * z * z)
+        eps = rdp + math.log1p(-1 / alpha) - (math.log(delta) + math.log(alpha)) / (alpha - 1)
+        best = min(best, eps)
+    return best

@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from client.fault_injection import attackers, dropped, fake_users, poisoned
 from common.config import RunConfig
+from common.data.synthetic import synthetic_interactions
 from common.errors import ConfigError
 from common.evaluation import item_exposure, model_scores, popularity_scores
 from common.federated import local_train
-from common.synthetic import synthetic_interactions
-from tests.test_federation import SIM_CONFIG, _run
+from tests.conftest import SIM_CONFIG, _run
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
@@ -42,7 +41,7 @@ def test_poisoned_updates_against_their_definitions():
 
 
 def test_training_on_fake_users_pushes_the_target_into_top_k():
-    from common.sequences import build_sequences
+    from common.data.sequences import build_sequences
     config = RunConfig.from_flat({"data": "synthetic", "synthetic-users": 120, "synthetic-items": 60, "model": "gru",
                                   "emb-dim": 16, "hidden-dim": 16, "num-layers": 1, "max-len": 12,
                                   "local-epochs": 3, "local-lr": 0.01, "local-optimizer": "adam", "batch-size": 16})

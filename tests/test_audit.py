@@ -10,20 +10,29 @@ import numpy as np
 import pytest
 import torch
 
-from common.audit.accounting import (audit_client_ledgers, audit_server_events, gaussian_epsilon,
-                                     opacus_rdp_epsilon, poisson_pld_epsilon, poisson_rdp_epsilon)
-from common.audit.canaries import epsilon_lower_bound, exposure, make_canaries, p_value
+from client.message_audit import message_audit_mod
+from common.audit.accounting import (
+    audit_client_ledgers,
+    audit_server_events,
+    gaussian_epsilon,
+    opacus_rdp_epsilon,
+    poisson_pld_epsilon,
+    poisson_rdp_epsilon,
+)
+from common.audit.canaries import epsilon_lower_bound, exposure, p_value
 from common.audit.membership import dp_tpr_bound, membership_inference, roc_auc
-from common.audit.messages import audit_messages, check_message, message_audit_mod
+from common.audit.messages import audit_messages, check_message
+from common.canaries import make_canaries
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.partition import cached_population, partition_users
 from common.privacy.server_accounting import dpfedavg_epsilon
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
-from tests.test_federation import SIM_CONFIG, _run
+from tests.conftest import SIM_CONFIG, _run
 
 TINY = {"data": "synthetic", "synthetic-users": 80, "synthetic-items": 40, "model": "sasrec", "emb-dim": 16,
-        "num-layers": 1, "max-len": 20, "batch-size": 32, "dropout": 0.0, "local-epochs": 2, "local-lr": 0.01}
+        "num-layers": 1, "max-len": 20, "train-windows": "all", "batch-size": 32, "dropout": 0.0, "local-epochs": 2,
+        "local-lr": 0.01}
 
 
 pytestmark = pytest.mark.usefixtures("cache_env")
@@ -95,10 +104,10 @@ def test_membership_inference_detects_an_overfit_model_and_not_an_unrelated_one(
     train = data.train_sequences()
     members, nonmembers, others = train[:40], train[40:80], train[80:120]
     overfit = _overfit(config, members, data.num_items, epochs=60)
-    found = membership_inference(overfit, members, nonmembers, max_len=20, bootstrap=100)
+    found = membership_inference(overfit, members, nonmembers, bootstrap=100)
     assert found["attacks"]["loss"]["auc"]["value"] > 0.8
     unrelated = _overfit(config, others, data.num_items, epochs=60)  # never saw members nor non-members
-    null = membership_inference(unrelated, members, nonmembers, max_len=20, bootstrap=100)
+    null = membership_inference(unrelated, members, nonmembers, bootstrap=100)
     low, high = null["attacks"]["loss"]["auc"]["ci95"]
     assert low <= 0.5 <= high
 
@@ -201,7 +210,8 @@ def test_fedseqrec_audit_on_a_real_dp_run_with_canaries_and_recorded_messages(ca
     assert main(["audit", str(out), "--strict", "--users", "40", "--leakage-users", "3"]) == 0
     report = json.loads((out / "audit.json").read_text())
     assert report["failures"] == []
-    assert report["accounting"]["epsilon"]["replayed_run_accountant"] == pytest.approx(report["claimed_epsilon"], rel=1e-6)
+    replayed = report["accounting"]["epsilon"]["replayed_run_accountant"]
+    assert replayed == pytest.approx(report["claimed_epsilon"], rel=1e-6)
     assert report["accounting"]["epsilon"]["independent_lower_bound"] <= report["claimed_epsilon"]
     assert report["membership"]["members"] == 40 and report["membership"]["nonmembers"] == 30
     assert report["canaries"]["canaries"] == 8 and report["canaries"]["epsilon_lower_bound"] < report["claimed_epsilon"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from common.config import RunConfig
-from common.synthetic import synthetic_interactions
+from common.data.synthetic import synthetic_interactions
 from simulations.cli import main
 
 FAST = ["--quiet", "--model", "sasrec", "--max-len", "8", "--emb-dim", "8", "--num-layers", "1",
@@ -134,3 +134,55 @@ def test_sigterm_stops_training_but_keeps_the_best_model(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["interrupted"] is True and 2 <= metrics["epochs_run"] < 500
     assert (out / "model.pt").exists() and "ndcg@10" in metrics["test"]
+
+
+LOG_PROBE = """
+from logging import INFO
+import {app}  # noqa: F401 - the app's imports, Opacus among them
+from flwr.common.logger import log
+log(INFO, "fedseqrec: round 1/1 probe")
+"""
+
+
+@pytest.mark.parametrize("app", ["server.app", "client.app"])
+def test_a_log_record_is_printed_once_in_an_app_process(app):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LOG_PROBE.format(app=app)], capture_output=True, text=True,
+                          check=True)
+    assert (done.stdout + done.stderr).count("fedseqrec: round 1/1 probe") == 1
+
+
+def test_federate_help_names_files_that_exist(capsys):
+    import re
+    from pathlib import Path
+
+    with pytest.raises(SystemExit):
+        main(["federate", "--help"])
+    named = re.findall(r"simulations/[\w.-]+\.toml", capsys.readouterr().out)
+    assert named
+    root = Path(__file__).resolve().parents[1]
+    assert all((root / name).is_file() for name in named), named
+
+
+@pytest.mark.parametrize("content, needle", [(None, "config file not found"), ("epochs = = 1\n", "not valid TOML"),
+                                             ("epohcs = 1\n", "unknown key 'epohcs'")])
+def test_federate_and_deploy_report_a_bad_run_config_file_in_one_line(tmp_path, content, needle):
+    """Every command reads run-config files through common.config.read_toml: one line, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    toml = tmp_path / "run.toml"
+    if content is not None:
+        toml.write_text(content)
+    commands = {"fedseqrec": [sys.executable, "-m", "simulations.cli", "federate", "--run-config", str(toml)],
+                "deploy": [sys.executable, "-m", "simulations.deploy", "--data", "synthetic", "--work",
+                           str(tmp_path / "work"), "--run-config", str(toml)]}
+    for prefix, argv in commands.items():
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: ") and needle in lines[0], done.stderr
+        assert str(toml) in lines[0]

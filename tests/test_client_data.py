@@ -10,9 +10,9 @@ import pytest
 
 from client.local_data import client_key, load_local_data
 from common.config import RunConfig
+from common.data.sequences import sequences_for_catalogue
 from common.errors import DataError
 from common.federated import DeviceLimits, effective_max_epsilon
-from common.sequences import sequences_for_catalogue
 from simulations.deployment_data import write_node_files
 
 

@@ -11,11 +11,11 @@ import torch
 from common.cohort import LocalRecipe, cohort_update, user_loss
 from common.cohort_clients import evaluate_users, train_chunks
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.models import ModelConfig, build_model
 from common.training import model_for
-from tests.test_federation import _kill_after_round, _run
+from tests.conftest import _kill_after_round, _run
 
 SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0)
 COHORT = {"data": "synthetic", "synthetic-users": 200, "synthetic-items": 50, "partition": "user",
@@ -215,9 +215,10 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
+
     import client.app as client_app
     from client.local_data import load_local_data
-    from common.synthetic import synthetic_interactions
+    from common.data.synthetic import synthetic_interactions
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     config = RunConfig.from_flat(COHORT)
     data = load_sequence_data(config.data)
@@ -249,7 +250,7 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
 def test_poisson_accounting_matches_the_gaussian_oracle_and_bounds_from_below():
     from common.audit.worst_pair import epsilon_lower_bound
     from common.privacy.server_accounting import dpfedavg_epsilon
-    from tests.test_privacy import gaussian_rdp_epsilon
+    from tests.conftest import gaussian_rdp_epsilon
     # Everyone sampled (q = 1): the Gaussian mechanism at multiplier z under add/remove (sensitivity C).
     for z, rounds in [(1.0, 1), (2.0, 10)]:
         ours = dpfedavg_epsilon(noise_multiplier=z, num_sampled=100, population=100, rounds=rounds, delta=1e-5,
@@ -281,6 +282,7 @@ def _reply(arrays: dict, users: int, loss: float = 1.0):
 
 def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohort():
     from flwr.app import ArrayRecord
+
     from server.privacy import PrivacyTracker
     config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "user-sampling": "poisson",
                                   "noise-multiplier": 0.0, "clipping-norm": 0.5})
@@ -290,13 +292,15 @@ def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohor
     out = tracker.private_sum([_reply({"w": a}, 3), _reply({"w": b}, 2)], ArrayRecord(start), 1)
     assert len(out) == 1 and int(out[0].content["metrics"]["num-examples"]) == 1
     expected = (3 * 0.1 + 2 * -0.3) / 60  # sum over the expected cohort q N = 60, not the 5 that came
-    assert torch.allclose(out[0].content["arrays"].to_torch_state_dict()["w"], torch.full((200_000,), expected), atol=1e-7)
+    summed = out[0].content["arrays"].to_torch_state_dict()["w"]
+    assert torch.allclose(summed, torch.full((200_000,), expected), atol=1e-7)
     noisy = PrivacyTracker(config.replace(**{"noise-multiplier": 1.2}), population=200, delta=1e-3)
     out = noisy.private_sum([_reply({"w": torch.zeros(200_000)}, 5)], ArrayRecord(start), 1)
     std = float(out[0].content["arrays"].to_torch_state_dict()["w"].std())
     assert std == pytest.approx(1.2 * 0.5 / 60, rel=0.02)  # z C on the sum, over the expected cohort
     again = noisy.private_sum([_reply({"w": torch.zeros(200_000)}, 5)], ArrayRecord(start), 1)
-    assert not torch.equal(out[0].content["arrays"].to_torch_state_dict()["w"], again[0].content["arrays"].to_torch_state_dict()["w"])
+    first, second = (o[0].content["arrays"].to_torch_state_dict()["w"] for o in (out, again))
+    assert not torch.equal(first, second)
 
 
 def test_user_level_dp_fedavg_on_the_cohort_engine_end_to_end(cache, tmp_path):

@@ -13,14 +13,14 @@ import torch
 
 from common.checkpoint import load_model
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
+from common.data.synthetic import synthetic_interactions
 from common.evaluation import evaluate, model_scores
-from common.synthetic import synthetic_interactions
 from common.training import model_for
-from simulations.deploy import (VENV_BIN, DeploymentError, LoopbackDeployment, free_port, make_node_keys,
-                                nodes_from_partition)
+from simulations.credentials import make_node_keys
 from simulations.deployment_data import write_node_files
-from simulations.federate import project_defaults
+from simulations.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
+from simulations.processes import VENV_BIN, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     data_file = tmp_path / "interactions.csv"
     synthetic_interactions(120, 60, seed=0).to_csv(data_file, index=False)
     run_config = {**RUN, "data": str(data_file), "out-dir": str(tmp_path / "run")}
-    config = RunConfig.from_flat({**project_defaults(), **run_config}, where="test")
+    config = RunConfig.from_flat(run_config, where="test")
     write_node_files(config, tmp_path / "partition", 2)
     nodes = nodes_from_partition(tmp_path / "partition", tmp_path / "work")
     assert [n.client_id for n in nodes] == [0, 1]
@@ -93,7 +93,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     initial.eval()
     k = config.train.top_k
     with torch.no_grad():
-        before = evaluate(model_scores(initial), data, "validation", max_len=config.data.max_len, top_k=k,
+        before = evaluate(model_scores(initial), data, "validation", top_k=k,
                           mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size)[f"ndcg@{k}"]
     after = history[-1]["validation"][f"ndcg@{k}"]
     assert after > before, (before, after)

@@ -13,9 +13,8 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.privacy import participation
 from common.privacy.tree_aggregation import TreeNoise, nodes_above, prefix_nodes, tree_depth
+from tests.conftest import _run, gaussian_rdp_epsilon
 from tests.test_cohort import COHORT, _reply
-from tests.test_federation import _run
-from tests.test_privacy import gaussian_rdp_epsilon
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
@@ -128,6 +127,7 @@ def test_dp_ftrl_config_needs_the_cohort_engine_and_server_dp():
 
 def test_dp_ftrl_model_carries_the_trees_prefix_noise_not_a_sum_of_fresh_draws():
     from flwr.app import ArrayRecord
+
     from server.privacy import PrivacyTracker
     config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "server-mechanism": "dp-ftrl",
                                   "noise-multiplier": 2.0, "clipping-norm": 0.5, "num-server-rounds": 8,
@@ -153,6 +153,7 @@ def test_dp_ftrl_model_carries_the_trees_prefix_noise_not_a_sum_of_fresh_draws()
 
 def test_adaptive_clipping_moves_c_toward_the_quantile_and_pays_for_its_count():
     from flwr.app import ArrayRecord
+
     from server.cohort_noise import update_noise_multiplier
     from server.privacy import PrivacyTracker
     assert update_noise_multiplier(1.0, 10.0) == pytest.approx((1 - 1 / 400) ** -0.5)

@@ -7,11 +7,6 @@ process (so a test can SIGKILL it mid-run and resume).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,55 +15,11 @@ import torch
 
 from common.checkpoint import load_model
 from common.config import FederationSettings, RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.partition import partition_users
 from common.training import model_for
-
-ROOT = Path(__file__).resolve().parents[1]
-
-SIM_CONFIG = {"data": "synthetic", "synthetic-users": 120, "synthetic-items": 60, "partition": "iid",
-              "num-partitions": 4, "clients-per-round": 4, "num-server-rounds": 4, "model": "sasrec",
-              "emb-dim": 16, "num-layers": 1, "max-len": 20, "batch-size": 32, "local-epochs": 2,
-              "local-lr": 0.01, "strategy": "fedavg", "dropout": 0.0}
-
-
-def _start(run_config: dict, cache: Path, num_supernodes: int = 4, client_app: str = "client.app:app"):
-    spec = json.dumps({"run_config": run_config, "num_supernodes": num_supernodes, "client_app": client_app})
-    env = {**os.environ, "FEDSEQREC_CACHE": str(cache), "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
-
-
-def _kill_after_round(run_config: dict, cache: Path, out: Path, round_: int, **kwargs) -> None:
-    """Start a run and SIGKILL its whole process group once its checkpoint reaches `round_`."""
-    proc = _start(run_config, cache, **kwargs)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "checkpoint.pt").exists() and torch.load(out / "checkpoint.pt", weights_only=True)["round"] >= round_:
-                break
-            time.sleep(0.05)
-    finally:
-        _kill_group(proc)  # SIGKILL: no chance to clean up
-
-
-def _run(run_config: dict, cache: Path, timeout: float = 600, **kwargs) -> str:
-    proc = _start(run_config, cache, **kwargs)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        _kill_group(proc)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+from tests.conftest import ROOT, SIM_CONFIG, _kill_after_round, _run
 
 
 def _arrays(path: Path) -> dict[str, torch.Tensor]:
@@ -115,9 +66,10 @@ def test_fedavg_aggregation_matches_numpy_oracle():
 # --- partitions ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def synthetic_data(tmp_path_factory):
-    os.environ["FEDSEQREC_CACHE"] = str(tmp_path_factory.mktemp("pcache"))
-    return load_sequence_data(RunConfig.from_flat({"data": "synthetic", "synthetic-users": 300}).data)
+def synthetic_data(cache):
+    with pytest.MonkeyPatch.context() as patch:  # this module's cache, for this load only
+        patch.setenv("FEDSEQREC_CACHE", str(cache))
+        return load_sequence_data(RunConfig.from_flat({"data": "synthetic", "synthetic-users": 300}).data)
 
 
 @pytest.mark.parametrize("scheme", ["user", "iid", "dirichlet"])
@@ -157,7 +109,7 @@ def test_simulated_federation_improves_validation_ndcg(finished_run, cache, monk
     data = load_sequence_data(config.data)
     initial = model_for(config, data.num_items)
     initial.eval()
-    before = evaluate(model_scores(initial), data, "validation", max_len=20)["ndcg@10"]
+    before = evaluate(model_scores(initial), data, "validation")["ndcg@10"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert all(r["replied"] == 4 and r["failed"] == 0 for r in rows)
@@ -199,5 +151,6 @@ def test_pyproject_run_config_lists_every_key_with_valid_values():
     defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(defaults) == set(RunConfig.keys())
     RunConfig.from_flat(defaults)
+    assert defaults == RunConfig().to_flat()  # one source of defaults: the dataclasses, mirrored here
     for toml in sorted((ROOT / "simulations").glob("*.toml")):
         RunConfig.from_toml(toml)  # every shipped experiment config is valid

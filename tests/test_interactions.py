@@ -7,15 +7,15 @@ import hashlib
 import io
 import re
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from common import datasets
+from common.data import files as datasets
+from common.data.interactions import Columns, load_interactions
 from common.errors import DataError
-from common.interactions import Columns, load_interactions
 
 ROWS = [(1, 10, 100), (1, 11, 90), (2, 10, 95), (3, 12, 7)]  # user, item, time in file order
 
@@ -90,7 +90,7 @@ def test_iso_date_timestamps_become_unix_seconds(tmp_path):
     stamps = ["2000-01-01T00:00:05Z", "2000-01-01", "2001-09-09 01:46:40", "1999-12-31T23:59:59"]
     text = "user_id,item_id,timestamp\n" + "".join(f"1,{i},{s}\n" for i, s in enumerate(stamps, 1))
     frame = load_interactions(write(tmp_path / "a.csv", text))
-    oracle = [int(datetime.fromisoformat(s.replace("Z", "")).replace(tzinfo=timezone.utc).timestamp())
+    oracle = [int(datetime.fromisoformat(s.replace("Z", "")).replace(tzinfo=UTC).timestamp())
               for s in stamps]
     assert oracle == [946684805, 946684800, 1000000000, 946684799]
     assert frame["timestamp"].tolist() == oracle
@@ -110,7 +110,7 @@ def test_integer_valued_float_ids_are_accepted(tmp_path):
 
 # --- bad input: DataError naming the file and the place ------------------------------------------
 
-def raises_data_error(path, columns=Columns()) -> str:
+def raises_data_error(path, columns=Columns()) -> str:  # noqa: B008 - a frozen dataclass
     with pytest.raises(DataError) as info:
         load_interactions(path, columns)
     message = str(info.value)
@@ -219,7 +219,7 @@ def test_ragged_rows(tmp_path):
     assert "malformed rows" in raises_data_error(write(tmp_path / "a.csv", text))
 
 
-# --- common.datasets: local copies first, checksum-verified archives -----------------------------
+# --- common.data.files: local copies first, checksum-verified archives -----------------------------
 
 @pytest.fixture
 def no_download(monkeypatch, tmp_path):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.data.sequences import SequenceData, left_pad
 from common.errors import ConfigError
 from common.evaluation import evaluate, popularity_scores, rank_targets
 from common.metrics import all_metrics, coverage, novelty, ranking_metrics
-from common.sequences import SequenceData, left_pad
 
 
 def test_ranking_metrics_by_hand():
@@ -177,3 +177,16 @@ def test_nan_scores_rank_last():
         assert ranks[0] >= 2 and ranks[2] >= 2
         assert ranking_metrics(ranks[[0, 2]], 2) == ranking_metrics(np.array([N, N]), 2)
         assert tops.min() >= 1
+
+
+def test_a_model_scorer_carries_its_context_length_and_a_plain_function_must_name_one():
+    from common.evaluation import model_scores
+    from common.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("gru", num_items=N, max_len=3, emb_dim=4, hidden_dim=4, num_layers=1)).eval()
+    implied = rank_targets(model_scores(model), HISTORIES, TARGETS, num_items=N, top_k=2)
+    named = rank_targets(model_scores(model), HISTORIES, TARGETS, num_items=N, top_k=2, max_len=3)
+    assert all(np.array_equal(a, b) for a, b in zip(implied, named))
+    with pytest.raises(ValueError, match="max_len is needed"):
+        rank_targets(lambda x: torch.zeros(len(x), N), HISTORIES, TARGETS, num_items=N, top_k=2)

@@ -11,9 +11,9 @@ from opacus import GradSampleModule, PrivacyEngine
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.data.sequences import training_windows
 from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
-from common.sequences import training_windows
 from common.training import StepOptions, train_epoch
 
 ARCHS = ["sasrec", "gru", "lstm"]

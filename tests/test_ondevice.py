@@ -15,12 +15,12 @@ import torch
 from client.ondevice import OnDeviceRecommender, read_item_titles
 from common.checkpoint import save_model
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
+from common.data.sequences import left_pad
 from common.errors import ConfigError, DataError
 from common.evaluation import model_scores
 from common.export import METADATA_KEY, export_run
 from common.models import ModelConfig, build_model
-from common.sequences import left_pad
 from simulations.cli import main
 
 ARCHS = ("sasrec", "gru", "lstm")
@@ -106,7 +106,8 @@ def test_int8_model_mostly_agrees(exported, arch):
 
 
 def test_runner_imports_no_torch():
-    code = "import client.ondevice, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    code = ("import client.ondevice, sys; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
@@ -232,3 +233,18 @@ def test_cli_bad_input_exits_2(exported, tmp_path, capsys, problem):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("fedseqrec: error: ")
+
+
+def test_cli_recommend_notes_and_items_each_on_their_own_line(exported, tmp_path):
+    """stderr's note and stdout's items, merged as on a terminal: the note is a line of its own."""
+    csv = tmp_path / "history.csv"
+    csv.write_text("user_id,item_id,timestamp\n1,1000,1\n1,1007,2\n")
+    model = exported["gru"][1] / "model.onnx"
+    done = subprocess.run([sys.executable, "-m", "simulations.cli", "recommend", "--model", str(model),
+                           "--history", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    lines = done.stdout.splitlines()
+    assert done.stdout.endswith("\n")
+    assert lines.count("source: model") == 1
+    items = [line for line in lines if line != "source: model"]
+    assert [line.split("\t")[0] for line in items] == [str(rank) for rank in range(1, 11)]

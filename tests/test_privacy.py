@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -12,14 +10,15 @@ from opacus.accountants import RDPAccountant
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import RunConfig
+from common.data.sequences import SequenceData, build_sequences
+from common.data.synthetic import synthetic_interactions
 from common.federated import DeviceLimits, local_train
 from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.server_accounting import dpfedavg_epsilon, dpfedavg_epsilon_events
-from common.sequences import SequenceData, build_sequences
-from common.synthetic import synthetic_interactions
 from common.training import StepOptions, train_epoch
+from tests.conftest import gaussian_rdp_epsilon
 
 
 def small_model(seed=0):
@@ -130,6 +129,7 @@ def client_data() -> SequenceData:
 def dp_config(**extra) -> RunConfig:
     return RunConfig.from_flat({"data": "synthetic", "model": "sasrec", "emb-dim": 8, "num-layers": 1,
                                 "max-len": 10, "batch-size": 8, "dp-mode": "client", "train-windows": "last",
+                                "local-epochs": 1, "local-lr": 0.001,
                                 "noise-multiplier": 1.0, "delta": 1e-3, **extra})
 
 
@@ -205,17 +205,6 @@ def test_server_side_clipping_bounds_each_update():
     assert np.allclose(arrays["w"].numpy(), np.mean(clipped, axis=0), atol=1e-6)  # uniform weights, clipped
 
 
-def gaussian_rdp_epsilon(z: float, rounds: int, delta: float) -> float:
-    """Independent oracle: RDP of the Gaussian mechanism, alpha * T / (2 z^2), converted with the
-    same conversion dp-accounting uses (Canonne et al. 2020 / Balle et al. 2020)."""
-    best = math.inf
-    for alpha in np.linspace(1.01, 200, 20000):
-        rdp = alpha * rounds / (2 * z * z)
-        eps = rdp + math.log1p(-1 / alpha) - (math.log(delta) + math.log(alpha)) / (alpha - 1)
-        best = min(best, eps)
-    return best
-
-
 def test_server_accounting_without_sampling_matches_the_gaussian_oracle_at_replace_one_sensitivity():
     # Noise z*C on a sum whose replace-one sensitivity is 2C: the Gaussian mechanism at multiplier z/2.
     for z, rounds in [(1.0, 1), (2.0, 10), (5.0, 50)]:
@@ -234,6 +223,7 @@ def test_sampling_amplifies_and_fewer_replies_cost_more():
 def test_grouped_rounds_compose_like_rounds_one_by_one():
     import dp_accounting
     from dp_accounting import rdp
+
     from common.privacy.server_accounting import ORDERS, round_event
     events = [(1.0, 10, 100)] * 5 + [(0.7, 8, 100)] + [(1.0, 10, 100)] * 3
     one_by_one = rdp.RdpAccountant(ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)

@@ -8,8 +8,7 @@ import pytest
 
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.server_accounting import dpfedavg_epsilon
-from tests.test_federation import SIM_CONFIG, _run
-
+from tests.conftest import SIM_CONFIG, _run
 
 
 def test_server_side_dp_run_reports_epsilon_and_stops_at_budget(cache, tmp_path):

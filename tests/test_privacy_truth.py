@@ -17,14 +17,14 @@ import torch
 from common.audit.accounting import audit_server_events, gaussian_epsilon
 from common.audit.worst_pair import epsilon_lower_bound
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
 from common.federated import local_train
 from common.privacy import randomness
 from common.privacy.mechanism import ADD_OR_REMOVE_ONE, REPLACE_ONE, sum_sensitivity
 from common.privacy.server_accounting import dpfedavg_epsilon, dpfedavg_noise_for, round_event
 from common.training import model_for
 from server.privacy import PrivacyTracker
-from tests.test_federation import SIM_CONFIG, _run
+from tests.conftest import SIM_CONFIG, _run
 
 TINY = {"data": "synthetic", "synthetic-users": 30, "synthetic-items": 40, "model": "gru", "emb-dim": 16,
         "hidden-dim": 16, "max-len": 20, "batch-size": 8, "dropout": 0.0, "local-epochs": 1, "local-lr": 0.01,
@@ -176,7 +176,8 @@ def test_message_audit_on_a_device_writes_to_its_state_dir_not_the_servers_path(
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
-    from common.audit.messages import AUDIT_DIR, message_audit_mod
+
+    from client.message_audit import AUDIT_DIR, message_audit_mod
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     server_chose, state_dir = tmp_path / "server-run", tmp_path / "device-state"
     ask = Message(content=RecordDict({"config": ConfigRecord({"run-dir": str(server_chose), "server-round": 1})}),

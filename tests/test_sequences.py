@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.interactions import load_interactions
-from common.sequences import SequenceData, build_sequences, left_pad, training_windows
+from common.data.interactions import load_interactions
+from common.data.sequences import SequenceData, build_sequences, left_pad, training_windows
 
 REPO = Path(__file__).resolve().parents[1]
 

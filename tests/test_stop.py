@@ -253,7 +253,8 @@ def test_ctrl_c_stops_training_and_reports_the_best_epoch(tmp_path):
         stdout, stderr = train.output()
         assert stdout == ""  # no summary: the one line says what was kept
         found = re.fullmatch(r"fedseqrec: training stopped in epoch (\d+)/500; reported the best epoch \((\d+), "
-                             r"test ndcg@10 [0-9.]+\) in (\S+) \(metrics.json, model.pt\)", stderr.strip().splitlines()[-1])
+                             r"test ndcg@10 [0-9.]+\) in (\S+) \(metrics.json, model.pt\)",
+                             stderr.strip().splitlines()[-1])
         assert found, stderr
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["interrupted"] is True

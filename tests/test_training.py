@@ -13,13 +13,13 @@ import pytest
 
 from common.checkpoint import load_model
 from common.config import RunConfig
-from common.data import load_sequence_data
+from common.data.load import load_sequence_data
+from common.data.synthetic import synthetic_interactions
 from common.errors import ConfigError
 from common.evaluation import evaluate, model_scores
-from common.synthetic import synthetic_interactions
 from simulations.centralized import train_centralized
 
-TINY = {"model": "sasrec", "max-len": 10, "emb-dim": 16, "num-layers": 1, "dropout": 0.0,
+TINY = {"model": "sasrec", "max-len": 10, "train-windows": "all", "emb-dim": 16, "num-layers": 1, "dropout": 0.0,
         "batch-size": 32, "lr": 1e-2, "seed": 3, "eval-batch-size": 64}
 
 
@@ -73,7 +73,7 @@ def test_saved_model_reproduces_the_reported_metrics(trained):
     assert item_ids[0] == -1 and sorted(item_ids[1:]) == list(item_ids[1:])
     assert metadata["best_epoch"] == metrics["best_epoch"]
     assert metadata["run_config"] == config.to_flat()
-    again = evaluate(model_scores(model), data, "test", max_len=config.data.max_len, top_k=10)
+    again = evaluate(model_scores(model), data, "test", top_k=10)
     assert again == pytest.approx(metrics["test"])
 
 
@@ -213,3 +213,29 @@ def test_freed_tensor_memory_is_kept_for_the_next_step_and_released_after_the_pa
     assert applied is retained
     assert (dropped_on_free < 8) if retained else (dropped_on_free > 56)
     assert dropped_on_release > 56  # after a pass over the data the memory goes back to the OS
+
+
+NON_PRIVATE_PROBE = """
+import psutil, torch
+from common.allocator import retaining
+from common.models import ModelConfig, build_model
+from common.training import train_epoch
+model = build_model(ModelConfig("gru", num_items=20, max_len=5, emb_dim=8, hidden_dim=8, num_layers=1))
+batch = (torch.randint(1, 21, (4, 5)), torch.randint(1, 21, (4, 5)))
+train_epoch(model, [batch], torch.optim.SGD(model.parameters(), lr=0.1))  # ends with release_freed_memory()
+x = torch.ones(16 << 20)  # 64 MiB, above glibc's default mmap threshold
+before = psutil.Process().memory_info().rss
+del x
+print(retaining(), (before - psutil.Process().memory_info().rss) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc malloc tuning")
+def test_non_private_training_keeps_the_default_allocator():
+    """Retention is for DP-SGD only (measured: non-private steps are slower with it)."""
+    env = {**os.environ, "FEDSEQREC_RETAIN_MEMORY": "1"}
+    out = subprocess.run([sys.executable, "-c", NON_PRIVATE_PROBE], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "False"
+    assert float(out[1]) > 56  # freed at once: glibc's mmap threshold is untouched

@@ -1,3 +1,4 @@
-"""Privacy audits of finished runs: accounting re-checks, membership inference, canaries, update
-leakage and message contents. `common.audit.report.run_audit` ties them together; the canary
-generator and the message-recording mod are shared with data loading and the ClientApp."""
+"""Offline privacy audits of finished runs: accounting re-checks, membership inference, canaries,
+update leakage and the recorded message structures. `report.compute_audit` computes them,
+`render` writes audit.json / audit.md / plots. What runs during training lives elsewhere: the
+canary maker in common/canaries.py, the message-recording mod in client/message_audit.py."""

@@ -138,7 +138,8 @@ def audit_server_events(events: list, *, delta: float, recorded: float, adjacenc
             "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
             "failures": failures,
             "method": "Replay: the run's dp-accounting RDP (fixed: SampledWithoutReplacement, replace-one, z / 2; "
-                      "poisson: PoissonSampled, add/remove, z) on the recorded rounds [z_eff, m, N]. Independent: exact epsilon (privacy-loss distribution on a "
+                      "poisson: PoissonSampled, add/remove, z) on the recorded rounds [z_eff, m, N]. Independent: "
+                      "exact epsilon (privacy-loss distribution on a "
                       "grid, rounded down) of concrete replace-one neighbouring datasets under the mechanism as run "
                       "(common/audit/worst_pair.py); the true epsilon lies between the two."}
 

@@ -1,4 +1,4 @@
-"""Canary users and what the final model reveals about them.
+"""What the final model reveals about the canary users (made by common.canaries).
 
 A canary run inserts `canaries` random item sequences as extra users; each is included with
 probability 1/2, decided (like the sequences) by the run seed alone, so the audit regenerates
@@ -15,27 +15,9 @@ exactly which were trained on. The audit then
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-
-CANARY_STREAM = 0xCA4A  # keeps the canary RNG stream apart from every other use of the run seed
-
-
-@dataclass(frozen=True)
-class CanarySet:
-    sequences: np.ndarray  # (m, length) int64 item indices in 1..num_items
-    included: np.ndarray  # (m,) bool: trained on (probability 1/2 each)
-
-
-def make_canaries(num_items: int, count: int, length: int, seed: int) -> CanarySet:
-    """Deterministic in (num_items, count, length, seed): random distinct items per canary."""
-    rng = np.random.default_rng([seed, CANARY_STREAM])
-    sequences = np.stack([rng.choice(num_items, size=length, replace=length > num_items) + 1
-                          for _ in range(count)]) if count else np.zeros((0, length), dtype=np.int64)
-    included = rng.random(count) < 0.5
-    return CanarySet(sequences.astype(np.int64), included)
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:

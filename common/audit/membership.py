@@ -14,18 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.data.sequences import training_windows
 from common.models import SequenceRecommender
-from common.sequences import training_windows
 
 FPR_POINTS = (0.001, 0.01)
 
 
 @torch.no_grad()
-def sequence_scores(model: SequenceRecommender, sequences: list[np.ndarray], *, max_len: int,
+def sequence_scores(model: SequenceRecommender, sequences: list[np.ndarray], *,
                     batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Per sequence: mean next-item CE and mean log(1 + rank) of the next item over all of it."""
+    """Per sequence: mean next-item CE and mean log(1 + rank) of the next item over all of it (in
+    windows of the model's context length)."""
     model.eval()
-    inputs, targets, owners = training_windows(sequences, max_len, "all")
+    inputs, targets, owners = training_windows(sequences, model.config.max_len, "all")
     loss_sum, rank_sum, count = (np.zeros(len(sequences)) for _ in range(3))
     for start in range(0, len(inputs), batch_size):
         x = torch.as_tensor(inputs[start:start + batch_size])  # (B, T)
@@ -100,11 +101,11 @@ def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
 
 
 def membership_inference(model: SequenceRecommender, members: list[np.ndarray], nonmembers: list[np.ndarray], *,
-                         max_len: int, epsilon: float | None = None, delta: float | None = None,
+                         epsilon: float | None = None, delta: float | None = None,
                          bootstrap: int = 200, seed: int = 0) -> dict:
     """Both attacks on the given users' training sequences; `epsilon` (a DP run's claim) adds the bound."""
-    member = sequence_scores(model, members, max_len=max_len)
-    nonmember = sequence_scores(model, nonmembers, max_len=max_len)
+    member = sequence_scores(model, members)
+    nonmember = sequence_scores(model, nonmembers)
     result = {"members": len(members), "nonmembers": len(nonmembers), "attacks": {}, "curves": {}}
     for name in ("loss", "log_rank"):
         m, n = -member[name], -nonmember[name]  # higher = member

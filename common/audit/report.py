@@ -1,6 +1,7 @@
-"""`fedseqrec audit RUN_DIR`: run every audit that applies to a finished run; write audit.json,
-audit.md, roc.png and canary-scores.png. Anything that contradicts the run's privacy claim goes in
-the "failures" list (the CLI exits non-zero on failures only with --strict)."""
+"""`fedseqrec audit RUN_DIR`: compute every audit that applies to a finished run (`compute_audit`);
+`run_audit` also writes audit.json, audit.md, roc.png and canary-scores.png (common.audit.render).
+Anything that contradicts the run's privacy claim goes in the "failures" list (the CLI exits
+non-zero on failures only with --strict)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,21 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common.audit.accounting import audit_client_ledgers, audit_ftrl_trees, audit_server_events  # noqa: E402
-from common.privacy.randomness import REPRODUCIBLE  # noqa: E402
-from common.audit.canaries import audit_canaries, exposure, make_canaries  # noqa: E402
-from common.audit.membership import FPR_POINTS, dp_tpr_bound, membership_inference, sequence_scores  # noqa: E402
-from common.audit.messages import AUDIT_DIR, audit_messages  # noqa: E402
-from common.audit.update_leakage import update_leakage  # noqa: E402
-from common.checkpoint import load_model  # noqa: E402
-from common.config import RunConfig  # noqa: E402
-from common.data import load_sequence_data  # noqa: E402
-from common.errors import FedSeqRecError  # noqa: E402
-from common.partition import partition_users, run_canaries  # noqa: E402
+from common.audit.accounting import audit_client_ledgers, audit_ftrl_trees, audit_server_events
+from common.audit.canaries import audit_canaries, exposure
+from common.audit.membership import FPR_POINTS, membership_inference, sequence_scores
+from common.audit.messages import AUDIT_DIR, audit_messages
+from common.audit.render import write_audit_files
+from common.audit.update_leakage import update_leakage
+from common.canaries import make_canaries
+from common.checkpoint import load_model
+from common.config import RunConfig
+from common.data.load import load_sequence_data
+from common.errors import FedSeqRecError
+from common.partition import partition_users, run_canaries
+from common.privacy.randomness import REPRODUCIBLE
 
 EXPOSURE_CANDIDATES = 1000
 
@@ -44,6 +43,10 @@ def load_run(run_dir: Path):
     config = RunConfig.from_flat(flat, where=f"{run_dir} run config")
     privacy = json.loads((run_dir / "privacy.json").read_text()) if (run_dir / "privacy.json").exists() else None
     return model, config, privacy
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    return float(values.mean()) if len(values) else None
 
 
 def _sample(users: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,7 +109,6 @@ def membership_section(model, config: RunConfig, data, partition, privacy, users
     train = data.train_sequences()
     applies = _bound_applies_to_users(privacy)
     result = membership_inference(model, [train[u] for u in chosen], [train[u] for u in held],
-                                  max_len=config.data.max_len,
                                   epsilon=privacy["epsilon"] if applies else None,
                                   delta=privacy["delta"] if applies else None)
     result["dp_bound_applies"] = applies
@@ -129,16 +131,16 @@ def canary_section(model, config: RunConfig, data, privacy, k: int, seed: int) -
         return {"skipped": "the run inserted no canaries (canaries = 0)"}
     canaries = run_canaries(data.num_items, fed, config.train.seed)
     train = [s[:-2] for s in canaries.sequences]
-    loss = sequence_scores(model, train, max_len=config.data.max_len)["loss"]
+    loss = sequence_scores(model, train)["loss"]
     delta = privacy["delta"] if privacy else 1.0 / data.num_users
     result = audit_canaries(-loss, canaries.included, k=k or max(1, fed.canaries // 4), delta=delta)
     candidates = make_canaries(data.num_items, EXPOSURE_CANDIDATES, fed.canary_length, seed + 1).sequences
-    candidate_loss = sequence_scores(model, [s[:-2] for s in candidates], max_len=config.data.max_len)["loss"]
+    candidate_loss = sequence_scores(model, [s[:-2] for s in candidates])["loss"]
     exposures = exposure(loss, candidate_loss)
     result.update({"loss": loss.tolist(), "included_mask": canaries.included.tolist(),
                    "exposure": {"candidates": EXPOSURE_CANDIDATES, "max_possible": math.log2(EXPOSURE_CANDIDATES + 1),
-                                "mean_included": float(exposures[canaries.included].mean()) if canaries.included.any() else None,
-                                "mean_excluded": float(exposures[~canaries.included].mean()) if (~canaries.included).any() else None},
+                                "mean_included": _mean_or_none(exposures[canaries.included]),
+                                "mean_excluded": _mean_or_none(exposures[~canaries.included])},
                    "failures": []})
     one_sample = config.privacy.dp_mode == "server" or fed.canary_length - 2 <= config.data.max_len + 1
     result["dp_claim_covers_canary"] = privacy is not None and one_sample
@@ -159,103 +161,9 @@ def leakage_section(model, config: RunConfig, data, partition, privacy, users: i
                           seed=config.train.seed)
 
 
-def _plot_roc(path: Path, membership: dict) -> None:
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, curve in membership["curves"].items():
-        auc = membership["attacks"][name]["auc"]["value"]
-        ax.plot(np.maximum(curve["fpr"], 1e-4), np.maximum(curve["tpr"], 1e-4), label=f"{name} (AUC {auc:.3f})")
-    grid = np.logspace(-4, 0, 200)
-    ax.plot(grid, grid, linestyle=":", color="grey", label="chance")
-    if "dp_bound" in membership:
-        bound = membership["dp_bound"]
-        ax.plot(grid, np.maximum(dp_tpr_bound(grid, bound["epsilon"], bound["delta"]), 1e-4), linestyle="--",
-                color="black", label=f"({bound['epsilon']:.2g}, {bound['delta']:.1e})-DP bound")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(1e-4, 1)
-    ax.set_ylim(1e-4, 1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"user membership inference ({membership['members']} vs {membership['nonmembers']})")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_canaries(path: Path, canaries: dict) -> None:
-    loss, included = np.array(canaries["loss"]), np.array(canaries["included_mask"], dtype=bool)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(loss.min(), loss.max() + 1e-9, 20)
-    ax.hist(loss[included], bins=bins, alpha=0.6, label=f"included ({included.sum()})")
-    ax.hist(loss[~included], bins=bins, alpha=0.6, label=f"excluded ({(~included).sum()})")
-    ax.set_xlabel("final model's loss on the canary (lower = looks trained on)")
-    ax.set_ylabel("canaries")
-    ax.set_title(f"canaries: {canaries['correct']}/{canaries['guesses']} guesses right, "
-                 f"epsilon >= {canaries['epsilon_lower_bound']:.2f} (95%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _markdown(report: dict) -> str:
-    lines = ["# Privacy audit", "", f"- Run: `{report['run_dir']}`",
-             f"- DP mode: {report['dp_mode']}; claimed epsilon: {report['claimed_epsilon']}, "
-             f"delta: {report['delta']}; unit: {report.get('unit_of_privacy')}; adjacency: {report.get('adjacency')}",
-             f"- DP noise and sampling: {report.get('noise_randomness')}",
-             f"- Failures: {len(report['failures'])}"]
-    lines += [f"  - **FAIL**: {f}" for f in report["failures"]]
-    acc = report["accounting"]
-    lines += ["", "## 1. Accounting recomputed", ""]
-    if "skipped" in acc:
-        lines.append(f"Skipped: {acc['skipped']}")
-    else:
-        lines.append(f"Recorded epsilon {acc['recorded_epsilon']:.4f}; recomputed: " +
-                     ", ".join(f"{k} {v:.4f}" for k, v in acc["epsilon"].items()) + ".")
-        lines.append(f"Method: {acc['method']}")
-    mia = report["membership"]
-    lines += ["", "## 2. Membership inference on users", ""]
-    if "skipped" in mia:
-        lines.append(f"Skipped: {mia['skipped']}")
-    else:
-        lines += [f"{mia['members']} members vs {mia['nonmembers']} holdout users; 95% bootstrap intervals.", "",
-                  "| score | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR |", "|---|---|---|---|"]
-        for name, a in mia["attacks"].items():
-            cells = [f"{a[m]['value']:.3f} [{a[m]['ci95'][0]:.3f}, {a[m]['ci95'][1]:.3f}]"
-                     for m in ("auc", "tpr_at_0.001_fpr", "tpr_at_0.01_fpr")]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        if "dp_bound" in mia:
-            lines.append(f"\nDP bound on TPR: {mia['dp_bound']['tpr_at_fpr']} (roc.png)")
-    can = report["canaries"]
-    lines += ["", "## 3. Canaries", ""]
-    if "skipped" in can:
-        lines.append(f"Skipped: {can['skipped']}")
-    else:
-        lines += [f"{can['canaries']} canaries ({can['included']} included); {can['k_in']} guessed IN, "
-                  f"{can['k_out']} OUT: {can['correct']}/{can['guesses']} correct.",
-                  f"Empirical epsilon lower bound (95%, delta {can['delta']:.2e}): **{can['epsilon_lower_bound']:.3f}**"
-                  + (f" vs claimed {report['claimed_epsilon']:.3f}" if report["claimed_epsilon"] is not None else ""),
-                  f"Exposure (max {can['exposure']['max_possible']:.2f} bits): included "
-                  f"{can['exposure']['mean_included']}, excluded {can['exposure']['mean_excluded']}"]
-    leak = report["update_leakage"]
-    lines += ["", "## 4. Item leakage from one client's update", "",
-              f"{leak['users']} users; z = {leak['noise_multiplier']}, C = {leak['clipping_norm']}, "
-              f"per-sample C = {leak['max_grad_norm']}; random guessing precision {leak['random_guess_precision']:.3f}.", "",
-              "| setting | precision | recall | items predicted |", "|---|---|---|---|"]
-    lines += [f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['predicted']:.1f} |"
-              for name, v in leak["settings"].items()]
-    msg = report["messages"]
-    lines += ["", "## 5. Messages clients sent", ""]
-    lines.append(f"Skipped: {msg['skipped']}" if "skipped" in msg else
-                 f"{msg['messages']} replies in {msg['files']} files ({msg['by_type']}); "
-                 f"{len(msg['failures'])} violations of the whitelist.")
-    return "\n".join(lines) + "\n"
-
-
-def run_audit(run_dir: Path, *, canary_guesses: int = 0, users: int = 500, leakage_users: int = 10,
-              seed: int = 0) -> dict:
+def compute_audit(run_dir: Path, *, canary_guesses: int = 0, users: int = 500, leakage_users: int = 10,
+                  seed: int = 0) -> dict:
+    """Every section of the audit of a finished run, as plain data (rendered by common.audit.render)."""
     run_dir = Path(run_dir)
     model, config, privacy = load_run(run_dir)
     data = load_sequence_data(config.data)
@@ -276,31 +184,13 @@ def run_audit(run_dir: Path, *, canary_guesses: int = 0, users: int = 500, leaka
                           else {"skipped": "no recorded messages (run with audit-messages = true)"})
     report["failures"] = [f for key in ("accounting", "membership", "canaries", "messages")
                           for f in report[key].get("failures", [])]
-    (run_dir / "audit.json").write_text(json.dumps(report, indent=2))
-    (run_dir / "audit.md").write_text(_markdown(report))
-    if "curves" in report["membership"]:
-        _plot_roc(run_dir / "roc.png", report["membership"])
-    if "loss" in report["canaries"]:
-        _plot_canaries(run_dir / "canary-scores.png", report["canaries"])
     return report
 
 
-def summary_lines(report: dict) -> list[str]:
-    lines = [f"audit of {report['run_dir']} (dp-mode {report['dp_mode']}, claimed epsilon {report['claimed_epsilon']})"]
-    acc = report["accounting"]
-    if "epsilon" in acc:
-        lines.append("  accounting: " + ", ".join(f"{k} {v:.3f}" for k, v in acc["epsilon"].items()))
-    mia = report["membership"]
-    if "attacks" in mia:
-        lines.append("  membership AUC: " + ", ".join(f"{k} {a['auc']['value']:.3f}" for k, a in mia["attacks"].items()))
-    can = report["canaries"]
-    if "epsilon_lower_bound" in can:
-        lines.append(f"  canaries: {can['correct']}/{can['guesses']} correct, epsilon >= {can['epsilon_lower_bound']:.3f}")
-    leak = report["update_leakage"]["settings"]
-    lines.append("  update leakage precision/recall: " +
-                 ", ".join(f"{k} {v['precision']:.2f}/{v['recall']:.2f}" for k, v in leak.items()))
-    if "messages" in report["messages"]:
-        lines.append(f"  messages: {report['messages']['messages']} checked, "
-                     f"{len(report['messages']['failures'])} violations")
-    lines.append(f"  failures: {len(report['failures'])}" + "".join(f"\n    FAIL {f}" for f in report["failures"]))
-    return lines
+def run_audit(run_dir: Path, **options) -> dict:
+    """Compute the audit (`compute_audit` options) and write audit.json, audit.md and its plots."""
+    report = compute_audit(run_dir, **options)
+    write_audit_files(Path(run_dir), report)
+    return report
+
+

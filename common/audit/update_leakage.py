@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from common.config import RunConfig
+from common.data.sequences import SequenceData
 from common.federated import local_train
 from common.privacy.ledger import PrivacyLedger
-from common.sequences import SequenceData
 
 ITEM_TABLE = "item_emb.weight"
 

@@ -19,9 +19,9 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import RunConfig
+from common.data.sequences import SequenceData, training_windows
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.mechanism import dpsgd_unit
-from common.sequences import SequenceData, training_windows
 from common.training import StepOptions, train_epoch
 
 

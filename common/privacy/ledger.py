@@ -36,7 +36,7 @@ class PrivacyLedger:
         accountant.history = [tuple(entry) for entry in self.history]
         return float(accountant.get_epsilon(delta=delta))
 
-    def projected(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> "PrivacyLedger":
+    def projected(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> PrivacyLedger:
         copy = PrivacyLedger(self.accountant, list(self.history))
         copy.record(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         return copy
@@ -45,7 +45,7 @@ class PrivacyLedger:
         return {"accountant": self.accountant, "history": [list(entry) for entry in self.history]}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "PrivacyLedger":
+    def from_state_dict(cls, state: dict) -> PrivacyLedger:
         return cls(state["accountant"], [(float(z), float(q), int(s)) for z, q, s in state["history"]])
 
     def save(self, path: Path) -> None:
@@ -56,7 +56,7 @@ class PrivacyLedger:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path, accountant: str) -> "PrivacyLedger":
+    def load(cls, path: Path, accountant: str) -> PrivacyLedger:
         path = Path(path)
         if not path.exists():
             return cls(accountant)

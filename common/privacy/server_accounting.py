@@ -22,8 +22,14 @@ from dp_accounting import rdp
 # rates and drops that order; the epsilon from the other orders is still a valid upper bound.
 absl_logging.set_verbosity(absl_logging.ERROR)
 
-from common.privacy.mechanism import (ADD_OR_REMOVE_ONE, REPLACE_ONE, REPLACE_WITH_ZERO, SERVER_DPFTRL,
-                                      accountant_noise_multiplier, server_facts)
+from common.privacy.mechanism import (  # noqa: E402 - after the absl set-up above, as before
+    ADD_OR_REMOVE_ONE,
+    REPLACE_ONE,
+    REPLACE_WITH_ZERO,
+    SERVER_DPFTRL,
+    accountant_noise_multiplier,
+    server_facts,
+)
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
 RELATIONS = {REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from common.interactions import ITEM, TIME, USER
+from common.data.interactions import ITEM, TIME, USER
 
 
 def synthetic_interactions(num_users: int = 500, num_items: int = 200, *, mean_length: int = 30,

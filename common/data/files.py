@@ -61,17 +61,6 @@ def resolve_interactions(name: str, data_dir: str = "", download: bool = True) -
     return download_movielens(name, cache_dir()) / spec.candidates[-1]
 
 
-def resolve_items_file(name: str, data_dir: str = "") -> Path | None:
-    """Item metadata file (titles, genres) for a named dataset, if present locally."""
-    if name not in MOVIELENS:
-        return None
-    for base in search_dirs(data_dir):
-        path = base / name / MOVIELENS[name].items_file
-        if path.exists():
-            return path
-    return None
-
-
 def md5sum(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from common.data.interactions import ITEM, TIME, USER
 from common.errors import DataError
-from common.interactions import ITEM, TIME, USER
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SequenceData:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def subset(self, users: np.ndarray) -> "SequenceData":
+    def subset(self, users: np.ndarray) -> SequenceData:
         """The same catalogue, restricted to some users (a client's partition)."""
         users = np.asarray(users, dtype=np.int64)
         parts = [self.sequence(u) for u in users]
@@ -71,7 +71,7 @@ class SequenceData:
                  item_ids=self.item_ids)
 
     @classmethod
-    def load(cls, path) -> "SequenceData":
+    def load(cls, path) -> SequenceData:
         with np.load(path) as z:
             return cls(z["items"], z["offsets"], z["user_ids"], z["item_ids"], {})
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from common.config import DataSettings
-from common.datasets import MOVIELENS, cache_dir, resolve_interactions
-from common.interactions import Columns, load_interactions
-from common.sequences import SequenceData, build_sequences
-from common.synthetic import synthetic_interactions
+from common.data.files import MOVIELENS, cache_dir, resolve_interactions
+from common.data.interactions import Columns, load_interactions
+from common.data.sequences import SequenceData, build_sequences
+from common.data.synthetic import synthetic_interactions
 
 
 def interactions_path(settings: DataSettings) -> Path | None:
