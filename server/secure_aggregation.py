@@ -78,7 +78,8 @@ def secure_mean(grid: Grid, config: RunConfig, server_round: int, arrays: ArrayR
                                   clipping_range=fed.secagg_clip_range,
                                   # weights (users per node) are scaled by 1/max_weight before quantisation:
                                   # the smallest bound that holds keeps the most precision
-                                  max_weight=float(fed.clients_per_round * (2 if fed.user_sampling == "poisson" else 1)),
+                                  max_weight=float(fed.clients_per_round
+                                                   * (2 if fed.user_sampling == "poisson" else 1)),
                                   timeout=timeout)
     workflow(grid, legacy)
     if not strategy.results:

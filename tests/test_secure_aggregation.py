@@ -10,8 +10,8 @@ import torch
 from common.checkpoint import load_model
 from common.config import RunConfig
 from common.errors import ConfigError
+from tests.conftest import _run
 from tests.test_cohort import COHORT
-from tests.test_federation import _run
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
@@ -58,19 +58,19 @@ def test_user_level_dp_fedavg_through_secagg(cache, tmp_path):
 def test_secagg_with_user_level_dp_in_a_loopback_deployment(tmp_path, monkeypatch):
     """Two real SuperNodes (TLS, node auth) whose devices clip each user's update; SecAgg+ sums them,
     and the server adds the DP noise to that sum: it never sees one device's update."""
-    from common.synthetic import synthetic_interactions
-    from simulations.deploy import DeploymentError, LoopbackDeployment, nodes_from_partition
+    from common.data.synthetic import synthetic_interactions
     from simulations.deployment_data import write_node_files
-    from simulations.federate import project_defaults
+    from simulations.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
     monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
     data_file = tmp_path / "interactions.csv"
     synthetic_interactions(2, 40, seed=0).to_csv(data_file, index=False)  # one user per device
-    run_config = {"min-item-count": 1, "model": "sasrec", "emb-dim": 16, "num-layers": 1, "max-len": 20, "dropout": 0.0, "num-threads": 1,
+    run_config = {"min-item-count": 1, "model": "sasrec", "emb-dim": 16, "num-layers": 1, "max-len": 20,
+                  "dropout": 0.0, "num-threads": 1,
                   "partition": "user", "train-windows": "last", "cohort-engine": True, "local-optimizer": "sgd",
                   "local-lr": 1.0, "strategy": "fedavg", "num-server-rounds": 2, "clients-per-round": 2,
                   "secure-aggregation": True, "dp-mode": "server", "noise-multiplier": 0.5, "clipping-norm": 1.0,
                   "data": str(data_file), "out-dir": str(tmp_path / "run"), "seed": 7}
-    config = RunConfig.from_flat({**project_defaults(), **run_config}, where="test")
+    config = RunConfig.from_flat(run_config, where="test")
     write_node_files(config, tmp_path / "partition", 2)
     nodes = nodes_from_partition(tmp_path / "partition", tmp_path / "work")
     run_config.update({"data": str(tmp_path / "not-on-the-server.csv"), "federated-evaluation": True,
