@@ -54,7 +54,7 @@ def train_chunks(config: RunConfig, local: SequenceData, chunks: list[tuple[int,
     users, loss_sum, clipped = 0, 0.0, 0
     for index, rows in chunks:
         torch.manual_seed(client_seed(config.train.seed, server_round, index))  # dropout: fixed per chunk
-        inputs, targets = user_windows(local, rows, config.data.max_len)
+        inputs, targets = user_windows(local, rows, model.config.max_len)
         result = cohort_update(model, inputs, targets, recipe)
         for k in total:
             total[k] += result.update_sum[k]
@@ -81,7 +81,7 @@ def evaluate_users(config: RunConfig, local: SequenceData, rows: np.ndarray, glo
     cut = 2 if split == "validation" else 1
     sequences = [local.sequence(int(r)) for r in rows]
     histories, targets = [s[:-cut] for s in sequences], np.array([s[-cut] for s in sequences], dtype=np.int64)
-    ranks, _ = rank_targets(model_scores(model), histories, targets, max_len=config.data.max_len,
+    ranks, _ = rank_targets(model_scores(model), histories, targets,
                             num_items=local.num_items, top_k=config.train.top_k, mask_seen=config.train.mask_seen,
                             batch_size=config.train.eval_batch_size)
     return {**ranking_metrics(ranks, config.train.top_k), "num-examples": len(rows)}
