@@ -58,7 +58,7 @@ def _chunks(round_config) -> list[tuple[int, list[int]]]:
     """[(chunk index, client keys)] that the server dealt this simulated node."""
     keys, out, start = list(round_config["chunk-keys"]), [], 0
     for index, size in zip(round_config["chunk-ids"], round_config["chunk-sizes"]):
-        out.append((int(index), keys[start:start + int(size)]))
+        out.append((int(index), keys[start : start + int(size)]))
         start += int(size)
     return out
 
@@ -72,7 +72,7 @@ def _cohort_users(round_config, config: RunConfig, node_config) -> tuple:
     local, rows = cohort_data(config, node_config, [key for _, keys in chunks for key in keys])
     out, start = [], 0
     for index, keys in chunks:
-        out.append((index, rows[start:start + len(keys)]))
+        out.append((index, rows[start : start + len(keys)]))
         start += len(keys)
     return local, out
 
@@ -84,8 +84,10 @@ def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
     local, chunks = _cohort_users(round_config, config, context.node_config)
     if config.privacy.dp_mode == "server" and not is_simulated(context.node_config) and local.num_users != 1:
         # The server's divisor (expected cohort) and its accounting count devices as users.
-        raise DataError(f"this device holds {local.num_users} users; user-level DP on the cohort engine needs "
-                        "exactly one user per device (split the data with one user per node)")
+        raise DataError(
+            f"this device holds {local.num_users} users; user-level DP on the cohort engine needs "
+            "exactly one user per device (split the data with one user per node)"
+        )
     server_round = int(round_config["server-round"])
     refused = 0
     if config.privacy.dp_mode == "server" and config.privacy.server_mechanism == "dp-ftrl":
@@ -124,10 +126,18 @@ def train(msg: Message, context: Context) -> Message:
     expected_rounds = float(round_config.get("expected-rounds", config.federation.num_server_rounds))
     # a device never takes seed-derived DP noise, whatever the server's config says
     reproducible = config.privacy.reproducible_dp_noise and is_simulated(context.node_config)
-    result = local_train(config, local, msg.content["arrays"].to_torch_state_dict(),
-                         server_round=int(round_config["server-round"]), client=key,
-                         proximal_mu=float(round_config.get("proximal-mu", 0.0)), ledger=ledger, limits=limits,
-                         expected_rounds=expected_rounds, reproducible_dp_noise=reproducible)
+    result = local_train(
+        config,
+        local,
+        msg.content["arrays"].to_torch_state_dict(),
+        server_round=int(round_config["server-round"]),
+        client=key,
+        proximal_mu=float(round_config.get("proximal-mu", 0.0)),
+        ledger=ledger,
+        limits=limits,
+        expected_rounds=expected_rounds,
+        reproducible_dp_noise=reproducible,
+    )
     if ledger is not None:
         ledger.save(path)  # durable: survives restarts of the node or the simulation
     return _reply(msg, result.metrics, result.arrays)

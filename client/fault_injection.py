@@ -78,8 +78,9 @@ def fault_injection_mod(msg: Message, context: Context, call_next) -> Message:
     global_arrays = msg.content["arrays"].to_torch_state_dict()
     if fed.sim_attack == "promote":
         local = load_local_data(config, context.node_config)
-        result = local_train(config, fake_users(local, fed.sim_target_item, seed), global_arrays,
-                             server_round=server_round, client=key)
+        result = local_train(
+            config, fake_users(local, fed.sim_target_item, seed), global_arrays, server_round=server_round, client=key
+        )
         arrays, metrics = result.arrays, result.metrics
     else:
         reply = call_next(msg, context)
@@ -93,14 +94,17 @@ def fault_injection_mod(msg: Message, context: Context, call_next) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(metrics), "arrays": ArrayRecord(out)}), reply_to=msg)
 
 
-def drop_cohort_users(config: RunConfig, round_config, chunks: list[tuple[int, np.ndarray]],
-                      server_round: int) -> tuple[list[tuple[int, np.ndarray]], int]:
+def drop_cohort_users(
+    config: RunConfig, round_config, chunks: list[tuple[int, np.ndarray]], server_round: int
+) -> tuple[list[tuple[int, np.ndarray]], int]:
     """Cohort engine: each simulated user of the round drops out with probability sim-dropout."""
     share, seed = config.federation.sim_dropout, config.train.seed
     keys = [int(k) for k in round_config["chunk-keys"]]
     kept, lost, start = [], 0, 0
     for index, rows in chunks:
-        stay = np.array([not dropped(seed, server_round, k, share) for k in keys[start:start + len(rows)]], dtype=bool)
+        stay = np.array(
+            [not dropped(seed, server_round, k, share) for k in keys[start : start + len(rows)]], dtype=bool
+        )
         start += len(rows)
         lost += int((~stay).sum())
         kept.append((index, rows[stay]))

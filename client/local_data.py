@@ -27,8 +27,10 @@ def _device_data(data_path: str, catalogue_path: str, columns: Columns) -> Seque
     try:
         item_ids = np.asarray(json.loads(Path(catalogue_path).read_text()), dtype=np.int64)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{catalogue_path}: cannot read the item catalogue ({exc}); it must be a JSON list "
-                        "of original item IDs written by `fedseqrec partition`") from exc
+        raise DataError(
+            f"{catalogue_path}: cannot read the item catalogue ({exc}); it must be a JSON list "
+            "of original item IDs written by `fedseqrec partition`"
+        ) from exc
     return sequences_for_catalogue(load_interactions(data_path, columns), item_ids, source=data_path)
 
 
@@ -48,8 +50,10 @@ def is_simulated(node_config: dict) -> bool:
 def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:
     if "data-path" in node_config:
         if "catalogue-path" not in node_config:
-            raise DataError("node config has data-path but no catalogue-path; give the federation's "
-                            "item catalogue (written by `fedseqrec partition`)")
+            raise DataError(
+                "node config has data-path but no catalogue-path; give the federation's "
+                "item catalogue (written by `fedseqrec partition`)"
+            )
         columns = Columns(config.data.user_col, config.data.item_col, config.data.time_col)
         local = _device_data(str(node_config["data-path"]), str(node_config["catalogue-path"]), columns)
         where = str(node_config["data-path"])
@@ -57,14 +61,17 @@ def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:
         partitioning = cached_partitioning(config.data, config.federation, config.train.seed)
         pid = int(node_config["partition-id"])
         if pid >= partitioning.num_clients:
-            raise DataError(f"partition-id {pid} but the run has {partitioning.num_clients} clients "
-                            f"(partition = {config.federation.partition}); start the simulation with "
-                            f"num-supernodes = {partitioning.num_clients}")
+            raise DataError(
+                f"partition-id {pid} but the run has {partitioning.num_clients} clients "
+                f"(partition = {config.federation.partition}); start the simulation with "
+                f"num-supernodes = {partitioning.num_clients}"
+            )
         local = cached_population(config.data, config.federation, config.train.seed).subset(partitioning.clients[pid])
         where = f"partition {pid}"
     else:
-        raise DataError("node config names no data: set partition-id (simulation) or data-path and "
-                        "catalogue-path (deployment)")
+        raise DataError(
+            "node config names no data: set partition-id (simulation) or data-path and catalogue-path (deployment)"
+        )
     check_local_data(local, where)
     return local
 
@@ -78,7 +85,8 @@ def cohort_data(config: RunConfig, node_config: dict, chunk_keys: list[int] | No
     partitioning = cached_partitioning(config.data, config.federation, config.train.seed)
     keys = np.asarray(chunk_keys or [], dtype=np.int64)
     if len(keys) and (keys.min() < 0 or keys.max() >= partitioning.num_clients):
-        raise DataError(f"cohort users {keys.min()}..{keys.max()} outside the run's {partitioning.num_clients} "
-                        "one-user clients")
+        raise DataError(
+            f"cohort users {keys.min()}..{keys.max()} outside the run's {partitioning.num_clients} one-user clients"
+        )
     rows = np.array([partitioning.clients[k][0] for k in keys], dtype=np.int64)
     return cached_population(config.data, config.federation, config.train.seed), rows

@@ -28,12 +28,15 @@ def message_structure(reply: Message) -> dict:
         return row
     content = reply.content
     for name, record in content.array_records.items():
-        row["records"][name] = {"kind": "arrays",
-                                "arrays": {key: {"shape": list(array.shape), "dtype": str(array.dtype)}
-                                                             for key, array in record.items()}}
+        row["records"][name] = {
+            "kind": "arrays",
+            "arrays": {key: {"shape": list(array.shape), "dtype": str(array.dtype)} for key, array in record.items()},
+        }
     for name, record in content.metric_records.items():
-        row["records"][name] = {"kind": "metrics", "metrics": {key: type(value).__name__
-                                                               for key, value in record.items()}}
+        row["records"][name] = {
+            "kind": "metrics",
+            "metrics": {key: type(value).__name__ for key, value in record.items()},
+        }
     for name, record in content.config_records.items():
         row["records"][name] = {"kind": "config", "keys": {key: type(value).__name__ for key, value in record.items()}}
     return row

@@ -42,8 +42,9 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 
 
 class OnDeviceRecommender:
-    def __init__(self, session: ort.InferenceSession, metadata: dict, item_ids: np.ndarray,
-                 popularity: np.ndarray | None):
+    def __init__(
+        self, session: ort.InferenceSession, metadata: dict, item_ids: np.ndarray, popularity: np.ndarray | None
+    ):
         self.session = session
         self.metadata = metadata
         self.max_len = int(metadata["max_len"])
@@ -102,13 +103,18 @@ class OnDeviceRecommender:
             scores, source = self.popularity[1:], "popularity"  # (N,)
         else:
             inputs = np.zeros((1, self.max_len), dtype=np.int64)  # (1, L) left-padded
-            tail = indices[-self.max_len:]
-            inputs[0, self.max_len - len(tail):] = tail
+            tail = indices[-self.max_len :]
+            inputs[0, self.max_len - len(tail) :] = tail
             scores = self.scores(inputs)[0]  # (N,) float32
             source = "model" if len(indices) else "model-empty-history"
         top = top_k(scores, exclude=indices - 1, k=k)
-        return Recommendation(items=[int(i) for i in self.item_ids[top + 1]], scores=[float(s) for s in scores[top]],
-                              source=source, unknown=unknown, truncated=max(0, len(indices) - self.max_len))
+        return Recommendation(
+            items=[int(i) for i in self.item_ids[top + 1]],
+            scores=[float(s) for s in scores[top]],
+            source=source,
+            unknown=unknown,
+            truncated=max(0, len(indices) - self.max_len),
+        )
 
 
 def top_k(scores: np.ndarray, *, exclude: np.ndarray, k: int) -> np.ndarray:

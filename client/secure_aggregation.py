@@ -29,14 +29,22 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message
         names = list(config[ARRAY_NAMES])
         arrays = legacy.content.array_records["fitins.parameters"]
         start = {name: array for name, array in zip(names, arrays.values())}
-        legacy.content = RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord(
-            {k: v for k, v in config.items() if k != ARRAY_NAMES})})
+        legacy.content = RecordDict(
+            {
+                "arrays": ArrayRecord(start),
+                "config": ConfigRecord({k: v for k, v in config.items() if k != ARRAY_NAMES}),
+            }
+        )
         reply = call_next(legacy, ctx)
         metrics = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
         trained = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord(start)
         weight = int(metrics.get("num-examples", 0)) if "arrays" in reply.content else 0
-        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([trained[name].numpy() for name in names]),
-                        weight, {k: v for k, v in metrics.items() if k != "num-examples"})
+        fitres = FitRes(
+            Status(Code.OK, ""),
+            ndarrays_to_parameters([trained[name].numpy() for name in names]),
+            weight,
+            {k: v for k, v in metrics.items() if k != "num-examples"},
+        )
         reply.content = compat.fitres_to_recorddict(fitres, keep_input=True)
         return reply
 

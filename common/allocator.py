@@ -41,8 +41,11 @@ def retain_freed_memory() -> bool:
     if os.environ.get("FEDSEQREC_RETAIN_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     libc = _glibc()
-    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, RETAIN_LIMIT)) \
+    return (
+        libc is not None
+        and bool(libc.mallopt(M_MMAP_THRESHOLD, RETAIN_LIMIT))
         and bool(libc.mallopt(M_TRIM_THRESHOLD, RETAIN_LIMIT))
+    )
 
 
 def retaining() -> bool:

@@ -22,7 +22,10 @@ class CanarySet:
 def make_canaries(num_items: int, count: int, length: int, seed: int) -> CanarySet:
     """Deterministic in (num_items, count, length, seed): random distinct items per canary."""
     rng = np.random.default_rng([seed, CANARY_STREAM])
-    sequences = np.stack([rng.choice(num_items, size=length, replace=length > num_items) + 1
-                          for _ in range(count)]) if count else np.zeros((0, length), dtype=np.int64)
+    sequences = (
+        np.stack([rng.choice(num_items, size=length, replace=length > num_items) + 1 for _ in range(count)])
+        if count
+        else np.zeros((0, length), dtype=np.int64)
+    )
     included = rng.random(count) < 0.5
     return CanarySet(sequences.astype(np.int64), included)

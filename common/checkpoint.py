@@ -23,9 +23,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_model(path: Path, model: SequenceRecommender, item_ids: np.ndarray, **metadata: Any) -> None:
-    atomic_torch_save({"model_config": dataclasses.asdict(model.config),
-                       "arrays": {k: v.detach().cpu() for k, v in model.arrays().items()},
-                       "item_ids": torch.as_tensor(item_ids), "metadata": metadata}, path)
+    atomic_torch_save(
+        {
+            "model_config": dataclasses.asdict(model.config),
+            "arrays": {k: v.detach().cpu() for k, v in model.arrays().items()},
+            "item_ids": torch.as_tensor(item_ids),
+            "metadata": metadata,
+        },
+        path,
+    )
 
 
 def load_model(path: Path) -> tuple[SequenceRecommender, np.ndarray, dict]:

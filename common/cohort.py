@@ -41,8 +41,9 @@ class CohortResult:
     clipped: int = 0  # users whose update was scaled down by `clip`
 
 
-def user_loss(model: SequenceRecommender, params: dict[str, torch.Tensor], inputs: torch.Tensor,
-              targets: torch.Tensor) -> torch.Tensor:
+def user_loss(
+    model: SequenceRecommender, params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Mean next-item cross-entropy of one user's windows (W, T); target 0 = no prediction.
 
     Shape-static (no boolean indexing), so it vmaps over users; equal to `common.losses` "ce"."""
@@ -53,8 +54,9 @@ def user_loss(model: SequenceRecommender, params: dict[str, torch.Tensor], input
     return per_window.mean()
 
 
-def cohort_update(model: SequenceRecommender, inputs: torch.Tensor, targets: torch.Tensor,
-                  recipe: LocalRecipe) -> CohortResult:
+def cohort_update(
+    model: SequenceRecommender, inputs: torch.Tensor, targets: torch.Tensor, recipe: LocalRecipe
+) -> CohortResult:
     """Local updates of U users from the model's current (global) weights; inputs/targets (U, W, T).
 
     Dropout masks come from torch's global RNG: seed it before calling for a reproducible result."""
@@ -82,8 +84,11 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
     base = {k: p.detach() for k, p in model.named_parameters()}
     U = len(inputs)
     params = {k: v.unsqueeze(0).repeat(U, *([1] * v.dim())) for k, v in base.items()}  # (U, ...)
-    moments = ({k: torch.zeros_like(v) for k, v in params.items()},
-               {k: torch.zeros_like(v) for k, v in params.items()}) if recipe.optimizer == "adam" else None
+    moments = (
+        ({k: torch.zeros_like(v) for k, v in params.items()}, {k: torch.zeros_like(v) for k, v in params.items()})
+        if recipe.optimizer == "adam"
+        else None
+    )
     grads_and_loss = vmap(grad_and_value(lambda p, x, y: user_loss(model, p, x, y)), randomness="different")
     first_loss = 0.0
     for step in range(1, recipe.steps + 1):
@@ -109,11 +114,11 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
 def _adam(params, grads, moments, step: int, recipe: LocalRecipe):
     first, second = moments
     b1, b2 = recipe.betas
-    correction = math.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+    correction = math.sqrt(1 - b2**step) / (1 - b1**step)
     out = {}
     for k in params:
         first[k].mul_(b1).add_(grads[k], alpha=1 - b1)
         second[k].mul_(b2).addcmul_(grads[k], grads[k], value=1 - b2)
-        denominator = second[k].sqrt() + recipe.eps * math.sqrt(1 - b2 ** step)
+        denominator = second[k].sqrt() + recipe.eps * math.sqrt(1 - b2**step)
         out[k] = params[k] - recipe.lr * correction * first[k] / denominator
     return out

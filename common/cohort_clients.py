@@ -42,8 +42,13 @@ def user_windows(local: SequenceData, rows: np.ndarray, max_len: int) -> tuple[t
     return torch.as_tensor(inputs).unsqueeze(1), torch.as_tensor(targets).unsqueeze(1)
 
 
-def train_chunks(config: RunConfig, local: SequenceData, chunks: list[tuple[int, np.ndarray]],
-                 global_arrays: dict[str, torch.Tensor], server_round: int) -> LocalResult:
+def train_chunks(
+    config: RunConfig,
+    local: SequenceData,
+    chunks: list[tuple[int, np.ndarray]],
+    global_arrays: dict[str, torch.Tensor],
+    server_round: int,
+) -> LocalResult:
     """Users' local updates, chunk by chunk; `chunks` = [(chunk index, rows of `local`)]."""
     model = model_for(config, local.num_items)
     model.load_arrays(global_arrays)
@@ -67,13 +72,15 @@ def train_chunks(config: RunConfig, local: SequenceData, chunks: list[tuple[int,
     for k in names:
         if k in arrays:
             arrays[k] = global_arrays[k] + total[k] / users
-    return LocalResult(arrays, {"train-loss": loss_sum / users, "num-examples": users, "users": users,
-                                "clipped": clipped})
+    return LocalResult(
+        arrays, {"train-loss": loss_sum / users, "num-examples": users, "users": users, "clipped": clipped}
+    )
 
 
 @torch.no_grad()
-def evaluate_users(config: RunConfig, local: SequenceData, rows: np.ndarray, global_arrays: dict[str, torch.Tensor],
-                   split: str) -> dict:
+def evaluate_users(
+    config: RunConfig, local: SequenceData, rows: np.ndarray, global_arrays: dict[str, torch.Tensor], split: str
+) -> dict:
     """Mean ranking metrics of `rows`' held-out item (validation or test), with their count."""
     model = model_for(config, local.num_items)
     model.load_arrays(global_arrays)
@@ -81,7 +88,13 @@ def evaluate_users(config: RunConfig, local: SequenceData, rows: np.ndarray, glo
     cut = 2 if split == "validation" else 1
     sequences = [local.sequence(int(r)) for r in rows]
     histories, targets = [s[:-cut] for s in sequences], np.array([s[-cut] for s in sequences], dtype=np.int64)
-    ranks, _ = rank_targets(model_scores(model), histories, targets,
-                            num_items=local.num_items, top_k=config.train.top_k, mask_seen=config.train.mask_seen,
-                            batch_size=config.train.eval_batch_size)
+    ranks, _ = rank_targets(
+        model_scores(model),
+        histories,
+        targets,
+        num_items=local.num_items,
+        top_k=config.train.top_k,
+        mask_seen=config.train.mask_seen,
+        batch_size=config.train.eval_batch_size,
+    )
     return {**ranking_metrics(ranks, config.train.top_k), "num-examples": len(rows)}

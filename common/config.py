@@ -71,8 +71,11 @@ class ModelSettings:
         _check(self.emb_dim >= 1, "emb-dim", "must be >= 1")
         _check(self.hidden_dim >= 1, "hidden-dim", "must be >= 1")
         _check(self.num_layers >= 1, "num-layers", "must be >= 1")
-        _check(self.num_heads >= 1 and self.emb_dim % self.num_heads == 0, "num-heads",
-               f"must be >= 1 and divide emb-dim ({self.emb_dim})")
+        _check(
+            self.num_heads >= 1 and self.emb_dim % self.num_heads == 0,
+            "num-heads",
+            f"must be >= 1 and divide emb-dim ({self.emb_dim})",
+        )
         _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         _check(self.num_negatives >= 1, "num-negatives", "must be >= 1")
 
@@ -93,23 +96,32 @@ class TrainSettings:
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def validate(self) -> None:
-        for key, value in (("epochs", self.epochs), ("batch-size", self.batch_size),
-                           ("patience", self.patience), ("eval-every", self.eval_every),
-                           ("top-k", self.top_k), ("eval-batch-size", self.eval_batch_size)):
+        for key, value in (
+            ("epochs", self.epochs),
+            ("batch-size", self.batch_size),
+            ("patience", self.patience),
+            ("eval-every", self.eval_every),
+            ("top-k", self.top_k),
+            ("eval-batch-size", self.eval_batch_size),
+        ):
             _check(value >= 1, key, "must be >= 1")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         _check(self.num_threads >= 0, "num-threads", "must be >= 0")
-        _check(self.device == "cpu" or self.device.startswith(("cuda", "mps")), "device",
-               "must be cpu, cuda, cuda:N or mps")
+        _check(
+            self.device == "cpu" or self.device.startswith(("cuda", "mps")),
+            "device",
+            "must be cpu, cuda, cuda:N or mps",
+        )
 
 
 @dataclass(frozen=True)
 class FederationSettings:
     num_server_rounds: int = 15
     # fedmedian .. bulyan: Byzantine-robust aggregation (Flower's strategies), for cross-silo / per-user clients
-    strategy: str = _choice("fedavg", "fedadam", "fedyogi", "fedprox", "fedmedian", "fedtrimmedavg", "krum",
-                            "multikrum", "bulyan")
+    strategy: str = _choice(
+        "fedavg", "fedadam", "fedyogi", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"
+    )
     partition: str = _choice("iid", "user", "dirichlet")  # user: one user per client (cross-device)
     num_partitions: int = 10  # silos for iid/dirichlet partitions
     dirichlet_alpha: float = 0.5
@@ -157,12 +169,14 @@ class FederationSettings:
     sim_target_item: int = 0  # promote: the model index of the item pushed into everyone's top-10
 
     def validate(self) -> None:
-        for key, value in (("num-server-rounds", self.num_server_rounds),
-                           ("num-partitions", self.num_partitions),
-                           ("clients-per-round", self.clients_per_round),
-                           ("local-epochs", self.local_epochs),
-                           ("eval-every-rounds", self.eval_every_rounds),
-                           ("checkpoint-every", self.checkpoint_every)):
+        for key, value in (
+            ("num-server-rounds", self.num_server_rounds),
+            ("num-partitions", self.num_partitions),
+            ("clients-per-round", self.clients_per_round),
+            ("local-epochs", self.local_epochs),
+            ("eval-every-rounds", self.eval_every_rounds),
+            ("checkpoint-every", self.checkpoint_every),
+        ):
             _check(value >= 1, key, "must be >= 1")
         _check(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
         _check(self.local_lr > 0, "local-lr", "must be > 0")
@@ -185,20 +199,32 @@ class FederationSettings:
         _check(0.0 < self.secagg_shares <= 1.0, "secagg-shares", "must be in (0, 1]")
         _check(0.0 < self.secagg_threshold <= 1.0, "secagg-threshold", "must be in (0, 1]")
         _check(self.secagg_clip_range > 0, "secagg-clip-range", "must be > 0")
-        _check(not self.secure_aggregation or self.cohort_engine, "secure-aggregation",
-               "needs cohort-engine = true: a server that sees only sums cannot clip updates, so devices clip "
-               "their own (the cohort engine does)")
+        _check(
+            not self.secure_aggregation or self.cohort_engine,
+            "secure-aggregation",
+            "needs cohort-engine = true: a server that sees only sums cannot clip updates, so devices clip "
+            "their own (the cohort engine does)",
+        )
         _check(0.0 <= self.sim_dropout < 1.0, "sim-dropout", "must be in [0, 1)")
         _check(0.0 <= self.sim_attackers < 1.0, "sim-attackers", "must be in [0, 1)")
         _check(self.sim_attack_scale > 0, "sim-attack-scale", "must be > 0")
         _check(self.sim_target_item >= 0, "sim-target-item", "must be >= 0 (a model item index)")
-        _check(self.sim_attack != "promote" or self.sim_target_item > 0, "sim-target-item",
-               "sim-attack = promote needs the item to promote (a model item index >= 1)")
-        _check(not (self.cohort_engine and self.sim_attack != "none"), "sim-attack",
-               "attackers are simulated per client, not on the cohort engine (set cohort-engine = false)")
+        _check(
+            self.sim_attack != "promote" or self.sim_target_item > 0,
+            "sim-target-item",
+            "sim-attack = promote needs the item to promote (a model item index >= 1)",
+        )
+        _check(
+            not (self.cohort_engine and self.sim_attack != "none"),
+            "sim-attack",
+            "attackers are simulated per client, not on the cohort engine (set cohort-engine = false)",
+        )
         _check(self.multikrum_select >= 0, "multikrum-select", "must be >= 0 (0 = all but assumed-malicious)")
-        _check(self.cohort_engine or self.user_sampling == "fixed", "user-sampling",
-               "poisson sampling is offered by the cohort engine only (set cohort-engine = true)")
+        _check(
+            self.cohort_engine or self.user_sampling == "fixed",
+            "user-sampling",
+            "poisson sampling is offered by the cohort engine only (set cohort-engine = true)",
+        )
 
 
 @dataclass(frozen=True)
@@ -240,8 +266,13 @@ class PrivacySettings:
         _check(self.clip_count_stddev >= 0, "clip-count-stddev", "must be >= 0 (0 = expected cohort / 20)")
 
 
-_GROUPS = {"data": DataSettings, "model": ModelSettings, "train": TrainSettings,
-           "federation": FederationSettings, "privacy": PrivacySettings}
+_GROUPS = {
+    "data": DataSettings,
+    "model": ModelSettings,
+    "train": TrainSettings,
+    "federation": FederationSettings,
+    "privacy": PrivacySettings,
+}
 
 
 def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
@@ -278,37 +309,48 @@ def _cross_check(parts: dict, where: str) -> None:
     """Combinations that would silently break a guarantee."""
     privacy, model, fed, data = parts["privacy"], parts["model"], parts["federation"], parts["data"]
     if data.catalogue_path and not fed.federated_evaluation:
-        raise ConfigError(f"{where}: catalogue-path (a server without interaction data) needs "
-                          "federated-evaluation = true: the server has no held-out items to rank")
+        raise ConfigError(
+            f"{where}: catalogue-path (a server without interaction data) needs "
+            "federated-evaluation = true: the server has no held-out items to rank"
+        )
     if fed.cohort_engine:
-        needs = {"partition = user (one user per device)": fed.partition == "user",
-                 "train-windows = last (one training window per user)": data.train_windows == "last",
-                 "loss = ce": model.loss == "ce",
-                 "dp-mode none or server (client DP-SGD per user is not built)": privacy.dp_mode != "client",
-                 "strategy fedavg, fedadam or fedyogi": fed.strategy in ("fedavg", "fedadam", "fedyogi")}
+        needs = {
+            "partition = user (one user per device)": fed.partition == "user",
+            "train-windows = last (one training window per user)": data.train_windows == "last",
+            "loss = ce": model.loss == "ce",
+            "dp-mode none or server (client DP-SGD per user is not built)": privacy.dp_mode != "client",
+            "strategy fedavg, fedadam or fedyogi": fed.strategy in ("fedavg", "fedadam", "fedyogi"),
+        }
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: cohort-engine = true needs " + "; ".join(missing))
     if privacy.server_mechanism == "dp-ftrl":
-        needs = {"cohort-engine = true": fed.cohort_engine,
-                 "dp-mode = server": privacy.dp_mode == "server",
-                 "user-sampling = fixed (DP-FTRL samples nobody: its schedule is a hash of user and tree)":
-                     fed.user_sampling == "fixed",
-                 "adaptive-clipping = false (a changing C inside a tree is not accounted)":
-                     not privacy.adaptive_clipping}
+        needs = {
+            "cohort-engine = true": fed.cohort_engine,
+            "dp-mode = server": privacy.dp_mode == "server",
+            "user-sampling = fixed (DP-FTRL samples nobody: its schedule is a hash of user and tree)": fed.user_sampling
+            == "fixed",
+            "adaptive-clipping = false (a changing C inside a tree is not accounted)": not privacy.adaptive_clipping,
+        }
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: server-mechanism = dp-ftrl needs " + "; ".join(missing))
     if fed.strategy in ROBUST_STRATEGIES and privacy.dp_mode == "server":
-        raise ConfigError(f"{where}: strategy = {fed.strategy} cannot be used with dp-mode = server: DP-FedAvg's "
-                          "sensitivity is that of a sum of clipped updates; bound updates with max-update-norm")
+        raise ConfigError(
+            f"{where}: strategy = {fed.strategy} cannot be used with dp-mode = server: DP-FedAvg's "
+            "sensitivity is that of a sum of clipped updates; bound updates with max-update-norm"
+        )
     if privacy.dp_mode == "client":
         if model.loss != "ce":
-            raise ConfigError(f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "
-                              "gradients through the scorer)")
+            raise ConfigError(
+                f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "
+                "gradients through the scorer)"
+            )
         if fed.strategy == "fedprox":
-            raise ConfigError(f"{where}: dp-mode = client cannot use strategy = fedprox: the proximal term's "
-                              "gradient would bypass per-sample clipping; use fedavg, fedadam or fedyogi")
+            raise ConfigError(
+                f"{where}: dp-mode = client cannot use strategy = fedprox: the proximal term's "
+                "gradient would bypass per-sample clipping; use fedavg, fedadam or fedyogi"
+            )
 
 
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
@@ -336,8 +378,7 @@ class RunConfig:
     @staticmethod
     def keys() -> dict[str, tuple[str, dataclasses.Field]]:
         """Every flat key -> (group name, dataclass field)."""
-        return {f.name.replace("_", "-"): (group, f)
-                for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+        return {f.name.replace("_", "-"): (group, f) for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], where: str = "run config") -> RunConfig:

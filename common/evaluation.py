@@ -26,6 +26,7 @@ def model_scores(model: SequenceRecommender) -> ScoreFn:
     def score(inputs: torch.Tensor) -> torch.Tensor:
         hidden = model.encode(inputs)[:, -1]  # (B, D): state after the latest item
         return model.score(hidden)  # (B, N)
+
     score.max_len = model.config.max_len  # one source: the model's context length
     return score
 
@@ -35,6 +36,7 @@ def popularity_scores(item_counts: np.ndarray) -> ScoreFn:
 
     def score(inputs: torch.Tensor) -> torch.Tensor:
         return popularity.to(inputs.device).expand(inputs.shape[0], -1).clone()
+
     score.max_len = 1  # looks at no history
     return score
 
@@ -44,24 +46,34 @@ def context_length(score_fn: ScoreFn, max_len: int | None) -> int:
     if max_len is None:
         max_len = getattr(score_fn, "max_len", None)
         if max_len is None:
-            raise ValueError("max_len is needed for a score function that does not carry one "
-                             "(model_scores carries the model's)")
+            raise ValueError(
+                "max_len is needed for a score function that does not carry one (model_scores carries the model's)"
+            )
     return max_len
 
 
 @torch.no_grad()
-def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray, *,
-                 num_items: int, max_len: int | None = None, top_k: int = 10, mask_seen: bool = True,
-                 batch_size: int = 512, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def rank_targets(
+    score_fn: ScoreFn,
+    histories: list[np.ndarray],
+    targets: np.ndarray,
+    *,
+    num_items: int,
+    max_len: int | None = None,
+    top_k: int = 10,
+    mask_seen: bool = True,
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each target among items 1..N, and each user's top-K item indices."""
     if top_k > num_items:
         raise ConfigError(f"config key 'top-k': {top_k} is more than the {num_items} items in the catalogue")
     max_len = context_length(score_fn, max_len)
     ranks, tops = [], []
     for start in range(0, len(histories), batch_size):
-        chunk = histories[start:start + batch_size]
+        chunk = histories[start : start + batch_size]
         inputs = torch.as_tensor(left_pad(chunk, max_len), device=device)  # (B, T)
-        target = torch.as_tensor(targets[start:start + batch_size], device=device)  # (B,)
+        target = torch.as_tensor(targets[start : start + batch_size], device=device)  # (B,)
         scores = score_fn(inputs).float()  # (B, N)
         scores = scores.masked_fill(scores.isnan(), float("-inf"))  # a diverged model must not look perfect
         scores = torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores], 1)  # (B, N + 1): col 0 = padding
@@ -78,20 +90,37 @@ def rank_targets(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.nda
     return np.concatenate(ranks), np.concatenate(tops)
 
 
-def evaluate(score_fn: ScoreFn, data: SequenceData, split: str, *, max_len: int | None = None, top_k: int = 10,
-             mask_seen: bool = True, batch_size: int = 512, device: str = "cpu",
-             users: np.ndarray | None = None) -> dict[str, float]:
+def evaluate(
+    score_fn: ScoreFn,
+    data: SequenceData,
+    split: str,
+    *,
+    max_len: int | None = None,
+    top_k: int = 10,
+    mask_seen: bool = True,
+    batch_size: int = 512,
+    device: str = "cpu",
+    users: np.ndarray | None = None,
+) -> dict[str, float]:
     """Metrics on the validation or test target of every user (or of `users`)."""
     if split not in ("validation", "test"):
         raise ValueError(f"split must be validation or test, got {split!r}")
     histories, targets = data.validation_cases() if split == "validation" else data.test_cases()
     if users is not None:
         histories, targets = [histories[u] for u in users], targets[users]
-    ranks, tops = rank_targets(score_fn, histories, targets, max_len=max_len, num_items=data.num_items,
-                               top_k=top_k, mask_seen=mask_seen, batch_size=batch_size, device=device)
+    ranks, tops = rank_targets(
+        score_fn,
+        histories,
+        targets,
+        max_len=max_len,
+        num_items=data.num_items,
+        top_k=top_k,
+        mask_seen=mask_seen,
+        batch_size=batch_size,
+        device=device,
+    )
     item_users = item_user_counts(data)
-    return all_metrics(ranks, tops, top_k, num_items=data.num_items, item_users=item_users,
-                       num_users=data.num_users)
+    return all_metrics(ranks, tops, top_k, num_items=data.num_items, item_users=item_users, num_users=data.num_users)
 
 
 def item_user_counts(data: SequenceData) -> np.ndarray:
@@ -102,12 +131,27 @@ def item_user_counts(data: SequenceData) -> np.ndarray:
     return counts
 
 
-def item_exposure(score_fn: ScoreFn, data: SequenceData, item: int, *, max_len: int | None = None, top_k: int = 10,
-                  batch_size: int = 512) -> float:
+def item_exposure(
+    score_fn: ScoreFn,
+    data: SequenceData,
+    item: int,
+    *,
+    max_len: int | None = None,
+    top_k: int = 10,
+    batch_size: int = 512,
+) -> float:
     """Share of users with `item` (a model index) in their top-k, recommending from their whole
     history (the test split's input) with seen items masked: what an item-promotion attack buys."""
     histories, _ = data.test_cases()
     no_target = np.zeros(len(histories), dtype=np.int64)  # padding: every seen item masked, none kept rankable
-    _, tops = rank_targets(score_fn, histories, no_target, max_len=max_len, num_items=data.num_items,
-                           top_k=top_k, mask_seen=True, batch_size=batch_size)
+    _, tops = rank_targets(
+        score_fn,
+        histories,
+        no_target,
+        max_len=max_len,
+        num_items=data.num_items,
+        top_k=top_k,
+        mask_seen=True,
+        batch_size=batch_size,
+    )
     return float((tops == item).any(axis=1).mean())

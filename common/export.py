@@ -93,8 +93,14 @@ def exportable(model: SequenceRecommender) -> SequenceRecommender:
     rnn = getattr(twin, "rnn", None)
     if isinstance(rnn, (DPLSTM, DPGRU)):
         plain = (nn.LSTM if isinstance(rnn, DPLSTM) else nn.GRU)(
-            rnn.input_size, rnn.hidden_size, num_layers=rnn.num_layers, bias=rnn.bias,
-            batch_first=rnn.batch_first, dropout=rnn.dropout, bidirectional=rnn.bidirectional)
+            rnn.input_size,
+            rnn.hidden_size,
+            num_layers=rnn.num_layers,
+            bias=rnn.bias,
+            batch_first=rnn.batch_first,
+            dropout=rnn.dropout,
+            bidirectional=rnn.bidirectional,
+        )
         plain.load_state_dict(rnn.state_dict())
         twin.rnn = plain.eval()
     if isinstance(twin, SASRec):
@@ -115,12 +121,13 @@ def _cast_bool_eyelike(proto: onnx.ModelProto) -> None:
             continue
         source, target = node.input[0], node.output[0]
         as_float, float_eye = f"{node.name}_in_float", f"{node.name}_float"
-        nodes += [onnx.helper.make_node("Cast", [source], [as_float], to=onnx.TensorProto.FLOAT,
-                                        name=f"{node.name}_cast_in"),
-                  onnx.helper.make_node("EyeLike", [as_float], [float_eye], name=node.name,
-                                        dtype=onnx.TensorProto.FLOAT),
-                  onnx.helper.make_node("Cast", [float_eye], [target], to=onnx.TensorProto.BOOL,
-                                        name=f"{node.name}_cast_out")]
+        nodes += [
+            onnx.helper.make_node("Cast", [source], [as_float], to=onnx.TensorProto.FLOAT, name=f"{node.name}_cast_in"),
+            onnx.helper.make_node("EyeLike", [as_float], [float_eye], name=node.name, dtype=onnx.TensorProto.FLOAT),
+            onnx.helper.make_node(
+                "Cast", [float_eye], [target], to=onnx.TensorProto.BOOL, name=f"{node.name}_cast_out"
+            ),
+        ]
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
 
@@ -147,9 +154,17 @@ def export_onnx(model: SequenceRecommender, path: Path) -> None:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # nn.LSTM/GRU warn that batch sizes other than the traced one may fail; verify_export runs 1 and 8.
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            do_constant_folding=True,
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        )
     proto = onnx.load(str(path))
     _cast_bool_eyelike(proto)
     onnx.checker.check_model(proto)
@@ -171,8 +186,10 @@ def verify_export(model: SequenceRecommender, path: Path, *, histories: int = 8,
         want = NextItemScores(model).eval()(torch.as_tensor(inputs)).numpy()  # (B, N)
     error = max(float(np.abs(got - want).max()), float(np.abs(single - want[-1:]).max()))
     if not error <= MAX_ABS_ERROR:
-        raise FedSeqRecError(f"{path}: ONNX scores differ from PyTorch by up to {error:.2e} "
-                             f"(allowed {MAX_ABS_ERROR:g}); the export is wrong, do not ship it")
+        raise FedSeqRecError(
+            f"{path}: ONNX scores differ from PyTorch by up to {error:.2e} "
+            f"(allowed {MAX_ABS_ERROR:g}); the export is wrong, do not ship it"
+        )
     return error
 
 
@@ -183,6 +200,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     38-46% of users (same items in any order: 77% -> 85-87%) for 3% more bytes."""
     from onnxruntime.quantization import quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
     prepared = target.with_name(f".{target.name}.pre")
     quant_pre_process(str(source), str(prepared))  # shape inference + graph fusions, as ORT recommends
     try:
@@ -199,8 +217,21 @@ def privacy_summary(run_dir: Path) -> dict | None:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable privacy report ({exc})") from exc
-    keys = ("mechanism", "dp_mode", "unit_of_privacy", "adjacency", "sampling", "sensitivity", "epsilon", "delta",
-            "rounds", "accountant", "noise_multiplier", "clipping_norm", "noise_randomness")
+    keys = (
+        "mechanism",
+        "dp_mode",
+        "unit_of_privacy",
+        "adjacency",
+        "sampling",
+        "sensitivity",
+        "epsilon",
+        "delta",
+        "rounds",
+        "accountant",
+        "noise_multiplier",
+        "clipping_norm",
+        "noise_randomness",
+    )
     return {key: report.get(key) for key in keys}
 
 
@@ -209,24 +240,26 @@ def training_item_counts(run_config: dict, item_ids: np.ndarray) -> np.ndarray:
     from common.config import RunConfig
     from common.data.files import MOVIELENS, resolve_interactions
     from common.data.load import load_sequence_data
+
     config = RunConfig.from_flat(run_config, where="the run's run_config")
     if config.data.data in MOVIELENS:  # an export never downloads: fail fast if the data is not here
         resolve_interactions(config.data.data, config.data.data_dir, download=False)
     data = load_sequence_data(config.data)
     if not np.array_equal(data.item_ids, item_ids):
-        raise DataError(f"{config.data.data}: its item catalogue differs from the model's; "
-                        "pass item counts explicitly")
+        raise DataError(f"{config.data.data}: its item catalogue differs from the model's; pass item counts explicitly")
     return data.item_counts()
 
 
-def _popularity(metadata: dict, item_ids: np.ndarray, item_counts: np.ndarray | None,
-                dp: bool) -> tuple[list[int] | None, str]:
+def _popularity(
+    metadata: dict, item_ids: np.ndarray, item_counts: np.ndarray | None, dp: bool
+) -> tuple[list[int] | None, str]:
     """The popularity vector for empty histories, and where it came from."""
     if item_counts is not None:
         counts = np.asarray(item_counts)
         if counts.shape != item_ids.shape:
-            raise DataError(f"item_counts has shape {counts.shape}; the model needs {item_ids.shape} "
-                            "(index 0 = padding)")
+            raise DataError(
+                f"item_counts has shape {counts.shape}; the model needs {item_ids.shape} (index 0 = padding)"
+            )
         return [int(c) for c in counts], "given item counts"
     if dp:  # raw counts of the users' data are not covered by the run's DP guarantee
         return None, "none: DP run, raw item counts would leak outside the privacy guarantee"
@@ -240,8 +273,9 @@ def _popularity(metadata: dict, item_ids: np.ndarray, item_counts: np.ndarray | 
     return [int(c) for c in counts], "training item counts (train parts of leave-one-out)"
 
 
-def export_run(run_dir: Path, out_dir: Path, int8: bool = False, *,
-               item_counts: np.ndarray | None = None) -> list[Path]:
+def export_run(
+    run_dir: Path, out_dir: Path, int8: bool = False, *, item_counts: np.ndarray | None = None
+) -> list[Path]:
     """Export RUN_DIR/model.pt to out_dir; returns the written paths (model files first)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     checkpoint = run_dir / "model.pt"
@@ -266,13 +300,22 @@ def export_run(run_dir: Path, out_dir: Path, int8: bool = False, *,
         paths.append(out_dir / "model.int8.onnx")
 
     metadata = {
-        "format": FORMAT, "arch": config.arch, "max_len": config.max_len, "num_items": config.num_items,
+        "format": FORMAT,
+        "arch": config.arch,
+        "max_len": config.max_len,
+        "num_items": config.num_items,
         "model_config": {k: getattr(config, k) for k in ("emb_dim", "hidden_dim", "num_layers", "num_heads")},
-        "input": INPUT, "output": OUTPUT, "padding_index": 0, "items_file": ITEMS_FILE,
+        "input": INPUT,
+        "output": OUTPUT,
+        "padding_index": 0,
+        "items_file": ITEMS_FILE,
         "popularity": popularity_source,
-        "training_run": {"run_dir": str(run_dir), "model_sha256": _sha256(checkpoint),
-                         **{k: v for k, v in run_metadata.items() if k != "run_config"},
-                         "run_config": run_config},
+        "training_run": {
+            "run_dir": str(run_dir),
+            "model_sha256": _sha256(checkpoint),
+            **{k: v for k, v in run_metadata.items() if k != "run_config"},
+            "run_config": run_config,
+        },
         "privacy": privacy,
         "export": {"torch": torch.__version__, "onnx_opset": OPSET, "max_abs_error_vs_torch": max_error},
     }

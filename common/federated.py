@@ -38,14 +38,18 @@ class LocalResult:
 @dataclass(frozen=True)
 class DeviceLimits:
     """Settings the device owner controls (node config); the server cannot override them."""
+
     max_epsilon: float = 0.0  # 0 = the run's max-epsilon only
     train: bool = True
     max_train_seconds: float = 0.0  # 0 = no limit
 
     @classmethod
     def from_node_config(cls, node_config: dict) -> DeviceLimits:
-        return cls(float(node_config.get("max-epsilon", 0.0)), bool(node_config.get("train", True)),
-                   float(node_config.get("max-train-seconds", 0.0)))
+        return cls(
+            float(node_config.get("max-epsilon", 0.0)),
+            bool(node_config.get("train", True)),
+            float(node_config.get("max-train-seconds", 0.0)),
+        )
 
 
 def effective_max_epsilon(run_max: float, device_max: float) -> float:
@@ -60,10 +64,19 @@ def check_local_data(local: SequenceData, where: str) -> None:
         raise DataError(f"{where}: every user has fewer than 3 interactions; leave-one-out needs >= 3")
 
 
-def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str, torch.Tensor], *,
-                server_round: int, client: int, proximal_mu: float = 0.0, ledger: PrivacyLedger | None = None,
-                limits: DeviceLimits = DeviceLimits(), expected_rounds: float = 1.0,
-                reproducible_dp_noise: bool = False) -> LocalResult:
+def local_train(
+    config: RunConfig,
+    local: SequenceData,
+    global_arrays: dict[str, torch.Tensor],
+    *,
+    server_round: int,
+    client: int,
+    proximal_mu: float = 0.0,
+    ledger: PrivacyLedger | None = None,
+    limits: DeviceLimits = DeviceLimits(),
+    expected_rounds: float = 1.0,
+    reproducible_dp_noise: bool = False,
+) -> LocalResult:
     """`reproducible_dp_noise`: DP noise and sampling from the run seed (simulation only); by
     default they come from OS entropy, secret from the server that knows the seed."""
     if not limits.train:
@@ -75,28 +88,38 @@ def local_train(config: RunConfig, local: SequenceData, global_arrays: dict[str,
     if config.privacy.dp_mode == "client":
         noise_seed = dp_seed(reproducible=reproducible_dp_noise, derived=seed)
         ledger = ledger or PrivacyLedger(config.privacy.accountant)
-        return _private_local_train(config, local, model, noise_seed, ledger, limits, expected_rounds,
-                                    reproducible_dp_noise)
+        return _private_local_train(
+            config, local, model, noise_seed, ledger, limits, expected_rounds, reproducible_dp_noise
+        )
     dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
     if len(dataset) == 0:
         raise DataError(f"client {client}: no training windows (histories too short)")
     optimizer_class = torch.optim.Adam if config.federation.local_optimizer == "adam" else torch.optim.SGD
-    optimizer = optimizer_class(model.parameters(), lr=config.federation.local_lr,
-                                weight_decay=config.train.weight_decay)
-    options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives,
-                          proximal_mu=proximal_mu)
+    optimizer = optimizer_class(
+        model.parameters(), lr=config.federation.local_lr, weight_decay=config.train.weight_decay
+    )
+    options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives, proximal_mu=proximal_mu)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     losses = []
     for epoch in range(config.federation.local_epochs):
         loader = window_loader(dataset, config.train.batch_size, seed + epoch)
         loss, _ = train_epoch(model, loader, optimizer, options, global_params=global_params)
         losses.append(loss)
-    return LocalResult(model.arrays(), {"train-loss": float(np.mean(losses)), "num-examples": len(dataset),
-                                        "unit-weight": 1})
+    return LocalResult(
+        model.arrays(), {"train-loss": float(np.mean(losses)), "num-examples": len(dataset), "unit-weight": 1}
+    )
 
 
-def _private_local_train(config: RunConfig, local: SequenceData, model, noise_seed: int, ledger: PrivacyLedger,
-                         limits: DeviceLimits, expected_rounds: float, reproducible: bool) -> LocalResult:
+def _private_local_train(
+    config: RunConfig,
+    local: SequenceData,
+    model,
+    noise_seed: int,
+    ledger: PrivacyLedger,
+    limits: DeviceLimits,
+    expected_rounds: float,
+    reproducible: bool,
+) -> LocalResult:
     delta = config.privacy.delta
     dataset, unit = dp_windows(local, config)
     if len(dataset) == 0:
@@ -104,14 +127,25 @@ def _private_local_train(config: RunConfig, local: SequenceData, model, noise_se
     plan = plan_round(config, len(dataset), unit, expected_rounds)
     spent = ledger.epsilon(delta)
     cap = effective_max_epsilon(config.privacy.max_epsilon, limits.max_epsilon)
-    after = ledger.projected(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                             steps=plan.steps).epsilon(delta)
+    after = ledger.projected(
+        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
+    ).epsilon(delta)
     if cap > 0 and after > cap:
         return LocalResult(None, {"declined": 1, "epsilon": spent, "num-examples": 0})
-    loss, steps = train_private(model, dataset, plan, config, noise_seed=noise_seed, ledger=ledger,
-                                max_seconds=limits.max_train_seconds)
-    return LocalResult(model.arrays(), {"train-loss": loss, "num-examples": len(dataset), "unit-weight": 1,
-                                        "epsilon": ledger.epsilon(delta), "dp-steps": steps,
-                                        "noise-multiplier": plan.noise_multiplier,
-                                        "sample-rate": plan.sample_rate, "user-level": int(unit == "user"),
-                                        "dp-noise-reproducible": int(reproducible)})
+    loss, steps = train_private(
+        model, dataset, plan, config, noise_seed=noise_seed, ledger=ledger, max_seconds=limits.max_train_seconds
+    )
+    return LocalResult(
+        model.arrays(),
+        {
+            "train-loss": loss,
+            "num-examples": len(dataset),
+            "unit-weight": 1,
+            "epsilon": ledger.epsilon(delta),
+            "dp-steps": steps,
+            "noise-multiplier": plan.noise_multiplier,
+            "sample-rate": plan.sample_rate,
+            "user-level": int(unit == "user"),
+            "dp-noise-reproducible": int(reproducible),
+        },
+    )

@@ -21,8 +21,15 @@ def _per_sequence_mean(token_loss: torch.Tensor, rows: torch.Tensor, batch: int)
     return (sums[present] / counts[present]).sum() / batch
 
 
-def next_item_loss(model: SequenceRecommender, inputs: torch.Tensor, targets: torch.Tensor, *,
-                   loss: str = "ce", num_negatives: int = 256, per_sample_grads: bool = False) -> torch.Tensor:
+def next_item_loss(
+    model: SequenceRecommender,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    loss: str = "ce",
+    num_negatives: int = 256,
+    per_sample_grads: bool = False,
+) -> torch.Tensor:
     """Mean next-item loss of a batch; inputs/targets (B, T), target 0 = no prediction.
 
     `per_sample_grads=True` scores every position through the model's scorer module so Opacus
@@ -50,8 +57,9 @@ def next_item_loss(model: SequenceRecommender, inputs: torch.Tensor, targets: to
         pos_logit = (h * table[positives]).sum(-1, keepdim=True)  # (M, 1)
         neg_logit = h @ table[negatives].T  # (M, K)
         neg_logit = neg_logit.masked_fill(negatives[None, :] == positives[:, None], float("-inf"))
-        token_loss = F.cross_entropy(torch.cat([pos_logit, neg_logit], 1),
-                                     torch.zeros_like(positives), reduction="none")  # (M,)
+        token_loss = F.cross_entropy(
+            torch.cat([pos_logit, neg_logit], 1), torch.zeros_like(positives), reduction="none"
+        )  # (M,)
     else:
         raise ValueError(f"unknown loss {loss!r}; choose ce or sampled-softmax")
     return _per_sequence_mean(token_loss, rows, B)

@@ -18,9 +18,14 @@ def ranking_metrics(ranks: np.ndarray, k: int) -> dict[str, float]:
     precision = hit / k  # one relevant item: a hit fills 1 of K slots
     recall = hit.astype(float)  # ... and recovers the only relevant item
     f1 = np.where(hit, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    return {f"hr@{k}": float(hit.mean()), f"ndcg@{k}": float(ndcg.mean()), f"mrr@{k}": float(mrr.mean()),
-            f"precision@{k}": float(precision.mean()), f"recall@{k}": float(recall.mean()),
-            f"f1@{k}": float(f1.mean())}
+    return {
+        f"hr@{k}": float(hit.mean()),
+        f"ndcg@{k}": float(ndcg.mean()),
+        f"mrr@{k}": float(mrr.mean()),
+        f"precision@{k}": float(precision.mean()),
+        f"recall@{k}": float(recall.mean()),
+        f"f1@{k}": float(f1.mean()),
+    }
 
 
 def coverage(top_items: np.ndarray, num_items: int) -> float:
@@ -37,8 +42,9 @@ def novelty(top_items: np.ndarray, item_users: np.ndarray, num_users: int) -> fl
     return float(np.mean(-np.log2(p)))
 
 
-def all_metrics(ranks: np.ndarray, top_items: np.ndarray, k: int, *, num_items: int,
-                item_users: np.ndarray, num_users: int) -> dict[str, float]:
+def all_metrics(
+    ranks: np.ndarray, top_items: np.ndarray, k: int, *, num_items: int, item_users: np.ndarray, num_users: int
+) -> dict[str, float]:
     out = ranking_metrics(ranks, k)
     out[f"coverage@{k}"] = coverage(top_items[:, :k], num_items)
     out[f"novelty@{k}"] = novelty(top_items[:, :k], item_users, num_users)

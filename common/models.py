@@ -120,11 +120,16 @@ class SequenceRecommender(nn.Module):
         expected = self.arrays()
         missing = sorted(set(expected) - set(arrays))
         unexpected = sorted(set(arrays) - set(expected))
-        wrong = [f"{k} {tuple(arrays[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                 if k in arrays and tuple(arrays[k].shape) != tuple(v.shape)]
+        wrong = [
+            f"{k} {tuple(arrays[k].shape)} != {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in arrays and tuple(arrays[k].shape) != tuple(v.shape)
+        ]
         if missing or unexpected or wrong:
-            raise ValueError(f"weights do not fit this {self.config.arch} model: missing {missing}, "
-                             f"unexpected {unexpected}, wrong shapes {wrong}")
+            raise ValueError(
+                f"weights do not fit this {self.config.arch} model: missing {missing}, "
+                f"unexpected {unexpected}, wrong shapes {wrong}"
+            )
         with torch.no_grad():
             for key, value in expected.items():
                 value.copy_(arrays[key])
@@ -137,8 +142,13 @@ class RNNRecommender(SequenceRecommender):
         super().__init__(config)
         rnn = DPLSTM if config.arch == "lstm" else DPGRU
         self.dropout = nn.Dropout(config.dropout)
-        self.rnn = rnn(config.emb_dim, config.hidden_dim, num_layers=config.num_layers, batch_first=True,
-                       dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.rnn = rnn(
+            config.emb_dim,
+            config.hidden_dim,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
         self.project = nn.Linear(config.hidden_dim, config.emb_dim)
         self._init_weights()
 
@@ -163,8 +173,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.num_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.num_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.num_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, D)  # (B, T, D)
         return self.proj(y)
 

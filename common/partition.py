@@ -41,8 +41,9 @@ def user_labels(data: SequenceData, num_labels: int = 10) -> np.ndarray:
     return np.array([int(np.median(decile[s])) if len(s) else 0 for s in data.train_sequences()])
 
 
-def dirichlet_split(labels: np.ndarray, users: np.ndarray, num_clients: int, alpha: float,
-                    rng: np.random.Generator) -> list[np.ndarray]:
+def dirichlet_split(
+    labels: np.ndarray, users: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Each label's users spread over clients by proportions ~ Dirichlet(alpha) (Hsu et al. 2019);
     every client is guaranteed at least one user."""
     parts: list[list[int]] = [[] for _ in range(num_clients)]

@@ -10,19 +10,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(path: Path, x: list, series: dict[str, list], *, xlabel: str, title: str,
-                right: dict[str, list] | None = None, right_label: str = "") -> None:
+def plot_curves(
+    path: Path,
+    x: list,
+    series: dict[str, list],
+    *,
+    xlabel: str,
+    title: str,
+    right: dict[str, list] | None = None,
+    right_label: str = "",
+) -> None:
     """Line plot of named series against x; `right` series go on a second y axis."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, ys in series.items():
-        ax.plot(x[:len(ys)], ys, marker="o", markersize=3, label=name)
+        ax.plot(x[: len(ys)], ys, marker="o", markersize=3, label=name)
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if right:
         twin = ax.twinx()
         for name, ys in right.items():
-            twin.plot(x[:len(ys)], ys, linestyle="--", color="grey", label=name)
+            twin.plot(x[: len(ys)], ys, linestyle="--", color="grey", label=name)
         twin.set_ylabel(right_label)
         more_h, more_l = twin.get_legend_handles_labels()
         handles, labels = handles + more_h, labels + more_l

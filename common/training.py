@@ -24,9 +24,16 @@ def set_seed(seed: int) -> None:
 
 
 def model_config(settings: ModelSettings, num_items: int, max_len: int) -> ModelConfig:
-    return ModelConfig(arch=settings.model, num_items=num_items, max_len=max_len, emb_dim=settings.emb_dim,
-                       hidden_dim=settings.hidden_dim, num_layers=settings.num_layers,
-                       num_heads=settings.num_heads, dropout=settings.dropout)
+    return ModelConfig(
+        arch=settings.model,
+        num_items=num_items,
+        max_len=max_len,
+        emb_dim=settings.emb_dim,
+        hidden_dim=settings.hidden_dim,
+        num_layers=settings.num_layers,
+        num_heads=settings.num_heads,
+        dropout=settings.dropout,
+    )
 
 
 def model_for(config: RunConfig, num_items: int, seed: int | None = None) -> SequenceRecommender:
@@ -53,9 +60,15 @@ class StepOptions:
     proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2
 
 
-def train_epoch(model: SequenceRecommender, batches: Iterable, optimizer: torch.optim.Optimizer,
-                options: StepOptions = StepOptions(), device: str = "cpu",
-                global_params: list[torch.Tensor] | None = None, progress=None) -> tuple[float, int]:
+def train_epoch(
+    model: SequenceRecommender,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    options: StepOptions = StepOptions(),
+    device: str = "cpu",
+    global_params: list[torch.Tensor] | None = None,
+    progress=None,
+) -> tuple[float, int]:
     """One pass over `batches`; returns (mean loss, number of sequences seen)."""
     if options.per_sample_grads:  # DP steps re-allocate B x items x emb per-sample gradients every step
         retain_freed_memory()
@@ -66,8 +79,14 @@ def train_epoch(model: SequenceRecommender, batches: Iterable, optimizer: torch.
             continue
         inputs, targets = inputs.to(device), targets.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = next_item_loss(model, inputs, targets, loss=options.loss, num_negatives=options.num_negatives,
-                              per_sample_grads=options.per_sample_grads)
+        loss = next_item_loss(
+            model,
+            inputs,
+            targets,
+            loss=options.loss,
+            num_negatives=options.num_negatives,
+            per_sample_grads=options.per_sample_grads,
+        )
         if options.proximal_mu > 0 and global_params is not None:
             drift = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
             loss = loss + options.proximal_mu / 2 * drift

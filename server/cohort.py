@@ -47,8 +47,9 @@ class CohortPlan:
     def ftrl_users(self, server_round: int) -> np.ndarray:
         """DP-FTRL samples nobody: this round's users are those whose slot of the current tree it is."""
         fed, keys = self.config.federation, self.keys
-        rounds_in_tree, cap = participation.ftrl_schedule(len(keys), fed.clients_per_round, fed.num_server_rounds,
-                                                          self.config.privacy.max_participations)
+        rounds_in_tree, cap = participation.ftrl_schedule(
+            len(keys), fed.clients_per_round, fed.num_server_rounds, self.config.privacy.max_participations
+        )
         return participation.scheduled(self.config.train.seed, keys, server_round, rounds_in_tree, cap)
 
     def schedule_over(self, server_round: int) -> bool:
@@ -56,8 +57,9 @@ class CohortPlan:
         privacy, fed = self.config.privacy, self.config.federation
         if not (privacy.dp_mode == "server" and privacy.server_mechanism == "dp-ftrl"):
             return False
-        rounds_in_tree, cap = participation.ftrl_schedule(len(self.keys), fed.clients_per_round,
-                                                          fed.num_server_rounds, privacy.max_participations)
+        rounds_in_tree, cap = participation.ftrl_schedule(
+            len(self.keys), fed.clients_per_round, fed.num_server_rounds, privacy.max_participations
+        )
         return participation.tree_of(server_round, rounds_in_tree)[0] >= cap
 
     def assign(self, users: np.ndarray) -> dict[int, dict]:
@@ -67,29 +69,44 @@ class CohortPlan:
         size = self.config.federation.cohort_chunk
         out: dict[int, dict] = {}
         for index, start in enumerate(range(0, len(users), size)):
-            chunk = [int(u) for u in users[start:start + size]]
-            entry = out.setdefault(self.hosts[index % len(self.hosts)],
-                                   {"chunk-ids": [], "chunk-sizes": [], "chunk-keys": []})
+            chunk = [int(u) for u in users[start : start + size]]
+            entry = out.setdefault(
+                self.hosts[index % len(self.hosts)], {"chunk-ids": [], "chunk-sizes": [], "chunk-keys": []}
+            )
             entry["chunk-ids"].append(index)
             entry["chunk-sizes"].append(len(chunk))
             entry["chunk-keys"].extend(chunk)
         return out
 
 
-def federated_evaluate(grid: Grid, plan: CohortPlan, arrays: ArrayRecord, split: str, users: np.ndarray | None,
-                       server_round: int, timeout: float = 3600.0) -> dict[str, float]:
+def federated_evaluate(
+    grid: Grid,
+    plan: CohortPlan,
+    arrays: ArrayRecord,
+    split: str,
+    users: np.ndarray | None,
+    server_round: int,
+    timeout: float = 3600.0,
+) -> dict[str, float]:
     """Clients rank their own held-out items; the server only combines means weighted by counts."""
     users = plan.keys if users is None else np.sort(users)
-    messages = [Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord(
-                            {"split": split, "server-round": server_round, **extra})}),
-                        message_type=MessageType.EVALUATE, dst_node_id=node)
-                for node, extra in plan.assign(users).items()]
+    messages = [
+        Message(
+            content=RecordDict(
+                {"arrays": arrays, "config": ConfigRecord({"split": split, "server-round": server_round, **extra})}
+            ),
+            message_type=MessageType.EVALUATE,
+            dst_node_id=node,
+        )
+        for node, extra in plan.assign(users).items()
+    ]
     sums: dict[str, float] = {}
     count = 0
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise RuntimeError(f"federated evaluation failed on node {reply.metadata.src_node_id}: "
-                               f"{reply.error.reason}")
+            raise RuntimeError(
+                f"federated evaluation failed on node {reply.metadata.src_node_id}: {reply.error.reason}"
+            )
         metrics = dict(reply.content["metrics"])
         n = int(metrics.pop("num-examples"))
         count += n

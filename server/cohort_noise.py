@@ -26,9 +26,11 @@ def update_noise_multiplier(z: float, count_stddev: float) -> float:
     if count_stddev <= 0:
         return z
     if 2 * count_stddev <= z:
-        raise ValueError(f"clip-count-stddev {count_stddev:g} is too small for noise multiplier {z:.3f}: adaptive "
-                         f"clipping needs 2 x clip-count-stddev > z; raise clip-count-stddev")
-    return (z ** -2 - (2 * count_stddev) ** -2) ** -0.5
+        raise ValueError(
+            f"clip-count-stddev {count_stddev:g} is too small for noise multiplier {z:.3f}: adaptive "
+            f"clipping needs 2 x clip-count-stddev > z; raise clip-count-stddev"
+        )
+    return (z**-2 - (2 * count_stddev) ** -2) ** -0.5
 
 
 class AdaptiveClip:
@@ -62,8 +64,9 @@ class TreeRoundNoise:
         self.position = 0  # rounds of the live tree released so far
         self.last_prefix: list[np.ndarray] | None = None
 
-    def noise(self, shapes: list[tuple], std: float, rng: np.random.Generator, *, pass_index: int,
-              **_) -> list[np.ndarray]:
+    def noise(
+        self, shapes: list[tuple], std: float, rng: np.random.Generator, *, pass_index: int, **_
+    ) -> list[np.ndarray]:
         if self.tree is None or pass_index != self.pass_index:
             self.tree, self.pass_index, self.position = TreeNoise(shapes, std, rng), pass_index, 0
             self.last_prefix = [np.zeros(shape) for shape in shapes]

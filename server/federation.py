@@ -43,16 +43,25 @@ def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: Coho
         return _federated_evaluator(config, grid, plan)
     users = None
     if config.federation.eval_users and config.federation.eval_users < data.num_users:
-        users = np.random.default_rng(config.train.seed).choice(data.num_users, config.federation.eval_users,
-                                                                 replace=False)
+        users = np.random.default_rng(config.train.seed).choice(
+            data.num_users, config.federation.eval_users, replace=False
+        )
     model = model_for(config, data.num_items)
 
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
         model.load_arrays(arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays)
         model.eval()
-        return evaluate(model_scores(model), data, split, top_k=config.train.top_k,
-                        mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size,
-                        device=config.train.device, users=None if all_users else users)
+        return evaluate(
+            model_scores(model),
+            data,
+            split,
+            top_k=config.train.top_k,
+            mask_seen=config.train.mask_seen,
+            batch_size=config.train.eval_batch_size,
+            device=config.train.device,
+            users=None if all_users else users,
+        )
+
     return evaluate_arrays
 
 
@@ -65,12 +74,14 @@ def _federated_evaluator(config: RunConfig, grid: Grid, plan: CohortPlan):
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
         record = arrays if isinstance(arrays, ArrayRecord) else ArrayRecord(arrays)
         return federated_evaluate(grid, plan, record, split, None if all_users else users, server_round=0)
+
     return evaluate_arrays
 
 
 @dataclass(frozen=True)
 class ServerCatalogue:
     """What the server knows of the data: the items; the users only when it holds interactions."""
+
     item_ids: np.ndarray  # (N + 1,) original item ID per model index, [0] = padding
     num_users: int | None
 
@@ -86,8 +97,10 @@ def server_catalogue(config: RunConfig, data=None) -> ServerCatalogue:
     try:
         item_ids = np.asarray(json.loads(path.read_text()), dtype=np.int64)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the item catalogue ({exc}); it must be the JSON list of original "
-                        "item IDs that `fedseqrec partition` writes") from exc
+        raise DataError(
+            f"{path}: cannot read the item catalogue ({exc}); it must be the JSON list of original "
+            "item IDs that `fedseqrec partition` writes"
+        ) from exc
     if item_ids.ndim != 1 or len(item_ids) < 2:
         raise DataError(f"{path}: the item catalogue must be a list of at least two item IDs (index 0 = padding)")
     return ServerCatalogue(item_ids, None)
@@ -118,8 +131,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     if config.federation.cohort_engine or config.federation.federated_evaluation:
         simulated = cached_partitioning(config.data, config.federation, config.train.seed).num_clients if hosts else 0
         plan = CohortPlan(config, simulated, hosts, keys)
-        log(INFO, "fedseqrec: %s", f"{simulated} simulated devices on {len(hosts)} nodes" if hosts
-            else f"{len(keys)} clients")
+        log(
+            INFO,
+            "fedseqrec: %s",
+            f"{simulated} simulated devices on {len(hosts)} nodes" if hosts else f"{len(keys)} clients",
+        )
     population = len(plan.keys) if plan is not None else len(keys)
     # <= 1 / users, as the literature asks (a server without data counts its clients instead)
     delta = config.privacy.delta or 1.0 / (catalogue.num_users or population)
@@ -130,8 +146,18 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     expected_rounds = config.federation.num_server_rounds * min(1.0, config.federation.clients_per_round / population)
     round_config = {"run-dir": str(run_dir), "delta": delta, "expected-rounds": expected_rounds}
     evaluate_arrays = make_evaluator(config, data, grid, plan)
-    state = run_rounds(grid, config, strategy, state, run_dir, evaluate_arrays, keys, round_config, tracker,
-                       cohort=plan if config.federation.cohort_engine else None)
+    state = run_rounds(
+        grid,
+        config,
+        strategy,
+        state,
+        run_dir,
+        evaluate_arrays,
+        keys,
+        round_config,
+        tracker,
+        cohort=plan if config.federation.cohort_engine else None,
+    )
 
     best_arrays = state.best.get("arrays", state.arrays)
     test = evaluate_arrays(best_arrays, "test", all_users=True)
@@ -139,23 +165,44 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     model = model_for(config, catalogue.num_items)
     model.load_arrays(best_arrays)
     save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=flat, best_round=state.best.get("round"))
-    summary = {"rounds": state.round, "best_round": state.best.get("round"), "validation": validation,
-               "test": test, "num_users": catalogue.num_users or population, "num_items": catalogue.num_items,
-               "failed_clients": sum(r["failed"] for r in state.history),
-               "late_replies": sum(r.get("late", 0) for r in state.history),
-               "invalid_replies": sum(r.get("invalid", 0) for r in state.history),
-               "skipped_rounds": [r["round"] for r in state.history if "skipped" in r],
-               "declined_clients": sum(r["declined"] for r in state.history),
-               "wall_seconds_this_process": time.perf_counter() - started, "identify_seconds": identify_seconds,
-               "round_seconds_total": sum(r["seconds"] for r in state.history)}
+    summary = {
+        "rounds": state.round,
+        "best_round": state.best.get("round"),
+        "validation": validation,
+        "test": test,
+        "num_users": catalogue.num_users or population,
+        "num_items": catalogue.num_items,
+        "failed_clients": sum(r["failed"] for r in state.history),
+        "late_replies": sum(r.get("late", 0) for r in state.history),
+        "invalid_replies": sum(r.get("invalid", 0) for r in state.history),
+        "skipped_rounds": [r["round"] for r in state.history if "skipped" in r],
+        "declined_clients": sum(r["declined"] for r in state.history),
+        "wall_seconds_this_process": time.perf_counter() - started,
+        "identify_seconds": identify_seconds,
+        "round_seconds_total": sum(r["seconds"] for r in state.history),
+    }
     if state.stopped_early:
         summary["stopped_early"] = state.stopped_early
     if config.privacy.dp_mode != "none":
-        summary["privacy"] = write_privacy_report(run_dir, config, tracker, state.history, population, delta,
-                                                  catalogue.num_users or population,
-                                                  stopped_early=state.stopped_early)
+        summary["privacy"] = write_privacy_report(
+            run_dir,
+            config,
+            tracker,
+            state.history,
+            population,
+            delta,
+            catalogue.num_users or population,
+            stopped_early=state.stopped_early,
+        )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_reports(run_dir, state.history, config.train.top_k)
-    log(INFO, "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s", config.train.top_k,
-        test[f"ndcg@{config.train.top_k}"], config.train.top_k, test[f"hr@{config.train.top_k}"], run_dir)
+    log(
+        INFO,
+        "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s",
+        config.train.top_k,
+        test[f"ndcg@{config.train.top_k}"],
+        config.train.top_k,
+        test[f"hr@{config.train.top_k}"],
+        run_dir,
+    )
     return summary

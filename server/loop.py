@@ -46,8 +46,10 @@ def discover_clients(grid: Grid, timeout: float) -> tuple[dict[int, int], list[i
     """(client-key -> node id, node ids that host simulated devices), asked once per run: sampling
     by identity makes runs reproducible and resumable even though node ids change between runs."""
     node_ids = sorted(grid.get_node_ids())
-    messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY,
-                        dst_node_id=node) for node in node_ids]
+    messages = [
+        Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=node)
+        for node in node_ids
+    ]
     keys, hosts = {}, []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
@@ -68,14 +70,21 @@ def sample_clients(keys: list[int], count: int, seed: int, server_round: int, se
     return sorted(rng.choice(sorted(keys), size=min(count, len(keys)), replace=False).tolist())
 
 
-def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord,
-                node_ids: list[int], config: ConfigRecord, timeout: float,
-                order: dict[int, int] | None = None,
-                refuse: Callable[[int], str | None] | None = None,
-                per_node: dict[int, dict] | None = None,
-                combine: Callable[[list[Message]], list[Message]] | None = None,
-                check: Callable[[Message], str | None] | None = None, min_replies: int = 1
-                ) -> tuple[ArrayRecord | None, dict, dict]:
+def train_round(
+    grid: Grid,
+    strategy: Strategy,
+    server_round: int,
+    arrays: ArrayRecord,
+    node_ids: list[int],
+    config: ConfigRecord,
+    timeout: float,
+    order: dict[int, int] | None = None,
+    refuse: Callable[[int], str | None] | None = None,
+    per_node: dict[int, dict] | None = None,
+    combine: Callable[[list[Message]], list[Message]] | None = None,
+    check: Callable[[Message], str | None] | None = None,
+    min_replies: int = 1,
+) -> tuple[ArrayRecord | None, dict, dict]:
     """One round of training on the sampled nodes; returns (new arrays or None, round stats).
 
     `order` maps node id -> client key: replies are aggregated in client-key order, so float
@@ -89,10 +98,21 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     view = SampledGrid(grid, node_ids)
     messages = list(strategy.configure_train(server_round, arrays, config, view))
     if per_node:  # strategies share one content record between messages: give each node its own
-        messages = [Message(content=RecordDict({**dict(m.content.items()), "config": ConfigRecord(
-                                {**dict(m.content["config"]), **per_node.get(m.metadata.dst_node_id, {})})}),
-                            message_type=m.metadata.message_type, dst_node_id=m.metadata.dst_node_id)
-                    for m in messages]
+        messages = [
+            Message(
+                content=RecordDict(
+                    {
+                        **dict(m.content.items()),
+                        "config": ConfigRecord(
+                            {**dict(m.content["config"]), **per_node.get(m.metadata.dst_node_id, {})}
+                        ),
+                    }
+                ),
+                message_type=m.metadata.message_type,
+                dst_node_id=m.metadata.dst_node_id,
+            )
+            for m in messages
+        ]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     replies.sort(key=lambda m: (order or {}).get(m.metadata.src_node_id, m.metadata.src_node_id))
     failed = [r for r in replies if r.has_error()]
@@ -100,8 +120,13 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     declined = [r for r in ok if "arrays" not in r.content]
     contributing = [r for r in ok if "arrays" in r.content]
     for reply in failed:
-        log(WARNING, "round %s: client on node %s failed: %s", server_round, reply.metadata.src_node_id,
-            reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "no reason")
+        log(
+            WARNING,
+            "round %s: client on node %s failed: %s",
+            server_round,
+            reply.metadata.src_node_id,
+            reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "no reason",
+        )
     invalid = []
     if check is not None:
         verdicts = [(reply, check(reply)) for reply in contributing]
@@ -109,10 +134,17 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
         contributing = [reply for reply, why in verdicts if not why]
         for reply, why in invalid:
             log(WARNING, "round %s: reply from node %s dropped: %s", server_round, reply.metadata.src_node_id, why)
-    stats = {"sampled": len(node_ids), "replied": len(contributing), "failed": len(failed),
-             "late": len(node_ids) - len(replies), "invalid": len(invalid), "declined": len(declined)}
-    per_client = {(order or {}).get(r.metadata.src_node_id, r.metadata.src_node_id): dict(r.content["metrics"])
-                  for r in ok}
+    stats = {
+        "sampled": len(node_ids),
+        "replied": len(contributing),
+        "failed": len(failed),
+        "late": len(node_ids) - len(replies),
+        "invalid": len(invalid),
+        "declined": len(declined),
+    }
+    per_client = {
+        (order or {}).get(r.metadata.src_node_id, r.metadata.src_node_id): dict(r.content["metrics"]) for r in ok
+    }
     if not contributing:
         return None, stats, per_client
     if len(contributing) < min_replies:
@@ -130,22 +162,38 @@ def train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: Array
     return new_arrays, stats, per_client
 
 
-def secure_train_round(grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord, node_ids: list[int],
-                       config: ConfigRecord, timeout: float, run_config: RunConfig,
-                       refuse: Callable[[int], str | None] | None = None, per_node: dict[int, dict] | None = None,
-                       combine: Callable[[list[Message]], list[Message]] | None = None,
-                       min_replies: int = 1) -> tuple[ArrayRecord | None, dict, dict]:
+def secure_train_round(
+    grid: Grid,
+    strategy: Strategy,
+    server_round: int,
+    arrays: ArrayRecord,
+    node_ids: list[int],
+    config: ConfigRecord,
+    timeout: float,
+    run_config: RunConfig,
+    refuse: Callable[[int], str | None] | None = None,
+    per_node: dict[int, dict] | None = None,
+    combine: Callable[[list[Message]], list[Message]] | None = None,
+    min_replies: int = 1,
+) -> tuple[ArrayRecord | None, dict, dict]:
     """`train_round` through SecAgg+ (`server.secure_aggregation`): the server gets only the nodes'
     weighted mean, which enters `combine` (DP noise) and the strategy as one reply. Replies cannot be
     checked one by one here: the devices clip their own updates."""
     list(strategy.configure_train(server_round, arrays, config, SampledGrid(grid, node_ids)))  # FedOpt's state
-    configs = {node: {**dict(config), "server-round": server_round, **(per_node or {}).get(node, {})}
-               for node in node_ids}
+    configs = {
+        node: {**dict(config), "server-round": server_round, **(per_node or {}).get(node, {})} for node in node_ids
+    }
     mean, per_client, failed = secure_mean(grid, run_config, server_round, arrays, configs, timeout)
     users = sum(int(m.get("num-examples", 0)) for m in per_client.values())
-    stats = {"sampled": len(node_ids), "replied": len(per_client), "failed": failed,
-             "late": max(0, len(node_ids) - len(per_client) - failed), "invalid": 0, "declined": 0,
-             "secure-aggregation": 1}
+    stats = {
+        "sampled": len(node_ids),
+        "replied": len(per_client),
+        "failed": failed,
+        "late": max(0, len(node_ids) - len(per_client) - failed),
+        "invalid": 0,
+        "declined": 0,
+        "secure-aggregation": 1,
+    }
     if mean is None or users == 0:
         return None, stats, per_client
     if len(per_client) < min_replies:
@@ -156,10 +204,23 @@ def secure_train_round(grid: Grid, strategy: Strategy, server_round: int, arrays
         stats["refused"] = reason
         return None, stats, per_client
     loss = sum(float(m.get("train-loss", 0.0)) * int(m["num-examples"]) for m in per_client.values()) / users
-    reply = Message(content=RecordDict({"arrays": mean, "metrics": MetricRecord({
-        "num-examples": users, "unit-weight": 1, "train-loss": loss,
-        "clipped": sum(int(m.get("clipped", 0)) for m in per_client.values())})}),
-        dst_node_id=0, message_type=MessageType.TRAIN)
+    reply = Message(
+        content=RecordDict(
+            {
+                "arrays": mean,
+                "metrics": MetricRecord(
+                    {
+                        "num-examples": users,
+                        "unit-weight": 1,
+                        "train-loss": loss,
+                        "clipped": sum(int(m.get("clipped", 0)) for m in per_client.values()),
+                    }
+                ),
+            }
+        ),
+        dst_node_id=0,
+        message_type=MessageType.TRAIN,
+    )
     replies = combine([reply]) if combine is not None else [reply]
     new_arrays, metrics = strategy.aggregate_train(server_round, replies)
     if metrics is not None:
@@ -177,17 +238,32 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunState, run_dir: Path,
-               evaluate_fn, keys: dict[int, int], round_config: dict, privacy=None, timeout: float = 3600.0,
-               cohort=None) -> RunState:
+def run_rounds(
+    grid: Grid,
+    config: RunConfig,
+    strategy: Strategy,
+    state: RunState,
+    run_dir: Path,
+    evaluate_fn,
+    keys: dict[int, int],
+    round_config: dict,
+    privacy=None,
+    timeout: float = 3600.0,
+    cohort=None,
+) -> RunState:
     """Rounds state.round + 1 .. num-server-rounds; checkpoint after each. `privacy` (a
     server.privacy.PrivacyTracker) may stop the run before a round that would exceed the budget
     and records epsilon after each round. `cohort` (a server.cohort.CohortPlan) samples users
     and hands their chunks to the nodes that host them."""
     fed = config.federation
     available = len(cohort.keys) if cohort is not None else len(keys)
-    log(INFO, "fedseqrec: %d clients available, %d per round%s", available, min(fed.clients_per_round, available),
-        f" ({fed.user_sampling} sampling, cohort engine on {len(cohort.hosts)} nodes)" if cohort is not None else "")
+    log(
+        INFO,
+        "fedseqrec: %d clients available, %d per round%s",
+        available,
+        min(fed.clients_per_round, available),
+        f" ({fed.user_sampling} sampling, cohort engine on {len(cohort.hosts)} nodes)" if cohort is not None else "",
+    )
     key = f"ndcg@{config.train.top_k}"
     known_nodes = set(grid.get_node_ids())
     arrays = ArrayRecord(state.arrays)
@@ -215,42 +291,82 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
         if cohort is not None:
             users = cohort.sample(server_round, secret=not reproducible)
             if len(users) == 0 and cohort.schedule_over(server_round):
-                log(INFO, "fedseqrec: stopping before round %s: every user has joined its max-participations "
-                    "trees (DP-FTRL)", server_round)
+                log(
+                    INFO,
+                    "fedseqrec: stopping before round %s: every user has joined its max-participations trees (DP-FTRL)",
+                    server_round,
+                )
                 state.stopped_early = f"DP-FTRL participation cap reached before round {server_round}"
                 break
             if len(users) == 0:  # a Poisson draw can be empty: nothing to train, nothing to release
                 log(WARNING, "fedseqrec: round %s sampled no user; nothing trained", server_round)
                 state.round = server_round
-                state.history.append({"round": server_round, "sampled": 0, "replied": 0, "failed": 0,
-                                      "declined": 0, "train-seconds": 0.0, "seconds": 0.0})
+                state.history.append(
+                    {
+                        "round": server_round,
+                        "sampled": 0,
+                        "replied": 0,
+                        "failed": 0,
+                        "declined": 0,
+                        "train-seconds": 0.0,
+                        "seconds": 0.0,
+                    }
+                )
                 continue
             per_node = cohort.assign(users)
             node_ids, order = sorted(per_node), {node: i for i, node in enumerate(sorted(per_node))}
         else:
-            chosen = sample_clients(list(keys), fed.clients_per_round, config.train.seed, server_round,
-                                    secret=not reproducible)
+            chosen = sample_clients(
+                list(keys), fed.clients_per_round, config.train.seed, server_round, secret=not reproducible
+            )
             per_node, node_ids, order = None, [keys[c] for c in chosen], {node: key for key, node in keys.items()}
-        this_round = ConfigRecord({**round_config,
-                                   **(privacy.round_config(server_round) if privacy is not None else {})})
-        combine = ((lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
-                   if cohort is not None and privacy is not None and privacy.mode == "server" else None)
+        this_round = ConfigRecord(
+            {**round_config, **(privacy.round_config(server_round) if privacy is not None else {})}
+        )
+        combine = (
+            (lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
+            if cohort is not None and privacy is not None and privacy.mode == "server"
+            else None
+        )
         refuse = privacy.refuses if privacy is not None else None
         if fed.secure_aggregation:
             new_arrays, stats, per_client = secure_train_round(
-                grid, strategy, server_round, arrays, node_ids, this_round, min(timeout, fed.round_deadline), config,
-                refuse=refuse, per_node=per_node, combine=combine, min_replies=fed.min_replies)
+                grid,
+                strategy,
+                server_round,
+                arrays,
+                node_ids,
+                this_round,
+                min(timeout, fed.round_deadline),
+                config,
+                refuse=refuse,
+                per_node=per_node,
+                combine=combine,
+                min_replies=fed.min_replies,
+            )
         else:
             new_arrays, stats, per_client = train_round(
-                grid, strategy, server_round, arrays, node_ids, this_round, min(timeout, fed.round_deadline), order,
-                refuse=refuse, per_node=per_node,
-                check=lambda reply, start=arrays: reply_problem(reply, start, max_update_norm=fed.max_update_norm,
-                                                                max_examples=fed.max_reply_examples),
-                min_replies=fed.min_replies, combine=combine)
+                grid,
+                strategy,
+                server_round,
+                arrays,
+                node_ids,
+                this_round,
+                min(timeout, fed.round_deadline),
+                order,
+                refuse=refuse,
+                per_node=per_node,
+                check=lambda reply, start=arrays: reply_problem(
+                    reply, start, max_update_norm=fed.max_update_norm, max_examples=fed.max_reply_examples
+                ),
+                min_replies=fed.min_replies,
+                combine=combine,
+            )
         if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
             replied = sum(int(m.get("users", 0)) for m in per_client.values())
-            stats.update({"nodes": len(node_ids), "sampled": len(users), "replied": replied,
-                          "failed": len(users) - replied})
+            stats.update(
+                {"nodes": len(node_ids), "sampled": len(users), "replied": replied, "failed": len(users) - replied}
+            )
         if "refused" in stats:  # nothing of this round is aggregated, released or checkpointed
             log(WARNING, "fedseqrec: round %d not aggregated and the run stops: %s", server_round, stats["refused"])
             state.stopped_early = f"round {server_round} not released: {stats['refused']}"
@@ -261,14 +377,16 @@ def run_rounds(grid: Grid, config: RunConfig, strategy: Strategy, state: RunStat
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
         if privacy is not None:
-            row.update(privacy.record(server_round, per_client,
-                                      arrived=0 if "skipped" in stats else stats["replied"]))
+            row.update(privacy.record(server_round, per_client, arrived=0 if "skipped" in stats else stats["replied"]))
             state.privacy = privacy.state_dict()
         if server_round % fed.eval_every_rounds == 0 or server_round == fed.num_server_rounds:
             row["validation"] = evaluate_fn(arrays, "validation")
             if row["validation"][key] > state.best.get("metric", float("-inf")):
-                state.best = {"round": server_round, "metric": row["validation"][key],
-                              "arrays": arrays_to_torch(arrays)}
+                state.best = {
+                    "round": server_round,
+                    "metric": row["validation"][key],
+                    "arrays": arrays_to_torch(arrays),
+                }
         row["seconds"] = time.perf_counter() - round_start
         state.round, state.arrays = server_round, arrays_to_torch(arrays)
         state.history.append(row)
@@ -301,11 +419,13 @@ class Progress:
         per_round = (time.perf_counter() - self.started) / max(done, 1)
         eta = per_round * (self.total - row["round"])
         val = row.get("validation", {}).get(key)
-        parts = [f"fedseqrec: round {row['round']}/{self.total}",
-                 f"clients {row['replied']} ok, {row['failed']} failed, {row['declined']} declined"
-                 + "".join(f", {row[k]} {k}" for k in ("late", "invalid") if row.get(k)),
-                 f"loss {row.get('train-loss', float('nan')):.4f}",
-                 f"{per_round:.1f} s/round, ETA {_duration(eta)}"]
+        parts = [
+            f"fedseqrec: round {row['round']}/{self.total}",
+            f"clients {row['replied']} ok, {row['failed']} failed, {row['declined']} declined"
+            + "".join(f", {row[k]} {k}" for k in ("late", "invalid") if row.get(k)),
+            f"loss {row.get('train-loss', float('nan')):.4f}",
+            f"{per_round:.1f} s/round, ETA {_duration(eta)}",
+        ]
         if val is not None:
             self.best = val if self.best is None else max(self.best, val)
             parts.append(f"val {key} {val:.4f} (best {self.best:.4f})")

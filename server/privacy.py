@@ -57,23 +57,43 @@ class PrivacyTracker:
         self.mechanism = privacy.server_mechanism if self.cohort else "dp-fedavg"
         self.ftrl = self.mode == "server" and self.mechanism == "dp-ftrl"
         self.rounds_in_tree, self.cap = participation.ftrl_schedule(  # dp-ftrl: trees a user may join
-            population, fed.clients_per_round, fed.num_server_rounds, privacy.max_participations)
+            population, fed.clients_per_round, fed.num_server_rounds, privacy.max_participations
+        )
         self._next_round = len(self.epsilon_by_round) + 1
         self.noise_multiplier = privacy.noise_multiplier
         if self.mode == "server" and privacy.target_epsilon > 0:
             self.noise_multiplier = (
-                dpftrl_noise_for(privacy.target_epsilon, rounds_in_tree=self.rounds_in_tree, trees=self.cap,
-                                 delta=delta) if self.ftrl else
-                dpfedavg_noise_for(privacy.target_epsilon, num_sampled=self.sampled, population=population,
-                                   rounds=fed.num_server_rounds, delta=delta, sampling=self.sampling))
+                dpftrl_noise_for(
+                    privacy.target_epsilon, rounds_in_tree=self.rounds_in_tree, trees=self.cap, delta=delta
+                )
+                if self.ftrl
+                else dpfedavg_noise_for(
+                    privacy.target_epsilon,
+                    num_sampled=self.sampled,
+                    population=population,
+                    rounds=fed.num_server_rounds,
+                    delta=delta,
+                    sampling=self.sampling,
+                )
+            )
         self.tree = TreeRoundNoise(state.get("trees")) if self.ftrl else None
         self.round_noise = self.tree or GaussianRoundNoise()
         # Adaptive clipping on the cohort engine: the count's noise takes a share of the accounted z.
-        self.adaptive = (AdaptiveClip(state.get("clip", privacy.clipping_norm), privacy.clip_quantile,
-                                      privacy.clip_lr, privacy.clip_count_stddev or self.sampled / 20)
-                         if self.cohort and self.mode == "server" and privacy.adaptive_clipping else None)
-        self.update_multiplier = (update_noise_multiplier(self.noise_multiplier, self.adaptive.count_stddev)
-                                  if self.adaptive else self.noise_multiplier)
+        self.adaptive = (
+            AdaptiveClip(
+                state.get("clip", privacy.clipping_norm),
+                privacy.clip_quantile,
+                privacy.clip_lr,
+                privacy.clip_count_stddev or self.sampled / 20,
+            )
+            if self.cohort and self.mode == "server" and privacy.adaptive_clipping
+            else None
+        )
+        self.update_multiplier = (
+            update_noise_multiplier(self.noise_multiplier, self.adaptive.count_stddev)
+            if self.adaptive
+            else self.noise_multiplier
+        )
         self.clip_by_round: dict[int, float] = {int(k): v for k, v in state.get("clip_by_round", {}).items()}
 
     def wrap(self, strategy: Strategy) -> Strategy:
@@ -82,12 +102,20 @@ class PrivacyTracker:
         privacy = self.config.privacy
         if privacy.adaptive_clipping:  # the count noise's share of z is taken inside Flower's wrapper
             return DifferentialPrivacyServerSideAdaptiveClipping(
-                strategy, noise_multiplier=self.noise_multiplier, num_sampled_clients=self.sampled,
-                initial_clipping_norm=privacy.clipping_norm, target_clipped_quantile=privacy.clip_quantile,
-                clip_norm_lr=privacy.clip_lr, clipped_count_stddev=privacy.clip_count_stddev or None)
-        return DifferentialPrivacyServerSideFixedClipping(strategy, noise_multiplier=self.noise_multiplier,
-                                                          clipping_norm=privacy.clipping_norm,
-                                                          num_sampled_clients=self.sampled)
+                strategy,
+                noise_multiplier=self.noise_multiplier,
+                num_sampled_clients=self.sampled,
+                initial_clipping_norm=privacy.clipping_norm,
+                target_clipped_quantile=privacy.clip_quantile,
+                clip_norm_lr=privacy.clip_lr,
+                clipped_count_stddev=privacy.clip_count_stddev or None,
+            )
+        return DifferentialPrivacyServerSideFixedClipping(
+            strategy,
+            noise_multiplier=self.noise_multiplier,
+            clipping_norm=privacy.clipping_norm,
+            num_sampled_clients=self.sampled,
+        )
 
     @property
     def server_noise(self) -> str:
@@ -118,8 +146,11 @@ class PrivacyTracker:
         """Cohort engine, server mode: the clipped users' sum + N(0, (z C)^2), over the expected cohort
         size, as one reply for the strategy (its weighted mean is then exactly this)."""
         privacy = self.config.privacy
-        rng = (np.random.default_rng([self.config.train.seed, server_round, client_seed(0, server_round, -2)])
-               if privacy.reproducible_dp_noise else randomness.secret_rng())
+        rng = (
+            np.random.default_rng([self.config.train.seed, server_round, client_seed(0, server_round, -2)])
+            if privacy.reproducible_dp_noise
+            else randomness.secret_rng()
+        )
         start = global_arrays.to_numpy_ndarrays()
         names = list(global_arrays.keys())
         total = [np.zeros_like(a, dtype=np.float64) for a in start]
@@ -131,27 +162,39 @@ class PrivacyTracker:
             for acc, mean, base in zip(total, reply.content["arrays"].to_numpy_ndarrays(), start):
                 acc += (mean.astype(np.float64) - base) * n  # this node's users' clipped sum
         clip = self.clip
-        unclipped = sum(int(r.content["metrics"]["num-examples"]) - int(r.content["metrics"].get("clipped", 0))
-                        for r in replies)
-        noise = self.round_noise.noise([a.shape for a in total], self.update_multiplier * clip, rng,
-                                       pass_index=participation.tree_of(server_round, self.rounds_in_tree)[0])
-        noisy = {name: (base + (acc + draw) / self.sampled).astype(base.dtype)
-                 for name, base, acc, draw in zip(names, start, total, noise)}
+        unclipped = sum(
+            int(r.content["metrics"]["num-examples"]) - int(r.content["metrics"].get("clipped", 0)) for r in replies
+        )
+        noise = self.round_noise.noise(
+            [a.shape for a in total],
+            self.update_multiplier * clip,
+            rng,
+            pass_index=participation.tree_of(server_round, self.rounds_in_tree)[0],
+        )
+        noisy = {
+            name: (base + (acc + draw) / self.sampled).astype(base.dtype)
+            for name, base, acc, draw in zip(names, start, total, noise)
+        }
         if self.adaptive:  # C for the next round, from this round's noisy count (its cost is in z)
             self.clip_by_round[server_round] = clip
             self.adaptive.step(unclipped, users, self.sampled, rng)
         combined = replies[0]
-        combined.content = RecordDict({"arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v))
-                                                              for k, v in noisy.items()}),
-                                       "metrics": MetricRecord({"num-examples": 1, "unit-weight": 1,
-                                                                "train-loss": loss / max(users, 1)})})
+        combined.content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in noisy.items()}),
+                "metrics": MetricRecord({"num-examples": 1, "unit-weight": 1, "train-loss": loss / max(users, 1)}),
+            }
+        )
         return [combined]
 
     def epsilon_after(self, arrived: int) -> float:
         """Server mode: the run's epsilon if a round with `arrived` contributing clients were released."""
         if self.ftrl:
-            return dpftrl_epsilon(self.noise_multiplier, self._trees_after(), delta=self.delta) if arrived else \
-                self._server_epsilon(self.events)
+            return (
+                dpftrl_epsilon(self.noise_multiplier, self._trees_after(), delta=self.delta)
+                if arrived
+                else self._server_epsilon(self.events)
+            )
         return self._server_epsilon(self.events + [self._round_event(arrived)] if arrived else self.events)
 
     def _trees_after(self) -> list[list[int]]:
@@ -182,8 +225,10 @@ class PrivacyTracker:
         epsilon = self.epsilon_after(arrived)
         if epsilon <= cap:
             return None
-        return (f"{arrived} of {self.sampled} sampled clients replied; releasing that round would spend "
-                f"epsilon {epsilon:.3f} > max-epsilon {cap:g} (delta {self.delta:.2e})")
+        return (
+            f"{arrived} of {self.sampled} sampled clients replied; releasing that round would spend "
+            f"epsilon {epsilon:.3f} > max-epsilon {cap:g} (delta {self.delta:.2e})"
+        )
 
     def record(self, server_round: int, per_client: dict[int, dict], arrived: int) -> dict:
         """Book a released round: `arrived` clients' updates were aggregated (server mode)."""
@@ -202,20 +247,36 @@ class PrivacyTracker:
                 if "user-level" in metrics:
                     self.client_unit[key] = "user" if int(metrics["user-level"]) else "event"
                 if "dp-noise-reproducible" in metrics:
-                    self.client_noise[key] = (randomness.REPRODUCIBLE if int(metrics["dp-noise-reproducible"])
-                                              else randomness.SECRET)
+                    self.client_noise[key] = (
+                        randomness.REPRODUCIBLE if int(metrics["dp-noise-reproducible"]) else randomness.SECRET
+                    )
                 self.declined += int(metrics.get("declined", 0))
             epsilon = max(self.client_epsilon.values(), default=0.0)
         self.epsilon_by_round[server_round] = epsilon
         return {"epsilon": epsilon}
 
     def state_dict(self) -> dict:
-        return {"epsilon_by_round": {str(k): v for k, v in self.epsilon_by_round.items()}, "events": self.events,
-                "client_epsilon": {str(k): v for k, v in self.client_epsilon.items()},
-                "client_unit": {str(k): v for k, v in self.client_unit.items()},
-                "client_noise": {str(k): v for k, v in self.client_noise.items()}, "declined": self.declined,
-                "sampling": self.sampling, "mechanism": self.mechanism,
-                **({"trees": self.tree.trees, "rounds_in_tree": self.rounds_in_tree, "max_participations": self.cap}
-                   if self.ftrl else {}),
-                **({"clip": self.adaptive.clip, "clip_by_round": {str(k): v for k, v in self.clip_by_round.items()},
-                    "update_noise_multiplier": self.update_multiplier} if self.adaptive else {})}
+        return {
+            "epsilon_by_round": {str(k): v for k, v in self.epsilon_by_round.items()},
+            "events": self.events,
+            "client_epsilon": {str(k): v for k, v in self.client_epsilon.items()},
+            "client_unit": {str(k): v for k, v in self.client_unit.items()},
+            "client_noise": {str(k): v for k, v in self.client_noise.items()},
+            "declined": self.declined,
+            "sampling": self.sampling,
+            "mechanism": self.mechanism,
+            **(
+                {"trees": self.tree.trees, "rounds_in_tree": self.rounds_in_tree, "max_participations": self.cap}
+                if self.ftrl
+                else {}
+            ),
+            **(
+                {
+                    "clip": self.adaptive.clip,
+                    "clip_by_round": {str(k): v for k, v in self.clip_by_round.items()},
+                    "update_noise_multiplier": self.update_multiplier,
+                }
+                if self.adaptive
+                else {}
+            ),
+        }

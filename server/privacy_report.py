@@ -38,8 +38,16 @@ def noise_source(tracker: PrivacyTracker) -> str:
     return randomness.REPRODUCIBLE if randomness.REPRODUCIBLE in tracker.client_noise.values() else randomness.SECRET
 
 
-def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTracker, history: list[dict],
-                         population: int, delta: float, num_users: int, stopped_early: str | None = None) -> dict:
+def write_privacy_report(
+    run_dir: Path,
+    config: RunConfig,
+    tracker: PrivacyTracker,
+    history: list[dict],
+    population: int,
+    delta: float,
+    num_users: int,
+    stopped_early: str | None = None,
+) -> dict:
     privacy = config.privacy
     server = privacy.dp_mode == "server"
     if server:
@@ -49,97 +57,163 @@ def write_privacy_report(run_dir: Path, config: RunConfig, tracker: PrivacyTrack
     source = noise_source(tracker)
     by_round = [{"round": r, "epsilon": e} for r, e in sorted(tracker.epsilon_by_round.items())]
     report = {
-        "mechanism": ("DP-FTRL, each user clips its update on its device, tree-aggregated Gaussian noise on the "
-                      "running sum with restarts every pass (Kairouz et al. 2021), cohort engine" if tracker.ftrl else
-                      "DP-FedAvg, each user clips its update on its device, Gaussian noise on the cohort's sum "
-                      "(McMahan et al. 2018), cohort engine" if server and tracker.cohort else
-                      "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)" if server
-                      else "DP-SGD on each client (Opacus), per-client ledgers"),
+        "mechanism": (
+            "DP-FTRL, each user clips its update on its device, tree-aggregated Gaussian noise on the "
+            "running sum with restarts every pass (Kairouz et al. 2021), cohort engine"
+            if tracker.ftrl
+            else "DP-FedAvg, each user clips its update on its device, Gaussian noise on the cohort's sum "
+            "(McMahan et al. 2018), cohort engine"
+            if server and tracker.cohort
+            else "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)"
+            if server
+            else "DP-SGD on each client (Opacus), per-client ledgers"
+        ),
         "sampling_kind": ("none (dp-ftrl)" if tracker.ftrl else tracker.sampling) if server else "poisson",
         "server_mechanism": tracker.mechanism if server else None,
-        "dp_mode": privacy.dp_mode, "unit_of_privacy": UNIT_TEXT[facts.unit], "unit": facts.unit,
-        "adjacency": facts.adjacency, "sampling": facts.sampling, "sensitivity": facts.sensitivity,
-        "delta": delta, "noise_randomness": source, "noise_randomness_note": randomness.DESCRIPTION[source],
-        "accountant": ("dp-accounting RDP, SingleEpochTreeAggregation(z, tree lengths) per pass, replace-with-zero"
-                       if tracker.ftrl else
-                       "dp-accounting RDP, PoissonSampled(q, Gaussian(z)) per round, add/remove"
-                       if server and tracker.sampling == "poisson" else
-                       "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round, replace-one"
-                       if server else f"Opacus {privacy.accountant.upper()}, add/remove one sample"),
-        "noise_multiplier": (tracker.noise_multiplier if server
-                             else privacy.noise_multiplier if privacy.target_epsilon == 0
-                             else "per client, calibrated to target_epsilon"),
+        "dp_mode": privacy.dp_mode,
+        "unit_of_privacy": UNIT_TEXT[facts.unit],
+        "unit": facts.unit,
+        "adjacency": facts.adjacency,
+        "sampling": facts.sampling,
+        "sensitivity": facts.sensitivity,
+        "delta": delta,
+        "noise_randomness": source,
+        "noise_randomness_note": randomness.DESCRIPTION[source],
+        "accountant": (
+            "dp-accounting RDP, SingleEpochTreeAggregation(z, tree lengths) per pass, replace-with-zero"
+            if tracker.ftrl
+            else "dp-accounting RDP, PoissonSampled(q, Gaussian(z)) per round, add/remove"
+            if server and tracker.sampling == "poisson"
+            else "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round, replace-one"
+            if server
+            else f"Opacus {privacy.accountant.upper()}, add/remove one sample"
+        ),
+        "noise_multiplier": (
+            tracker.noise_multiplier
+            if server
+            else privacy.noise_multiplier
+            if privacy.target_epsilon == 0
+            else "per client, calibrated to target_epsilon"
+        ),
         "target_epsilon": privacy.target_epsilon or None,
         "clipping_norm": privacy.clipping_norm if server else privacy.max_grad_norm,
         "adaptive_clipping": privacy.adaptive_clipping if server else None,
-        **({"adaptive_clipping_detail": {
-            "quantile": privacy.clip_quantile, "clip_lr": privacy.clip_lr,
-            "count_stddev": tracker.adaptive.count_stddev, "update_noise_multiplier": tracker.update_multiplier,
-            "final_clipping_norm": tracker.adaptive.clip,
-            "note": "the accounted z covers the update and the clip count together: 1/z^2 = 1/z_update^2 + "
-                    "1/(2 count_stddev)^2"}} if server and tracker.adaptive else {}),
-        **({"dp_ftrl": {"trees": tracker.tree.trees, "rounds_in_tree": tracker.rounds_in_tree,
-                        "max_participations": tracker.cap}} if tracker.ftrl else {}),
-        "sampling_rate": (tracker.sampled / population if server
-                          else "per client: 1 / its batches per epoch (Poisson)"),
-        "clients": population, "clients_per_round": tracker.sampled, "users": num_users,
-        "rounds": len(history), "max_epsilon": privacy.max_epsilon or None, "secure_mode": privacy.secure_mode,
-        "epsilon": by_round[-1]["epsilon"] if by_round else 0.0, "epsilon_by_round": by_round,
-        "declined_clients": tracker.declined, "server_events": tracker.events,
+        **(
+            {
+                "adaptive_clipping_detail": {
+                    "quantile": privacy.clip_quantile,
+                    "clip_lr": privacy.clip_lr,
+                    "count_stddev": tracker.adaptive.count_stddev,
+                    "update_noise_multiplier": tracker.update_multiplier,
+                    "final_clipping_norm": tracker.adaptive.clip,
+                    "note": "the accounted z covers the update and the clip count together: 1/z^2 = 1/z_update^2 + "
+                    "1/(2 count_stddev)^2",
+                }
+            }
+            if server and tracker.adaptive
+            else {}
+        ),
+        **(
+            {
+                "dp_ftrl": {
+                    "trees": tracker.tree.trees,
+                    "rounds_in_tree": tracker.rounds_in_tree,
+                    "max_participations": tracker.cap,
+                }
+            }
+            if tracker.ftrl
+            else {}
+        ),
+        "sampling_rate": (
+            tracker.sampled / population if server else "per client: 1 / its batches per epoch (Poisson)"
+        ),
+        "clients": population,
+        "clients_per_round": tracker.sampled,
+        "users": num_users,
+        "rounds": len(history),
+        "max_epsilon": privacy.max_epsilon or None,
+        "secure_mode": privacy.secure_mode,
+        "epsilon": by_round[-1]["epsilon"] if by_round else 0.0,
+        "epsilon_by_round": by_round,
+        "declined_clients": tracker.declined,
+        "server_events": tracker.events,
         "stopped_early": stopped_early,
     }
     if not server:
         eps = np.array(list(tracker.client_epsilon.values()) or [0.0])
-        report["per_client_epsilon"] = {"clients_trained": len(tracker.client_epsilon), "min": float(eps.min()),
-                                        "median": float(np.median(eps)), "mean": float(eps.mean()),
-                                        "p90": float(np.quantile(eps, 0.9)), "max": float(eps.max())}
+        report["per_client_epsilon"] = {
+            "clients_trained": len(tracker.client_epsilon),
+            "min": float(eps.min()),
+            "median": float(np.median(eps)),
+            "mean": float(eps.mean()),
+            "p90": float(np.quantile(eps, 0.9)),
+            "max": float(eps.max()),
+        }
         report["epsilon_note"] = "run epsilon = the largest epsilon any client has spent"
         report["clients_by_unit"] = dict(Counter(tracker.client_unit.values()))
         report["clients_by_noise_randomness"] = dict(Counter(tracker.client_noise.values()))
     Path(run_dir, "privacy.json").write_text(json.dumps(report, indent=2))
     Path(run_dir, "privacy.md").write_text(_markdown(report, population, tracker.sampled))
     if by_round:
-        plot_curves(Path(run_dir) / "epsilon.png", [r["round"] for r in by_round],
-                    {"epsilon": [r["epsilon"] for r in by_round]}, xlabel="round",
-                    title=f"privacy spent (delta = {delta:.1e}, {privacy.dp_mode}-side DP, {facts.adjacency})")
-    return {"epsilon": report["epsilon"], "delta": delta, "unit": report["unit"], "adjacency": facts.adjacency,
-            "noise_randomness": source}
+        plot_curves(
+            Path(run_dir) / "epsilon.png",
+            [r["round"] for r in by_round],
+            {"epsilon": [r["epsilon"] for r in by_round]},
+            xlabel="round",
+            title=f"privacy spent (delta = {delta:.1e}, {privacy.dp_mode}-side DP, {facts.adjacency})",
+        )
+    return {
+        "epsilon": report["epsilon"],
+        "delta": delta,
+        "unit": report["unit"],
+        "adjacency": facts.adjacency,
+        "noise_randomness": source,
+    }
 
 
 def _markdown(report: dict, population: int, sampled: int) -> str:
     lines = ["# Privacy report", ""]
     if report["noise_randomness"] == randomness.REPRODUCIBLE:
         lines += [f"> **Warning**: {report['noise_randomness_note']}.", ""]
-    lines += [f"- Guarantee: ({report['epsilon']:.3f}, {report['delta']:.2e})-DP after {report['rounds']} rounds, "
-              f"per {report['unit']}, {report['adjacency']} adjacency",
-              f"- Mechanism: {report['mechanism']}",
-              f"- Unit of privacy: {report['unit_of_privacy']}",
-              f"- Adjacency: {report['adjacency']}",
-              f"- Sampling: {report['sampling']}",
-              f"- Sensitivity: {report['sensitivity']}",
-              f"- Noise and sampling randomness: {report['noise_randomness_note']}",
-              f"- Accountant: {report['accountant']}",
-              f"- Noise multiplier: {report['noise_multiplier']}  target epsilon: {report['target_epsilon']}",
-              f"- Clipping norm: {report['clipping_norm']}",
-              f"- Sampling rate: {report['sampling_rate']}",
-              f"- Clients: {population} ({sampled} per round); declined: {report['declined_clients']}"]
+    lines += [
+        f"- Guarantee: ({report['epsilon']:.3f}, {report['delta']:.2e})-DP after {report['rounds']} rounds, "
+        f"per {report['unit']}, {report['adjacency']} adjacency",
+        f"- Mechanism: {report['mechanism']}",
+        f"- Unit of privacy: {report['unit_of_privacy']}",
+        f"- Adjacency: {report['adjacency']}",
+        f"- Sampling: {report['sampling']}",
+        f"- Sensitivity: {report['sensitivity']}",
+        f"- Noise and sampling randomness: {report['noise_randomness_note']}",
+        f"- Accountant: {report['accountant']}",
+        f"- Noise multiplier: {report['noise_multiplier']}  target epsilon: {report['target_epsilon']}",
+        f"- Clipping norm: {report['clipping_norm']}",
+        f"- Sampling rate: {report['sampling_rate']}",
+        f"- Clients: {population} ({sampled} per round); declined: {report['declined_clients']}",
+    ]
     if "dp_ftrl" in report:
         ftrl = report["dp_ftrl"]
-        lines.append(f"- DP-FTRL: {ftrl['rounds_in_tree']} rounds per tree, each user in at most one round per tree "
-                     f"and at most {ftrl['max_participations']} trees; trees run per pass: {ftrl['trees']}")
+        lines.append(
+            f"- DP-FTRL: {ftrl['rounds_in_tree']} rounds per tree, each user in at most one round per tree "
+            f"and at most {ftrl['max_participations']} trees; trees run per pass: {ftrl['trees']}"
+        )
     if "adaptive_clipping_detail" in report:
         detail = report["adaptive_clipping_detail"]
-        lines.append(f"- Adaptive clipping: quantile {detail['quantile']}, count noise {detail['count_stddev']:.2f}, "
-                     f"update noise multiplier {detail['update_noise_multiplier']:.3f}, final C "
-                     f"{detail['final_clipping_norm']:.4f} ({detail['note']})")
+        lines.append(
+            f"- Adaptive clipping: quantile {detail['quantile']}, count noise {detail['count_stddev']:.2f}, "
+            f"update noise multiplier {detail['update_noise_multiplier']:.3f}, final C "
+            f"{detail['final_clipping_norm']:.4f} ({detail['note']})"
+        )
     if report.get("stopped_early"):
         lines.append(f"- Stopped early: {report['stopped_early']}")
     if "per_client_epsilon" in report:
         stats = report["per_client_epsilon"]
-        lines.append(f"- Per-client epsilon over {stats['clients_trained']} clients: min {stats['min']:.3f}, "
-                     f"median {stats['median']:.3f}, p90 {stats['p90']:.3f}, max {stats['max']:.3f}")
-        lines.append(f"- Clients by unit: {report['clients_by_unit']}; by noise source: "
-                     f"{report['clients_by_noise_randomness']}")
+        lines.append(
+            f"- Per-client epsilon over {stats['clients_trained']} clients: min {stats['min']:.3f}, "
+            f"median {stats['median']:.3f}, p90 {stats['p90']:.3f}, max {stats['max']:.3f}"
+        )
+        lines.append(
+            f"- Clients by unit: {report['clients_by_unit']}; by noise source: {report['clients_by_noise_randomness']}"
+        )
     lines += ["", "| round | epsilon |", "|---|---|"]
     lines += [f"| {r['round']} | {r['epsilon']:.4f} |" for r in report["epsilon_by_round"]]
     return "\n".join(lines) + "\n"

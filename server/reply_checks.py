@@ -15,8 +15,9 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 
-def reply_problem(reply: Message, global_arrays: ArrayRecord, *, max_update_norm: float = 0.0,
-                  max_examples: int = 0) -> str | None:
+def reply_problem(
+    reply: Message, global_arrays: ArrayRecord, *, max_update_norm: float = 0.0, max_examples: int = 0
+) -> str | None:
     """Why `reply` must not be aggregated, or None when it may."""
     content = reply.content
     if "arrays" not in content or "metrics" not in content:

@@ -46,8 +46,10 @@ class RunState:
             return None
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob["fingerprint"] != fingerprint:
-            raise ConfigError(f"{path} was written by a run with a different configuration; resume with the "
-                              "same run config, or choose a new out-dir")
+            raise ConfigError(
+                f"{path} was written by a run with a different configuration; resume with the "
+                "same run config, or choose a new out-dir"
+            )
         state = cls(**blob)
         if state.torch_rng is not None:
             torch.set_rng_state(state.torch_rng)

@@ -41,8 +41,11 @@ class _OneRound(LegacyStrategy):
 
     def configure_fit(self, server_round, parameters, client_manager):
         proxies = client_manager.all()
-        return [(proxies[str(node)], FitIns(parameters, dict(config))) for node, config in self.configs.items()
-                if str(node) in proxies]
+        return [
+            (proxies[str(node)], FitIns(parameters, dict(config)))
+            for node, config in self.configs.items()
+            if str(node) in proxies
+        ]
 
     def aggregate_fit(self, server_round, results, failures):
         self.results, self.failures = results, failures
@@ -58,8 +61,9 @@ class _OneRound(LegacyStrategy):
         return None
 
 
-def secure_mean(grid: Grid, config: RunConfig, server_round: int, arrays: ArrayRecord,
-                configs: dict[int, dict], timeout: float) -> tuple[ArrayRecord | None, dict[int, dict], int]:
+def secure_mean(
+    grid: Grid, config: RunConfig, server_round: int, arrays: ArrayRecord, configs: dict[int, dict], timeout: float
+) -> tuple[ArrayRecord | None, dict[int, dict], int]:
     """(mean of the nodes' replies weighted by their users, node id -> its metrics, failures) of one
     SecAgg+ round over the nodes in `configs` (node id -> its config entries)."""
     run_id = grid.run.run_id
@@ -70,24 +74,31 @@ def secure_mean(grid: Grid, config: RunConfig, server_round: int, arrays: ArrayR
     for node in configs:
         manager.register(GridClientProxy(node_id=node, grid=grid, run_id=run_id))
     strategy = _OneRound({node: {**entries, ARRAY_NAMES: names} for node, entries in configs.items()})
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=server_round), strategy=strategy,
-                           client_manager=manager)
+    legacy = LegacyContext(
+        context, config=ServerConfig(num_rounds=server_round), strategy=strategy, client_manager=manager
+    )
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
     legacy.state.array_records[MAIN_PARAMS_RECORD] = arrays
-    workflow = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold,
-                                  clipping_range=fed.secagg_clip_range,
-                                  # weights (users per node) are scaled by 1/max_weight before quantisation:
-                                  # the smallest bound that holds keeps the most precision
-                                  max_weight=float(fed.clients_per_round
-                                                   * (2 if fed.user_sampling == "poisson" else 1)),
-                                  timeout=timeout)
+    workflow = SecAggPlusWorkflow(
+        num_shares=fed.secagg_shares,
+        reconstruction_threshold=fed.secagg_threshold,
+        clipping_range=fed.secagg_clip_range,
+        # weights (users per node) are scaled by 1/max_weight before quantisation:
+        # the smallest bound that holds keeps the most precision
+        max_weight=float(fed.clients_per_round * (2 if fed.user_sampling == "poisson" else 1)),
+        timeout=timeout,
+    )
     workflow(grid, legacy)
     if not strategy.results:
         return None, {}, len(configs)
     mean = legacy.state.array_records[MAIN_PARAMS_RECORD]
-    named = ArrayRecord({name: Array(value.numpy().astype(arrays[name].numpy().dtype).reshape(arrays[name].shape))
-                         for name, value in zip(names, mean.values())})
-    metrics = {proxy.node_id: {**fitres.metrics, "num-examples": fitres.num_examples}
-               for proxy, fitres in strategy.results}
+    named = ArrayRecord(
+        {
+            name: Array(value.numpy().astype(arrays[name].numpy().dtype).reshape(arrays[name].shape))
+            for name, value in zip(names, mean.values())
+        }
+    )
+    metrics = {
+        proxy.node_id: {**fitres.metrics, "num-examples": fitres.num_examples} for proxy, fitres in strategy.results
+    }
     return named, metrics, len(strategy.failures)
-

@@ -29,10 +29,15 @@ _STATE_ATTRS = ("current_arrays", "m_t", "v_t")
 
 def build_strategy(config: RunConfig) -> Strategy:
     fed = config.federation
-    common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
-                  min_available_nodes=1,
-                  # DP-FedAvg's sensitivity bound needs equal weights; every reply carries unit-weight = 1.
-                  weighted_by_key="unit-weight" if config.privacy.dp_mode == "server" else "num-examples")
+    common = dict(
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
+        # DP-FedAvg's sensitivity bound needs equal weights; every reply carries unit-weight = 1.
+        weighted_by_key="unit-weight" if config.privacy.dp_mode == "server" else "num-examples",
+    )
     if fed.strategy == "fedavg":
         return FedAvg(**common)
     if fed.strategy == "fedprox":
@@ -53,8 +58,7 @@ def build_strategy(config: RunConfig) -> Strategy:
         return Bulyan(**robust, num_malicious_nodes=fed.assumed_malicious)
     optimiser = FedAdam if fed.strategy == "fedadam" else FedYogi
     # eta_l is only reported by Flower; clients use local-lr themselves.
-    return optimiser(**common, eta=fed.server_lr, eta_l=fed.local_lr, beta_1=0.9, beta_2=0.99,
-                     tau=fed.server_tau)
+    return optimiser(**common, eta=fed.server_lr, eta_l=fed.local_lr, beta_1=0.9, beta_2=0.99, tau=fed.server_tau)
 
 
 def _inner(strategy: Strategy) -> Strategy:

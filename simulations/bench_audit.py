@@ -31,10 +31,15 @@ from common.plots import plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODEL = {"model": "sasrec", "max-len": 50, "emb-dim": 64, "num-layers": 2, "dropout": 0.2,
-         "train-windows": "last"}
-SILO = {"partition": "iid", "num-partitions": 10, "clients-per-round": 10, "local-epochs": 3,
-        "local-lr": 0.005, "batch-size": 64}
+MODEL = {"model": "sasrec", "max-len": 50, "emb-dim": 64, "num-layers": 2, "dropout": 0.2, "train-windows": "last"}
+SILO = {
+    "partition": "iid",
+    "num-partitions": 10,
+    "clients-per-round": 10,
+    "local-epochs": 3,
+    "local-lr": 0.005,
+    "batch-size": 64,
+}
 DEVICE = {"partition": "user", "local-epochs": 1, "local-lr": 0.005, "batch-size": 64}
 # Tuned for DP-SGD on a one-silo proxy at epsilon 8 (4 rounds): larger Poisson batches (less noise
 # per step relative to the signal) and a larger step beat the non-private batch 32-64 / lr 0.003-0.005.
@@ -43,8 +48,14 @@ SERVER_DP = {"dp-mode": "server", "clipping-norm": 1.0}
 
 
 def base_config(data: str, canaries: int, holdout: float) -> dict:
-    return {"data": data, **MODEL, "holdout-fraction": holdout, "canaries": canaries, "canary-length": 22,
-            "eval-users": 500}
+    return {
+        "data": data,
+        **MODEL,
+        "holdout-fraction": holdout,
+        "canaries": canaries,
+        "canary-length": 22,
+        "eval-users": 500,
+    }
 
 
 def settings(epsilons: list[float], silo_rounds: int, device_rounds: int, per_round: int) -> dict[str, dict]:
@@ -59,6 +70,7 @@ def settings(epsilons: list[float], silo_rounds: int, device_rounds: int, per_ro
 
 def num_clients(config: dict) -> int:
     from simulations.federate import num_clients as count
+
     return count(RunConfig.from_flat(config))
 
 
@@ -66,8 +78,14 @@ def simulate_in_child(run_config: dict, num_supernodes: int, log: Path) -> float
     spec = json.dumps({"run_config": run_config, "num_supernodes": num_supernodes})
     started = time.perf_counter()
     with open(log, "w") as out:
-        subprocess.run([sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec], cwd=ROOT, check=True,
-                       stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+        subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec],
+            cwd=ROOT,
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        )
     return time.perf_counter() - started
 
 
@@ -77,18 +95,25 @@ def row_for(name: str, run_dir: Path, seconds: float) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     privacy_file = run_dir / "privacy.json"
     privacy = json.loads(privacy_file.read_text()) if privacy_file.exists() else {}
-    return {"setting": name, "claimed_epsilon": report["claimed_epsilon"],
-            "noise_multiplier": privacy.get("noise_multiplier"), "delta": report["delta"],
-            "unit_of_privacy": report["unit_of_privacy"],
-            "auc_loss": mia["loss"]["auc"], "auc_log_rank": mia["log_rank"]["auc"],
-            "tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
-            "canary_correct": f"{can['correct']}/{can['guesses']}",
-            "epsilon_lower_bound": can["epsilon_lower_bound"],
-            "exposure_included": can["exposure"]["mean_included"],
-            "exposure_excluded": can["exposure"]["mean_excluded"],
-            "update_leakage": report["update_leakage"]["settings"],
-            "test_ndcg@10": summary["test"]["ndcg@10"], "test_hr@10": summary["test"]["hr@10"],
-            "failures": report["failures"], "sim_seconds": seconds}
+    return {
+        "setting": name,
+        "claimed_epsilon": report["claimed_epsilon"],
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "delta": report["delta"],
+        "unit_of_privacy": report["unit_of_privacy"],
+        "auc_loss": mia["loss"]["auc"],
+        "auc_log_rank": mia["log_rank"]["auc"],
+        "tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
+        "canary_correct": f"{can['correct']}/{can['guesses']}",
+        "epsilon_lower_bound": can["epsilon_lower_bound"],
+        "exposure_included": can["exposure"]["mean_included"],
+        "exposure_excluded": can["exposure"]["mean_excluded"],
+        "update_leakage": report["update_leakage"]["settings"],
+        "test_ndcg@10": summary["test"]["ndcg@10"],
+        "test_hr@10": summary["test"]["hr@10"],
+        "failures": report["failures"],
+        "sim_seconds": seconds,
+    }
 
 
 def plot_utility(out: Path, rows: list[dict]) -> None:
@@ -96,24 +121,32 @@ def plot_utility(out: Path, rows: list[dict]) -> None:
     by_name = {row["setting"]: row for row in rows}
     for mechanism, reference_name in (("client", "no-dp-silo"), ("server", "no-dp-device")):
         reference = by_name.get(reference_name)
-        private = sorted((float(n.split("eps")[1]), r["test_ndcg@10"]) for n, r in by_name.items()
-                         if n.startswith(f"{mechanism}-eps"))
+        private = sorted(
+            (float(n.split("eps")[1]), r["test_ndcg@10"])
+            for n, r in by_name.items()
+            if n.startswith(f"{mechanism}-eps")
+        )
         if not private or reference is None:
             continue
         xs = [eps for eps, _ in private]
-        plot_curves(out / f"privacy-utility-{mechanism}.png", xs,
-                    {"test NDCG@10": [v for _, v in private],
-                     "non-private": [reference["test_ndcg@10"]] * len(xs)},
-                    xlabel="target epsilon (user-level)", title=f"privacy-utility, {mechanism}-side DP")
+        plot_curves(
+            out / f"privacy-utility-{mechanism}.png",
+            xs,
+            {"test NDCG@10": [v for _, v in private], "non-private": [reference["test_ndcg@10"]] * len(xs)},
+            xlabel="target epsilon (user-level)",
+            title=f"privacy-utility, {mechanism}-side DP",
+        )
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The grid as BENCHMARKS.md shows it: utility and attack results side by side."""
     by_name = {row["setting"]: row for row in rows}
-    lines = ["| setting | claimed epsilon (user-level) | test NDCG@10 | test HR@10 | share of its non-private NDCG "
-             "| MIA AUC (loss) [95% CI] | TPR at 1% FPR | canary guesses right | epsilon lower bound (95%) "
-             "| update leakage recall: none / client DP / server DP |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | claimed epsilon (user-level) | test NDCG@10 | test HR@10 | share of its non-private NDCG "
+        "| MIA AUC (loss) [95% CI] | TPR at 1% FPR | canary guesses right | epsilon lower bound (95%) "
+        "| update leakage recall: none / client DP / server DP |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         name = row["setting"]
         reference = by_name.get("no-dp-silo" if name.startswith(("client", "no-dp-silo")) else "no-dp-device")
@@ -121,11 +154,13 @@ def markdown_table(rows: list[dict]) -> str:
         claimed = f"{row['claimed_epsilon']:.2f}" if row["claimed_epsilon"] is not None else "none"
         auc, tpr = row["auc_loss"], row["tpr_at_1pct_fpr_loss"]
         leak = row["update_leakage"]
-        lines.append(f"| {name} | {claimed} | {row['test_ndcg@10']:.4f} | {row['test_hr@10']:.4f} | {share:.2f} "
-                     f"| {auc['value']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}] | {tpr['value']:.3f} "
-                     f"| {row['canary_correct']} | {row['epsilon_lower_bound']:.2f} "
-                     f"| {leak['no_dp']['recall']:.2f} / {leak['client_dp']['recall']:.2f} / "
-                     f"{leak['server_dp']['recall']:.2f} |")
+        lines.append(
+            f"| {name} | {claimed} | {row['test_ndcg@10']:.4f} | {row['test_hr@10']:.4f} | {share:.2f} "
+            f"| {auc['value']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}] | {tpr['value']:.3f} "
+            f"| {row['canary_correct']} | {row['epsilon_lower_bound']:.2f} "
+            f"| {leak['no_dp']['recall']:.2f} / {leak['client_dp']['recall']:.2f} / "
+            f"{leak['server_dp']['recall']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -165,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results.md").write_text(markdown_table(rows))
         plot_utility(out, rows)
         row = rows[-1]
-        print(f"{name}: claimed eps {row['claimed_epsilon']}, AUC(loss) {row['auc_loss']['value']:.3f} "
-              f"{row['auc_loss']['ci95']}, canaries {row['canary_correct']}, eps_lb {row['epsilon_lower_bound']:.3f}, "
-              f"ndcg@10 {row['test_ndcg@10']:.4f}, failures {len(row['failures'])}, {seconds:.0f}s", flush=True)
+        print(
+            f"{name}: claimed eps {row['claimed_epsilon']}, AUC(loss) {row['auc_loss']['value']:.3f} "
+            f"{row['auc_loss']['ci95']}, canaries {row['canary_correct']}, eps_lb {row['epsilon_lower_bound']:.3f}, "
+            f"ndcg@10 {row['test_ndcg@10']:.4f}, failures {len(row['failures'])}, {seconds:.0f}s",
+            flush=True,
+        )
     return 0
 
 

@@ -31,9 +31,21 @@ from common.config import RunConfig
 from simulations.bench_federation import PeakMemory, load_run_config
 from simulations.simulate import num_supernodes, simulate
 
-THROUGHPUT = {"data": "ml-1m", "partition": "user", "train-windows": "last", "model": "sasrec", "max-len": 50,
-              "local-epochs": 1, "local-optimizer": "sgd", "local-lr": 1.0, "batch-size": 64, "strategy": "fedavg",
-              "eval-users": 200, "cohort-nodes": 2, "cohort-chunk": 128}
+THROUGHPUT = {
+    "data": "ml-1m",
+    "partition": "user",
+    "train-windows": "last",
+    "model": "sasrec",
+    "max-len": 50,
+    "local-epochs": 1,
+    "local-optimizer": "sgd",
+    "local-lr": 1.0,
+    "batch-size": 64,
+    "strategy": "fedavg",
+    "eval-users": 200,
+    "cohort-nodes": 2,
+    "cohort-chunk": 128,
+}
 
 
 def _throughput_one(flat: dict, out: Path) -> dict:
@@ -45,29 +57,48 @@ def _throughput_one(flat: dict, out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     seconds = [r["train-seconds"] for r in rows[1:]]
     users = [r["replied"] for r in rows[1:]]
-    return {"supernodes": num_supernodes(config), "round_train_seconds": [r["train-seconds"] for r in rows],
-            "user_updates_per_second": float(np.sum(users) / np.sum(seconds)),
-            "identify_seconds": summary["identify_seconds"], "wall_seconds": time.perf_counter() - started,
-            "peak_rss_mb_tree": memory.peak / 2**20}
+    return {
+        "supernodes": num_supernodes(config),
+        "round_train_seconds": [r["train-seconds"] for r in rows],
+        "user_updates_per_second": float(np.sum(users) / np.sum(seconds)),
+        "identify_seconds": summary["identify_seconds"],
+        "wall_seconds": time.perf_counter() - started,
+        "peak_rss_mb_tree": memory.peak / 2**20,
+    }
 
 
 def bench_throughput(out: Path, users_per_round: int, rounds: int) -> dict:
-    base = {**THROUGHPUT, "clients-per-round": users_per_round, "num-server-rounds": rounds,
-            "eval-every-rounds": rounds}
+    base = {
+        **THROUGHPUT,
+        "clients-per-round": users_per_round,
+        "num-server-rounds": rounds,
+        "eval-every-rounds": rounds,
+    }
     cohort = _throughput_one({**base, "cohort-engine": True}, out / "cohort")
     print(f"cohort engine: {cohort['user_updates_per_second']:.1f} user updates/s", flush=True)
     per_user = _throughput_one({**base, "cohort-engine": False}, out / "one-supernode-per-user")
     print(f"one SuperNode per user: {per_user['user_updates_per_second']:.1f} user updates/s", flush=True)
-    return {"mode": "throughput", "users_per_round": users_per_round, "rounds": rounds, "cohort_engine": cohort,
-            "one_supernode_per_user": per_user,
-            "speedup": cohort["user_updates_per_second"] / per_user["user_updates_per_second"]}
+    return {
+        "mode": "throughput",
+        "users_per_round": users_per_round,
+        "rounds": rounds,
+        "cohort_engine": cohort,
+        "one_supernode_per_user": per_user,
+        "speedup": cohort["user_updates_per_second"] / per_user["user_updates_per_second"],
+    }
 
 
 def bench_run(run_config: str, out: Path) -> dict:
     flat = load_run_config(run_config)
     run_dir = out / "run"
-    command = [str(Path(sys.executable).parent / "fedseqrec"), "federate", "--run-config", run_config,
-               "--out-dir", str(run_dir)]
+    command = [
+        str(Path(sys.executable).parent / "fedseqrec"),
+        "federate",
+        "--run-config",
+        run_config,
+        "--out-dir",
+        str(run_dir),
+    ]
     started = time.perf_counter()
     with PeakMemory() as memory:
         code = subprocess.run(command, env=dict(os.environ)).returncode
@@ -76,17 +107,39 @@ def bench_run(run_config: str, out: Path) -> dict:
         raise SystemExit(f"{' '.join(command)} exited with {code}")
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"mode": "run", "command": " ".join(command), "wall_seconds": wall, "peak_rss_mb_tree": memory.peak / 2**20,
-            "rounds": summary["rounds"], "best_round": summary["best_round"],
-            "users_per_round": flat["clients-per-round"], "test": summary["test"],
-            "identify_seconds": summary["identify_seconds"],
-            "validation_by_round": [(r["round"], r["validation"]["ndcg@10"]) for r in rows if "validation" in r]}
+    return {
+        "mode": "run",
+        "command": " ".join(command),
+        "wall_seconds": wall,
+        "peak_rss_mb_tree": memory.peak / 2**20,
+        "rounds": summary["rounds"],
+        "best_round": summary["best_round"],
+        "users_per_round": flat["clients-per-round"],
+        "test": summary["test"],
+        "identify_seconds": summary["identify_seconds"],
+        "validation_by_round": [(r["round"], r["validation"]["ndcg@10"]) for r in rows if "validation" in r],
+    }
 
 
 # Recorded curves to compare with (BENCHMARKS.md): validation NDCG@10 of the 10-silo IID federation
 # per round (3 local epochs: 3 passes over each user's data per round) and the centralized result.
-SILO_IID_BY_ROUND = [0.025, 0.072, 0.098, 0.106, 0.112, 0.116, 0.121, 0.124, 0.128, 0.131, 0.134, 0.136, 0.137,
-                     0.139, 0.141]
+SILO_IID_BY_ROUND = [
+    0.025,
+    0.072,
+    0.098,
+    0.106,
+    0.112,
+    0.116,
+    0.121,
+    0.124,
+    0.128,
+    0.131,
+    0.134,
+    0.136,
+    0.137,
+    0.139,
+    0.141,
+]
 SILO_LOCAL_EPOCHS = 3
 CENTRALIZED_TEST_NDCG = 0.1519
 
@@ -94,8 +147,10 @@ CENTRALIZED_TEST_NDCG = 0.1519
 def plot_participations(path: Path, run_dirs: list[Path]) -> None:
     """Validation NDCG@10 against participations per user (passes of a user's data through training)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for run_dir in run_dirs:
         config = json.loads((run_dir / "config.json").read_text())
@@ -108,9 +163,14 @@ def plot_participations(path: Path, run_dirs: list[Path]) -> None:
             if "validation" in row:
                 xs.append(done)
                 ys.append(row["validation"]["ndcg@10"])
-        ax.plot(xs, ys, marker="o", markersize=3,
-                label=f"cross-device, cohort engine ({config['clients-per-round']} users/round, "
-                      f"server-lr {config['server-lr']:g})")
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            markersize=3,
+            label=f"cross-device, cohort engine ({config['clients-per-round']} users/round, "
+            f"server-lr {config['server-lr']:g})",
+        )
     silo_x = [SILO_LOCAL_EPOCHS * (r + 1) for r in range(len(SILO_IID_BY_ROUND))]
     ax.plot(silo_x, SILO_IID_BY_ROUND, marker="s", markersize=3, label="cross-silo, 10 IID silos (3 local epochs)")
     ax.axhline(CENTRALIZED_TEST_NDCG, color="grey", linestyle="--", label="centralized SASRec (test, best epoch 24)")
@@ -139,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         plot_participations(out / "participations.png", [Path(r) for r in args.runs])
         print(out / "participations.png")
         return 0
-    result = (bench_throughput(out, args.users_per_round, args.rounds) if args.mode == "throughput"
-              else bench_run(args.run_config, out))
+    result = (
+        bench_throughput(out, args.users_per_round, args.rounds)
+        if args.mode == "throughput"
+        else bench_run(args.run_config, out)
+    )
     result["machine"] = f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
     (out / f"bench-{args.mode}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

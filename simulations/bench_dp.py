@@ -26,8 +26,9 @@ from common.plots import plot_curves
 from common.training import StepOptions, train_epoch
 
 
-def step_times(arch: str, mode: str | None, *, batch: int = 64, max_len: int = 50, items: int = 3416,
-               steps: int = 6) -> float:
+def step_times(
+    arch: str, mode: str | None, *, batch: int = 64, max_len: int = 50, items: int = 3416, steps: int = 6
+) -> float:
     """Median seconds per optimiser step (after one warm-up step)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch, items, max_len, 64, 128, 2 if arch == "sasrec" else 1, 1, 0.1))
@@ -38,8 +39,14 @@ def step_times(arch: str, mode: str | None, *, batch: int = 64, max_len: int = 5
     options = StepOptions(per_sample_grads=mode is not None)
     if mode is not None:
         model, optimizer, loader = PrivacyEngine().make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
-            poisson_sampling=False, grad_sample_mode=mode)
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            poisson_sampling=False,
+            grad_sample_mode=mode,
+        )
     times = []
     for inputs, targets in loader:
         start = time.perf_counter()
@@ -68,6 +75,7 @@ def bench_steps(out: Path) -> dict:
 
 def bench_utility(run_config: str, mechanism: str, epsilons: list[float], out: Path, rounds: int | None) -> dict:
     from simulations.bench_federation import bench_run, load_run_config
+
     base = load_run_config(run_config, num_server_rounds=rounds)
     results = []
     for eps in [0.0, *epsilons]:
@@ -85,10 +93,13 @@ def bench_utility(run_config: str, mechanism: str, epsilons: list[float], out: P
     for row in results:
         row["ndcg_share_of_non_private"] = row["test_ndcg@10"] / reference if reference else None
     private = [r for r in results if r["target_epsilon"]]
-    plot_curves(out / f"privacy-utility-{mechanism}.png", [r["target_epsilon"] for r in private],
-                {"test NDCG@10": [r["test_ndcg@10"] for r in private],
-                 "non-private": [reference] * len(private)}, xlabel="target epsilon",
-                title=f"privacy-utility, {mechanism}-side DP")
+    plot_curves(
+        out / f"privacy-utility-{mechanism}.png",
+        [r["target_epsilon"] for r in private],
+        {"test NDCG@10": [r["test_ndcg@10"] for r in private], "non-private": [reference] * len(private)},
+        xlabel="target epsilon",
+        title=f"privacy-utility, {mechanism}-side DP",
+    )
     return {"mechanism": mechanism, "run_config": run_config, "rows": results}
 
 
@@ -103,8 +114,11 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = bench_steps(out) if args.mode == "steps" else bench_utility(
-        args.run_config, args.mechanism, args.epsilons, out, args.rounds)
+    result = (
+        bench_steps(out)
+        if args.mode == "steps"
+        else bench_utility(args.run_config, args.mechanism, args.epsilons, out, args.rounds)
+    )
     name = "bench-steps.json" if args.mode == "steps" else f"bench-utility-{args.mechanism}.json"
     (out / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -74,21 +74,30 @@ def bench_run(flat: dict, out: Path) -> dict:
         simulate({**flat, "out-dir": str(out)}, num_supernodes=clients)
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"mode": "run", "clients": clients, "clients_per_round": config.federation.clients_per_round,
-            "rounds": summary["rounds"], "best_round": summary["best_round"],
-            "test_ndcg@10": summary["test"]["ndcg@10"], "test_hr@10": summary["test"]["hr@10"],
-            "wall_seconds": time.perf_counter() - started,
-            "mean_round_seconds": float(np.mean([r["train-seconds"] for r in rows[1:]] or [rows[0]["train-seconds"]])),
-            "peak_rss_mb_tree": memory.peak / 2**20,
-            "ndcg_by_round": [round(r["validation"]["ndcg@10"], 4) for r in rows if "validation" in r]}
+    return {
+        "mode": "run",
+        "clients": clients,
+        "clients_per_round": config.federation.clients_per_round,
+        "rounds": summary["rounds"],
+        "best_round": summary["best_round"],
+        "test_ndcg@10": summary["test"]["ndcg@10"],
+        "test_hr@10": summary["test"]["hr@10"],
+        "wall_seconds": time.perf_counter() - started,
+        "mean_round_seconds": float(np.mean([r["train-seconds"] for r in rows[1:]] or [rows[0]["train-seconds"]])),
+        "peak_rss_mb_tree": memory.peak / 2**20,
+        "ndcg_by_round": [round(r["validation"]["ndcg@10"], 4) for r in rows if "validation" in r],
+    }
 
 
 def plain_round(config: RunConfig, data, parts, arrays: dict, server_round: int) -> dict:
     """The same client training and FedAvg as one Flower round, in a plain loop in this process."""
     chosen = np.random.default_rng([config.train.seed, server_round]).choice(
-        parts.num_clients, size=min(config.federation.clients_per_round, parts.num_clients), replace=False)
-    results = [local_train(config, data.subset(parts.clients[c]), arrays, server_round=server_round, client=int(c))
-               for c in sorted(chosen)]
+        parts.num_clients, size=min(config.federation.clients_per_round, parts.num_clients), replace=False
+    )
+    results = [
+        local_train(config, data.subset(parts.clients[c]), arrays, server_round=server_round, client=int(c))
+        for c in sorted(chosen)
+    ]
     weights = np.array([r.metrics["num-examples"] for r in results], dtype=np.float64)
     return {k: sum(r.arrays[k] * (w / weights.sum()) for r, w in zip(results, weights)) for k in arrays}
 
@@ -96,8 +105,9 @@ def plain_round(config: RunConfig, data, parts, arrays: dict, server_round: int)
 def bench_overhead(flat: dict, out: Path, rounds: int) -> dict:
     """Seconds per round, Flower simulation vs plain loop, same clients, measured in one run.
     Flower gets one worker (one CPU), like the plain loop; its first round (Ray start) is excluded."""
-    config = RunConfig.from_flat({**flat, "num-server-rounds": rounds + 1, "eval-every-rounds": 1000,
-                                  "out-dir": str(out / "flower")})
+    config = RunConfig.from_flat(
+        {**flat, "num-server-rounds": rounds + 1, "eval-every-rounds": 1000, "out-dir": str(out / "flower")}
+    )
     data = load_sequence_data(config.data)
     parts = partition_users(data, config.federation, config.train.seed)
     arrays = model_for(config, data.num_items).arrays()
@@ -106,14 +116,22 @@ def bench_overhead(flat: dict, out: Path, rounds: int) -> dict:
         start = time.perf_counter()
         arrays = plain_round(config, data, parts, arrays, server_round)
         plain.append(time.perf_counter() - start)
-    simulate({**flat, "num-server-rounds": rounds + 1, "eval-every-rounds": 1000, "out-dir": str(out / "flower")},
-             num_supernodes=parts.num_clients, num_cpus=1)
+    simulate(
+        {**flat, "num-server-rounds": rounds + 1, "eval-every-rounds": 1000, "out-dir": str(out / "flower")},
+        num_supernodes=parts.num_clients,
+        num_cpus=1,
+    )
     rows = [json.loads(line) for line in (out / "flower" / "metrics.jsonl").read_text().splitlines()]
     flower = [r["train-seconds"] for r in rows]
     ratio = float(np.mean(flower[1:]) / np.mean(plain[1:]))
-    return {"mode": "overhead", "clients": parts.num_clients,
-            "clients_per_round": min(config.federation.clients_per_round, parts.num_clients),
-            "plain_round_seconds": plain, "flower_round_seconds": flower, "ratio_flower_over_plain": ratio}
+    return {
+        "mode": "overhead",
+        "clients": parts.num_clients,
+        "clients_per_round": min(config.federation.clients_per_round, parts.num_clients),
+        "plain_round_seconds": plain,
+        "flower_round_seconds": flower,
+        "ratio_flower_over_plain": ratio,
+    }
 
 
 def main() -> None:
@@ -128,14 +146,21 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     if args.mode == "run":
-        result = bench_run(load_run_config(args.run_config, num_server_rounds=args.rounds,
-                                           clients_per_round=args.clients_per_round), out)
+        result = bench_run(
+            load_run_config(args.run_config, num_server_rounds=args.rounds, clients_per_round=args.clients_per_round),
+            out,
+        )
     elif args.mode == "overhead":
-        result = bench_overhead(load_run_config(args.run_config, clients_per_round=args.clients_per_round), out,
-                                args.rounds or 2)
+        result = bench_overhead(
+            load_run_config(args.run_config, clients_per_round=args.clients_per_round), out, args.rounds or 2
+        )
     else:
-        flat = load_run_config(args.run_config, partition="user", num_server_rounds=args.rounds or 2,
-                               clients_per_round=args.clients_per_round or 20)
+        flat = load_run_config(
+            args.run_config,
+            partition="user",
+            num_server_rounds=args.rounds or 2,
+            clients_per_round=args.clients_per_round or 20,
+        )
         result = {**bench_run({**flat, "eval-users": 500}, out), "mode": "memory"}
     result["machine"] = f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
     (out / f"bench-{args.mode}.json").write_text(json.dumps(result, indent=2))

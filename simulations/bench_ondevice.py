@@ -46,28 +46,38 @@ def _timed(call, arguments: list) -> dict[str, float]:
         cpu.append(time.thread_time() - start_cpu)
         wall.append(time.perf_counter() - start_wall)
     wall_ms, cpu_ms = np.asarray(wall) * 1e3, np.asarray(cpu) * 1e3
-    return {"p50_ms": float(np.percentile(wall_ms, 50)), "p99_ms": float(np.percentile(wall_ms, 99)),
-            "mean_ms": float(wall_ms.mean()), "cpu_p50_ms": float(np.percentile(cpu_ms, 50)),
-            "cpu_p99_ms": float(np.percentile(cpu_ms, 99)), "calls": len(wall_ms)}
+    return {
+        "p50_ms": float(np.percentile(wall_ms, 50)),
+        "p99_ms": float(np.percentile(wall_ms, 99)),
+        "mean_ms": float(wall_ms.mean()),
+        "cpu_p50_ms": float(np.percentile(cpu_ms, 50)),
+        "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
+        "calls": len(wall_ms),
+    }
 
 
 def worker(model_path: str, histories_path: str, calls: int) -> dict:
     """Latency and memory of the runner alone (this process must not import torch)."""
     from client.ondevice import OnDeviceRecommender
+
     imported_mb = _memory_mb("VmRSS")
     runner = OnDeviceRecommender.load(model_path)
     loaded_mb = _memory_mb("VmRSS")
     with np.load(histories_path) as blob:
         sets = {name: np.split(blob[f"{name}_items"], blob[f"{name}_offsets"][1:-1]) for name in ("full", "all")}
-    out = {"torch_imported": "torch" in sys.modules, "rss_after_imports_mb": imported_mb,
-           "rss_after_load_mb": loaded_mb, "full_min_history": min(len(h) for h in sets["full"])}
+    out = {
+        "torch_imported": "torch" in sys.modules,
+        "rss_after_imports_mb": imported_mb,
+        "rss_after_load_mb": loaded_mb,
+        "full_min_history": min(len(h) for h in sets["full"]),
+    }
     for name, histories in sets.items():
         for history in histories[:50]:  # warm-up: first-call allocations, caches
             runner.recommend(history, k=TOP_K)
         cycle = [histories[call % len(histories)] for call in range(calls)]
         out[f"recommend_{name}"] = _timed(lambda history: runner.recommend(history, k=TOP_K), cycle)
     full = np.zeros((1, runner.max_len), dtype=np.int64)  # (1, L)
-    full[0] = runner.to_indices(sets["full"][0])[0][-runner.max_len:]
+    full[0] = runner.to_indices(sets["full"][0])[0][-runner.max_len :]
     out["session_run_full"] = _timed(runner.scores, [full] * calls)
     out["peak_rss_mb"] = _memory_mb("VmHWM")
     out["loadavg_1min"] = os.getloadavg()[0]
@@ -79,8 +89,10 @@ def _write_latency_histories(path: Path, histories: list[np.ndarray], seed: int 
     max_len window: the worst case), 'all' = 1000 random users."""
     rng = np.random.default_rng(seed)
     longest = np.argsort([-len(h) for h in histories], kind="stable")[:500]
-    sample = {"full": [histories[i] for i in longest],
-              "all": [histories[i] for i in rng.permutation(len(histories))[:1000]]}
+    sample = {
+        "full": [histories[i] for i in longest],
+        "all": [histories[i] for i in rng.permutation(len(histories))[:1000]],
+    }
     arrays = {}
     for name, chosen in sample.items():
         arrays[f"{name}_items"] = np.concatenate(chosen)
@@ -89,8 +101,17 @@ def _write_latency_histories(path: Path, histories: list[np.ndarray], seed: int 
 
 
 def _run_worker(model: Path, histories: Path, calls: int) -> dict:
-    command = [sys.executable, "-m", "simulations.bench_ondevice", "--worker", str(model),
-               "--histories", str(histories), "--calls", str(calls)]
+    command = [
+        sys.executable,
+        "-m",
+        "simulations.bench_ondevice",
+        "--worker",
+        str(model),
+        "--histories",
+        str(histories),
+        "--calls",
+        str(calls),
+    ]
     done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     return json.loads(done.stdout)
 
@@ -101,11 +122,12 @@ def torch_top_k(model, histories: list[np.ndarray], max_len: int, batch_size: in
 
     from common.data.sequences import left_pad
     from common.evaluation import model_scores
+
     score = model_scores(model)
     tops = []
     with torch.no_grad():
         for start in range(0, len(histories), batch_size):
-            chunk = histories[start:start + batch_size]
+            chunk = histories[start : start + batch_size]
             scores = score(torch.as_tensor(left_pad(chunk, max_len)))  # (B, N)
             seen = torch.as_tensor(left_pad(chunk, max(len(h) for h in chunk)))  # (B, H) whole history, 0 = pad
             scores = torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores], 1)  # (B, N + 1)
@@ -146,13 +168,27 @@ def bench(run_dir: Path, export_dir: Path, data_dir: str | None, calls: int, use
     if users:
         histories, targets = histories[:users], targets[:users]
     reference = torch_top_k(model, histories, max_len)  # (U, K)
-    torch_eval = evaluate(model_scores(model), data, "test", top_k=TOP_K,
-                          mask_seen=config.train.mask_seen, users=np.arange(len(histories)))
-    result = {"run_dir": str(run_dir), "arch": model.config.arch, "max_len": max_len,
-              "num_items": data.num_items, "test_users": len(histories), "export_seconds": export_seconds,
-              "torch": {f"ndcg@{TOP_K}": torch_eval[f"ndcg@{TOP_K}"],
-                        f"ndcg@{TOP_K}_from_top_lists": ndcg_from_lists(reference, targets)},
-              "sizes_bytes": {p.name: p.stat().st_size for p in paths}}
+    torch_eval = evaluate(
+        model_scores(model),
+        data,
+        "test",
+        top_k=TOP_K,
+        mask_seen=config.train.mask_seen,
+        users=np.arange(len(histories)),
+    )
+    result = {
+        "run_dir": str(run_dir),
+        "arch": model.config.arch,
+        "max_len": max_len,
+        "num_items": data.num_items,
+        "test_users": len(histories),
+        "export_seconds": export_seconds,
+        "torch": {
+            f"ndcg@{TOP_K}": torch_eval[f"ndcg@{TOP_K}"],
+            f"ndcg@{TOP_K}_from_top_lists": ndcg_from_lists(reference, targets),
+        },
+        "sizes_bytes": {p.name: p.stat().st_size for p in paths},
+    }
     originals = [item_ids[h] for h in histories]  # the runner speaks original IDs
     index_of = {int(item): i for i, item in enumerate(item_ids)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +202,8 @@ def bench(run_dir: Path, export_dir: Path, data_dir: str | None, calls: int, use
                 "same_top10_items_share": float((np.sort(tops, 1) == np.sort(reference, 1)).all(1).mean()),
                 "mean_top10_overlap": float(np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(tops, reference)])),
                 f"ndcg@{TOP_K}": ndcg_from_lists(tops, targets),
-                "runner": _run_worker(export_dir / name, latency_histories, calls)}
+                "runner": _run_worker(export_dir / name, latency_histories, calls),
+            }
             print(json.dumps({name: result[name]}), flush=True)
     return result
 
@@ -198,9 +235,13 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     export_dir = Path(args.export_dir) if args.export_dir else Path("runs/ondevice") / run_dir.resolve().name
     result = bench(run_dir, export_dir, args.data_dir, args.calls, args.users)
-    result["machine"] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                         "onnxruntime": __import__("onnxruntime").__version__,
-                         "loadavg_1min_at_end": os.getloadavg()[0]}
+    result["machine"] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "loadavg_1min_at_end": os.getloadavg()[0],
+    }
     result["command"] = " ".join([".venv/bin/python -m simulations.bench_ondevice", *sys.argv[1:]])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -40,9 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = {"rounds": args.rounds, "nodes": args.nodes}
     for name, secure in (("plain", False), ("secagg", True)):
-        flat = {**read_toml(BASE), "num-server-rounds": args.rounds, "eval-every-rounds": args.rounds,
-                "eval-users": 200, "cohort-nodes": args.nodes, "secure-aggregation": secure,
-                "target-epsilon": 0.0, "noise-multiplier": 1.0, "out-dir": str(out / name)}
+        flat = {
+            **read_toml(BASE),
+            "num-server-rounds": args.rounds,
+            "eval-every-rounds": args.rounds,
+            "eval-users": 200,
+            "cohort-nodes": args.nodes,
+            "secure-aggregation": secure,
+            "target-epsilon": 0.0,
+            "noise-multiplier": 1.0,
+            "out-dir": str(out / name),
+        }
         result[f"{name}_seconds_per_round"] = _seconds_per_round(flat, args.nodes)
         print(f"bench_secagg: {name}: {result[f'{name}_seconds_per_round']:.2f} s per round", flush=True)
     result["ratio"] = result["secagg_seconds_per_round"] / result["plain_seconds_per_round"]

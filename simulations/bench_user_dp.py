@@ -44,8 +44,7 @@ def run_config(mechanism: str | None, epsilon: float | None, out_dir: Path) -> d
 
 def _run_one(flat: dict) -> float:
     """Train one federation in its own process; its wall time."""
-    code = ("import json, sys; from simulations.simulate import simulate; "
-            "simulate(json.loads(sys.argv[1]), 2)")
+    code = "import json, sys; from simulations.simulate import simulate; simulate(json.loads(sys.argv[1]), 2)"
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, json.dumps(flat)], env=dict(os.environ))
     if done.returncode != 0:
@@ -57,14 +56,27 @@ def _row(run_dir: Path, mechanism: str | None, epsilon: float | None, wall: floa
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_seconds = [r["train-seconds"] for r in rows[1:] if r.get("replied")]  # the first round warms up Ray
-    row = {"mechanism": mechanism or "none", "target_epsilon": epsilon, "run_dir": str(run_dir),
-           "test": summary["test"], "rounds": summary["rounds"], "best_round": summary["best_round"],
-           "seconds_per_round": sum(train_seconds) / max(len(train_seconds), 1), "wall_seconds": wall}
+    row = {
+        "mechanism": mechanism or "none",
+        "target_epsilon": epsilon,
+        "run_dir": str(run_dir),
+        "test": summary["test"],
+        "rounds": summary["rounds"],
+        "best_round": summary["best_round"],
+        "seconds_per_round": sum(train_seconds) / max(len(train_seconds), 1),
+        "wall_seconds": wall,
+    }
     privacy_path = run_dir / "privacy.json"
     if privacy_path.exists():
         privacy = json.loads(privacy_path.read_text())
-        row.update({"epsilon": privacy["epsilon"], "delta": privacy["delta"], "adjacency": privacy["adjacency"],
-                    "noise_multiplier": privacy["noise_multiplier"]})
+        row.update(
+            {
+                "epsilon": privacy["epsilon"],
+                "delta": privacy["delta"],
+                "adjacency": privacy["adjacency"],
+                "noise_multiplier": privacy["noise_multiplier"],
+            }
+        )
     return row
 
 
@@ -77,8 +89,11 @@ def grid(out: Path, epsilons: list[float], mechanisms: list[str]) -> list[dict]:
         if (mechanism or "none", epsilon) in done:
             continue
         run_dir = out / (f"{mechanism}-eps{epsilon:g}" if mechanism else "non-private")
-        print(f"bench_user_dp: run {index}/{len(plan)}: {mechanism or 'non-private'} "
-              f"{'' if epsilon is None else f'epsilon {epsilon:g}'} -> {run_dir}", flush=True)
+        print(
+            f"bench_user_dp: run {index}/{len(plan)}: {mechanism or 'non-private'} "
+            f"{'' if epsilon is None else f'epsilon {epsilon:g}'} -> {run_dir}",
+            flush=True,
+        )
         wall = _run_one(run_config(mechanism, epsilon, run_dir))
         rows.append(_row(run_dir, mechanism, epsilon, wall))
         results_path.write_text(json.dumps(rows, indent=2))  # a stopped grid resumes where it was
@@ -97,20 +112,24 @@ def audit(out: Path, users: int) -> list[dict]:
         report = json.loads((Path(row["run_dir"]) / "audit.json").read_text())
         mia = report.get("membership", {})
         attacks = {name: [a["auc"]["value"], *a["auc"]["ci95"]] for name, a in mia.get("attacks", {}).items()}
-        row["audit"] = {"strict_exit_code": code,
-                        "lower_bound": report["accounting"]["epsilon"]["independent_lower_bound"],
-                        "replayed": report["accounting"]["epsilon"]["replayed_run_accountant"],
-                        "failures": report["accounting"]["failures"],
-                        "mia_auc_with_95_interval": attacks,
-                        "canaries": report.get("canaries", {}).get("epsilon_lower_bound")}
+        row["audit"] = {
+            "strict_exit_code": code,
+            "lower_bound": report["accounting"]["epsilon"]["independent_lower_bound"],
+            "replayed": report["accounting"]["epsilon"]["replayed_run_accountant"],
+            "failures": report["accounting"]["failures"],
+            "mia_auc_with_95_interval": attacks,
+            "canaries": report.get("canaries", {}).get("epsilon_lower_bound"),
+        }
         results_path.write_text(json.dumps(rows, indent=2))
     return rows
 
 
 def plot(out: Path) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     rows = json.loads((out / "user-dp.json").read_text())
     base = next((r for r in rows if r["mechanism"] == "none"), None)
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -38,8 +38,9 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
-    eval_kwargs = dict(top_k=train.top_k, mask_seen=train.mask_seen,
-                       batch_size=train.eval_batch_size, device=train.device)
+    eval_kwargs = dict(
+        top_k=train.top_k, mask_seen=train.mask_seen, batch_size=train.eval_batch_size, device=train.device
+    )
     key = f"ndcg@{train.top_k}"
     history, best, best_state, best_epoch, stale = [], float("-inf"), None, 0, 0
     log = open(out_dir / "metrics.jsonl", "w")
@@ -51,8 +52,9 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
         for epoch in range(1, train.epochs + 1):
             loader = window_loader(dataset, train.batch_size, train.seed + epoch)
             epoch_start = time.perf_counter()
-            with tqdm(total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress,
-                      leave=False) as bar:
+            with tqdm(
+                total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress, leave=False
+            ) as bar:
                 loss, _ = train_epoch(model, loader, optimizer, options, train.device, progress=bar)
             train_seconds += time.perf_counter() - epoch_start
             row = {"epoch": epoch, "loss": loss}
@@ -70,8 +72,10 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
             log.flush()
             if show_progress:
                 val = row.get("validation", {}).get(key)
-                print(f"epoch {epoch}: loss {loss:.4f}" + (f"  val {key} {val:.4f}" if val is not None else ""),
-                      flush=True)
+                print(
+                    f"epoch {epoch}: loss {loss:.4f}" + (f"  val {key} {val:.4f}" if val is not None else ""),
+                    flush=True,
+                )
             if stale >= train.patience:
                 break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learned, report on the best epoch
@@ -85,18 +89,35 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     validation = evaluate(model_scores(model), data, "validation", **eval_kwargs)
     test = evaluate(model_scores(model), data, "test", **eval_kwargs)
     counts = data.item_counts()
-    popularity = {split: evaluate(popularity_scores(counts), data, split, **eval_kwargs)
-                  for split in ("validation", "test")}
+    popularity = {
+        split: evaluate(popularity_scores(counts), data, split, **eval_kwargs) for split in ("validation", "test")
+    }
     save_model(out_dir / "model.pt", model, data.item_ids, run_config=config.to_flat(), best_epoch=best_epoch)
-    metrics = {"validation": validation, "test": test, "popularity_baseline": popularity,
-               "best_epoch": best_epoch, "epochs_run": epoch, "interrupted": interrupted, "num_users": data.num_users,
-               "num_items": data.num_items, "wall_seconds": time.perf_counter() - started,
-               "train_seconds_per_epoch": train_seconds / max(epoch, 1), "peak_rss_mb": peak_rss_mb()}
+    metrics = {
+        "validation": validation,
+        "test": test,
+        "popularity_baseline": popularity,
+        "best_epoch": best_epoch,
+        "epochs_run": epoch,
+        "interrupted": interrupted,
+        "num_users": data.num_users,
+        "num_items": data.num_items,
+        "wall_seconds": time.perf_counter() - started,
+        "train_seconds_per_epoch": train_seconds / max(epoch, 1),
+        "peak_rss_mb": peak_rss_mb(),
+    }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     evaluated = [r for r in history if "validation" in r]
-    plot_curves(out_dir / "learning_curve.png", [r["epoch"] for r in evaluated],
-                {f"val {key}": [r["validation"][key] for r in evaluated],
-                 f"val hr@{train.top_k}": [r["validation"][f"hr@{train.top_k}"] for r in evaluated]},
-                right={"train loss": [r["loss"] for r in evaluated]}, right_label="loss",
-                xlabel="epoch", title=f"{config.model.model} on {Path(data_cfg.data).name}")
+    plot_curves(
+        out_dir / "learning_curve.png",
+        [r["epoch"] for r in evaluated],
+        {
+            f"val {key}": [r["validation"][key] for r in evaluated],
+            f"val hr@{train.top_k}": [r["validation"][f"hr@{train.top_k}"] for r in evaluated],
+        },
+        right={"train loss": [r["loss"] for r in evaluated]},
+        right_label="loss",
+        xlabel="epoch",
+        title=f"{config.model.model} on {Path(data_cfg.data).name}",
+    )
     return metrics

@@ -18,8 +18,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...]) 
     for key, (group, f) in RunConfig.keys().items():
         if group in groups and key not in ("data",):
             default = f.default
-            parser.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar=str(f.type).upper(),
-                                help=f"(default: {default!r})")
+            parser.add_argument(
+                f"--{key}", dest=f"cfg:{key}", default=None, metavar=str(f.type).upper(), help=f"(default: {default!r})"
+            )
 
 
 def _flat_from_args(args: argparse.Namespace) -> dict:
@@ -47,18 +48,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
             signals.ignore()
             remove_partial_files(out)
             at_once = " at once" if isinstance(exc, StoppedAtOnce) else ""
-            print(f"fedseqrec: training stopped{at_once} in epoch {_epochs_logged(out) + 1}/{config.train.epochs} "
-                  f"with nothing to report; {out} holds metrics.jsonl of the epochs run", file=sys.stderr, flush=True)
+            print(
+                f"fedseqrec: training stopped{at_once} in epoch {_epochs_logged(out) + 1}/{config.train.epochs} "
+                f"with nothing to report; {out} holds metrics.jsonl of the epochs run",
+                file=sys.stderr,
+                flush=True,
+            )
             return signals.exit_code
         signals.ignore()  # the results are written: a late Ctrl-C does not cut the summary short
     k = config.train.top_k
     if metrics["interrupted"]:
-        print(f"fedseqrec: training stopped in epoch {metrics['epochs_run']}/{config.train.epochs}; reported the "
-              f"best epoch ({metrics['best_epoch']}, test ndcg@{k} {metrics['test'][f'ndcg@{k}']:.4f}) in {out} "
-              "(metrics.json, model.pt)", file=sys.stderr, flush=True)
+        print(
+            f"fedseqrec: training stopped in epoch {metrics['epochs_run']}/{config.train.epochs}; reported the "
+            f"best epoch ({metrics['best_epoch']}, test ndcg@{k} {metrics['test'][f'ndcg@{k}']:.4f}) in {out} "
+            "(metrics.json, model.pt)",
+            file=sys.stderr,
+            flush=True,
+        )
         return signals.exit_code
-    print(json.dumps({"test": {m: metrics["test"][m] for m in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}")},
-                      "best_epoch": metrics["best_epoch"], "out": str(args.out)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "test": {m: metrics["test"][m] for m in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}")},
+                "best_epoch": metrics["best_epoch"],
+                "out": str(args.out),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -71,13 +88,16 @@ def _epochs_logged(out: Path) -> int:
 
 def _cmd_federate(args: argparse.Namespace) -> int:
     from simulations.federate import federate
+
     return federate(args.run_config, args.cpus_per_client, args.out_dir)
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
     from simulations.deployment_data import write_node_files
-    written = write_node_files(RunConfig.from_flat(_flat_from_args(args), where="fedseqrec partition"),
-                               Path(args.out), args.nodes)
+
+    written = write_node_files(
+        RunConfig.from_flat(_flat_from_args(args), where="fedseqrec partition"), Path(args.out), args.nodes
+    )
     print("\n".join(str(p) for p in written))
     return 0
 
@@ -85,8 +105,10 @@ def _cmd_partition(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from common.audit.render import summary_lines
     from common.audit.report import run_audit
-    report = run_audit(Path(args.run_dir), canary_guesses=args.canary_guesses, users=args.users,
-                       leakage_users=args.leakage_users)
+
+    report = run_audit(
+        Path(args.run_dir), canary_guesses=args.canary_guesses, users=args.users, leakage_users=args.leakage_users
+    )
     print("\n".join(summary_lines(report)))
     print(f"wrote {Path(args.run_dir) / 'audit.json'} and audit.md")
     return 1 if args.strict and report["failures"] else 0
@@ -94,6 +116,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from common.export import export_run
+
     paths = export_run(Path(args.run_dir), Path(args.out), int8=args.int8)
     for path in paths:
         print(f"{path}  ({path.stat().st_size:,} bytes)")
@@ -105,6 +128,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _history_ids(path: Path, user: int | None) -> list[int]:
     """One user's item IDs from a user_id,item_id,timestamp file, oldest first."""
     from common.data.interactions import ITEM, TIME, USER, load_interactions
+
     frame = load_interactions(path)
     users = frame[USER].unique()
     if user is None:
@@ -119,6 +143,7 @@ def _history_ids(path: Path, user: int | None) -> list[int]:
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from client.ondevice import OnDeviceRecommender, read_item_titles
+
     titles = read_item_titles(args.items_file) if args.items_file else {}
     recommender = OnDeviceRecommender.load(args.model, threads=args.threads)
     result = recommender.recommend(_history_ids(Path(args.history), args.user), k=args.k)
@@ -151,14 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train, _TRAIN_GROUPS)
     train.set_defaults(handler=_cmd_train)
 
-    federate = commands.add_parser("federate", help="flwr run . on a local simulation sized to the run; "
-                                                    "Ctrl-C stops it and prints the command that resumes")
-    federate.add_argument("--run-config",
-                          help="TOML of run-config overrides (e.g. simulations/ml1m-cohort.toml, the main job)")
+    federate = commands.add_parser(
+        "federate",
+        help="flwr run . on a local simulation sized to the run; Ctrl-C stops it and prints the command that resumes",
+    )
+    federate.add_argument(
+        "--run-config", help="TOML of run-config overrides (e.g. simulations/ml1m-cohort.toml, the main job)"
+    )
     federate.add_argument("--cpus-per-client", type=int, default=1)
-    federate.add_argument("--out-dir", default=None,
-                          help="run folder (default: the run config's out-dir, else runs/<timestamp>); "
-                               "the same folder resumes after its last checkpoint")
+    federate.add_argument(
+        "--out-dir",
+        default=None,
+        help="run folder (default: the run config's out-dir, else runs/<timestamp>); "
+        "the same folder resumes after its last checkpoint",
+    )
     federate.set_defaults(handler=_cmd_federate)
 
     partition = commands.add_parser("partition", help="split a dataset into per-node files for a deployment")
@@ -172,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="privacy audit of a finished run (audit.json, audit.md, plots)")
     audit.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt, config.json, privacy.json)")
     audit.add_argument("--strict", action="store_true", help="exit 1 when any audit check fails")
-    audit.add_argument("--canary-guesses", type=int, default=0,
-                       help="canaries guessed IN and OUT each (default: a quarter of the canaries)")
+    audit.add_argument(
+        "--canary-guesses",
+        type=int,
+        default=0,
+        help="canaries guessed IN and OUT each (default: a quarter of the canaries)",
+    )
     audit.add_argument("--users", type=int, default=500, help="members and non-members each for membership inference")
     audit.add_argument("--leakage-users", type=int, default=10, help="users whose updates are attacked offline")
     audit.set_defaults(handler=_cmd_audit)

@@ -27,8 +27,11 @@ def write_node_files(config: RunConfig, out: Path, nodes: int) -> list[Path]:
     written = [catalogue]
     users = np.random.default_rng(config.train.seed).permutation(data.num_users)
     for node, part in enumerate(np.array_split(users, nodes)):
-        rows = [(int(data.user_ids[u]), int(data.item_ids[item]), position)
-                for u in np.sort(part) for position, item in enumerate(data.sequence(u))]
+        rows = [
+            (int(data.user_ids[u]), int(data.item_ids[item]), position)
+            for u in np.sort(part)
+            for position, item in enumerate(data.sequence(u))
+        ]
         path = out / f"node-{node}.csv"
         pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
         written.append(path)

@@ -81,6 +81,7 @@ def checkpoint_round(run_dir: Path) -> int:
     if not path.exists():
         return 0
     import torch
+
     return int(torch.load(path, map_location="cpu", weights_only=True)["round"])
 
 
@@ -117,8 +118,9 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
             try:
                 try:
                     nodes = num_supernodes(config)
-                    code = federation.run(overrides, f"num_supernodes={nodes} "
-                                                     f"client_resources_num_cpus={cpus_per_client:g}", nodes)
+                    code = federation.run(
+                        overrides, f"num_supernodes={nodes} client_resources_num_cpus={cpus_per_client:g}", nodes
+                    )
                 except Exception:
                     federation.close()
                     raise
@@ -129,8 +131,9 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
                 line = stopped_line("fedseqrec", "stopped", run_dir, total, resume, federation.log.round)
         except StoppedAtOnce:
             federation.kill()
-            line = stopped_line("fedseqrec", "killed at once (second interrupt)", run_dir, total, resume,
-                                federation.log.round)
+            line = stopped_line(
+                "fedseqrec", "killed at once (second interrupt)", run_dir, total, resume, federation.log.round
+            )
         signals.ignore()  # nothing runs any more
         federation.close()
         print(line, file=sys.stderr, flush=True)
@@ -153,12 +156,33 @@ class LocalFederation:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_file = write_toml(self.home / "run-config.toml", run_config)
         self.start_superlink(timeout)
-        command = [str(VENV_BIN / "flwr"), "run", str(PROJECT_DIR), CONNECTION, "--stream",
-                   "--run-config", str(config_file), "--federation-config", federation_config]
-        print(f"fedseqrec: {nodes} SuperNodes on a local SuperLink ({self.run_dir / 'superlink.log'}); run folder "
-              f"{self.run_dir}; Ctrl-C stops, the same command resumes", flush=True)
-        proc = self.tracker.start("flwr-run", command, None, self.env, PROJECT_DIR, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
+        command = [
+            str(VENV_BIN / "flwr"),
+            "run",
+            str(PROJECT_DIR),
+            CONNECTION,
+            "--stream",
+            "--run-config",
+            str(config_file),
+            "--federation-config",
+            federation_config,
+        ]
+        print(
+            f"fedseqrec: {nodes} SuperNodes on a local SuperLink ({self.run_dir / 'superlink.log'}); run folder "
+            f"{self.run_dir}; Ctrl-C stops, the same command resumes",
+            flush=True,
+        )
+        proc = self.tracker.start(
+            "flwr-run",
+            command,
+            None,
+            self.env,
+            PROJECT_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            encoding="utf-8",
+            errors="replace",
+        )
         self._reader = threading.Thread(target=self.log.follow, args=(proc.stdout,), daemon=True)
         self._reader.start()
         code = proc.wait()
@@ -168,15 +192,24 @@ class LocalFederation:
         # `flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
         status = self.run_status()
         if status.get("status") != "finished:completed":
-            print(f"fedseqrec: error: run {self.log.run_id} ended as {status.get('status') or 'unknown'}: "
-                  f"{status.get('status-details', '')}; see the log above and {self.run_dir / 'superlink.log'}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"fedseqrec: error: run {self.log.run_id} ended as {status.get('status') or 'unknown'}: "
+                f"{status.get('status-details', '')}; see the log above and {self.run_dir / 'superlink.log'}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         return 0
 
     def start_superlink(self, timeout: float) -> None:
-        command = [str(VENV_BIN / "flower-superlink"), "--insecure", "--simulation",
-                   "--disable-runtime-dependency-installation", "--host", "127.0.0.1"]
+        command = [
+            str(VENV_BIN / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+        ]
         log = self.run_dir / "superlink.log"
         for _ in range(5):  # a free port may be taken between the check and the bind: try again
             port = free_port()
@@ -193,8 +226,15 @@ class LocalFederation:
         raise FedSeqRecError(f"the local SuperLink exited at start; see {log}")
 
     def flwr(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VENV_BIN / "flwr"), *args], capture_output=True, text=True, env=self.env,
-                              cwd=self.home, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [str(VENV_BIN / "flwr"), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.home,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def runs(self) -> list[dict]:
         """`flwr ls` on this SuperLink: one dict per run ('run-id', 'status', 'status-details', ...)."""
@@ -217,8 +257,11 @@ class LocalFederation:
         """Flower's stop for the run, then the ServerApp's process alone, then every other process."""
         self.log.echo = False  # the user asked to stop: the one line that follows is the last output
         if "superlink" in self.tracker.started and self.tracker.started["superlink"].poll() is None:
-            run_ids = [self.log.run_id] if self.log.run_id else [
-                r["run-id"] for r in self.runs() if not str(r.get("status", "")).startswith("finished")]
+            run_ids = (
+                [self.log.run_id]
+                if self.log.run_id
+                else [r["run-id"] for r in self.runs() if not str(r.get("status", "")).startswith("finished")]
+            )
             for run_id in run_ids:
                 try:
                     self.flwr("stop", str(run_id), CONNECTION, timeout=15.0)

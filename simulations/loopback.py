@@ -43,19 +43,22 @@ class DeploymentError(RuntimeError):
     """A process did not start, a node did not come online, or the run failed or timed out."""
 
 
-
 @dataclass(frozen=True)
 class NodeSpec:
     """What one SuperNode (one device) is given: its own data, the shared catalogue, its id, its state dir."""
+
     client_id: int
     data_path: Path
     catalogue_path: Path
     state_dir: Path
 
     def node_config(self) -> str:
-        values = {"data-path": str(Path(self.data_path).resolve()),
-                  "catalogue-path": str(Path(self.catalogue_path).resolve()),
-                  "client-id": int(self.client_id), "state-dir": str(Path(self.state_dir).resolve())}
+        values = {
+            "data-path": str(Path(self.data_path).resolve()),
+            "catalogue-path": str(Path(self.catalogue_path).resolve()),
+            "client-id": int(self.client_id),
+            "state-dir": str(Path(self.state_dir).resolve()),
+        }
         return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
 
@@ -65,8 +68,15 @@ def nodes_from_partition(partition_dir: str | Path, work: str | Path) -> list[No
     files = sorted(partition_dir.glob("node-*.csv"), key=lambda p: int(p.stem.split("-")[1]))
     if not files:
         raise DeploymentError(f"{partition_dir}: no node-<i>.csv files (run `fedseqrec partition` first)")
-    return [NodeSpec(int(f.stem.split("-")[1]), f, partition_dir / "catalogue.json",
-                     Path(work).resolve() / "nodes" / f"node-{f.stem.split('-')[1]}" / "state") for f in files]
+    return [
+        NodeSpec(
+            int(f.stem.split("-")[1]),
+            f,
+            partition_dir / "catalogue.json",
+            Path(work).resolve() / "nodes" / f"node-{f.stem.split('-')[1]}" / "state",
+        )
+        for f in files
+    ]
 
 
 class LoopbackDeployment:
@@ -76,9 +86,18 @@ class LoopbackDeployment:
         deployment.run({"num-server-rounds": 2, ...})
     """
 
-    def __init__(self, work: str | Path, nodes: Sequence[NodeSpec], *, project: str | Path = PROJECT_DIR,
-                 tls: bool = True, node_auth: bool = True, startup_timeout: float = 240.0,
-                 stop_grace: float = 15.0, extra_env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        work: str | Path,
+        nodes: Sequence[NodeSpec],
+        *,
+        project: str | Path = PROJECT_DIR,
+        tls: bool = True,
+        node_auth: bool = True,
+        startup_timeout: float = 240.0,
+        stop_grace: float = 15.0,
+        extra_env: Mapping[str, str] | None = None,
+    ):
         if not nodes:
             raise ValueError("a deployment needs at least one node")
         if node_auth and not tls:
@@ -128,8 +147,10 @@ class LoopbackDeployment:
         self._wait_for_control_api()
         if self.node_auth:
             for node, keys in zip(self.nodes, self.node_keys):
-                self.flwr(["supernode", "register", str(keys.public_key), CONNECTION,
-                           "--name", f"node-{node.client_id}"], log_name=f"register-node-{node.client_id}")
+                self.flwr(
+                    ["supernode", "register", str(keys.public_key), CONNECTION, "--name", f"node-{node.client_id}"],
+                    log_name=f"register-node-{node.client_id}",
+                )
         for index, node in enumerate(self.nodes):
             self._start_supernode(index, node)
         self._wait_for_nodes()
@@ -148,9 +169,16 @@ class LoopbackDeployment:
             self.tracker.close(0.0)
             raise
         finally:
-            (self.logs / "pids.json").write_text(json.dumps(
-                {"started": {n: p.pid for n, p in self.tracker.started.items()}, "all": self.tracker.pids(),
-                 "alive_after_stop": self.tracker.alive()}, indent=2))
+            (self.logs / "pids.json").write_text(
+                json.dumps(
+                    {
+                        "started": {n: p.pid for n, p in self.tracker.started.items()},
+                        "all": self.tracker.pids(),
+                        "alive_after_stop": self.tracker.alive(),
+                    },
+                    indent=2,
+                )
+            )
 
     def _stop_run(self) -> None:
         """`flwr stop` for a run that was started and not seen finished, then its ServerApp process."""
@@ -180,28 +208,45 @@ class LoopbackDeployment:
 
     def _start_superlink(self) -> None:
         home = self.work / "flwr-home" / "superlink"
-        command = [str(VENV_BIN / "flower-superlink"), "--database", str(self.work / "superlink-state.db"),
-                   "--disable-runtime-dependency-installation"]
+        command = [
+            str(VENV_BIN / "flower-superlink"),
+            "--database",
+            str(self.work / "superlink-state.db"),
+            "--disable-runtime-dependency-installation",
+        ]
         if self.tls:
             c = self.certificates
-            command += ["--ssl-ca-certfile", str(c.ca_cert), "--ssl-certfile", str(c.server_cert),
-                        "--ssl-keyfile", str(c.server_key)]
+            command += [
+                "--ssl-ca-certfile",
+                str(c.ca_cert),
+                "--ssl-certfile",
+                str(c.server_cert),
+                "--ssl-keyfile",
+                str(c.server_key),
+            ]
         else:
             command += ["--insecure"]
         if self.node_auth:
             command += ["--enable-supernode-auth"]
         for _ in range(5):  # a free port may be taken between the check and the bind: try again
             self.port = free_port()
-            proc = self.tracker.start("superlink", command + ["--host", "127.0.0.1", "--port", str(self.port)],
-                                      self.logs / "superlink.log", self._env(home), self.work)
+            proc = self.tracker.start(
+                "superlink",
+                command + ["--host", "127.0.0.1", "--port", str(self.port)],
+                self.logs / "superlink.log",
+                self._env(home),
+                self.work,
+            )
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline and proc.poll() is None:
                 if port_open(self.port):
                     return
                 time.sleep(0.3)
             if proc.poll() is None:
-                raise DeploymentError(f"SuperLink did not open port {self.port} in {self.startup_timeout:.0f} s; "
-                                      f"see {self.logs / 'superlink.log'}")
+                raise DeploymentError(
+                    f"SuperLink did not open port {self.port} in {self.startup_timeout:.0f} s; "
+                    f"see {self.logs / 'superlink.log'}"
+                )
             self.tracker.stop(["superlink"], self.stop_grace)
         raise DeploymentError(f"SuperLink exited at start; see {self.logs / 'superlink.log'}")
 
@@ -216,42 +261,66 @@ class LoopbackDeployment:
     def _start_supernode(self, index: int, node: NodeSpec) -> None:
         Path(node.state_dir).mkdir(parents=True, exist_ok=True)
         node_dir = self.work / "nodes" / f"node-{node.client_id}"
-        command = [str(VENV_BIN / "flower-supernode"), "--superlink", self.address,
-                   "--node-config", node.node_config(), "--host", "127.0.0.1", "--port", str(free_port())]
+        command = [
+            str(VENV_BIN / "flower-supernode"),
+            "--superlink",
+            self.address,
+            "--node-config",
+            node.node_config(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ]
         if self.tls:
             command += ["--root-certificates", str(self.certificates.ca_cert)]
         else:
             command += ["--insecure"]
         if self.node_auth:
             command += ["--auth-supernode-private-key", str(self.node_keys[index].private_key)]
-        self.tracker.start(f"supernode-{node.client_id}", command, self.logs / f"supernode-{node.client_id}.log",
-                           self._env(node_dir / "flwr-home"), node_dir)
+        self.tracker.start(
+            f"supernode-{node.client_id}",
+            command,
+            self.logs / f"supernode-{node.client_id}.log",
+            self._env(node_dir / "flwr-home"),
+            node_dir,
+        )
 
-    def flwr(self, args: list[str], log_name: str, timeout: float = 120.0, check: bool = True
-             ) -> subprocess.CompletedProcess:
+    def flwr(
+        self, args: list[str], log_name: str, timeout: float = 120.0, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """A short `flwr` CLI command against this deployment's SuperLink (config in the CLI's FLWR_HOME)."""
         env = self._env(self.cli_home)
         env["COLUMNS"] = "200"
-        result = subprocess.run([str(VENV_BIN / "flwr"), *args], capture_output=True, text=True, env=env,
-                                cwd=self.work, timeout=timeout, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [str(VENV_BIN / "flwr"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.work,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         with open(self.logs / f"{log_name}.log", "a") as log:
             log.write(f"$ flwr {' '.join(args)}\n{result.stdout}{result.stderr}\n[exit {result.returncode}]\n")
         if check and result.returncode != 0:
-            raise DeploymentError(f"`flwr {' '.join(args)}` failed ({result.returncode}): "
-                                  f"{(result.stdout + result.stderr).strip()[-2000:]}")
+            raise DeploymentError(
+                f"`flwr {' '.join(args)}` failed ({result.returncode}): "
+                f"{(result.stdout + result.stderr).strip()[-2000:]}"
+            )
         return result
 
     def _wait_for_control_api(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            result = self.flwr(["supernode", "list", CONNECTION, "--format", "json"], "wait-control-api",
-                               check=False)
+            result = self.flwr(["supernode", "list", CONNECTION, "--format", "json"], "wait-control-api", check=False)
             if result.returncode == 0:
                 return
             self._check_running("superlink")
             if time.monotonic() > deadline:
-                raise DeploymentError(f"the SuperLink's Control API did not answer in {self.startup_timeout:.0f} s; "
-                                      f"see {self.logs}")
+                raise DeploymentError(
+                    f"the SuperLink's Control API did not answer in {self.startup_timeout:.0f} s; see {self.logs}"
+                )
             time.sleep(1.0)
 
     def online_nodes(self) -> list[dict]:
@@ -270,8 +339,10 @@ class LoopbackDeployment:
             for node in self.nodes:
                 self._check_running(f"supernode-{node.client_id}")
             if time.monotonic() > deadline:
-                raise DeploymentError(f"only {len(self.online_nodes())} of {len(self.nodes)} SuperNodes came online "
-                                      f"in {self.startup_timeout:.0f} s; see {self.logs}")
+                raise DeploymentError(
+                    f"only {len(self.online_nodes())} of {len(self.nodes)} SuperNodes came online "
+                    f"in {self.startup_timeout:.0f} s; see {self.logs}"
+                )
             time.sleep(1.0)
 
     def _check_running(self, name: str) -> None:
@@ -315,8 +386,10 @@ class LoopbackDeployment:
         if info.get("status", "").startswith("finished"):
             self._finished_run = self.run_id
         if info.get("status") != "finished:completed":
-            raise DeploymentError(f"run {self.run_id} ended as {info.get('status') or 'unknown'}: "
-                                  f"{info.get('status-details', '')}; see {log}")
+            raise DeploymentError(
+                f"run {self.run_id} ended as {info.get('status') or 'unknown'}: "
+                f"{info.get('status-details', '')}; see {log}"
+            )
         return log
 
     def run_info(self, run_id: int) -> dict:

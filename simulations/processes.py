@@ -65,19 +65,26 @@ class ProcessTracker:
         self._thread.start()
         _TRACKERS.add(self)
 
-    def start(self, name: str, command: list[str], log: Path | None, env: dict, cwd: Path,
-              **popen) -> subprocess.Popen:
+    def start(self, name: str, command: list[str], log: Path | None, env: dict, cwd: Path, **popen) -> subprocess.Popen:
         """Start `command` in its own session; output appended to `log` (if None: as `popen` says)."""
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "ab") as out:
                 out.write(f"$ {' '.join(command)}\n".encode())
                 out.flush()
-                proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, cwd=cwd, start_new_session=True)
+                proc = subprocess.Popen(
+                    command,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
+                )
         else:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True,
-                                    **popen)
+            proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True, **popen
+            )
         with self._lock:
             self.started[name] = proc
             try:
@@ -230,12 +237,12 @@ def stop_serverapps(tracker: ProcessTracker, grace: float) -> None:
 class StopSignals:
     """SIGINT/SIGTERM: the first raises KeyboardInterrupt, the next kills every tracked process at once.
 
-        with StopSignals() as signals:
-            try:
-                ...                      # run
-            except KeyboardInterrupt:
-                ...                      # stop cleanly; a second Ctrl-C raises StoppedAtOnce here
-            return signals.exit_code     # 130 after SIGINT, 143 after SIGTERM
+    with StopSignals() as signals:
+        try:
+            ...                      # run
+        except KeyboardInterrupt:
+            ...                      # stop cleanly; a second Ctrl-C raises StoppedAtOnce here
+        return signals.exit_code     # 130 after SIGINT, 143 after SIGTERM
     """
 
     def __init__(self):

@@ -21,10 +21,15 @@ from common.privacy.server_accounting import dpfedavg_epsilon
 
 # (name, target epsilon, clients per round, clients, rounds, delta): the server-DP rows of BENCHMARKS.md
 RECORDED = [(f"ML-1M cross-device server-eps{t:g}", t, 200, 5538, 100, 1 / 6040) for t in (1, 2, 4, 8)] + [
-    ("ML-100K 10 silos server-eps8", 8.0, 10, 10, 3, 1 / 943)]
+    ("ML-100K 10 silos server-eps8", 8.0, 10, 10, 3, 1 / 943)
+]
 # Their measured test NDCG@10 (simulations/results/audit.md) and the non-private cross-device run's.
-RECORDED_NDCG = {"ML-1M cross-device server-eps1": 0.0034, "ML-1M cross-device server-eps2": 0.0131,
-                 "ML-1M cross-device server-eps4": 0.0196, "ML-1M cross-device server-eps8": 0.0211}
+RECORDED_NDCG = {
+    "ML-1M cross-device server-eps1": 0.0034,
+    "ML-1M cross-device server-eps2": 0.0131,
+    "ML-1M cross-device server-eps4": 0.0196,
+    "ML-1M cross-device server-eps8": 0.0211,
+}
 NON_PRIVATE_NDCG = 0.0209
 
 
@@ -45,16 +50,20 @@ def old_calibration(target: float, **shape) -> float:
 
 
 def figures(z: float, *, m: int, n: int, rounds: int, delta: float) -> dict:
-    return {"z": z, "epsilon": dpfedavg_epsilon(noise_multiplier=z, num_sampled=m, population=n, rounds=rounds,
-                                                delta=delta),
-            "lower_bound": epsilon_lower_bound([(z, m, n)] * rounds, delta=delta)}
+    return {
+        "z": z,
+        "epsilon": dpfedavg_epsilon(noise_multiplier=z, num_sampled=m, population=n, rounds=rounds, delta=delta),
+        "lower_bound": epsilon_lower_bound([(z, m, n)] * rounds, delta=delta),
+    }
 
 
 def plot_recorded(path: str, rows: dict[str, dict]) -> None:
     """NDCG@10 against epsilon (log axis): each run from its lower bound to its RDP claim."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, ndcg in RECORDED_NDCG.items():
         row = rows[name]
@@ -88,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give --recorded, or all of --noise --sampled --population --rounds --delta")
         if not (args.noise > 0 and 1 <= args.sampled <= args.population and args.rounds >= 1 and 0 < args.delta < 1):
             parser.error("need --noise > 0, 1 <= --sampled <= --population, --rounds >= 1, 0 < --delta < 1")
-    print("| run | z used | epsilon reported before the fix | epsilon (RDP, replace-one, sensitivity 2C) "
-          "| independent lower bound |")
+    print(
+        "| run | z used | epsilon reported before the fix | epsilon (RDP, replace-one, sensitivity 2C) "
+        "| independent lower bound |"
+    )
     print("|---|---|---|---|---|")
     if args.recorded:
         rows = {}
@@ -97,15 +108,20 @@ def main(argv: list[str] | None = None) -> int:
             shape = dict(m=m, n=n, rounds=rounds, delta=delta)
             z = old_calibration(target, **shape)
             rows[name] = figures(z, **shape)
-            print(f"| {name} | {z:.4f} | {old_epsilon(z, **shape):.3f} | {rows[name]['epsilon']:.2f} "
-                  f"| {rows[name]['lower_bound']:.2f} |", flush=True)
+            print(
+                f"| {name} | {z:.4f} | {old_epsilon(z, **shape):.3f} | {rows[name]['epsilon']:.2f} "
+                f"| {rows[name]['lower_bound']:.2f} |",
+                flush=True,
+            )
         if args.plot:
             plot_recorded(args.plot, rows)
         return 0
     shape = dict(m=args.sampled, n=args.population, rounds=args.rounds, delta=args.delta)
     row = figures(args.noise, **shape)
-    print(f"| given | {args.noise:.4f} | {old_epsilon(args.noise, **shape):.3f} | {row['epsilon']:.2f} "
-          f"| {row['lower_bound']:.2f} |")
+    print(
+        f"| given | {args.noise:.4f} | {old_epsilon(args.noise, **shape):.3f} | {row['epsilon']:.2f} "
+        f"| {row['lower_bound']:.2f} |"
+    )
     return 0
 
 

@@ -21,12 +21,19 @@ def num_supernodes(config) -> int:
         return config.federation.cohort_nodes
     from common.data.load import load_sequence_data
     from common.partition import partition_users
+
     return partition_users(load_sequence_data(config.data), config.federation, config.train.seed).num_clients
 
 
-def simulate(run_config: dict[str, Any], num_supernodes: int, *, cpus_per_client: float = 1.0,
-             num_cpus: int | None = None, verbose: bool = False,
-             client_app_attr: str = "client.app:app") -> None:
+def simulate(
+    run_config: dict[str, Any],
+    num_supernodes: int,
+    *,
+    cpus_per_client: float = 1.0,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    client_app_attr: str = "client.app:app",
+) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -49,12 +56,18 @@ def simulate(run_config: dict[str, Any], num_supernodes: int, *, cpus_per_client
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
     init_args = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False, "log_to_driver": verbose}
-    result = _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                             server_app_attr="server.app:app", client_app_attr=client_app_attr,
-                             backend_name="ray",
-                             backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                                             "init_args": init_args},
-                             app_dir=str(PROJECT_DIR), run=run, server_app_context=context, is_app=True,
-                             verbose_logging=verbose)
+    result = _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        server_app_attr="server.app:app",
+        client_app_attr=client_app_attr,
+        backend_name="ray",
+        backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}, "init_args": init_args},
+        app_dir=str(PROJECT_DIR),
+        run=run,
+        server_app_context=context,
+        is_app=True,
+        verbose_logging=verbose,
+    )
     if not getattr(result, "success", True):
         raise RuntimeError("simulation failed; see the log above")

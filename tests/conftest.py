@@ -59,17 +59,38 @@ def cache_env(cache, monkeypatch):
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SIM_CONFIG = {"data": "synthetic", "synthetic-users": 120, "synthetic-items": 60, "partition": "iid",
-              "num-partitions": 4, "clients-per-round": 4, "num-server-rounds": 4, "model": "sasrec",
-              "emb-dim": 16, "num-layers": 1, "max-len": 20, "batch-size": 32, "local-epochs": 2,
-              "local-lr": 0.01, "strategy": "fedavg", "dropout": 0.0}
+SIM_CONFIG = {
+    "data": "synthetic",
+    "synthetic-users": 120,
+    "synthetic-items": 60,
+    "partition": "iid",
+    "num-partitions": 4,
+    "clients-per-round": 4,
+    "num-server-rounds": 4,
+    "model": "sasrec",
+    "emb-dim": 16,
+    "num-layers": 1,
+    "max-len": 20,
+    "batch-size": 32,
+    "local-epochs": 2,
+    "local-lr": 0.01,
+    "strategy": "fedavg",
+    "dropout": 0.0,
+}
 
 
 def _start(run_config: dict, cache: Path, num_supernodes: int = 4, client_app: str = "client.app:app"):
     spec = json.dumps({"run_config": run_config, "num_supernodes": num_supernodes, "client_app": client_app})
     env = {**os.environ, "FEDSEQREC_CACHE": str(cache), "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -105,6 +126,7 @@ def _run(run_config: dict, cache: Path, timeout: float = 600, **kwargs) -> str:
 
 
 # --- an independent oracle for DP accounting
+
 
 def gaussian_rdp_epsilon(z: float, rounds: int, delta: float) -> float:
     """Independent oracle: RDP of the Gaussian mechanism, alpha * T / (2 z^2), converted with the

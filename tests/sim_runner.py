@@ -7,5 +7,6 @@ from simulations.simulate import simulate
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    simulate(spec["run_config"], spec["num_supernodes"], client_app_attr=spec.get("client_app", "client.app:app"),
-             num_cpus=2)
+    simulate(
+        spec["run_config"], spec["num_supernodes"], client_app_attr=spec.get("client_app", "client.app:app"), num_cpus=2
+    )

@@ -36,21 +36,37 @@ def test_poisoned_updates_against_their_definitions():
     with pytest.raises(ConfigError, match="sim-target-item"):
         RunConfig.from_flat({"sim-attack": "promote"})
     with pytest.raises(ConfigError, match="cohort engine"):
-        RunConfig.from_flat({"partition": "user", "train-windows": "last", "cohort-engine": True,
-                             "sim-attack": "scale"})
+        RunConfig.from_flat(
+            {"partition": "user", "train-windows": "last", "cohort-engine": True, "sim-attack": "scale"}
+        )
 
 
 def test_training_on_fake_users_pushes_the_target_into_top_k():
     from common.data.sequences import build_sequences
-    config = RunConfig.from_flat({"data": "synthetic", "synthetic-users": 120, "synthetic-items": 60, "model": "gru",
-                                  "emb-dim": 16, "hidden-dim": 16, "num-layers": 1, "max-len": 12,
-                                  "local-epochs": 3, "local-lr": 0.01, "local-optimizer": "adam", "batch-size": 16})
+
+    config = RunConfig.from_flat(
+        {
+            "data": "synthetic",
+            "synthetic-users": 120,
+            "synthetic-items": 60,
+            "model": "gru",
+            "emb-dim": 16,
+            "hidden-dim": 16,
+            "num-layers": 1,
+            "max-len": 12,
+            "local-epochs": 3,
+            "local-lr": 0.01,
+            "local-optimizer": "adam",
+            "batch-size": 16,
+        }
+    )
     frame = synthetic_interactions(120, 60, seed=1)
     data = build_sequences(frame, min_item_count=1, min_user_count=3)
     target = int(np.argmin(np.bincount(data.items, minlength=data.num_items + 1)[1:])) + 1  # a cold item
     fake = fake_users(data, target, seed=0)
     assert all((fake.sequence(u)[1::2] == target).all() for u in range(fake.num_users))
     from common.training import model_for
+
     model = model_for(config, data.num_items)
     before = item_exposure(model_scores(model.eval()), data, target, max_len=12)
     result = local_train(config, fake, model.arrays(), server_round=1, client=0)
@@ -65,8 +81,18 @@ def test_training_on_fake_users_pushes_the_target_into_top_k():
 
 def test_a_run_with_dropouts_and_attackers_keeps_a_finite_model(cache, tmp_path):
     out = tmp_path / "faults"
-    _run({**SIM_CONFIG, "sim-dropout": 0.3, "sim-attack": "random", "sim-attackers": 0.2, "sim-attack-scale": 1e4,
-          "max-update-norm": 50.0, "out-dir": str(out)}, cache)
+    _run(
+        {
+            **SIM_CONFIG,
+            "sim-dropout": 0.3,
+            "sim-attack": "random",
+            "sim-attackers": 0.2,
+            "sim-attack-scale": 1e4,
+            "max-update-norm": 50.0,
+            "out-dir": str(out),
+        },
+        cache,
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     assert sum(r["failed"] for r in rows) > 0 and summary["invalid_replies"] > 0  # dropped out; attacks refused

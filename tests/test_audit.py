@@ -30,9 +30,20 @@ from common.privacy.server_accounting import dpfedavg_epsilon
 from common.training import StepOptions, model_for, train_epoch, window_dataset, window_loader
 from tests.conftest import SIM_CONFIG, _run
 
-TINY = {"data": "synthetic", "synthetic-users": 80, "synthetic-items": 40, "model": "sasrec", "emb-dim": 16,
-        "num-layers": 1, "max-len": 20, "train-windows": "all", "batch-size": 32, "dropout": 0.0, "local-epochs": 2,
-        "local-lr": 0.01}
+TINY = {
+    "data": "synthetic",
+    "synthetic-users": 80,
+    "synthetic-items": 40,
+    "model": "sasrec",
+    "emb-dim": 16,
+    "num-layers": 1,
+    "max-len": 20,
+    "train-windows": "all",
+    "batch-size": 32,
+    "dropout": 0.0,
+    "local-epochs": 2,
+    "local-lr": 0.01,
+}
 
 
 pytestmark = pytest.mark.usefixtures("cache_env")
@@ -40,10 +51,12 @@ pytestmark = pytest.mark.usefixtures("cache_env")
 
 # --- 1. accounting ---------------------------------------------------------------------------
 
+
 def test_pld_matches_the_exact_gaussian_mechanism_and_rdp_is_above_it():
     from dp_accounting import GaussianDpEvent
     from dp_accounting.pld import PLDAccountant
     from dp_accounting.rdp import RdpAccountant
+
     exact = gaussian_epsilon(1.0, 1e-5)
     assert exact == pytest.approx(4.3772, abs=1e-3)  # Balle & Wang (2018) analytic Gaussian mechanism
     pld = PLDAccountant(value_discretization_interval=1e-4)
@@ -78,6 +91,7 @@ def test_server_audit_passes_the_runs_accounting_and_bounds_it_from_below():
 
 # --- 2. membership inference -----------------------------------------------------------------
 
+
 def test_roc_auc_and_dp_bound_basics():
     assert roc_auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
     assert roc_auc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
@@ -98,8 +112,9 @@ def _overfit(config: RunConfig, sequences: list[np.ndarray], num_items: int, epo
 
 
 def test_membership_inference_detects_an_overfit_model_and_not_an_unrelated_one():
-    config = RunConfig.from_flat({**TINY, "data": "synthetic", "synthetic-users": 120, "synthetic-items": 200,
-                                  "emb-dim": 32})
+    config = RunConfig.from_flat(
+        {**TINY, "data": "synthetic", "synthetic-users": 120, "synthetic-items": 200, "emb-dim": 32}
+    )
     data = load_sequence_data(config.data)
     train = data.train_sequences()
     members, nonmembers, others = train[:40], train[40:80], train[80:120]
@@ -114,10 +129,12 @@ def test_membership_inference_detects_an_overfit_model_and_not_an_unrelated_one(
 
 # --- 3. canaries and the epsilon lower bound -------------------------------------------------
 
+
 def test_epsilon_lower_bound_worked_examples():
     perfect = epsilon_lower_bound(1000, 1000, 1000, delta=0.0)
-    assert perfect == pytest.approx(math.log(0.05 ** (-1 / 1000) / (1 - 0.05 ** (1 / 1000))), rel=1e-4) or \
-        p_value(1000, 1000, 1000, perfect, 0.0) == pytest.approx(0.05, rel=1e-3)
+    assert perfect == pytest.approx(math.log(0.05 ** (-1 / 1000) / (1 - 0.05 ** (1 / 1000))), rel=1e-4) or p_value(
+        1000, 1000, 1000, perfect, 0.0
+    ) == pytest.approx(0.05, rel=1e-3)
     assert perfect > 5
     assert epsilon_lower_bound(1000, 100, 50, delta=1e-5) == 0.0  # chance-level guesses prove nothing
     bounds = [epsilon_lower_bound(1000, 100, v, delta=1e-5) for v in range(50, 101, 5)]
@@ -134,8 +151,16 @@ def test_canaries_are_deterministic_and_join_the_training_population():
     assert a.sequences.min() >= 1 and a.sequences.max() <= 40
     assert exposure(np.array([0.0]), np.arange(1.0, 8.0)) == pytest.approx(3.0)
     for scheme in ("user", "iid"):
-        config = RunConfig.from_flat({**TINY, "partition": scheme, "num-partitions": 4, "canaries": 10,
-                                      "canary-length": 8, "holdout-fraction": 0.25})
+        config = RunConfig.from_flat(
+            {
+                **TINY,
+                "partition": scheme,
+                "num-partitions": 4,
+                "canaries": 10,
+                "canary-length": 8,
+                "holdout-fraction": 0.25,
+            }
+        )
         data = load_sequence_data(config.data)
         parts = partition_users(data, config.federation, config.train.seed)
         population = cached_population(config.data, config.federation, config.train.seed)
@@ -154,13 +179,16 @@ def test_canaries_are_deterministic_and_join_the_training_population():
 
 # --- 4. update leakage -----------------------------------------------------------------------
 
+
 def test_update_reveals_the_users_items_without_dp():
     from common.audit.update_leakage import update_leakage
+
     config = RunConfig.from_flat({**TINY, "synthetic-items": 200})  # a user holds a small share of the catalogue
     data = load_sequence_data(config.data)
     arrays = model_for(config, data.num_items).arrays()
-    result = update_leakage(config, data, arrays, np.arange(5), noise_multiplier=1.0, clipping_norm=1.0,
-                            max_grad_norm=1.0)
+    result = update_leakage(
+        config, data, arrays, np.arange(5), noise_multiplier=1.0, clipping_norm=1.0, max_grad_norm=1.0
+    )
     plain = result["settings"]["no_dp"]
     assert plain["precision"] > 0.85 and plain["recall"] > 0.9
     assert result["settings"]["server_dp"]["recall"] < plain["recall"] / 2
@@ -169,21 +197,27 @@ def test_update_reveals_the_users_items_without_dp():
 
 # --- 5. messages -----------------------------------------------------------------------------
 
+
 def _call_mod(tmp_path, extra_metrics: dict):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
+
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     model = model_for(RunConfig.from_flat(TINY), 40)
-    ask = Message(content=RecordDict({"config": ConfigRecord({"run-dir": str(tmp_path), "server-round": 1})}),
-                  message_type="train", dst_node_id=7)
+    ask = Message(
+        content=RecordDict({"config": ConfigRecord({"run-dir": str(tmp_path), "server-round": 1})}),
+        message_type="train",
+        dst_node_id=7,
+    )
 
     def handler(msg, context):  # a client that adds whatever `extra_metrics` holds to its reply
         metrics = MetricRecord({"train-loss": 0.5, "num-examples": 3, **extra_metrics})
         return Message(content=RecordDict({"arrays": ArrayRecord(model.arrays()), "metrics": metrics}), reply_to=msg)
 
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(),
-                      run_config={"audit-messages": True})
+    context = Context(
+        run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={"audit-messages": True}
+    )
     message_audit_mod(ask, context, handler)
     expected = {k: (list(v.shape), "float32") for k, v in model.arrays().items()}
     return audit_messages(tmp_path, expected)
@@ -194,19 +228,37 @@ def test_message_audit_flags_a_client_that_sends_a_user_id(tmp_path):
     assert clean["messages"] == 1 and clean["failures"] == []
     leaky = _call_mod(tmp_path / "leaky", {"user-id": 4242})
     assert len(leaky["failures"]) == 1 and "user-id" in leaky["failures"][0]
-    row = {"records": {"metrics": {"kind": "metrics", "metrics": {"hr@10": "int", "train-loss": "str"}},
-                       "config": {"kind": "config", "keys": {"items": "list"}}}}
+    row = {
+        "records": {
+            "metrics": {"kind": "metrics", "metrics": {"hr@10": "int", "train-loss": "str"}},
+            "config": {"kind": "config", "keys": {"items": "list"}},
+        }
+    }
     problems = check_message(row, {})
     assert any("train-loss" in p for p in problems) and any("kind 'config'" in p for p in problems)
 
 
 # --- 6. the whole audit on a real simulated run ----------------------------------------------
 
+
 def test_fedseqrec_audit_on_a_real_dp_run_with_canaries_and_recorded_messages(cache, tmp_path, capsys):
     from simulations.cli import main
+
     out = tmp_path / "run"
-    _run({**SIM_CONFIG, "num-server-rounds": 2, "holdout-fraction": 0.25, "canaries": 8, "canary-length": 12,
-          "audit-messages": True, "dp-mode": "server", "noise-multiplier": 0.5, "out-dir": str(out)}, cache)
+    _run(
+        {
+            **SIM_CONFIG,
+            "num-server-rounds": 2,
+            "holdout-fraction": 0.25,
+            "canaries": 8,
+            "canary-length": 12,
+            "audit-messages": True,
+            "dp-mode": "server",
+            "noise-multiplier": 0.5,
+            "out-dir": str(out),
+        },
+        cache,
+    )
     assert main(["audit", str(out), "--strict", "--users", "40", "--leakage-users", "3"]) == 0
     report = json.loads((out / "audit.json").read_text())
     assert report["failures"] == []
@@ -224,6 +276,7 @@ def test_fedseqrec_audit_on_a_real_dp_run_with_canaries_and_recorded_messages(ca
 
 def test_fedseqrec_audit_rejects_bad_input(tmp_path, capsys):
     from simulations.cli import main
+
     assert main(["audit", str(tmp_path / "missing")]) == 2
     assert main(["audit", str(tmp_path)]) == 2
     assert "no model.pt" in capsys.readouterr().err

@@ -10,8 +10,23 @@ from common.config import RunConfig
 from common.data.synthetic import synthetic_interactions
 from simulations.cli import main
 
-FAST = ["--quiet", "--model", "sasrec", "--max-len", "8", "--emb-dim", "8", "--num-layers", "1",
-        "--epochs", "1", "--batch-size", "32", "--eval-batch-size", "64"]
+FAST = [
+    "--quiet",
+    "--model",
+    "sasrec",
+    "--max-len",
+    "8",
+    "--emb-dim",
+    "8",
+    "--num-layers",
+    "1",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--eval-batch-size",
+    "64",
+]
 
 
 @pytest.fixture
@@ -39,7 +54,7 @@ def test_train_writes_metrics(csv, tmp_path, capsys):
 
 def test_train_reads_a_config_file_and_flags_override_it(csv, tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('emb-dim = 4\nepochs = 3\nmin-item-count = 1\n')
+    toml.write_text("emb-dim = 4\nepochs = 3\nmin-item-count = 1\n")
     out = tmp_path / "run"
     assert main(["train", "--data", str(csv), "--out", str(out), "--config", str(toml), *FAST]) == 0
     config = json.loads((out / "config.json").read_text())
@@ -77,11 +92,14 @@ def test_bad_file_content_names_the_line(tmp_path, capsys, monkeypatch):
     assert "line 3: item_id 'x' is not an integer ID" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("flag,value,needle", [
-    ("--model", "foo", "key 'model' must be one of sasrec, gru, lstm; got 'foo'"),
-    ("--epochs", "many", "key 'epochs' must be int, got 'many'"),
-    ("--dropout", "1.5", "config key 'dropout': must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--model", "foo", "key 'model' must be one of sasrec, gru, lstm; got 'foo'"),
+        ("--epochs", "many", "key 'epochs' must be int, got 'many'"),
+        ("--dropout", "1.5", "config key 'dropout': must be in [0, 1)"),
+    ],
+)
 def test_bad_flag_value(csv, tmp_path, capsys, flag, value, needle):
     argv = ["train", "--data", str(csv), "--out", str(tmp_path / "run"), *FAST, flag, value]
     assert main(argv) == 2
@@ -119,13 +137,37 @@ def test_sigterm_stops_training_but_keeps_the_best_model(tmp_path):
 
     out = tmp_path / "run"
     env = {**os.environ, "FEDSEQREC_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "train", "--data", "synthetic", "--out",
-                             str(out), "--epochs", "500", "--patience", "500", "--max-len", "10",
-                             "--emb-dim", "8", "--synthetic-users", "60", "--quiet"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulations.cli",
+            "train",
+            "--data",
+            "synthetic",
+            "--out",
+            str(out),
+            "--epochs",
+            "500",
+            "--patience",
+            "500",
+            "--max-len",
+            "10",
+            "--emb-dim",
+            "8",
+            "--synthetic-users",
+            "60",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists()
-                                          and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
+    while time.time() < deadline and not (
+        (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
@@ -149,8 +191,7 @@ def test_a_log_record_is_printed_once_in_an_app_process(app):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", LOG_PROBE.format(app=app)], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run([sys.executable, "-c", LOG_PROBE.format(app=app)], capture_output=True, text=True, check=True)
     assert (done.stdout + done.stderr).count("fedseqrec: round 1/1 probe") == 1
 
 
@@ -166,8 +207,10 @@ def test_federate_help_names_files_that_exist(capsys):
     assert all((root / name).is_file() for name in named), named
 
 
-@pytest.mark.parametrize("content, needle", [(None, "config file not found"), ("epochs = = 1\n", "not valid TOML"),
-                                             ("epohcs = 1\n", "unknown key 'epohcs'")])
+@pytest.mark.parametrize(
+    "content, needle",
+    [(None, "config file not found"), ("epochs = = 1\n", "not valid TOML"), ("epohcs = 1\n", "unknown key 'epohcs'")],
+)
 def test_federate_and_deploy_report_a_bad_run_config_file_in_one_line(tmp_path, content, needle):
     """Every command reads run-config files through common.config.read_toml: one line, exit 2, no traceback."""
     import subprocess
@@ -176,9 +219,20 @@ def test_federate_and_deploy_report_a_bad_run_config_file_in_one_line(tmp_path, 
     toml = tmp_path / "run.toml"
     if content is not None:
         toml.write_text(content)
-    commands = {"fedseqrec": [sys.executable, "-m", "simulations.cli", "federate", "--run-config", str(toml)],
-                "deploy": [sys.executable, "-m", "simulations.deploy", "--data", "synthetic", "--work",
-                           str(tmp_path / "work"), "--run-config", str(toml)]}
+    commands = {
+        "fedseqrec": [sys.executable, "-m", "simulations.cli", "federate", "--run-config", str(toml)],
+        "deploy": [
+            sys.executable,
+            "-m",
+            "simulations.deploy",
+            "--data",
+            "synthetic",
+            "--work",
+            str(tmp_path / "work"),
+            "--run-config",
+            str(toml),
+        ],
+    }
     for prefix, argv in commands.items():
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr

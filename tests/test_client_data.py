@@ -33,8 +33,16 @@ def test_device_sequences_use_the_federation_catalogue_and_count_unknown_items()
 @pytest.fixture
 def synthetic_config(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
-    return RunConfig.from_flat({"data": "synthetic", "synthetic-users": 50, "synthetic-items": 30,
-                                "min-item-count": 1, "partition": "iid", "num-partitions": 3})
+    return RunConfig.from_flat(
+        {
+            "data": "synthetic",
+            "synthetic-users": 50,
+            "synthetic-items": 30,
+            "min-item-count": 1,
+            "partition": "iid",
+            "num-partitions": 3,
+        }
+    )
 
 
 def test_partition_files_hold_every_user_once_and_load_on_a_device(synthetic_config, tmp_path):
@@ -43,8 +51,9 @@ def test_partition_files_hold_every_user_once_and_load_on_a_device(synthetic_con
     nodes = [pd.read_csv(p) for p in paths[1:]]
     users = [set(n["user_id"]) for n in nodes]
     assert sum(map(len, users)) == 50 and len(set().union(*users)) == 50
-    local = load_local_data(synthetic_config, {"data-path": str(paths[1]), "catalogue-path": str(paths[0]),
-                                               "client-id": 0})
+    local = load_local_data(
+        synthetic_config, {"data-path": str(paths[1]), "catalogue-path": str(paths[0]), "client-id": 0}
+    )
     assert local.num_users == len(users[0]) and local.num_items == len(catalogue) - 1
     assert local.report["unknown_items_dropped"] == 0
 

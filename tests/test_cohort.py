@@ -18,11 +18,29 @@ from common.training import model_for
 from tests.conftest import _kill_after_round, _run
 
 SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0)
-COHORT = {"data": "synthetic", "synthetic-users": 200, "synthetic-items": 50, "partition": "user",
-          "train-windows": "last", "model": "sasrec", "emb-dim": 16, "num-layers": 1, "max-len": 20,
-          "dropout": 0.0, "cohort-engine": True, "cohort-chunk": 16, "clients-per-round": 60,
-          "num-server-rounds": 6, "local-epochs": 1, "local-optimizer": "sgd", "local-lr": 1.0,
-          "strategy": "fedadam", "server-lr": 0.01, "server-tau": 1e-6, "server-lr-warmup": 2}
+COHORT = {
+    "data": "synthetic",
+    "synthetic-users": 200,
+    "synthetic-items": 50,
+    "partition": "user",
+    "train-windows": "last",
+    "model": "sasrec",
+    "emb-dim": 16,
+    "num-layers": 1,
+    "max-len": 20,
+    "dropout": 0.0,
+    "cohort-engine": True,
+    "cohort-chunk": 16,
+    "clients-per-round": 60,
+    "num-server-rounds": 6,
+    "local-epochs": 1,
+    "local-optimizer": "sgd",
+    "local-lr": 1.0,
+    "strategy": "fedadam",
+    "server-lr": 0.01,
+    "server-tau": 1e-6,
+    "server-lr-warmup": 2,
+}
 
 
 pytestmark = pytest.mark.usefixtures("cache_env")
@@ -35,27 +53,36 @@ def _one_by_one(model, inputs, targets, recipe: LocalRecipe) -> dict[str, torch.
     for x, y in zip(inputs, targets):
         device = build_model(SMALL)
         device.load_state_dict(model.state_dict())
-        optimizer = (torch.optim.SGD(device.parameters(), lr=recipe.lr) if recipe.optimizer == "sgd"
-                     else torch.optim.Adam(device.parameters(), lr=recipe.lr, eps=recipe.eps))
+        optimizer = (
+            torch.optim.SGD(device.parameters(), lr=recipe.lr)
+            if recipe.optimizer == "sgd"
+            else torch.optim.Adam(device.parameters(), lr=recipe.lr, eps=recipe.eps)
+        )
         for _ in range(recipe.steps):
             optimizer.zero_grad()
             user_loss(device, dict(device.named_parameters()), x, y).backward()
             optimizer.step()
         update = {k: p.detach() - start[k] for k, p in device.named_parameters()}
         if recipe.clip > 0:
-            norm = torch.sqrt(sum((u ** 2).sum() for u in update.values()))
+            norm = torch.sqrt(sum((u**2).sum() for u in update.values()))
             update = {k: u * min(1.0, recipe.clip / float(norm)) for k, u in update.items()}
         for k in total:
             total[k] += update[k]
     return total
 
 
-@pytest.mark.parametrize("recipe", [LocalRecipe(1, "sgd", 0.5), LocalRecipe(3, "sgd", 0.5),
-                                    # eps well above float noise: the key bias's gradient is exactly 0 in
-                                    # theory, and Adam would blow its rounding noise up to +-lr
-                                    LocalRecipe(3, "adam", 0.01, eps=1e-4),
-                                    LocalRecipe(2, "adam", 0.01, clip=0.05, eps=1e-4)],
-                         ids=["sgd-1-batched", "sgd-3", "adam-3", "adam-2-clipped"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        LocalRecipe(1, "sgd", 0.5),
+        LocalRecipe(3, "sgd", 0.5),
+        # eps well above float noise: the key bias's gradient is exactly 0 in
+        # theory, and Adam would blow its rounding noise up to +-lr
+        LocalRecipe(3, "adam", 0.01, eps=1e-4),
+        LocalRecipe(2, "adam", 0.01, clip=0.05, eps=1e-4),
+    ],
+    ids=["sgd-1-batched", "sgd-3", "adam-3", "adam-2-clipped"],
+)
 def test_cohort_update_equals_training_each_user_in_its_own_model(recipe):
     torch.manual_seed(0)
     model = build_model(SMALL)
@@ -70,13 +97,14 @@ def test_cohort_update_equals_training_each_user_in_its_own_model(recipe):
         assert torch.allclose(result.update_sum[key], expected[key], atol=1e-4 * scale, rtol=1e-4), key
     if recipe.clip:
         assert result.clipped == 6
-        norms = torch.sqrt(sum((v ** 2).sum() for v in result.update_sum.values()))
+        norms = torch.sqrt(sum((v**2).sum() for v in result.update_sum.values()))
         assert norms <= 6 * recipe.clip * (1 + 1e-5)
 
 
 def test_chunks_spread_over_nodes_give_the_same_aggregate():
-    config = RunConfig.from_flat({**COHORT, "dropout": 0.2, "local-epochs": 2, "local-optimizer": "adam",
-                                  "local-lr": 0.01})
+    config = RunConfig.from_flat(
+        {**COHORT, "dropout": 0.2, "local-epochs": 2, "local-optimizer": "adam", "local-lr": 0.01}
+    )
     data = load_sequence_data(config.data)
     start = model_for(config, data.num_items).arrays()
     chunks = [(i, np.arange(i * 16, (i + 1) * 16)) for i in range(4)]
@@ -104,9 +132,13 @@ def test_client_evaluation_equals_server_evaluation_on_the_same_users():
 
 def test_cohort_config_rejects_what_it_cannot_do():
     from common.errors import ConfigError
-    for bad, needs in [({"partition": "iid"}, "partition = user"), ({"train-windows": "all"}, "train-windows"),
-                       ({"dp-mode": "client"}, "dp-mode none or server"),
-                       ({"strategy": "fedprox"}, "fedavg, fedadam or fedyogi")]:
+
+    for bad, needs in [
+        ({"partition": "iid"}, "partition = user"),
+        ({"train-windows": "all"}, "train-windows"),
+        ({"dp-mode": "client"}, "dp-mode none or server"),
+        ({"strategy": "fedprox"}, "fedavg, fedadam or fedyogi"),
+    ]:
         with pytest.raises(ConfigError, match=needs):
             RunConfig.from_flat({**COHORT, **bad})
     with pytest.raises(ConfigError, match="user-sampling"):
@@ -114,6 +146,7 @@ def test_cohort_config_rejects_what_it_cannot_do():
 
 
 # --- whole runs on Flower's simulation engine -------------------------------------------------------
+
 
 def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -178,6 +211,7 @@ def test_killed_cohort_run_resumes_to_the_uninterrupted_result(cache, tmp_path):
 
 def test_a_server_with_only_the_item_catalogue_runs_with_federated_evaluation(cache, tmp_path):
     from common.errors import ConfigError
+
     config = RunConfig.from_flat(COHORT)
     data = load_sequence_data(config.data)
     catalogue = tmp_path / "catalogue.json"
@@ -187,23 +221,29 @@ def test_a_server_with_only_the_item_catalogue_runs_with_federated_evaluation(ca
     runs = {}
     for name, extra in (("full", {}), ("catalogue", {"catalogue-path": str(catalogue)})):
         runs[name] = tmp_path / name
-        _run({**COHORT, "num-server-rounds": 2, "federated-evaluation": True, "out-dir": str(runs[name]), **extra},
-             cache, num_supernodes=2)
+        _run(
+            {**COHORT, "num-server-rounds": 2, "federated-evaluation": True, "out-dir": str(runs[name]), **extra},
+            cache,
+            num_supernodes=2,
+        )
     summary, reference = (json.loads((runs[n] / "summary.json").read_text()) for n in ("catalogue", "full"))
     assert summary["num_items"] == data.num_items and summary["num_users"] == 200
     assert summary["test"] == pytest.approx(reference["test"], abs=1e-6)
     from common.checkpoint import load_model
+
     _, items, _ = load_model(runs["catalogue"] / "model.pt")
     assert np.array_equal(items, data.item_ids)
 
 
 def test_plan_deals_chunks_round_robin_and_gives_devices_their_own_users():
     from server.cohort import CohortPlan
+
     config = RunConfig.from_flat({**COHORT, "cohort-chunk": 2})
     hosts = CohortPlan(config, num_users=10, hosts=[7, 9], devices={})
     assert hosts.assign(np.array([1, 3, 4, 8, 9])) == {
         7: {"chunk-ids": [0, 2], "chunk-sizes": [2, 1], "chunk-keys": [1, 3, 9]},
-        9: {"chunk-ids": [1], "chunk-sizes": [2], "chunk-keys": [4, 8]}}
+        9: {"chunk-ids": [1], "chunk-sizes": [2], "chunk-keys": [4, 8]},
+    }
     a, b = hosts.sample(5), hosts.sample(5)
     assert np.array_equal(a, b) and len(a) == 10  # seeded by (seed, round); min(60, 10) users
     devices = CohortPlan(config, num_users=0, hosts=[], devices={3: 101, 5: 105})
@@ -219,6 +259,7 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     import client.app as client_app
     from client.local_data import load_local_data
     from common.data.synthetic import synthetic_interactions
+
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     config = RunConfig.from_flat(COHORT)
     data = load_sequence_data(config.data)
@@ -227,12 +268,19 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     frame = synthetic_interactions(200, 50, seed=0)
     one_user = frame[frame["user_id"] == frame["user_id"].iloc[0]]
     one_user.to_csv(tmp_path / "me.csv", index=False)
-    node_config = {"client-id": 4, "data-path": str(tmp_path / "me.csv"), "catalogue-path": str(catalogue),
-                   "state-dir": str(tmp_path / "state")}
+    node_config = {
+        "client-id": 4,
+        "data-path": str(tmp_path / "me.csv"),
+        "catalogue-path": str(catalogue),
+        "state-dir": str(tmp_path / "state"),
+    }
     context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=config.to_flat())
     start = model_for(config, data.num_items).arrays()
-    ask = Message(content=RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord({"server-round": 2})}),
-                  message_type="train", dst_node_id=7)
+    ask = Message(
+        content=RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord({"server-round": 2})}),
+        message_type="train",
+        dst_node_id=7,
+    )
     reply = client_app.train(ask, context)
     assert reply.content["metrics"]["users"] == 1 and reply.content["metrics"]["num-examples"] == 1
     local = load_local_data(config, node_config)
@@ -240,28 +288,34 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     got = reply.content["arrays"].to_torch_state_dict()
     for key, value in expected.arrays.items():
         assert torch.allclose(got[key], value, atol=1e-7), key
-    query = client_app.query(Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query",
-                                     dst_node_id=7), context)
+    query = client_app.query(
+        Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=7), context
+    )
     assert query.content["metrics"]["client-key"] == 4  # a device identifies itself, it hosts no one else
 
 
 # --- user-level DP-FedAvg on the cohort engine -----------------------------------------------------
 
+
 def test_poisson_accounting_matches_the_gaussian_oracle_and_bounds_from_below():
     from common.audit.worst_pair import epsilon_lower_bound
     from common.privacy.server_accounting import dpfedavg_epsilon
     from tests.conftest import gaussian_rdp_epsilon
+
     # Everyone sampled (q = 1): the Gaussian mechanism at multiplier z under add/remove (sensitivity C).
     for z, rounds in [(1.0, 1), (2.0, 10)]:
-        ours = dpfedavg_epsilon(noise_multiplier=z, num_sampled=100, population=100, rounds=rounds, delta=1e-5,
-                                sampling="poisson")
+        ours = dpfedavg_epsilon(
+            noise_multiplier=z, num_sampled=100, population=100, rounds=rounds, delta=1e-5, sampling="poisson"
+        )
         assert ours == pytest.approx(gaussian_rdp_epsilon(z, rounds, 1e-5), rel=0.02)
     # Sampled: between the exact epsilon of a concrete add/remove pair and the RDP claim; the bound is
     # dp-accounting's PLD of the same subsampled Gaussian (an independent implementation agrees).
     import dp_accounting
     from dp_accounting import pld
-    claim = dpfedavg_epsilon(noise_multiplier=1.0, num_sampled=500, population=6040, rounds=200, delta=1 / 6040,
-                             sampling="poisson")
+
+    claim = dpfedavg_epsilon(
+        noise_multiplier=1.0, num_sampled=500, population=6040, rounds=200, delta=1 / 6040, sampling="poisson"
+    )
     bound = epsilon_lower_bound([(1.0, 500, 6040)] * 200, delta=1 / 6040, adjacency="add/remove")
     accountant = pld.PLDAccountant(value_discretization_interval=1e-3)
     accountant.compose(dp_accounting.PoissonSampledDpEvent(500 / 6040, dp_accounting.GaussianDpEvent(1.0)), count=200)
@@ -273,19 +327,25 @@ def _reply(arrays: dict, users: int, loss: float = 1.0):
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
+
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     ask = Message(content=RecordDict({"config": ConfigRecord({})}), message_type="train", dst_node_id=3)
-    return Message(content=RecordDict({"arrays": ArrayRecord(arrays),
-                                       "metrics": MetricRecord({"num-examples": users, "train-loss": loss})}),
-                   reply_to=ask)
+    return Message(
+        content=RecordDict(
+            {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": users, "train-loss": loss})}
+        ),
+        reply_to=ask,
+    )
 
 
 def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohort():
     from flwr.app import ArrayRecord
 
     from server.privacy import PrivacyTracker
-    config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "user-sampling": "poisson",
-                                  "noise-multiplier": 0.0, "clipping-norm": 0.5})
+
+    config = RunConfig.from_flat(
+        {**COHORT, "dp-mode": "server", "user-sampling": "poisson", "noise-multiplier": 0.0, "clipping-norm": 0.5}
+    )
     tracker = PrivacyTracker(config, population=200, delta=1e-3)
     start = {"w": torch.zeros(200_000)}
     a, b = torch.full((200_000,), 0.1), torch.full((200_000,), -0.3)  # node means of 3 and 2 users
@@ -306,16 +366,36 @@ def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohor
 def test_user_level_dp_fedavg_on_the_cohort_engine_end_to_end(cache, tmp_path):
     from common.privacy.server_accounting import dpfedavg_epsilon
     from simulations.cli import main
+
     out = tmp_path / "dp-cohort"
-    _run({**COHORT, "dp-mode": "server", "user-sampling": "poisson", "noise-multiplier": 1.0, "clipping-norm": 0.5,
-          "num-server-rounds": 3, "holdout-fraction": 0.2, "out-dir": str(out)}, cache, num_supernodes=2)
+    _run(
+        {
+            **COHORT,
+            "dp-mode": "server",
+            "user-sampling": "poisson",
+            "noise-multiplier": 1.0,
+            "clipping-norm": 0.5,
+            "num-server-rounds": 3,
+            "holdout-fraction": 0.2,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=2,
+    )
     report = json.loads((out / "privacy.json").read_text())
     assert report["adjacency"] == "add/remove" and report["sampling_kind"] == "poisson"
     assert report["noise_randomness"] == "secret" and "cohort engine" in report["mechanism"]
     population = report["clients"]
-    assert report["epsilon"] == pytest.approx(dpfedavg_epsilon(noise_multiplier=1.0, num_sampled=60,
-                                                               population=population, rounds=3,
-                                                               delta=report["delta"], sampling="poisson"))
+    assert report["epsilon"] == pytest.approx(
+        dpfedavg_epsilon(
+            noise_multiplier=1.0,
+            num_sampled=60,
+            population=population,
+            rounds=3,
+            delta=report["delta"],
+            sampling="poisson",
+        )
+    )
     assert main(["audit", str(out), "--strict", "--users", "20", "--leakage-users", "2"]) == 0
     audit = json.loads((out / "audit.json").read_text())
     assert 0 < audit["accounting"]["epsilon"]["independent_lower_bound"] <= report["epsilon"]

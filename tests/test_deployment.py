@@ -24,9 +24,23 @@ from simulations.processes import VENV_BIN, free_port
 
 pytestmark = pytest.mark.slow
 
-RUN = {"model": "sasrec", "emb-dim": 16, "hidden-dim": 32, "num-layers": 1, "max-len": 20, "dropout": 0.0,
-       "batch-size": 32, "local-epochs": 2, "local-lr": 0.01, "strategy": "fedavg", "num-server-rounds": 2,
-       "clients-per-round": 2, "eval-every-rounds": 1, "num-threads": 1, "seed": 7}
+RUN = {
+    "model": "sasrec",
+    "emb-dim": 16,
+    "hidden-dim": 32,
+    "num-layers": 1,
+    "max-len": 20,
+    "dropout": 0.0,
+    "batch-size": 32,
+    "local-epochs": 2,
+    "local-lr": 0.01,
+    "strategy": "fedavg",
+    "num-server-rounds": 2,
+    "clients-per-round": 2,
+    "eval-every-rounds": 1,
+    "num-threads": 1,
+    "seed": 7,
+}
 
 
 def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch):
@@ -39,8 +53,13 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     nodes = nodes_from_partition(tmp_path / "partition", tmp_path / "work")
     assert [n.client_id for n in nodes] == [0, 1]
     # The server holds no interactions: only the item catalogue; clients evaluate their own users.
-    run_config.update({"data": str(tmp_path / "not-on-the-server.csv"), "federated-evaluation": True,
-                       "catalogue-path": str(tmp_path / "partition" / "catalogue.json")})
+    run_config.update(
+        {
+            "data": str(tmp_path / "not-on-the-server.csv"),
+            "federated-evaluation": True,
+            "catalogue-path": str(tmp_path / "partition" / "catalogue.json"),
+        }
+    )
 
     deployment = LoopbackDeployment(tmp_path / "work", nodes, startup_timeout=300, stop_grace=20)
     try:
@@ -48,12 +67,28 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
             assert len(deployment.online_nodes()) == 2
             # A SuperNode whose key was never registered must not join (it gives up after 1 retry).
             rogue = make_node_keys(tmp_path / "work" / "keys", "rogue")
-            command = [str(VENV_BIN / "flower-supernode"), "--superlink", deployment.address,
-                       "--port", str(free_port()), "--root-certificates", str(deployment.certificates.ca_cert),
-                       "--auth-supernode-private-key", str(rogue.private_key), "--max-retries", "1",
-                       "--node-config", nodes[0].node_config()]
-            deployment.tracker.start("rogue", command, deployment.logs / "rogue.log",
-                                     deployment._env(tmp_path / "work" / "rogue-home"), deployment.work)
+            command = [
+                str(VENV_BIN / "flower-supernode"),
+                "--superlink",
+                deployment.address,
+                "--port",
+                str(free_port()),
+                "--root-certificates",
+                str(deployment.certificates.ca_cert),
+                "--auth-supernode-private-key",
+                str(rogue.private_key),
+                "--max-retries",
+                "1",
+                "--node-config",
+                nodes[0].node_config(),
+            ]
+            deployment.tracker.start(
+                "rogue",
+                command,
+                deployment.logs / "rogue.log",
+                deployment._env(tmp_path / "work" / "rogue-home"),
+                deployment.work,
+            )
             try:
                 deployment.run(run_config, timeout=1200)
             except DeploymentError as exc:
@@ -93,8 +128,14 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     initial.eval()
     k = config.train.top_k
     with torch.no_grad():
-        before = evaluate(model_scores(initial), data, "validation", top_k=k,
-                          mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size)[f"ndcg@{k}"]
+        before = evaluate(
+            model_scores(initial),
+            data,
+            "validation",
+            top_k=k,
+            mask_seen=config.train.mask_seen,
+            batch_size=config.train.eval_batch_size,
+        )[f"ndcg@{k}"]
     after = history[-1]["validation"][f"ndcg@{k}"]
     assert after > before, (before, after)
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("cache_env")
 
 # --- tree aggregation ------------------------------------------------------------------------------
 
+
 def test_prefix_nodes_tile_the_prefix_and_a_leaf_lies_under_at_most_depth_nodes():
     for t in range(0, 70):
         covered = sorted(r for level, index in prefix_nodes(t) for r in range(index << level, (index + 1) << level))
@@ -57,9 +58,11 @@ def test_prefix_noise_std_is_std_times_root_of_the_nodes_it_sums():
 
 # --- accounting -----------------------------------------------------------------------------------
 
+
 def test_dpftrl_accounting_against_the_gaussian_oracle_and_a_concrete_pair():
     from common.audit.accounting import ftrl_lower_bound
     from common.privacy.server_accounting import dpftrl_epsilon, dpftrl_noise_for
+
     delta = 1 / 6040
     for z, rounds_in_tree, passes in [(2.0, 6, 20), (4.0, 4, 5), (1.5, 1, 3)]:
         claim = dpftrl_epsilon(z, [[rounds_in_tree]] * passes, delta=delta)
@@ -74,6 +77,7 @@ def test_dpftrl_accounting_against_the_gaussian_oracle_and_a_concrete_pair():
 
 
 # --- participation --------------------------------------------------------------------------------
+
 
 def test_each_user_has_one_round_per_tree_and_no_round_past_its_cap():
     users, per_round, rounds, cap = 500, 120, 40, 3
@@ -94,8 +98,10 @@ def test_each_user_has_one_round_per_tree_and_no_round_past_its_cap():
 
 def test_a_device_refuses_every_round_that_is_not_its_slot(cache):
     from client.participation import ftrl_own_slots
-    config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "server-mechanism": "dp-ftrl",
-                                  "num-server-rounds": 12, "max-participations": 2})
+
+    config = RunConfig.from_flat(
+        {**COHORT, "dp-mode": "server", "server-mechanism": "dp-ftrl", "num-server-rounds": 12, "max-participations": 2}
+    )
     rounds_in_tree, cap = participation.ftrl_schedule(200, 60, 12, 2)
     keys = np.arange(200)
     joined = np.zeros(200, dtype=int)
@@ -108,8 +114,9 @@ def test_a_device_refuses_every_round_that_is_not_its_slot(cache):
     # A real device takes the tree length from the server, yet still joins at most `cap` trees.
     device_joins = 0
     for r in range(1, 13):
-        kept, _ = ftrl_own_slots(config, {"client-id": 5, "state-dir": "/nowhere"}, {"rounds-in-tree": 1},
-                                 [(0, np.array([0]))], r)
+        kept, _ = ftrl_own_slots(
+            config, {"client-id": 5, "state-dir": "/nowhere"}, {"rounds-in-tree": 1}, [(0, np.array([0]))], r
+        )
         device_joins += len(kept[0][1])
     assert device_joins == 2
 
@@ -125,13 +132,23 @@ def test_dp_ftrl_config_needs_the_cohort_engine_and_server_dp():
 
 # --- the server's noise -----------------------------------------------------------------------------
 
+
 def test_dp_ftrl_model_carries_the_trees_prefix_noise_not_a_sum_of_fresh_draws():
     from flwr.app import ArrayRecord
 
     from server.privacy import PrivacyTracker
-    config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "server-mechanism": "dp-ftrl",
-                                  "noise-multiplier": 2.0, "clipping-norm": 0.5, "num-server-rounds": 8,
-                                  "clients-per-round": 25})  # 200 users: 8 rounds per tree
+
+    config = RunConfig.from_flat(
+        {
+            **COHORT,
+            "dp-mode": "server",
+            "server-mechanism": "dp-ftrl",
+            "noise-multiplier": 2.0,
+            "clipping-norm": 0.5,
+            "num-server-rounds": 8,
+            "clients-per-round": 25,
+        }
+    )  # 200 users: 8 rounds per tree
     tracker = PrivacyTracker(config, population=200, delta=1e-3)
     assert tracker.rounds_in_tree == 8
     size = 200_000
@@ -147,6 +164,7 @@ def test_dp_ftrl_model_carries_the_trees_prefix_noise_not_a_sum_of_fresh_draws()
     for r, std in stds.items():  # after r rounds the model holds popcount(r) node draws, not r draws
         assert std == pytest.approx(unit * np.sqrt(bin(r).count("1")), rel=0.02), r
     from common.privacy.server_accounting import dpftrl_epsilon
+
     assert tracker.tree.trees == [[7]]
     assert tracker.epsilon_by_round[7] == pytest.approx(dpftrl_epsilon(2.0, [[7]], delta=1e-3))
 
@@ -156,11 +174,21 @@ def test_adaptive_clipping_moves_c_toward_the_quantile_and_pays_for_its_count():
 
     from server.cohort_noise import update_noise_multiplier
     from server.privacy import PrivacyTracker
+
     assert update_noise_multiplier(1.0, 10.0) == pytest.approx((1 - 1 / 400) ** -0.5)
     with pytest.raises(ValueError, match="clip-count-stddev"):
         update_noise_multiplier(3.0, 1.0)
-    config = RunConfig.from_flat({**COHORT, "dp-mode": "server", "adaptive-clipping": True, "noise-multiplier": 1.0,
-                                  "clipping-norm": 1.0, "clip-lr": 0.2, "clip-quantile": 0.5})
+    config = RunConfig.from_flat(
+        {
+            **COHORT,
+            "dp-mode": "server",
+            "adaptive-clipping": True,
+            "noise-multiplier": 1.0,
+            "clipping-norm": 1.0,
+            "clip-lr": 0.2,
+            "clip-quantile": 0.5,
+        }
+    )
     tracker = PrivacyTracker(config, population=200, delta=1e-3)
     assert tracker.adaptive.count_stddev == pytest.approx(60 / 20)
     assert tracker.update_multiplier > tracker.noise_multiplier  # the count takes a share of the budget
@@ -177,13 +205,28 @@ def test_adaptive_clipping_moves_c_toward_the_quantile_and_pays_for_its_count():
 
 # --- whole runs -----------------------------------------------------------------------------------
 
+
 def test_dp_ftrl_on_the_cohort_engine_end_to_end(cache, tmp_path):
     from common.privacy.server_accounting import dpftrl_epsilon
     from simulations.cli import main
+
     out = tmp_path / "ftrl"
-    _run({**COHORT, "dp-mode": "server", "server-mechanism": "dp-ftrl", "noise-multiplier": 2.0, "clipping-norm": 0.5,
-          "num-server-rounds": 5, "clients-per-round": 50, "max-participations": 1, "holdout-fraction": 0.2,
-          "out-dir": str(out)}, cache, num_supernodes=2)
+    _run(
+        {
+            **COHORT,
+            "dp-mode": "server",
+            "server-mechanism": "dp-ftrl",
+            "noise-multiplier": 2.0,
+            "clipping-norm": 0.5,
+            "num-server-rounds": 5,
+            "clients-per-round": 50,
+            "max-participations": 1,
+            "holdout-fraction": 0.2,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=2,
+    )
     report = json.loads((out / "privacy.json").read_text())
     assert report["adjacency"] == "replace-with-zero" and report["server_mechanism"] == "dp-ftrl"
     ftrl = report["dp_ftrl"]
@@ -199,9 +242,21 @@ def test_dp_ftrl_on_the_cohort_engine_end_to_end(cache, tmp_path):
 
 def test_adaptive_clipping_on_the_cohort_engine_end_to_end(cache, tmp_path):
     out = tmp_path / "adaptive"
-    _run({**COHORT, "dp-mode": "server", "user-sampling": "poisson", "adaptive-clipping": True,
-          "noise-multiplier": 1.0, "clipping-norm": 5.0, "clip-lr": 0.5, "num-server-rounds": 4,
-          "out-dir": str(out)}, cache, num_supernodes=2)
+    _run(
+        {
+            **COHORT,
+            "dp-mode": "server",
+            "user-sampling": "poisson",
+            "adaptive-clipping": True,
+            "noise-multiplier": 1.0,
+            "clipping-norm": 5.0,
+            "clip-lr": 0.5,
+            "num-server-rounds": 4,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=2,
+    )
     report = json.loads((out / "privacy.json").read_text())
     detail = report["adaptive_clipping_detail"]
     assert detail["update_noise_multiplier"] > report["noise_multiplier"]

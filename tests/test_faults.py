@@ -21,8 +21,9 @@ GLOBAL = {"w": np.zeros((4, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.flo
 
 def _message(arrays: dict | None, examples, dst: int = 3, src_reply_to: Message | None = None) -> Message:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    ask = src_reply_to or Message(content=RecordDict({"config": ConfigRecord({})}), message_type="train",
-                                  dst_node_id=dst)
+    ask = src_reply_to or Message(
+        content=RecordDict({"config": ConfigRecord({})}), message_type="train", dst_node_id=dst
+    )
     content = RecordDict({"metrics": MetricRecord({"num-examples": examples, "unit-weight": 1})})
     if arrays is not None:
         content["arrays"] = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
@@ -33,19 +34,22 @@ def _global() -> ArrayRecord:
     return ArrayRecord({k: torch.from_numpy(v.copy()) for k, v in GLOBAL.items()})
 
 
-@pytest.mark.parametrize("arrays, examples, why", [
-    ({"w": np.ones((4, 3), np.float32)}, 5, "keys differ"),
-    ({**GLOBAL, "extra": np.ones(2, np.float32)}, 5, "keys differ"),
-    ({"w": np.ones((3, 4), np.float32), "b": GLOBAL["b"]}, 5, "shape"),
-    ({"w": np.ones((4, 3), np.float64), "b": GLOBAL["b"]}, 5, "dtype"),
-    ({"w": np.full((4, 3), np.nan, np.float32), "b": GLOBAL["b"]}, 5, "NaN or infinite"),
-    ({"w": np.full((4, 3), np.inf, np.float32), "b": GLOBAL["b"]}, 5, "NaN or infinite"),
-    ({"w": np.full((4, 3), 10, np.float32), "b": GLOBAL["b"]}, 5, "max-update-norm"),
-    (GLOBAL, 0, "positive integer"),
-    (GLOBAL, -3, "positive integer"),
-    (GLOBAL, 2.5, "positive integer"),
-    (GLOBAL, 10_000, "more than this client can hold"),
-])
+@pytest.mark.parametrize(
+    "arrays, examples, why",
+    [
+        ({"w": np.ones((4, 3), np.float32)}, 5, "keys differ"),
+        ({**GLOBAL, "extra": np.ones(2, np.float32)}, 5, "keys differ"),
+        ({"w": np.ones((3, 4), np.float32), "b": GLOBAL["b"]}, 5, "shape"),
+        ({"w": np.ones((4, 3), np.float64), "b": GLOBAL["b"]}, 5, "dtype"),
+        ({"w": np.full((4, 3), np.nan, np.float32), "b": GLOBAL["b"]}, 5, "NaN or infinite"),
+        ({"w": np.full((4, 3), np.inf, np.float32), "b": GLOBAL["b"]}, 5, "NaN or infinite"),
+        ({"w": np.full((4, 3), 10, np.float32), "b": GLOBAL["b"]}, 5, "max-update-norm"),
+        (GLOBAL, 0, "positive integer"),
+        (GLOBAL, -3, "positive integer"),
+        (GLOBAL, 2.5, "positive integer"),
+        (GLOBAL, 10_000, "more than this client can hold"),
+    ],
+)
 def test_each_kind_of_bad_reply_is_named(arrays, examples, why):
     reply = _message(arrays, examples)
     assert why in reply_problem(reply, _global(), max_update_norm=5.0, max_examples=1000)
@@ -67,15 +71,27 @@ class ScriptedGrid:
         return list(self.answers)
 
     def send_and_receive(self, messages, timeout=None):
-        return [_message(self.answers[m.metadata.dst_node_id], 4, src_reply_to=m) for m in messages
-                if self.answers[m.metadata.dst_node_id] is not None]
+        return [
+            _message(self.answers[m.metadata.dst_node_id], 4, src_reply_to=m)
+            for m in messages
+            if self.answers[m.metadata.dst_node_id] is not None
+        ]
 
 
 def _round(answers, min_replies=1, strategy="fedavg"):
     config = RunConfig.from_flat({"strategy": strategy, "clients-per-round": len(answers)})
     grid = ScriptedGrid(answers)
-    return train_round(grid, build_strategy(config), 1, _global(), list(answers), ConfigRecord({}), 5.0,
-                       check=lambda r: reply_problem(r, _global(), max_update_norm=100.0), min_replies=min_replies)
+    return train_round(
+        grid,
+        build_strategy(config),
+        1,
+        _global(),
+        list(answers),
+        ConfigRecord({}),
+        5.0,
+        check=lambda r: reply_problem(r, _global(), max_update_norm=100.0),
+        min_replies=min_replies,
+    )
 
 
 def test_bad_replies_never_reach_the_model_and_late_ones_are_counted():
@@ -95,8 +111,9 @@ def test_a_round_below_min_replies_is_skipped():
 
 def _updates(n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [{"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
-            for _ in range(n)]
+    return [
+        {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)} for _ in range(n)
+    ]
 
 
 def _flat(update: dict) -> np.ndarray:
@@ -115,7 +132,7 @@ def test_median_and_trimmed_mean_against_numpy():
     stacked = np.stack([_flat(u) for u in updates])
     assert np.allclose(_aggregate("fedmedian", updates), np.median(stacked, axis=0), atol=1e-6)
     cut = int(0.2 * 7)
-    trimmed = np.sort(stacked, axis=0)[cut:7 - cut].mean(axis=0)
+    trimmed = np.sort(stacked, axis=0)[cut : 7 - cut].mean(axis=0)
     assert np.allclose(_aggregate("fedtrimmedavg", updates, **{"trim-beta": 0.2}), trimmed, atol=1e-6)
 
 
@@ -130,8 +147,11 @@ def test_krum_picks_the_update_closest_to_its_neighbours_and_ignores_an_outlier(
     chosen = stacked[int(np.argmin(scores))]
     assert np.allclose(_aggregate("krum", updates, **{"assumed-malicious": f}), chosen, atol=1e-6)
     best = np.argsort(scores)[:3]
-    assert np.allclose(_aggregate("multikrum", updates, **{"assumed-malicious": f, "multikrum-select": 3}),
-                       stacked[best].mean(axis=0), atol=1e-5)
+    assert np.allclose(
+        _aggregate("multikrum", updates, **{"assumed-malicious": f, "multikrum-select": 3}),
+        stacked[best].mean(axis=0),
+        atol=1e-5,
+    )
     assert 2 not in best
 
 

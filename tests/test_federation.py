@@ -27,7 +27,6 @@ def _arrays(path: Path) -> dict[str, torch.Tensor]:
     return model.arrays()
 
 
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("uninterrupted")
@@ -36,6 +35,7 @@ def finished_run(tmp_path_factory, cache):
 
 
 # --- aggregation -----------------------------------------------------------------------------
+
 
 def test_fedavg_aggregation_matches_numpy_oracle():
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -47,13 +47,18 @@ def test_fedavg_aggregation_matches_numpy_oracle():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     rng = np.random.default_rng(0)
     weights = [3, 1, 6]
-    updates = [{"a": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)}
-               for _ in weights]
+    updates = [
+        {"a": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)} for _ in weights
+    ]
     replies = []
     for node, (w, update) in enumerate(zip(weights, updates), start=1):
         ask = Message(content=RecordDict({"config": ConfigRecord({})}), message_type="train", dst_node_id=node)
-        content = RecordDict({"arrays": ArrayRecord({k: torch.as_tensor(v) for k, v in update.items()}),
-                              "metrics": MetricRecord({"num-examples": w, "train-loss": float(node)})})
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: torch.as_tensor(v) for k, v in update.items()}),
+                "metrics": MetricRecord({"num-examples": w, "train-loss": float(node)}),
+            }
+        )
         replies.append(Message(content=content, reply_to=ask))
     strategy = build_strategy(RunConfig.from_flat({"strategy": "fedavg"}))
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -64,6 +69,7 @@ def test_fedavg_aggregation_matches_numpy_oracle():
 
 
 # --- partitions ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def synthetic_data(cache):
@@ -89,11 +95,13 @@ def test_partitions_cover_members_once_and_exclude_holdout(synthetic_data, schem
 
 def test_dirichlet_partitions_are_skewed_compared_with_iid(synthetic_data):
     from common.partition import user_labels
+
     labels = user_labels(synthetic_data)
 
     def spread(scheme):
-        parts = partition_users(synthetic_data, FederationSettings(partition=scheme, num_partitions=5,
-                                                                   dirichlet_alpha=0.1), seed=0)
+        parts = partition_users(
+            synthetic_data, FederationSettings(partition=scheme, num_partitions=5, dirichlet_alpha=0.1), seed=0
+        )
         shares = np.array([np.bincount(labels[c], minlength=10) / len(c) for c in parts.clients])
         return np.abs(shares - shares.mean(0)).sum(1).mean()  # mean L1 distance to the average mix
 
@@ -101,6 +109,7 @@ def test_dirichlet_partitions_are_skewed_compared_with_iid(synthetic_data):
 
 
 # --- simulated federation --------------------------------------------------------------------
+
 
 def test_simulated_federation_improves_validation_ndcg(finished_run, cache, monkeypatch):
     out, _ = finished_run
@@ -148,6 +157,7 @@ def test_failing_client_does_not_stop_the_round(cache, tmp_path):
 
 def test_pyproject_run_config_lists_every_key_with_valid_values():
     import tomllib
+
     defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(defaults) == set(RunConfig.keys())
     RunConfig.from_flat(defaults)

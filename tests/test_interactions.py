@@ -43,6 +43,7 @@ def assert_frame(frame: pd.DataFrame, rows=ROWS) -> None:
 
 # --- formats -------------------------------------------------------------------------------------
 
+
 def test_csv_with_header(tmp_path):
     assert_frame(load_interactions(write(tmp_path / "a.csv", csv_text())))
 
@@ -90,16 +91,20 @@ def test_iso_date_timestamps_become_unix_seconds(tmp_path):
     stamps = ["2000-01-01T00:00:05Z", "2000-01-01", "2001-09-09 01:46:40", "1999-12-31T23:59:59"]
     text = "user_id,item_id,timestamp\n" + "".join(f"1,{i},{s}\n" for i, s in enumerate(stamps, 1))
     frame = load_interactions(write(tmp_path / "a.csv", text))
-    oracle = [int(datetime.fromisoformat(s.replace("Z", "")).replace(tzinfo=UTC).timestamp())
-              for s in stamps]
+    oracle = [int(datetime.fromisoformat(s.replace("Z", "")).replace(tzinfo=UTC).timestamp()) for s in stamps]
     assert oracle == [946684805, 946684800, 1000000000, 946684799]
     assert frame["timestamp"].tolist() == oracle
 
 
 def test_parquet_datetime_column_becomes_unix_seconds(tmp_path):
     path = tmp_path / "a.parquet"
-    pd.DataFrame({"user_id": [1, 1], "item_id": [2, 3],
-                  "timestamp": pd.to_datetime(["2001-09-09 01:46:40", "2001-09-09 01:46:41"])}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "user_id": [1, 1],
+            "item_id": [2, 3],
+            "timestamp": pd.to_datetime(["2001-09-09 01:46:40", "2001-09-09 01:46:41"]),
+        }
+    ).to_parquet(path)
     assert load_interactions(path)["timestamp"].tolist() == [1_000_000_000, 1_000_000_001]
 
 
@@ -109,6 +114,7 @@ def test_integer_valued_float_ids_are_accepted(tmp_path):
 
 
 # --- bad input: DataError naming the file and the place ------------------------------------------
+
 
 def raises_data_error(path, columns=Columns()) -> str:  # noqa: B008 - a frozen dataclass
     with pytest.raises(DataError) as info:
@@ -220,6 +226,7 @@ def test_ragged_rows(tmp_path):
 
 
 # --- common.data.files: local copies first, checksum-verified archives -----------------------------
+
 
 @pytest.fixture
 def no_download(monkeypatch, tmp_path):

@@ -67,28 +67,40 @@ def test_all_metrics_uses_first_k_columns():
 # --- rank_targets -----------------------------------------------------------------------------------
 
 N = 6  # catalogue: items 1..6
-SCORES = torch.tensor([
-    [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # user 0: item 1 best ... item 6 worst
-    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # user 1: all tied
-    [0.0, 9.0, 0.0, 0.0, 8.0, 7.0],  # user 2
-])
+SCORES = torch.tensor(
+    [
+        [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # user 0: item 1 best ... item 6 worst
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # user 1: all tied
+        [0.0, 9.0, 0.0, 0.0, 8.0, 7.0],  # user 2
+    ]
+)
 HISTORIES = [np.array([1, 3]), np.array([2, 5]), np.array([4, 2, 4, 1, 5])]
 TARGETS = np.array([4, 5, 6])  # user 1's target 5 is also in its history (a repeat)
 
 
 def score_fn(max_len, seen_inputs):
     """SCORES row by row, in the order rank_targets asks for users; records what the model saw."""
+
     def score(inputs: torch.Tensor) -> torch.Tensor:
         start = sum(len(x) for x in seen_inputs)
         seen_inputs.append(inputs.clone())
-        return SCORES[start:start + len(inputs)].clone()
+        return SCORES[start : start + len(inputs)].clone()
+
     return score
 
 
 def run(mask_seen=True, top_k=3, batch_size=512, max_len=4):
     inputs = []
-    ranks, tops = rank_targets(score_fn(max_len, inputs), HISTORIES, TARGETS, max_len=max_len, num_items=N,
-                               top_k=top_k, mask_seen=mask_seen, batch_size=batch_size)
+    ranks, tops = rank_targets(
+        score_fn(max_len, inputs),
+        HISTORIES,
+        TARGETS,
+        max_len=max_len,
+        num_items=N,
+        top_k=top_k,
+        mask_seen=mask_seen,
+        batch_size=batch_size,
+    )
     return ranks, tops, inputs
 
 
@@ -116,6 +128,7 @@ def test_rank_targets_without_masking():
 def test_rank_targets_ties_are_pessimistic_for_constant_scores():
     def constant(inputs):
         return torch.zeros(len(inputs), N)
+
     ranks, _ = rank_targets(constant, HISTORIES, TARGETS, max_len=4, num_items=N, top_k=2, mask_seen=False)
     assert ranks.tolist() == [N - 1] * 3  # every item ties with the target, all count against it
     assert ranking_metrics(ranks, 2)["hr@2"] == 0.0
@@ -131,13 +144,14 @@ def test_rank_targets_batches_agree():
 def test_padding_column_is_never_recommended():
     def very_negative(inputs):
         return torch.full((len(inputs), N), -1e30)
+
     for mask_seen in (False, True):
-        _, tops = rank_targets(very_negative, HISTORIES, TARGETS, max_len=4, num_items=N, top_k=N,
-                               mask_seen=mask_seen)
+        _, tops = rank_targets(very_negative, HISTORIES, TARGETS, max_len=4, num_items=N, top_k=N, mask_seen=mask_seen)
         assert tops.min() >= 1 and tops.max() <= N
     # Even when masking leaves fewer than K finite scores (user 2 has seen 4 of 6 items).
-    _, tops = rank_targets(lambda x: SCORES[:len(x)].clone(), HISTORIES, TARGETS, max_len=4, num_items=N,
-                           top_k=N, mask_seen=True)
+    _, tops = rank_targets(
+        lambda x: SCORES[: len(x)].clone(), HISTORIES, TARGETS, max_len=4, num_items=N, top_k=N, mask_seen=True
+    )
     assert tops.min() >= 1
     assert [sorted(row.tolist()) for row in tops] == [list(range(1, N + 1))] * 3
 
@@ -167,13 +181,13 @@ def test_evaluate_popularity_by_hand():
 def test_nan_scores_rank_last():
     # A diverged model (NaN scores) must not look perfect: NaN compares false with everything.
     def diverged(inputs):
-        scores = SCORES[:len(inputs)].clone()
+        scores = SCORES[: len(inputs)].clone()
         scores[0] = float("nan")  # user 0: every score NaN
         scores[2, 5] = float("nan")  # user 2: only the target (item 6) is NaN
         return scores
+
     for mask_seen in (True, False):
-        ranks, tops = rank_targets(diverged, HISTORIES, TARGETS, max_len=4, num_items=N, top_k=2,
-                                   mask_seen=mask_seen)
+        ranks, tops = rank_targets(diverged, HISTORIES, TARGETS, max_len=4, num_items=N, top_k=2, mask_seen=mask_seen)
         assert ranks[0] >= 2 and ranks[2] >= 2
         assert ranking_metrics(ranks[[0, 2]], 2) == ranking_metrics(np.array([N, N]), 2)
         assert tops.min() >= 1

@@ -22,15 +22,27 @@ NUM_ITEMS, MAX_LEN = 12, 6
 
 def make_model(arch: str, seed: int = 0, dropout: float = 0.0):
     torch.manual_seed(seed)
-    config = ModelConfig(arch=arch, num_items=NUM_ITEMS, max_len=MAX_LEN, emb_dim=8, hidden_dim=10,
-                         num_layers=2, num_heads=2, dropout=dropout)
+    config = ModelConfig(
+        arch=arch,
+        num_items=NUM_ITEMS,
+        max_len=MAX_LEN,
+        emb_dim=8,
+        hidden_dim=10,
+        num_layers=2,
+        num_heads=2,
+        dropout=dropout,
+    )
     return build_model(config)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded next-item windows of different lengths (B=4, T=MAX_LEN)."""
-    seqs = [np.array([3, 5, 7, 2, 9]), np.array([1, 2, 3, 4, 5, 6, 12]), np.array([9, 11]),
-            np.array([4, 4, 8, 12, 1, 10])]
+    seqs = [
+        np.array([3, 5, 7, 2, 9]),
+        np.array([1, 2, 3, 4, 5, 6, 12]),
+        np.array([9, 11]),
+        np.array([4, 4, 8, 12, 1, 10]),
+    ]
     inputs, targets, owners = training_windows(seqs, MAX_LEN, "last")
     assert owners.tolist() == [0, 1, 2, 3] and inputs[2].tolist() == [0, 0, 0, 0, 0, 9]
     return torch.as_tensor(inputs), torch.as_tensor(targets)
@@ -82,7 +94,7 @@ def test_per_sample_gradients_match_per_example_backward(arch):
     losses = []
     for i in range(B):
         reference.zero_grad(set_to_none=True)
-        loss_i = next_item_loss(reference, inputs[i:i + 1], targets[i:i + 1])
+        loss_i = next_item_loss(reference, inputs[i : i + 1], targets[i : i + 1])
         loss_i.backward()
         losses.append(loss_i.item())
         for name, p in reference.named_parameters():
@@ -113,7 +125,8 @@ def test_dp_sgd_step_changes_weights(arch):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     engine = PrivacyEngine()
     private, optimizer, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0)
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0
+    )
     torch.manual_seed(0)
     loss, seen = train_epoch(private, private_loader, optimizer, StepOptions(per_sample_grads=True))
     assert np.isfinite(loss) and seen > 0
@@ -129,7 +142,8 @@ def test_dp_clipping_bounds_each_per_sample_gradient(arch):
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     private, optimizer, _ = PrivacyEngine().make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.01)
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=0.0, max_grad_norm=0.01
+    )
     next_item_loss(private, inputs, targets, per_sample_grads=True).backward()
     optimizer.pre_step()  # clip and aggregate, without noise
     params = [p for p in model.parameters() if p.requires_grad]
@@ -201,11 +215,14 @@ def test_arrays_hold_each_tensor_once(arch):
     assert len(set(storages)) == len(storages), sorted(arrays)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(arch="transformer"), "unknown arch"),
-    (dict(num_items=0), "num_items"),
-    (dict(emb_dim=10, num_heads=3), "divisible"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(arch="transformer"), "unknown arch"),
+        (dict(num_items=0), "num_items"),
+        (dict(emb_dim=10, num_heads=3), "divisible"),
+    ],
+)
 def test_model_config_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**{"arch": "sasrec", "num_items": 5, **kwargs})

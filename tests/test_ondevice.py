@@ -32,8 +32,17 @@ COUNTS = np.concatenate([[0], np.arange(NUM_ITEMS) % 13])  # popularity with tie
 def random_model(arch: str):
     """Larger random weights than the init: logits spread out, so top-K lists are not decided by noise."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, num_items=NUM_ITEMS, max_len=MAX_LEN, emb_dim=16, hidden_dim=16,
-                                    num_layers=2, num_heads=2 if arch == "sasrec" else 1))
+    model = build_model(
+        ModelConfig(
+            arch=arch,
+            num_items=NUM_ITEMS,
+            max_len=MAX_LEN,
+            emb_dim=16,
+            hidden_dim=16,
+            num_layers=2,
+            num_heads=2 if arch == "sasrec" else 1,
+        )
+    )
     with torch.no_grad():
         for value in model.arrays().values():
             value.normal_(0.0, 0.5)
@@ -100,14 +109,14 @@ def test_runner_top_k_equals_pytorch(exported, arch):
 def test_int8_model_mostly_agrees(exported, arch):
     model, out = exported[arch]
     runner = OnDeviceRecommender.load(out / "model.int8.onnx")
-    overlaps = [len(set(runner.recommend(h, k=10).items) & set(torch_top_k(model, h, 10))) / 10
-                for h in histories()]
+    overlaps = [len(set(runner.recommend(h, k=10).items) & set(torch_top_k(model, h, 10))) / 10 for h in histories()]
     assert np.mean(overlaps) >= 0.7, overlaps
 
 
 def test_runner_imports_no_torch():
-    code = ("import client.ondevice, sys; "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    code = (
+        "import client.ondevice, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
@@ -210,12 +219,29 @@ def test_cli_export_and_recommend(exported, tmp_path, capsys):
     movies = tmp_path / "movies.dat"
     movies.write_text("".join(f"{i}::Movie {i} (2000)::Drama\n" for i in ITEM_IDS[1:]), encoding="latin-1")
     capsys.readouterr()
-    assert main(["recommend", "--model", str(tmp_path / "export" / "model.onnx"), "--history", str(csv),
-                 "--user", "8", "-k", "5", "--items-file", str(movies)]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                "--model",
+                str(tmp_path / "export" / "model.onnx"),
+                "--history",
+                str(csv),
+                "--user",
+                "8",
+                "-k",
+                "5",
+                "--items-file",
+                str(movies),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     want = torch_top_k(model, history, 5)
-    assert [line.split("\t") for line in lines] == [[str(r), str(i), f"Movie {i} (2000)"]
-                                                    for r, i in enumerate(want, start=1)]
+    assert [line.split("\t") for line in lines] == [
+        [str(r), str(i), f"Movie {i} (2000)"] for r, i in enumerate(want, start=1)
+    ]
 
 
 def test_cli_export_of_a_folder_without_model_exits_2(tmp_path, capsys):
@@ -240,9 +266,14 @@ def test_cli_recommend_notes_and_items_each_on_their_own_line(exported, tmp_path
     csv = tmp_path / "history.csv"
     csv.write_text("user_id,item_id,timestamp\n1,1000,1\n1,1007,2\n")
     model = exported["gru"][1] / "model.onnx"
-    done = subprocess.run([sys.executable, "-m", "simulations.cli", "recommend", "--model", str(model),
-                           "--history", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          check=True, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "recommend", "--model", str(model), "--history", str(csv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     lines = done.stdout.splitlines()
     assert done.stdout.endswith("\n")
     assert lines.count("source: model") == 1

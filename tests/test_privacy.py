@@ -45,8 +45,13 @@ def test_dp_training_without_noise_or_clipping_equals_plain_training():
     engine = PrivacyEngine()
     loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
     module, optimizer, loader = engine.make_private(
-        module=private, optimizer=torch.optim.SGD(private.parameters(), lr=0.5), data_loader=loader,
-        noise_multiplier=0.0, max_grad_norm=1e9, poisson_sampling=False)
+        module=private,
+        optimizer=torch.optim.SGD(private.parameters(), lr=0.5),
+        data_loader=loader,
+        noise_multiplier=0.0,
+        max_grad_norm=1e9,
+        poisson_sampling=False,
+    )
     train_epoch(module, loader, optimizer, StepOptions(per_sample_grads=True))
     for (name, a), b in zip(plain.arrays().items(), private.arrays().values()):
         assert torch.allclose(a, b, atol=1e-6), name
@@ -59,8 +64,13 @@ def test_per_sample_clipping_bounds_each_contribution():
     loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
     clip = 0.01
     module, optimizer, loader = engine.make_private(
-        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), data_loader=loader,
-        noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False)
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        data_loader=loader,
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        poisson_sampling=False,
+    )
     inputs, targets = next(iter(loader))
     next_item_loss(module, inputs, targets, per_sample_grads=True).backward()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -82,8 +92,13 @@ def test_noise_std_matches_noise_multiplier_times_clip_over_batch():
     engine = PrivacyEngine()
     z, clip = 1.3, 0.5
     module, optimizer, loader = engine.make_private(
-        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), data_loader=DataLoader(
-            TensorDataset(x, y), batch_size=8), noise_multiplier=z, max_grad_norm=clip, poisson_sampling=False)
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        data_loader=DataLoader(TensorDataset(x, y), batch_size=8),
+        noise_multiplier=z,
+        max_grad_norm=clip,
+        poisson_sampling=False,
+    )
     inputs, targets = next(iter(loader))
     (0.0 * next_item_loss(module, inputs, targets, per_sample_grads=True)).backward()  # zero gradients
     optimizer.step()
@@ -127,10 +142,23 @@ def client_data() -> SequenceData:
 
 
 def dp_config(**extra) -> RunConfig:
-    return RunConfig.from_flat({"data": "synthetic", "model": "sasrec", "emb-dim": 8, "num-layers": 1,
-                                "max-len": 10, "batch-size": 8, "dp-mode": "client", "train-windows": "last",
-                                "local-epochs": 1, "local-lr": 0.001,
-                                "noise-multiplier": 1.0, "delta": 1e-3, **extra})
+    return RunConfig.from_flat(
+        {
+            "data": "synthetic",
+            "model": "sasrec",
+            "emb-dim": 8,
+            "num-layers": 1,
+            "max-len": 10,
+            "batch-size": 8,
+            "dp-mode": "client",
+            "train-windows": "last",
+            "local-epochs": 1,
+            "local-lr": 0.001,
+            "noise-multiplier": 1.0,
+            "delta": 1e-3,
+            **extra,
+        }
+    )
 
 
 def test_client_at_its_budget_declines_and_spends_nothing(client_data):
@@ -158,8 +186,9 @@ def test_target_epsilon_holds_when_batches_do_not_divide_the_samples(client_data
     arrays = build_model(ModelConfig("sasrec", client_data.num_items, 10, 8, num_layers=1)).arrays()
     ledger = PrivacyLedger("rdp")
     for server_round in range(3):
-        result = local_train(config, client_data, arrays, server_round=server_round, client=0, ledger=ledger,
-                             expected_rounds=3)
+        result = local_train(
+            config, client_data, arrays, server_round=server_round, client=0, ledger=ledger, expected_rounds=3
+        )
     assert result.metrics["sample-rate"] == pytest.approx(1 / 5)
     assert result.metrics["dp-steps"] == 2 * 5
     assert 1.9 < result.metrics["epsilon"] <= 2.0
@@ -168,8 +197,15 @@ def test_target_epsilon_holds_when_batches_do_not_divide_the_samples(client_data
 def test_device_owner_limits_override_the_run(client_data):
     arrays = build_model(ModelConfig("sasrec", client_data.num_items, 10, 8, num_layers=1)).arrays()
     config = dp_config(**{"max-epsilon": 100.0})
-    tight = local_train(config, client_data, arrays, server_round=1, client=0, ledger=PrivacyLedger("rdp"),
-                        limits=DeviceLimits(max_epsilon=0.01))
+    tight = local_train(
+        config,
+        client_data,
+        arrays,
+        server_round=1,
+        client=0,
+        ledger=PrivacyLedger("rdp"),
+        limits=DeviceLimits(max_epsilon=0.01),
+    )
     assert tight.arrays is None
     off = local_train(config, client_data, arrays, server_round=1, client=0, limits=DeviceLimits(train=False))
     assert off.arrays is None and off.metrics["declined"] == 1
@@ -184,22 +220,32 @@ def test_server_side_clipping_bounds_each_update():
     from server.strategies import build_strategy
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    config = RunConfig.from_flat({"dp-mode": "server", "noise-multiplier": 0.0, "clipping-norm": 0.5,
-                                  "clients-per-round": 3})
+    config = RunConfig.from_flat(
+        {"dp-mode": "server", "noise-multiplier": 0.0, "clipping-norm": 0.5, "clients-per-round": 3}
+    )
     strategy = PrivacyTracker(config, population=3, delta=1e-3).wrap(build_strategy(config))
     current = {"w": np.zeros(4, dtype=np.float32)}
 
     class Grid:
         def get_node_ids(self):
             return [1, 2, 3]
+
     list(strategy.configure_train(1, ArrayRecord({"w": torch.zeros(4)}), ConfigRecord({}), Grid()))
     updates = [np.array([10.0, 0, 0, 0]), np.array([0, 0.1, 0, 0]), np.array([0, 0, -3.0, 4.0])]
     replies = []
     for node, u in enumerate(updates, start=1):
         ask = Message(content=RecordDict({"config": ConfigRecord({})}), message_type="train", dst_node_id=node)
-        replies.append(Message(content=RecordDict({
-            "arrays": ArrayRecord({"w": torch.as_tensor((current["w"] + u).astype(np.float32))}),
-            "metrics": MetricRecord({"num-examples": 100 * node, "unit-weight": 1})}), reply_to=ask))
+        replies.append(
+            Message(
+                content=RecordDict(
+                    {
+                        "arrays": ArrayRecord({"w": torch.as_tensor((current["w"] + u).astype(np.float32))}),
+                        "metrics": MetricRecord({"num-examples": 100 * node, "unit-weight": 1}),
+                    }
+                ),
+                reply_to=ask,
+            )
+        )
     arrays, _ = strategy.aggregate_train(1, replies)
     clipped = [u * min(1.0, 0.5 / np.linalg.norm(u)) for u in updates]
     assert np.allclose(arrays["w"].numpy(), np.mean(clipped, axis=0), atol=1e-6)  # uniform weights, clipped
@@ -225,6 +271,7 @@ def test_grouped_rounds_compose_like_rounds_one_by_one():
     from dp_accounting import rdp
 
     from common.privacy.server_accounting import ORDERS, round_event
+
     events = [(1.0, 10, 100)] * 5 + [(0.7, 8, 100)] + [(1.0, 10, 100)] * 3
     one_by_one = rdp.RdpAccountant(ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     for z, m, n in events:
@@ -234,6 +281,7 @@ def test_grouped_rounds_compose_like_rounds_one_by_one():
 
 def test_client_dp_rejects_combinations_that_break_the_guarantee():
     from common.errors import ConfigError
+
     with pytest.raises(ConfigError, match="fedprox"):
         RunConfig.from_flat({"dp-mode": "client", "strategy": "fedprox"})
     with pytest.raises(ConfigError, match="sampled-softmax"):

@@ -14,9 +14,21 @@ from tests.conftest import SIM_CONFIG, _run
 def test_server_side_dp_run_reports_epsilon_and_stops_at_budget(cache, tmp_path):
     out = tmp_path / "dp-server"
     cap = dpfedavg_epsilon(noise_multiplier=0.8, num_sampled=30, population=120, rounds=3, delta=1 / 120) + 1e-6
-    _run({**SIM_CONFIG, "dp-mode": "server", "partition": "user", "clients-per-round": 30, "num-server-rounds": 6,
-          "noise-multiplier": 0.8, "clipping-norm": 1.0, "max-epsilon": cap, "out-dir": str(out)}, cache,
-         num_supernodes=120)
+    _run(
+        {
+            **SIM_CONFIG,
+            "dp-mode": "server",
+            "partition": "user",
+            "clients-per-round": 30,
+            "num-server-rounds": 6,
+            "noise-multiplier": 0.8,
+            "clipping-norm": 1.0,
+            "max-epsilon": cap,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=120,
+    )
     report = json.loads((out / "privacy.json").read_text())
     assert report["rounds"] == 3 and report["unit_of_privacy"].startswith("client")
     assert report["delta"] == pytest.approx(1 / 120)
@@ -31,8 +43,17 @@ def test_server_side_dp_run_reports_epsilon_and_stops_at_budget(cache, tmp_path)
 
 def test_client_side_dp_run_keeps_ledgers_that_compose_over_rounds(cache, tmp_path):
     out = tmp_path / "dp-client"
-    _run({**SIM_CONFIG, "dp-mode": "client", "train-windows": "last", "num-server-rounds": 3,
-          "noise-multiplier": 1.0, "out-dir": str(out)}, cache)
+    _run(
+        {
+            **SIM_CONFIG,
+            "dp-mode": "client",
+            "train-windows": "last",
+            "num-server-rounds": 3,
+            "noise-multiplier": 1.0,
+            "out-dir": str(out),
+        },
+        cache,
+    )
     report = json.loads((out / "privacy.json").read_text())
     eps = [r["epsilon"] for r in report["epsilon_by_round"]]
     assert len(eps) == 3 and eps[0] < eps[1] < eps[2]

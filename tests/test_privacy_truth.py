@@ -26,15 +26,29 @@ from common.training import model_for
 from server.privacy import PrivacyTracker
 from tests.conftest import SIM_CONFIG, _run
 
-TINY = {"data": "synthetic", "synthetic-users": 30, "synthetic-items": 40, "model": "gru", "emb-dim": 16,
-        "hidden-dim": 16, "max-len": 20, "batch-size": 8, "dropout": 0.0, "local-epochs": 1, "local-lr": 0.01,
-        "dp-mode": "client", "noise-multiplier": 1.0, "delta": 1e-3}
+TINY = {
+    "data": "synthetic",
+    "synthetic-users": 30,
+    "synthetic-items": 40,
+    "model": "gru",
+    "emb-dim": 16,
+    "hidden-dim": 16,
+    "max-len": 20,
+    "batch-size": 8,
+    "dropout": 0.0,
+    "local-epochs": 1,
+    "local-lr": 0.01,
+    "dp-mode": "client",
+    "noise-multiplier": 1.0,
+    "delta": 1e-3,
+}
 
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 # --- secret noise --------------------------------------------------------------------------------
+
 
 def _device_round(reproducible: bool) -> dict[str, torch.Tensor]:
     config = RunConfig.from_flat(TINY)
@@ -53,6 +67,7 @@ def test_two_device_rounds_with_identical_inputs_differ_unless_noise_is_reproduc
 
 def test_a_device_never_takes_seed_derived_noise():
     from client.local_data import is_simulated
+
     assert is_simulated({"partition-id": 3})
     assert not is_simulated({"client-id": 3, "data-path": "x.csv", "catalogue-path": "c.json", "state-dir": "s"})
     assert not is_simulated({"partition-id": 3, "state-dir": "s"})
@@ -72,6 +87,7 @@ def test_server_noise_source_is_secret_unless_reproducible():
 
 
 # --- the server's sensitivity: 2C under replace-one ---------------------------------------------------
+
 
 def test_sensitivity_comes_from_the_adjacency_in_one_place():
     assert sum_sensitivity(REPLACE_ONE, 1.5) == 3.0 and sum_sensitivity(ADD_OR_REMOVE_ONE, 1.5) == 1.5
@@ -95,6 +111,7 @@ def test_the_issues_tiny_run_is_at_least_the_unsampled_replace_one_gaussian():
 
 # --- the audit is independent -------------------------------------------------------------------------
 
+
 def test_lower_bound_is_the_exact_gaussian_without_sampling():
     for z, rounds, delta in [(1.0, 2, 0.05), (2.0, 10, 1e-5)]:
         exact = gaussian_epsilon(1.0 / (2.0 / z * math.sqrt(rounds)), delta)  # shift 2C over noise zC
@@ -105,6 +122,7 @@ def test_lower_bound_is_the_exact_gaussian_without_sampling():
 def test_lower_bound_matches_an_independent_pld_of_the_aligned_pair():
     import dp_accounting
     from dp_accounting import pld
+
     accountant = pld.PLDAccountant(value_discretization_interval=1e-4)  # add/remove, shift 2C = multiplier z/2
     accountant.compose(dp_accounting.PoissonSampledDpEvent(30 / 120, dp_accounting.GaussianDpEvent(0.8 / 2)), count=3)
     bound = epsilon_lower_bound([(0.8, 30, 120)] * 3, delta=1 / 120)
@@ -126,6 +144,7 @@ def test_audit_fails_a_run_accounted_at_sensitivity_c():
 
 # --- the budget is checked after the replies ----------------------------------------------------------
 
+
 def test_tracker_refuses_a_round_that_dropouts_would_push_past_the_cap():
     config = RunConfig.from_flat({"dp-mode": "server", "noise-multiplier": 2.0, "clients-per-round": 30})
     probe = PrivacyTracker(config, population=120, delta=1 / 120)
@@ -143,9 +162,21 @@ def test_half_of_the_clients_dropping_out_stops_the_run_before_release(cache, tm
     config = RunConfig.from_flat({"dp-mode": "server", "noise-multiplier": 2.0, "clients-per-round": 30})
     probe = PrivacyTracker(config, population=120, delta=1 / 120)
     cap = (probe.epsilon_after(30) + probe.epsilon_after(15)) / 2
-    _run({**SIM_CONFIG, "dp-mode": "server", "partition": "user", "clients-per-round": 30, "num-server-rounds": 3,
-          "noise-multiplier": 2.0, "max-epsilon": cap, "out-dir": str(out)}, cache, num_supernodes=120,
-         client_app="tests.faulty_client:half_app")
+    _run(
+        {
+            **SIM_CONFIG,
+            "dp-mode": "server",
+            "partition": "user",
+            "clients-per-round": 30,
+            "num-server-rounds": 3,
+            "noise-multiplier": 2.0,
+            "max-epsilon": cap,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=120,
+        client_app="tests.faulty_client:half_app",
+    )
     report = json.loads((out / "privacy.json").read_text())
     assert report["epsilon_by_round"] == [] and report["epsilon"] == 0.0  # nothing was released
     assert "round 1 not released" in report["stopped_early"] and "max-epsilon" in report["stopped_early"]
@@ -156,11 +187,25 @@ def test_half_of_the_clients_dropping_out_stops_the_run_before_release(cache, tm
 
 # --- one unit of privacy, as the clients did it ---------------------------------------------------------
 
+
 def test_report_shows_the_unit_the_clients_trained_under(cache, tmp_path):
     out = tmp_path / "unit"
-    _run({**SIM_CONFIG, "synthetic-users": 24, "dp-mode": "client", "partition": "user", "train-windows": "last",
-          "clients-per-round": 6, "num-server-rounds": 2, "local-epochs": 1, "noise-multiplier": 1.0,
-          "out-dir": str(out)}, cache, num_supernodes=24)
+    _run(
+        {
+            **SIM_CONFIG,
+            "synthetic-users": 24,
+            "dp-mode": "client",
+            "partition": "user",
+            "train-windows": "last",
+            "clients-per-round": 6,
+            "num-server-rounds": 2,
+            "local-epochs": 1,
+            "noise-multiplier": 1.0,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=24,
+    )
     report = json.loads((out / "privacy.json").read_text())
     assert report["unit"] == "user" and report["unit_of_privacy"].startswith("user")
     assert set(report["clients_by_unit"]) == {"user"} and sum(report["clients_by_unit"].values()) >= 6
@@ -172,23 +217,37 @@ def test_report_shows_the_unit_the_clients_trained_under(cache, tmp_path):
 
 # --- device files stay on the device ------------------------------------------------------------------
 
+
 def test_message_audit_on_a_device_writes_to_its_state_dir_not_the_servers_path(tmp_path):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
     from client.message_audit import AUDIT_DIR, message_audit_mod
+
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     server_chose, state_dir = tmp_path / "server-run", tmp_path / "device-state"
-    ask = Message(content=RecordDict({"config": ConfigRecord({"run-dir": str(server_chose), "server-round": 1})}),
-                  message_type="train", dst_node_id=7)
+    ask = Message(
+        content=RecordDict({"config": ConfigRecord({"run-dir": str(server_chose), "server-round": 1})}),
+        message_type="train",
+        dst_node_id=7,
+    )
 
     def handler(msg, context):
-        return Message(content=RecordDict({"arrays": ArrayRecord({"w": torch.zeros(2)}),
-                                           "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+        return Message(
+            content=RecordDict(
+                {"arrays": ArrayRecord({"w": torch.zeros(2)}), "metrics": MetricRecord({"num-examples": 1})}
+            ),
+            reply_to=msg,
+        )
 
-    context = Context(run_id=1, node_id=7, node_config={"client-id": 3, "state-dir": str(state_dir)},
-                      state=RecordDict(), run_config={"audit-messages": True})
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"client-id": 3, "state-dir": str(state_dir)},
+        state=RecordDict(),
+        run_config={"audit-messages": True},
+    )
     message_audit_mod(ask, context, handler)
     assert (state_dir / AUDIT_DIR / "client-3.jsonl").exists()
     assert not server_chose.exists()
@@ -196,10 +255,21 @@ def test_message_audit_on_a_device_writes_to_its_state_dir_not_the_servers_path(
 
 # --- a whole server-DP run: the tiny run of the issue, audited ------------------------------------------
 
+
 def test_tiny_server_dp_run_reports_replace_one_epsilon_and_secret_noise_and_passes_the_audit(cache, tmp_path):
     from simulations.cli import main
-    base = {**SIM_CONFIG, "synthetic-users": 20, "dp-mode": "server", "partition": "user", "clients-per-round": 19,
-            "num-server-rounds": 2, "noise-multiplier": 1.0, "delta": 0.05, "local-epochs": 1}
+
+    base = {
+        **SIM_CONFIG,
+        "synthetic-users": 20,
+        "dp-mode": "server",
+        "partition": "user",
+        "clients-per-round": 19,
+        "num-server-rounds": 2,
+        "noise-multiplier": 1.0,
+        "delta": 0.05,
+        "local-epochs": 1,
+    }
     first, second = tmp_path / "a", tmp_path / "b"
     for out in (first, second):
         _run({**base, "out-dir": str(out)}, cache, num_supernodes=20)
@@ -214,10 +284,24 @@ def test_tiny_server_dp_run_reports_replace_one_epsilon_and_secret_noise_and_pas
 
 def test_audit_strict_fails_a_reproducible_run_whose_report_hides_it(cache, tmp_path):
     from simulations.cli import main
+
     out = tmp_path / "replay"
-    _run({**SIM_CONFIG, "synthetic-users": 20, "dp-mode": "server", "partition": "user", "clients-per-round": 10,
-          "num-server-rounds": 1, "noise-multiplier": 1.0, "local-epochs": 1, "reproducible-dp-noise": True,
-          "out-dir": str(out)}, cache, num_supernodes=20)
+    _run(
+        {
+            **SIM_CONFIG,
+            "synthetic-users": 20,
+            "dp-mode": "server",
+            "partition": "user",
+            "clients-per-round": 10,
+            "num-server-rounds": 1,
+            "noise-multiplier": 1.0,
+            "local-epochs": 1,
+            "reproducible-dp-noise": True,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=20,
+    )
     report = json.loads((out / "privacy.json").read_text())
     assert report["noise_randomness"] == randomness.REPRODUCIBLE
     assert "does NOT hold against anyone who knows the seed" in (out / "privacy.md").read_text()

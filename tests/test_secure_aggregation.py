@@ -31,8 +31,7 @@ def test_secure_aggregation_needs_devices_that_clip_themselves():
 def test_secagg_round_gives_the_plain_rounds_model(cache, tmp_path):
     plain, secure = tmp_path / "plain", tmp_path / "secure"
     _run({**RUN, "cohort-nodes": 3, "out-dir": str(plain)}, cache, num_supernodes=3)
-    log = _run({**RUN, "cohort-nodes": 3, "secure-aggregation": True, "out-dir": str(secure)}, cache,
-               num_supernodes=3)
+    log = _run({**RUN, "cohort-nodes": 3, "secure-aggregation": True, "out-dir": str(secure)}, cache, num_supernodes=3)
     assert "Secure aggregation commencing" in log
     rows = [json.loads(line) for line in (secure / "metrics.jsonl").read_text().splitlines()]
     assert all(r.get("secure-aggregation") == 1 for r in rows)
@@ -43,13 +42,33 @@ def test_secagg_round_gives_the_plain_rounds_model(cache, tmp_path):
 
 def test_user_level_dp_fedavg_through_secagg(cache, tmp_path):
     from common.privacy.server_accounting import dpfedavg_epsilon
+
     out = tmp_path / "dp-secure"
-    _run({**RUN, "cohort-nodes": 3, "secure-aggregation": True, "dp-mode": "server", "user-sampling": "poisson",
-          "noise-multiplier": 1.0, "clipping-norm": 0.5, "out-dir": str(out)}, cache, num_supernodes=3)
+    _run(
+        {
+            **RUN,
+            "cohort-nodes": 3,
+            "secure-aggregation": True,
+            "dp-mode": "server",
+            "user-sampling": "poisson",
+            "noise-multiplier": 1.0,
+            "clipping-norm": 0.5,
+            "out-dir": str(out),
+        },
+        cache,
+        num_supernodes=3,
+    )
     report = json.loads((out / "privacy.json").read_text())
-    assert report["epsilon"] == pytest.approx(dpfedavg_epsilon(noise_multiplier=1.0, num_sampled=60,
-                                                               population=report["clients"], rounds=2,
-                                                               delta=report["delta"], sampling="poisson"))
+    assert report["epsilon"] == pytest.approx(
+        dpfedavg_epsilon(
+            noise_multiplier=1.0,
+            num_sampled=60,
+            population=report["clients"],
+            rounds=2,
+            delta=report["delta"],
+            sampling="poisson",
+        )
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["test"]["ndcg@10"] > 0
 
@@ -61,20 +80,44 @@ def test_secagg_with_user_level_dp_in_a_loopback_deployment(tmp_path, monkeypatc
     from common.data.synthetic import synthetic_interactions
     from simulations.deployment_data import write_node_files
     from simulations.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
+
     monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
     data_file = tmp_path / "interactions.csv"
     synthetic_interactions(2, 40, seed=0).to_csv(data_file, index=False)  # one user per device
-    run_config = {"min-item-count": 1, "model": "sasrec", "emb-dim": 16, "num-layers": 1, "max-len": 20,
-                  "dropout": 0.0, "num-threads": 1,
-                  "partition": "user", "train-windows": "last", "cohort-engine": True, "local-optimizer": "sgd",
-                  "local-lr": 1.0, "strategy": "fedavg", "num-server-rounds": 2, "clients-per-round": 2,
-                  "secure-aggregation": True, "dp-mode": "server", "noise-multiplier": 0.5, "clipping-norm": 1.0,
-                  "data": str(data_file), "out-dir": str(tmp_path / "run"), "seed": 7}
+    run_config = {
+        "min-item-count": 1,
+        "model": "sasrec",
+        "emb-dim": 16,
+        "num-layers": 1,
+        "max-len": 20,
+        "dropout": 0.0,
+        "num-threads": 1,
+        "partition": "user",
+        "train-windows": "last",
+        "cohort-engine": True,
+        "local-optimizer": "sgd",
+        "local-lr": 1.0,
+        "strategy": "fedavg",
+        "num-server-rounds": 2,
+        "clients-per-round": 2,
+        "secure-aggregation": True,
+        "dp-mode": "server",
+        "noise-multiplier": 0.5,
+        "clipping-norm": 1.0,
+        "data": str(data_file),
+        "out-dir": str(tmp_path / "run"),
+        "seed": 7,
+    }
     config = RunConfig.from_flat(run_config, where="test")
     write_node_files(config, tmp_path / "partition", 2)
     nodes = nodes_from_partition(tmp_path / "partition", tmp_path / "work")
-    run_config.update({"data": str(tmp_path / "not-on-the-server.csv"), "federated-evaluation": True,
-                       "catalogue-path": str(tmp_path / "partition" / "catalogue.json")})
+    run_config.update(
+        {
+            "data": str(tmp_path / "not-on-the-server.csv"),
+            "federated-evaluation": True,
+            "catalogue-path": str(tmp_path / "partition" / "catalogue.json"),
+        }
+    )
     deployment = LoopbackDeployment(tmp_path / "work", nodes, startup_timeout=300, stop_grace=20)
     try:
         with deployment:

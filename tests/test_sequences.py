@@ -97,11 +97,13 @@ def test_reindexing_maps_back_to_original_ids():
 
 def test_filters_with_nothing_left_raise_data_error():
     from common.errors import DataError
+
     with pytest.raises(DataError, match="min-item-count=5"):
         build_sequences(frame(ROWS), min_item_count=5, min_user_count=3, source="hand")
 
 
 # --- leave-one-out --------------------------------------------------------------------------------
+
 
 def hand_data() -> SequenceData:
     # User 0: items 4 2 7 1 3; user 1: items 5 6 1 (indices; catalogue of 7 items).
@@ -153,6 +155,7 @@ def test_save_load_round_trip(tmp_path):
 
 # --- windows and padding --------------------------------------------------------------------------
 
+
 def test_left_pad():
     out = left_pad([np.array([1, 2, 3, 4]), np.array([5]), np.array([], dtype=np.int64)], 3)
     assert out.dtype == np.int64
@@ -184,7 +187,7 @@ def test_training_windows_all_cover_every_transition_once():
     got = []
     for row in range(len(inputs)):
         for t in np.flatnonzero(targets[row]):
-            context = inputs[row, :t + 1]
+            context = inputs[row, : t + 1]
             got.append((int(owners[row]), tuple(context[context > 0].tolist()), int(targets[row, t])))
     # Oracle: for every position p >= 1 of each sequence, target seq[p] after the items of its window.
     expected = []
@@ -195,7 +198,7 @@ def test_training_windows_all_cover_every_transition_once():
     assert len(got) == sum(len(s) - 1 for s in seqs)
     for user, context, target in got:  # each context is the items right before the target
         seq = seqs[user].tolist()
-        ends = [p for p in range(1, len(seq)) if seq[p] == target and tuple(seq[p - len(context):p]) == context]
+        ends = [p for p in range(1, len(seq)) if seq[p] == target and tuple(seq[p - len(context) : p]) == context]
         assert ends, (user, context, target)
 
 
@@ -205,6 +208,7 @@ def test_training_windows_of_nothing():
 
 
 # --- real data (skipped where the shared copy is absent) -------------------------------------------
+
 
 def ml1m_file() -> Path | None:
     for base in (os.environ.get("FEDSEQREC_DATA_DIR", ""), str(REPO.parent / "shared" / "data")):

@@ -27,10 +27,26 @@ from common.checkpoint import load_model
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny and fast, with rounds to spare: a stop lets the ServerApp finish a few more rounds.
-FED = {"data": "synthetic", "synthetic-users": 90, "synthetic-items": 50, "partition": "iid", "num-partitions": 3,
-       "clients-per-round": 3, "num-server-rounds": 30, "model": "gru", "emb-dim": 8, "max-len": 12,
-       "batch-size": 32, "local-epochs": 1, "local-lr": 0.01, "strategy": "fedavg", "dropout": 0.0,
-       "num-threads": 1, "eval-users": 30, "seed": 3}
+FED = {
+    "data": "synthetic",
+    "synthetic-users": 90,
+    "synthetic-items": 50,
+    "partition": "iid",
+    "num-partitions": 3,
+    "clients-per-round": 3,
+    "num-server-rounds": 30,
+    "model": "gru",
+    "emb-dim": 8,
+    "max-len": 12,
+    "batch-size": 32,
+    "local-epochs": 1,
+    "local-lr": 0.01,
+    "strategy": "fedavg",
+    "dropout": 0.0,
+    "num-threads": 1,
+    "eval-users": 30,
+    "seed": 3,
+}
 ROUNDS = FED["num-server-rounds"]
 STOP_BOUND = 60.0  # seconds from Ctrl-C until every process is gone
 ROOT_LOG_LINE = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:[A-Z]+:")  # a record repeated by a root handler
@@ -43,8 +59,9 @@ class Command:
         self.argv = argv
         self.stdout, self.stderr = folder / f"{name}.out", folder / f"{name}.err"
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.seen: dict[int, psutil.Process] = {self.proc.pid: psutil.Process(self.proc.pid)}
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -112,8 +129,10 @@ def _wait_for(condition, timeout: float, what: str, command: Command) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if command.proc.poll() is not None:
-            pytest.fail(f"{' '.join(command.argv)} exited ({command.proc.returncode}) before {what}:\n"
-                        + "\n".join(t[-3000:] for t in command.output()))
+            pytest.fail(
+                f"{' '.join(command.argv)} exited ({command.proc.returncode}) before {what}:\n"
+                + "\n".join(t[-3000:] for t in command.output())
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {timeout:.0f} s")
         time.sleep(0.05)
@@ -138,16 +157,20 @@ def _untimed(row: dict) -> dict:
     return {k: v for k, v in row.items() if "seconds" not in k}
 
 
-def _assert_stopped(command: Command, signalled: float, out: Path, how: str, total: int, resume: list[str],
-                    bound: float = STOP_BOUND) -> int:
+def _assert_stopped(
+    command: Command, signalled: float, out: Path, how: str, total: int, resume: list[str], bound: float = STOP_BOUND
+) -> int:
     """Exit 130 within `bound` s, nothing left running, and one last line: the round reached, the run
     folder, and the command that resumes (the same one). Returns the round."""
     assert command.wait(bound) == 130, command.output()
     assert time.monotonic() - signalled < bound
     assert command.alive() == []
     line = command.last_line()
-    found = re.fullmatch(rf"(?:fedseqrec|deploy): {re.escape(how)} after round (\d+)/{total}; run folder (\S+); "
-                         r"resume with: (.+)", line)
+    found = re.fullmatch(
+        rf"(?:fedseqrec|deploy): {re.escape(how)} after round (\d+)/{total}; run folder (\S+); "
+        r"resume with: (.+)",
+        line,
+    )
     assert found, line
     assert found[2] == str(out)
     assert shlex.split(found[3]) == resume
@@ -168,8 +191,12 @@ def test_ctrl_c_stops_every_process_and_the_same_command_resumes(tmp_path):
     resume = ["fedseqrec", *argv[1:]]
     # The uninterrupted run goes on alongside, on a SuperLink of its own: stopping one federation
     # must leave the other alone.
-    reference = Command([*argv[:-1], str(reference_out)], tmp_path,
-                        {**env, "FEDSEQREC_CACHE": str(tmp_path / "reference-cache")}, "reference")
+    reference = Command(
+        [*argv[:-1], str(reference_out)],
+        tmp_path,
+        {**env, "FEDSEQREC_CACHE": str(tmp_path / "reference-cache")},
+        "reference",
+    )
     commands = [reference]
     try:
         # Ctrl-C after two rounds: a clean stop.
@@ -192,11 +219,16 @@ def test_ctrl_c_stops_every_process_and_the_same_command_resumes(tmp_path):
         commands.append(second)
         _wait_for(lambda: len(_rows(out)) > reached, 300, "resumed round", second)
         second.interrupt()
-        _wait_for(lambda: any(cmd[1:3] == [str(BIN / "flwr"), "stop"] for cmd in second.children()), 60,
-                  "`flwr stop` (the clean stop under way)", second)
+        _wait_for(
+            lambda: any(cmd[1:3] == [str(BIN / "flwr"), "stop"] for cmd in second.children()),
+            60,
+            "`flwr stop` (the clean stop under way)",
+            second,
+        )
         second.interrupt()
-        again = _assert_stopped(second, time.monotonic(), out, "killed at once (second interrupt)", ROUNDS, resume,
-                                bound=20.0)
+        again = _assert_stopped(
+            second, time.monotonic(), out, "killed at once (second interrupt)", ROUNDS, resume, bound=20.0
+        )
         assert again > reached
         assert [r["round"] for r in _rows(out)][-1] <= again  # metrics.jsonl never runs ahead of the checkpoint
 
@@ -222,17 +254,36 @@ def test_ctrl_c_stops_every_process_and_the_same_command_resumes(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_the_loopback_deployment(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in FED.items() if k not in
-                            ("data", "partition", "num-partitions", "clients-per-round", "num-server-rounds")))
+    toml.write_text(
+        "".join(
+            f"{k} = {json.dumps(v)}\n"
+            for k, v in FED.items()
+            if k not in ("data", "partition", "num-partitions", "clients-per-round", "num-server-rounds")
+        )
+    )
     work = tmp_path / "work"
-    argv = [sys.executable, "-m", "simulations.deploy", "--data", "synthetic", "--nodes", "2", "--rounds", "20",
-            "--work", str(work), "--run-config", str(toml)]
+    argv = [
+        sys.executable,
+        "-m",
+        "simulations.deploy",
+        "--data",
+        "synthetic",
+        "--nodes",
+        "2",
+        "--rounds",
+        "20",
+        "--work",
+        str(work),
+        "--run-config",
+        str(toml),
+    ]
     deploy = Command(argv, tmp_path, {**os.environ, "FEDSEQREC_CACHE": str(tmp_path / "cache")}, "deploy")
     try:
         _wait_for(lambda: len(_rows(work / "run")) >= 1, 300, "first round", deploy)
         deploy.interrupt()
-        reached = _assert_stopped(deploy, time.monotonic(), work / "run", "stopped", 20,
-                                  ["python", "-m", "simulations.deploy", *argv[3:]])
+        reached = _assert_stopped(
+            deploy, time.monotonic(), work / "run", "stopped", 20, ["python", "-m", "simulations.deploy", *argv[3:]]
+        )
         # The ServerApp was stopped before its clients: no round counts clients lost to the stop.
         assert [(r["round"], r["failed"]) for r in _rows(work / "run")] == [(r, 0) for r in range(1, reached + 1)]
         assert json.loads((work / "logs" / "pids.json").read_text())["alive_after_stop"] == []
@@ -243,18 +294,41 @@ def test_ctrl_c_stops_the_loopback_deployment(tmp_path):
 def test_ctrl_c_stops_training_and_reports_the_best_epoch(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "FEDSEQREC_CACHE": str(tmp_path / "cache")}
-    train = Command([str(BIN / "fedseqrec"), "train", "--data", "synthetic", "--out", str(out), "--epochs", "500",
-                     "--patience", "500", "--max-len", "10", "--emb-dim", "8", "--synthetic-users", "60", "--quiet"],
-                    tmp_path, env, "train")
+    train = Command(
+        [
+            str(BIN / "fedseqrec"),
+            "train",
+            "--data",
+            "synthetic",
+            "--out",
+            str(out),
+            "--epochs",
+            "500",
+            "--patience",
+            "500",
+            "--max-len",
+            "10",
+            "--emb-dim",
+            "8",
+            "--synthetic-users",
+            "60",
+            "--quiet",
+        ],
+        tmp_path,
+        env,
+        "train",
+    )
     try:
         _wait_for(lambda: len(_rows(out)) >= 2, 120, "second epoch", train)
         train.interrupt()
         assert train.wait(120) == 130, train.output()
         stdout, stderr = train.output()
         assert stdout == ""  # no summary: the one line says what was kept
-        found = re.fullmatch(r"fedseqrec: training stopped in epoch (\d+)/500; reported the best epoch \((\d+), "
-                             r"test ndcg@10 [0-9.]+\) in (\S+) \(metrics.json, model.pt\)",
-                             stderr.strip().splitlines()[-1])
+        found = re.fullmatch(
+            r"fedseqrec: training stopped in epoch (\d+)/500; reported the best epoch \((\d+), "
+            r"test ndcg@10 [0-9.]+\) in (\S+) \(metrics.json, model.pt\)",
+            stderr.strip().splitlines()[-1],
+        )
         assert found, stderr
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["interrupted"] is True

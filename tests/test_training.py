@@ -19,8 +19,18 @@ from common.errors import ConfigError
 from common.evaluation import evaluate, model_scores
 from simulations.centralized import train_centralized
 
-TINY = {"model": "sasrec", "max-len": 10, "train-windows": "all", "emb-dim": 16, "num-layers": 1, "dropout": 0.0,
-        "batch-size": 32, "lr": 1e-2, "seed": 3, "eval-batch-size": 64}
+TINY = {
+    "model": "sasrec",
+    "max-len": 10,
+    "train-windows": "all",
+    "emb-dim": 16,
+    "num-layers": 1,
+    "dropout": 0.0,
+    "batch-size": 32,
+    "lr": 1e-2,
+    "seed": 3,
+    "eval-batch-size": 64,
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +58,14 @@ def test_centralized_beats_popularity(trained):
 
 def test_centralized_writes_its_results(trained):
     config, metrics, data, out = trained
-    for name in ("metrics.json", "model.pt", "metrics.jsonl", "learning_curve.png", "config.json",
-                 "preprocessing.json"):
+    for name in (
+        "metrics.json",
+        "model.pt",
+        "metrics.jsonl",
+        "learning_curve.png",
+        "config.json",
+        "preprocessing.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,9 +132,11 @@ def test_synthetic_interactions_are_seeded_and_well_formed():
 
 # --- RunConfig --------------------------------------------------------------------------------------
 
+
 def test_from_flat_defaults_and_coercion():
-    config = RunConfig.from_flat({"epochs": "7", "lr": "0.5", "mask-seen": "False", "batch-size": 16.0,
-                                  "model": "gru", "dropout": 0})
+    config = RunConfig.from_flat(
+        {"epochs": "7", "lr": "0.5", "mask-seen": "False", "batch-size": 16.0, "model": "gru", "dropout": 0}
+    )
     assert config.train.epochs == 7 and isinstance(config.train.epochs, int)
     assert config.train.lr == 0.5
     assert config.train.mask_seen is False
@@ -137,10 +155,19 @@ def test_from_flat_unknown_key_suggests_the_closest():
         RunConfig.from_flat({"zzzz": 1})
 
 
-@pytest.mark.parametrize("key,value,kind", [
-    ("epochs", "ten", "int"), ("epochs", 2.5, "int"), ("epochs", True, "int"), ("lr", True, "float"),
-    ("lr", "fast", "float"), ("mask-seen", "yes", "bool"), ("mask-seen", 1, "bool"), ("data", 5, "str"),
-])
+@pytest.mark.parametrize(
+    "key,value,kind",
+    [
+        ("epochs", "ten", "int"),
+        ("epochs", 2.5, "int"),
+        ("epochs", True, "int"),
+        ("lr", True, "float"),
+        ("lr", "fast", "float"),
+        ("mask-seen", "yes", "bool"),
+        ("mask-seen", 1, "bool"),
+        ("data", 5, "str"),
+    ],
+)
 def test_from_flat_wrong_types(key, value, kind):
     with pytest.raises(ConfigError, match=f"key '{key}' must be {kind}, got {value!r}".replace("(", r"\(")):
         RunConfig.from_flat({key: value}, where="conf/x.toml")
@@ -148,19 +175,31 @@ def test_from_flat_wrong_types(key, value, kind):
         RunConfig.from_flat({key: value}, where="conf/x.toml")
 
 
-@pytest.mark.parametrize("flat,key", [
-    ({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"lr": "nan"}, "lr"), ({"dropout": 1.0}, "dropout"),
-    ({"dropout": -0.1}, "dropout"), ({"min-user-count": 2}, "min-user-count"), ({"max-len": 1}, "max-len"),
-    ({"emb-dim": 64, "num-heads": 3}, "num-heads"), ({"device": "tpu"}, "device"),
-    ({"holdout-fraction": 1.0}, "holdout-fraction"), ({"synthetic-items": 9}, "synthetic-items"),
-])
+@pytest.mark.parametrize(
+    "flat,key",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": "nan"}, "lr"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"min-user-count": 2}, "min-user-count"),
+        ({"max-len": 1}, "max-len"),
+        ({"emb-dim": 64, "num-heads": 3}, "num-heads"),
+        ({"device": "tpu"}, "device"),
+        ({"holdout-fraction": 1.0}, "holdout-fraction"),
+        ({"synthetic-items": 9}, "synthetic-items"),
+    ],
+)
 def test_from_flat_out_of_range(flat, key):
     with pytest.raises(ConfigError, match=f"config key '{key}': must"):
         RunConfig.from_flat(flat)
 
 
-@pytest.mark.parametrize("key,value", [("model", "foo"), ("loss", "bpr"), ("strategy", "fedsgd"),
-                                       ("train-windows", "first"), ("dp-mode", "local")])
+@pytest.mark.parametrize(
+    "key,value",
+    [("model", "foo"), ("loss", "bpr"), ("strategy", "fedsgd"), ("train-windows", "first"), ("dp-mode", "local")],
+)
 def test_from_flat_bad_choice(key, value):
     with pytest.raises(ConfigError, match=f"key '{key}' must be one of .*; got '{value}'"):
         RunConfig.from_flat({key: value})
@@ -202,13 +241,15 @@ print(applied, (before - after_free) / 2**20, (before - psutil.Process().memory_
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="glibc malloc tuning")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc malloc tuning"
+)
 @pytest.mark.parametrize("setting, retained", [("1", True), ("0", False)])
 def test_freed_tensor_memory_is_kept_for_the_next_step_and_released_after_the_pass(setting, retained):
     env = {**os.environ, "FEDSEQREC_RETAIN_MEMORY": setting}
-    out = subprocess.run([sys.executable, "-c", ALLOCATION_PROBE], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", ALLOCATION_PROBE], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     applied, dropped_on_free, dropped_on_release = out[0] == "True", float(out[1]), float(out[2])
     assert applied is retained
     assert (dropped_on_free < 8) if retained else (dropped_on_free > 56)
@@ -230,12 +271,14 @@ print(retaining(), (before - psutil.Process().memory_info().rss) / 2**20)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="glibc malloc tuning")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc malloc tuning"
+)
 def test_non_private_training_keeps_the_default_allocator():
     """Retention is for DP-SGD only (measured: non-private steps are slower with it)."""
     env = {**os.environ, "FEDSEQREC_RETAIN_MEMORY": "1"}
-    out = subprocess.run([sys.executable, "-c", NON_PRIVATE_PROBE], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", NON_PRIVATE_PROBE], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] == "False"
     assert float(out[1]) > 56  # freed at once: glibc's mmap threshold is untouched

@@ -34,10 +34,15 @@ PLD_DISCRETIZATION = 1e-3  # dp-accounting PLD grid (smaller = tighter, slower)
 
 
 def _poisson_history_event(history: list[tuple[float, float, int]]) -> dp_accounting.DpEvent:
-    return dp_accounting.ComposedDpEvent([
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(float(q), dp_accounting.GaussianDpEvent(float(z))), int(steps))
-        for z, q, steps in history if steps > 0])
+    return dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(float(q), dp_accounting.GaussianDpEvent(float(z))), int(steps)
+            )
+            for z, q, steps in history
+            if steps > 0
+        ]
+    )
 
 
 def opacus_rdp_epsilon(history: list[tuple[float, float, int]], *, delta: float) -> float:
@@ -86,36 +91,54 @@ def _relative_gap(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
 
 
-def audit_client_ledgers(ledgers: dict[str, list], *, delta: float, recorded: float,
-                         accountant: str = "rdp") -> dict:
+def audit_client_ledgers(ledgers: dict[str, list], *, delta: float, recorded: float, accountant: str = "rdp") -> dict:
     """Per-client recomputation; the run's epsilon is the worst client's."""
     rows, failures = [], []
     for name, history in sorted(ledgers.items()):
         history = [(float(z), float(q), int(s)) for z, q, s in history]
-        row = {"client": name, "history": history,
-               "opacus_rdp": opacus_rdp_epsilon(history, delta=delta),
-               "dp_accounting_rdp": poisson_rdp_epsilon(history, delta=delta),
-               "dp_accounting_pld": poisson_pld_epsilon(history, delta=delta)}
+        row = {
+            "client": name,
+            "history": history,
+            "opacus_rdp": opacus_rdp_epsilon(history, delta=delta),
+            "dp_accounting_rdp": poisson_rdp_epsilon(history, delta=delta),
+            "dp_accounting_pld": poisson_pld_epsilon(history, delta=delta),
+        }
         if _relative_gap(row["opacus_rdp"], row["dp_accounting_rdp"]) > RDP_TOLERANCE:
-            failures.append(f"client {name}: Opacus RDP {row['opacus_rdp']:.4f} and dp-accounting RDP "
-                            f"{row['dp_accounting_rdp']:.4f} disagree by more than {RDP_TOLERANCE:.0%}")
+            failures.append(
+                f"client {name}: Opacus RDP {row['opacus_rdp']:.4f} and dp-accounting RDP "
+                f"{row['dp_accounting_rdp']:.4f} disagree by more than {RDP_TOLERANCE:.0%}"
+            )
         if row["dp_accounting_pld"] > row["dp_accounting_rdp"] * (1 + RDP_TOLERANCE):
-            failures.append(f"client {name}: PLD epsilon {row['dp_accounting_pld']:.4f} exceeds RDP "
-                            f"{row['dp_accounting_rdp']:.4f} (impossible for the same mechanism)")
+            failures.append(
+                f"client {name}: PLD epsilon {row['dp_accounting_pld']:.4f} exceeds RDP "
+                f"{row['dp_accounting_rdp']:.4f} (impossible for the same mechanism)"
+            )
         rows.append(row)
-    worst = {key: max((r[key] for r in rows), default=0.0)
-             for key in ("opacus_rdp", "dp_accounting_rdp", "dp_accounting_pld")}
+    worst = {
+        key: max((r[key] for r in rows), default=0.0)
+        for key in ("opacus_rdp", "dp_accounting_rdp", "dp_accounting_pld")
+    }
     if accountant == "rdp" and rows and _relative_gap(worst["opacus_rdp"], recorded) > RDP_TOLERANCE:
-        failures.append(f"recorded epsilon {recorded:.4f} does not match the worst ledger's Opacus RDP "
-                        f"epsilon {worst['opacus_rdp']:.4f}")
-    return {"mode": "client", "delta": delta, "recorded_epsilon": recorded, "recorded_accountant": accountant,
-            "clients": rows, "epsilon": worst, "failures": failures,
-            "method": "dp-accounting PoissonSampled(q, Gaussian(z)) x steps per ledger entry; RDP on Opacus' "
-                      "orders, PLD with discretization " + str(PLD_DISCRETIZATION)}
+        failures.append(
+            f"recorded epsilon {recorded:.4f} does not match the worst ledger's Opacus RDP "
+            f"epsilon {worst['opacus_rdp']:.4f}"
+        )
+    return {
+        "mode": "client",
+        "delta": delta,
+        "recorded_epsilon": recorded,
+        "recorded_accountant": accountant,
+        "clients": rows,
+        "epsilon": worst,
+        "failures": failures,
+        "method": "dp-accounting PoissonSampled(q, Gaussian(z)) x steps per ledger entry; RDP on Opacus' "
+        "orders, PLD with discretization " + str(PLD_DISCRETIZATION),
+    }
 
 
-def audit_server_events(events: list, *, delta: float, recorded: float, adjacency: str | None,
-                        sampling: str = "fixed") -> dict:
+def audit_server_events(
+    events: list, *, delta: float, recorded: float, adjacency: str | None, sampling: str = "fixed"
+) -> dict:
     """Server mode: the recorded epsilon against a replay of the run's accountant and against an
     independent lower bound (`common.audit.worst_pair`) that a correct claim can never be under."""
     events = [(float(z), float(m), int(n)) for z, m, n in events]
@@ -125,23 +148,34 @@ def audit_server_events(events: list, *, delta: float, recorded: float, adjacenc
     lower = epsilon_lower_bound(events, delta=delta, adjacency=expected)
     failures = []
     if adjacency != expected:
-        failures.append(f"the report's adjacency is {adjacency!r}: {sampling} sampling of clients is analysed "
-                        f"under {expected!r}, and an epsilon without its adjacency cannot be checked")
+        failures.append(
+            f"the report's adjacency is {adjacency!r}: {sampling} sampling of clients is analysed "
+            f"under {expected!r}, and an epsilon without its adjacency cannot be checked"
+        )
     if events and _relative_gap(replayed, recorded) > RDP_TOLERANCE:
-        failures.append(f"recorded epsilon {recorded:.4f} does not match the run's accountant replayed on its "
-                        f"recorded rounds ({replayed:.4f})")
+        failures.append(
+            f"recorded epsilon {recorded:.4f} does not match the run's accountant replayed on its "
+            f"recorded rounds ({replayed:.4f})"
+        )
     if recorded < lower * (1 - LOWER_BOUND_SLACK):
-        failures.append(f"recorded epsilon {recorded:.4f} is below {lower:.4f}, the exact epsilon of a concrete "
-                        "pair of neighbouring datasets for the noise and sampling that were run: the run's "
-                        "accounting understates what was spent (wrong sensitivity, adjacency or method)")
-    return {"mode": "server", "delta": delta, "recorded_epsilon": recorded, "rounds": len(events),
-            "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
-            "failures": failures,
-            "method": "Replay: the run's dp-accounting RDP (fixed: SampledWithoutReplacement, replace-one, z / 2; "
-                      "poisson: PoissonSampled, add/remove, z) on the recorded rounds [z_eff, m, N]. Independent: "
-                      "exact epsilon (privacy-loss distribution on a "
-                      "grid, rounded down) of concrete replace-one neighbouring datasets under the mechanism as run "
-                      "(common/audit/worst_pair.py); the true epsilon lies between the two."}
+        failures.append(
+            f"recorded epsilon {recorded:.4f} is below {lower:.4f}, the exact epsilon of a concrete "
+            "pair of neighbouring datasets for the noise and sampling that were run: the run's "
+            "accounting understates what was spent (wrong sensitivity, adjacency or method)"
+        )
+    return {
+        "mode": "server",
+        "delta": delta,
+        "recorded_epsilon": recorded,
+        "rounds": len(events),
+        "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
+        "failures": failures,
+        "method": "Replay: the run's dp-accounting RDP (fixed: SampledWithoutReplacement, replace-one, z / 2; "
+        "poisson: PoissonSampled, add/remove, z) on the recorded rounds [z_eff, m, N]. Independent: "
+        "exact epsilon (privacy-loss distribution on a "
+        "grid, rounded down) of concrete replace-one neighbouring datasets under the mechanism as run "
+        "(common/audit/worst_pair.py); the true epsilon lies between the two.",
+    }
 
 
 def released_nodes_over(leaf: int, rounds: int) -> int:
@@ -161,27 +195,39 @@ def ftrl_lower_bound(noise_multiplier: float, trees: list[list[int]], *, delta: 
     return gaussian_epsilon(noise_multiplier / math.sqrt(touched), delta)
 
 
-def audit_ftrl_trees(trees: list[list[int]], *, noise_multiplier: float, delta: float, recorded: float,
-                     adjacency: str | None) -> dict:
+def audit_ftrl_trees(
+    trees: list[list[int]], *, noise_multiplier: float, delta: float, recorded: float, adjacency: str | None
+) -> dict:
     """DP-FTRL: the recorded epsilon against the run's accountant replayed on its trees and against the
     exact epsilon of a concrete pair (`ftrl_lower_bound`)."""
     replayed = dpftrl_epsilon(noise_multiplier, trees, delta=delta)
     lower = ftrl_lower_bound(noise_multiplier, trees, delta=delta)
     failures = []
     if adjacency != REPLACE_WITH_ZERO:
-        failures.append(f"the report's adjacency is {adjacency!r}: tree aggregation is analysed under "
-                        f"{REPLACE_WITH_ZERO!r}, and an epsilon without its adjacency cannot be checked")
+        failures.append(
+            f"the report's adjacency is {adjacency!r}: tree aggregation is analysed under "
+            f"{REPLACE_WITH_ZERO!r}, and an epsilon without its adjacency cannot be checked"
+        )
     if _relative_gap(replayed, recorded) > RDP_TOLERANCE:
-        failures.append(f"recorded epsilon {recorded:.4f} does not match the run's accountant replayed on its "
-                        f"recorded trees ({replayed:.4f})")
+        failures.append(
+            f"recorded epsilon {recorded:.4f} does not match the run's accountant replayed on its "
+            f"recorded trees ({replayed:.4f})"
+        )
     if recorded < lower * (1 - LOWER_BOUND_SLACK):
-        failures.append(f"recorded epsilon {recorded:.4f} is below {lower:.4f}, the exact epsilon of a concrete "
-                        "pair of neighbouring datasets for the trees that were run: the accounting understates")
-    return {"mode": "server", "mechanism": "dp-ftrl", "delta": delta, "recorded_epsilon": recorded,
-            "rounds": sum(sum(t) for t in trees),
-            "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
-            "failures": failures,
-            "method": "Replay: dp-accounting RDP, SingleEpochTreeAggregation(z, tree lengths) per pass, "
-                      "replace-with-zero. Independent: exact epsilon of the Gaussian mechanism for a concrete pair "
-                      "(a user in the first round of each pass's longest tree, whose leaf lies under the most "
-                      "released nodes), computed here with no accountant library."}
+        failures.append(
+            f"recorded epsilon {recorded:.4f} is below {lower:.4f}, the exact epsilon of a concrete "
+            "pair of neighbouring datasets for the trees that were run: the accounting understates"
+        )
+    return {
+        "mode": "server",
+        "mechanism": "dp-ftrl",
+        "delta": delta,
+        "recorded_epsilon": recorded,
+        "rounds": sum(sum(t) for t in trees),
+        "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
+        "failures": failures,
+        "method": "Replay: dp-accounting RDP, SingleEpochTreeAggregation(z, tree lengths) per pass, "
+        "replace-with-zero. Independent: exact epsilon of the Gaussian mechanism for a concrete pair "
+        "(a user in the first round of each pass's longest tree, whose leaf lies under the most "
+        "released nodes), computed here with no accountant library.",
+    }

@@ -54,7 +54,7 @@ def guess_inclusion(scores: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-scores, kind="stable")
     guesses = np.zeros(len(scores), dtype=np.int64)
     guesses[order[:k]] = 1
-    guesses[order[len(scores) - k:]] = -1
+    guesses[order[len(scores) - k :]] = -1
     return guesses
 
 
@@ -64,9 +64,17 @@ def audit_canaries(scores: np.ndarray, included: np.ndarray, *, k: int, delta: f
     made = guesses != 0
     correct = int(((guesses == 1) & included).sum() + ((guesses == -1) & ~included).sum())
     m, r = len(scores), int(made.sum())
-    return {"canaries": m, "included": int(included.sum()), "guesses": r, "correct": correct,
-            "k_in": int((guesses == 1).sum()), "k_out": int((guesses == -1).sum()), "delta": delta,
-            "epsilon_lower_bound": epsilon_lower_bound(m, r, correct, delta=delta), "confidence": 0.95}
+    return {
+        "canaries": m,
+        "included": int(included.sum()),
+        "guesses": r,
+        "correct": correct,
+        "k_in": int((guesses == 1).sum()),
+        "k_out": int((guesses == -1).sum()),
+        "delta": delta,
+        "epsilon_lower_bound": epsilon_lower_bound(m, r, correct, delta=delta),
+        "confidence": 0.95,
+    }
 
 
 def exposure(canary_loss: np.ndarray, candidate_loss: np.ndarray) -> np.ndarray:

@@ -21,22 +21,23 @@ FPR_POINTS = (0.001, 0.01)
 
 
 @torch.no_grad()
-def sequence_scores(model: SequenceRecommender, sequences: list[np.ndarray], *,
-                    batch_size: int = 256) -> dict[str, np.ndarray]:
+def sequence_scores(
+    model: SequenceRecommender, sequences: list[np.ndarray], *, batch_size: int = 256
+) -> dict[str, np.ndarray]:
     """Per sequence: mean next-item CE and mean log(1 + rank) of the next item over all of it (in
     windows of the model's context length)."""
     model.eval()
     inputs, targets, owners = training_windows(sequences, model.config.max_len, "all")
     loss_sum, rank_sum, count = (np.zeros(len(sequences)) for _ in range(3))
     for start in range(0, len(inputs), batch_size):
-        x = torch.as_tensor(inputs[start:start + batch_size])  # (B, T)
-        y = torch.as_tensor(targets[start:start + batch_size])  # (B, T)
+        x = torch.as_tensor(inputs[start : start + batch_size])  # (B, T)
+        y = torch.as_tensor(targets[start : start + batch_size])  # (B, T)
         valid = y > 0  # (B, T)
         logits = model.score(model.encode(x)[valid])  # (M, N)
         target = y[valid] - 1  # (M,)
         ce = F.cross_entropy(logits, target, reduction="none")  # (M,)
         rank = (logits > logits.gather(1, target[:, None])).sum(1).float()  # (M,) 0 = top
-        rows = owners[start:start + batch_size][valid.nonzero()[:, 0].numpy()]  # (M,)
+        rows = owners[start : start + batch_size][valid.nonzero()[:, 0].numpy()]  # (M,)
         np.add.at(loss_sum, rows, ce.numpy())
         np.add.at(rank_sum, rows, np.log1p(rank.numpy()))
         np.add.at(count, rows, 1)
@@ -74,9 +75,11 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(tpr[fpr <= target + 1e-12].max())
 
 
-def attack_metrics(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, bootstrap: int = 200,
-                   seed: int = 0) -> dict:
+def attack_metrics(
+    member_scores: np.ndarray, nonmember_scores: np.ndarray, *, bootstrap: int = 200, seed: int = 0
+) -> dict:
     """AUC and TPR at low FPR, each with a 95% bootstrap interval (members and non-members resampled)."""
+
     def point(m, n):
         fpr, tpr = roc_curve(m, n)
         return [roc_auc(m, n)] + [tpr_at_fpr(fpr, tpr, f) for f in FPR_POINTS]
@@ -84,11 +87,16 @@ def attack_metrics(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, b
     names = ["auc"] + [f"tpr_at_{f:g}_fpr" for f in FPR_POINTS]
     estimate = point(member_scores, nonmember_scores)
     rng = np.random.default_rng(seed)
-    draws = np.array([point(rng.choice(member_scores, len(member_scores)),
-                            rng.choice(nonmember_scores, len(nonmember_scores))) for _ in range(bootstrap)])
+    draws = np.array(
+        [
+            point(rng.choice(member_scores, len(member_scores)), rng.choice(nonmember_scores, len(nonmember_scores)))
+            for _ in range(bootstrap)
+        ]
+    )
     low, high = np.quantile(draws, [0.025, 0.975], axis=0)
-    return {name: {"value": float(v), "ci95": [float(lo), float(hi)]}
-            for name, v, lo, hi in zip(names, estimate, low, high)}
+    return {
+        name: {"value": float(v), "ci95": [float(lo), float(hi)]} for name, v, lo, hi in zip(names, estimate, low, high)
+    }
 
 
 def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
@@ -100,9 +108,16 @@ def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
     return np.clip(np.minimum(first, second), 0.0, 1.0)
 
 
-def membership_inference(model: SequenceRecommender, members: list[np.ndarray], nonmembers: list[np.ndarray], *,
-                         epsilon: float | None = None, delta: float | None = None,
-                         bootstrap: int = 200, seed: int = 0) -> dict:
+def membership_inference(
+    model: SequenceRecommender,
+    members: list[np.ndarray],
+    nonmembers: list[np.ndarray],
+    *,
+    epsilon: float | None = None,
+    delta: float | None = None,
+    bootstrap: int = 200,
+    seed: int = 0,
+) -> dict:
     """Both attacks on the given users' training sequences; `epsilon` (a DP run's claim) adds the bound."""
     member = sequence_scores(model, members)
     nonmember = sequence_scores(model, nonmembers)
@@ -115,7 +130,9 @@ def membership_inference(model: SequenceRecommender, members: list[np.ndarray], 
         result["attacks"][name]["mean_member"] = float(member[name].mean())
         result["attacks"][name]["mean_nonmember"] = float(nonmember[name].mean())
     if epsilon is not None and delta is not None:
-        result["dp_bound"] = {"epsilon": epsilon, "delta": delta,
-                              "tpr_at_fpr": {f"{f:g}": float(dp_tpr_bound(np.array([f]), epsilon, delta)[0])
-                                             for f in FPR_POINTS}}
+        result["dp_bound"] = {
+            "epsilon": epsilon,
+            "delta": delta,
+            "tpr_at_fpr": {f"{f:g}": float(dp_tpr_bound(np.array([f]), epsilon, delta)[0]) for f in FPR_POINTS},
+        }
     return result

@@ -12,9 +12,25 @@ import re
 from pathlib import Path
 
 AUDIT_DIR = "message-audit"  # under the run dir (or a device's state dir): one JSONL file per client
-METRIC_WHITELIST = frozenset({"client-key", "train-loss", "num-examples", "unit-weight", "declined", "epsilon",
-                              "dp-steps", "noise-multiplier", "sample-rate", "user-level",
-                              "dp-noise-reproducible", "users", "clipped", "refused-slot", "dropped-users"})
+METRIC_WHITELIST = frozenset(
+    {
+        "client-key",
+        "train-loss",
+        "num-examples",
+        "unit-weight",
+        "declined",
+        "epsilon",
+        "dp-steps",
+        "noise-multiplier",
+        "sample-rate",
+        "user-level",
+        "dp-noise-reproducible",
+        "users",
+        "clipped",
+        "refused-slot",
+        "dropped-users",
+    }
+)
 METRIC_PATTERNS = (re.compile(r"ndcg@\d+"), re.compile(r"hr@\d+"))
 NUMERIC_TYPES = frozenset({"int", "float"})
 
@@ -36,8 +52,10 @@ def check_message(row: dict, expected_arrays: dict[str, tuple[list[int], str]]) 
             for key in set(sent) & set(expected_arrays):
                 shape, dtype = expected_arrays[key]
                 if list(sent[key]["shape"]) != list(shape) or sent[key]["dtype"] != dtype:
-                    problems.append(f"record '{name}': array {key} is {sent[key]['shape']} {sent[key]['dtype']}, "
-                                    f"the model's is {list(shape)} {dtype}")
+                    problems.append(
+                        f"record '{name}': array {key} is {sent[key]['shape']} {sent[key]['dtype']}, "
+                        f"the model's is {list(shape)} {dtype}"
+                    )
         elif kind == "metrics":
             for key, value_type in record["metrics"].items():
                 if not metric_allowed(key):
@@ -57,7 +75,13 @@ def audit_messages(run_dir: Path, expected_arrays: dict[str, tuple[list[int], st
             row = json.loads(line)
             count += 1
             types[row["message_type"]] = types.get(row["message_type"], 0) + 1
-            failures += [f"{path.name}:{number} ({row['message_type']}): {p}"
-                         for p in check_message(row, expected_arrays)]
-    return {"files": len(files), "messages": count, "by_type": types, "failures": failures,
-            "whitelist": sorted(METRIC_WHITELIST) + [p.pattern for p in METRIC_PATTERNS]}
+            failures += [
+                f"{path.name}:{number} ({row['message_type']}): {p}" for p in check_message(row, expected_arrays)
+            ]
+    return {
+        "files": len(files),
+        "messages": count,
+        "by_type": types,
+        "failures": failures,
+        "whitelist": sorted(METRIC_WHITELIST) + [p.pattern for p in METRIC_PATTERNS],
+    }

@@ -36,8 +36,13 @@ def plot_roc(path: Path, membership: dict) -> None:
     ax.plot(grid, grid, linestyle=":", color="grey", label="chance")
     if "dp_bound" in membership:
         bound = membership["dp_bound"]
-        ax.plot(grid, np.maximum(dp_tpr_bound(grid, bound["epsilon"], bound["delta"]), 1e-4), linestyle="--",
-                color="black", label=f"({bound['epsilon']:.2g}, {bound['delta']:.1e})-DP bound")
+        ax.plot(
+            grid,
+            np.maximum(dp_tpr_bound(grid, bound["epsilon"], bound["delta"]), 1e-4),
+            linestyle="--",
+            color="black",
+            label=f"({bound['epsilon']:.2g}, {bound['delta']:.1e})-DP bound",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(1e-4, 1)
@@ -60,8 +65,10 @@ def plot_canaries(path: Path, canaries: dict) -> None:
     ax.hist(loss[~included], bins=bins, alpha=0.6, label=f"excluded ({(~included).sum()})")
     ax.set_xlabel("final model's loss on the canary (lower = looks trained on)")
     ax.set_ylabel("canaries")
-    ax.set_title(f"canaries: {canaries['correct']}/{canaries['guesses']} guesses right, "
-                 f"epsilon >= {canaries['epsilon_lower_bound']:.2f} (95%)")
+    ax.set_title(
+        f"canaries: {canaries['correct']}/{canaries['guesses']} guesses right, "
+        f"epsilon >= {canaries['epsilon_lower_bound']:.2f} (95%)"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -69,30 +76,43 @@ def plot_canaries(path: Path, canaries: dict) -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Privacy audit", "", f"- Run: `{report['run_dir']}`",
-             f"- DP mode: {report['dp_mode']}; claimed epsilon: {report['claimed_epsilon']}, "
-             f"delta: {report['delta']}; unit: {report.get('unit_of_privacy')}; adjacency: {report.get('adjacency')}",
-             f"- DP noise and sampling: {report.get('noise_randomness')}",
-             f"- Failures: {len(report['failures'])}"]
+    lines = [
+        "# Privacy audit",
+        "",
+        f"- Run: `{report['run_dir']}`",
+        f"- DP mode: {report['dp_mode']}; claimed epsilon: {report['claimed_epsilon']}, "
+        f"delta: {report['delta']}; unit: {report.get('unit_of_privacy')}; adjacency: {report.get('adjacency')}",
+        f"- DP noise and sampling: {report.get('noise_randomness')}",
+        f"- Failures: {len(report['failures'])}",
+    ]
     lines += [f"  - **FAIL**: {f}" for f in report["failures"]]
     acc = report["accounting"]
     lines += ["", "## 1. Accounting recomputed", ""]
     if "skipped" in acc:
         lines.append(f"Skipped: {acc['skipped']}")
     else:
-        lines.append(f"Recorded epsilon {acc['recorded_epsilon']:.4f}; recomputed: " +
-                     ", ".join(f"{k} {v:.4f}" for k, v in acc["epsilon"].items()) + ".")
+        lines.append(
+            f"Recorded epsilon {acc['recorded_epsilon']:.4f}; recomputed: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in acc["epsilon"].items())
+            + "."
+        )
         lines.append(f"Method: {acc['method']}")
     mia = report["membership"]
     lines += ["", "## 2. Membership inference on users", ""]
     if "skipped" in mia:
         lines.append(f"Skipped: {mia['skipped']}")
     else:
-        lines += [f"{mia['members']} members vs {mia['nonmembers']} holdout users; 95% bootstrap intervals.", "",
-                  "| score | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR |", "|---|---|---|---|"]
+        lines += [
+            f"{mia['members']} members vs {mia['nonmembers']} holdout users; 95% bootstrap intervals.",
+            "",
+            "| score | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR |",
+            "|---|---|---|---|",
+        ]
         for name, a in mia["attacks"].items():
-            cells = [f"{a[m]['value']:.3f} [{a[m]['ci95'][0]:.3f}, {a[m]['ci95'][1]:.3f}]"
-                     for m in ("auc", "tpr_at_0.001_fpr", "tpr_at_0.01_fpr")]
+            cells = [
+                f"{a[m]['value']:.3f} [{a[m]['ci95'][0]:.3f}, {a[m]['ci95'][1]:.3f}]"
+                for m in ("auc", "tpr_at_0.001_fpr", "tpr_at_0.01_fpr")
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if "dp_bound" in mia:
             lines.append(f"\nDP bound on TPR: {mia['dp_bound']['tpr_at_fpr']} (roc.png)")
@@ -101,25 +121,38 @@ def markdown(report: dict) -> str:
     if "skipped" in can:
         lines.append(f"Skipped: {can['skipped']}")
     else:
-        lines += [f"{can['canaries']} canaries ({can['included']} included); {can['k_in']} guessed IN, "
-                  f"{can['k_out']} OUT: {can['correct']}/{can['guesses']} correct.",
-                  f"Empirical epsilon lower bound (95%, delta {can['delta']:.2e}): **{can['epsilon_lower_bound']:.3f}**"
-                  + (f" vs claimed {report['claimed_epsilon']:.3f}" if report["claimed_epsilon"] is not None else ""),
-                  f"Exposure (max {can['exposure']['max_possible']:.2f} bits): included "
-                  f"{can['exposure']['mean_included']}, excluded {can['exposure']['mean_excluded']}"]
+        lines += [
+            f"{can['canaries']} canaries ({can['included']} included); {can['k_in']} guessed IN, "
+            f"{can['k_out']} OUT: {can['correct']}/{can['guesses']} correct.",
+            f"Empirical epsilon lower bound (95%, delta {can['delta']:.2e}): **{can['epsilon_lower_bound']:.3f}**"
+            + (f" vs claimed {report['claimed_epsilon']:.3f}" if report["claimed_epsilon"] is not None else ""),
+            f"Exposure (max {can['exposure']['max_possible']:.2f} bits): included "
+            f"{can['exposure']['mean_included']}, excluded {can['exposure']['mean_excluded']}",
+        ]
     leak = report["update_leakage"]
-    lines += ["", "## 4. Item leakage from one client's update", "",
-              f"{leak['users']} users; z = {leak['noise_multiplier']}, C = {leak['clipping_norm']}, "
-              f"per-sample C = {leak['max_grad_norm']}; "
-              f"random guessing precision {leak['random_guess_precision']:.3f}.", "",
-              "| setting | precision | recall | items predicted |", "|---|---|---|---|"]
-    lines += [f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['predicted']:.1f} |"
-              for name, v in leak["settings"].items()]
+    lines += [
+        "",
+        "## 4. Item leakage from one client's update",
+        "",
+        f"{leak['users']} users; z = {leak['noise_multiplier']}, C = {leak['clipping_norm']}, "
+        f"per-sample C = {leak['max_grad_norm']}; "
+        f"random guessing precision {leak['random_guess_precision']:.3f}.",
+        "",
+        "| setting | precision | recall | items predicted |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['predicted']:.1f} |"
+        for name, v in leak["settings"].items()
+    ]
     msg = report["messages"]
     lines += ["", "## 5. Messages clients sent", ""]
-    lines.append(f"Skipped: {msg['skipped']}" if "skipped" in msg else
-                 f"{msg['messages']} replies in {msg['files']} files ({msg['by_type']}); "
-                 f"{len(msg['failures'])} violations of the whitelist.")
+    lines.append(
+        f"Skipped: {msg['skipped']}"
+        if "skipped" in msg
+        else f"{msg['messages']} replies in {msg['files']} files ({msg['by_type']}); "
+        f"{len(msg['failures'])} violations of the whitelist."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -130,17 +163,22 @@ def summary_lines(report: dict) -> list[str]:
         lines.append("  accounting: " + ", ".join(f"{k} {v:.3f}" for k, v in acc["epsilon"].items()))
     mia = report["membership"]
     if "attacks" in mia:
-        lines.append("  membership AUC: "
-                     + ", ".join(f"{k} {a['auc']['value']:.3f}" for k, a in mia["attacks"].items()))
+        lines.append(
+            "  membership AUC: " + ", ".join(f"{k} {a['auc']['value']:.3f}" for k, a in mia["attacks"].items())
+        )
     can = report["canaries"]
     if "epsilon_lower_bound" in can:
-        lines.append(f"  canaries: {can['correct']}/{can['guesses']} correct, "
-                     f"epsilon >= {can['epsilon_lower_bound']:.3f}")
+        lines.append(
+            f"  canaries: {can['correct']}/{can['guesses']} correct, epsilon >= {can['epsilon_lower_bound']:.3f}"
+        )
     leak = report["update_leakage"]["settings"]
-    lines.append("  update leakage precision/recall: " +
-                 ", ".join(f"{k} {v['precision']:.2f}/{v['recall']:.2f}" for k, v in leak.items()))
+    lines.append(
+        "  update leakage precision/recall: "
+        + ", ".join(f"{k} {v['precision']:.2f}/{v['recall']:.2f}" for k, v in leak.items())
+    )
     if "messages" in report["messages"]:
-        lines.append(f"  messages: {report['messages']['messages']} checked, "
-                     f"{len(report['messages']['failures'])} violations")
+        lines.append(
+            f"  messages: {report['messages']['messages']} checked, {len(report['messages']['failures'])} violations"
+        )
     lines.append(f"  failures: {len(report['failures'])}" + "".join(f"\n    FAIL {f}" for f in report["failures"]))
     return lines

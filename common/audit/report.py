@@ -61,23 +61,34 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
     if privacy is None:
         return {"skipped": "not a DP run (no privacy.json)"}
     if privacy["dp_mode"] == "server" and "dp_ftrl" in privacy:
-        section = audit_ftrl_trees(privacy["dp_ftrl"]["trees"], noise_multiplier=privacy["noise_multiplier"],
-                                   delta=privacy["delta"], recorded=privacy["epsilon"],
-                                   adjacency=privacy.get("adjacency"))
+        section = audit_ftrl_trees(
+            privacy["dp_ftrl"]["trees"],
+            noise_multiplier=privacy["noise_multiplier"],
+            delta=privacy["delta"],
+            recorded=privacy["epsilon"],
+            adjacency=privacy.get("adjacency"),
+        )
         section["failures"] += randomness_failures(run_dir, config, privacy)
         return section
     if privacy["dp_mode"] == "server":
-        section = audit_server_events(privacy["server_events"], delta=privacy["delta"], recorded=privacy["epsilon"],
-                                      adjacency=privacy.get("adjacency"),
-                                      sampling=privacy.get("sampling_kind", "fixed"))
+        section = audit_server_events(
+            privacy["server_events"],
+            delta=privacy["delta"],
+            recorded=privacy["epsilon"],
+            adjacency=privacy.get("adjacency"),
+            sampling=privacy.get("sampling_kind", "fixed"),
+        )
         section["failures"] += randomness_failures(run_dir, config, privacy)
         return section
-    ledgers = {p.parent.name: json.loads(p.read_text())["history"]
-               for p in sorted((run_dir / "client-state").glob("client-*/privacy_ledger.json"))}
+    ledgers = {
+        p.parent.name: json.loads(p.read_text())["history"]
+        for p in sorted((run_dir / "client-state").glob("client-*/privacy_ledger.json"))
+    }
     if not ledgers:
         return {"skipped": "client-mode run without ledgers in RUN_DIR/client-state (deployed clients keep theirs)"}
-    section = audit_client_ledgers(ledgers, delta=privacy["delta"], recorded=privacy["epsilon"],
-                                   accountant=config.privacy.accountant)
+    section = audit_client_ledgers(
+        ledgers, delta=privacy["delta"], recorded=privacy["epsilon"], accountant=config.privacy.accountant
+    )
     section["failures"] += randomness_failures(run_dir, config, privacy)
     return section
 
@@ -87,16 +98,20 @@ def randomness_failures(run_dir: Path, config: RunConfig, privacy: dict) -> list
     and a run whose noise was derived from the seed must say so where people read it."""
     source = privacy.get("noise_randomness")
     if source is None:
-        return ["privacy.json does not say where the DP noise and sampling came from (a run from before "
-                "secret noise: its noise was derived from the run seed)"]
+        return [
+            "privacy.json does not say where the DP noise and sampling came from (a run from before "
+            "secret noise: its noise was derived from the run seed)"
+        ]
     failures = []
     if config.privacy.reproducible_dp_noise and config.privacy.dp_mode == "server" and source != REPRODUCIBLE:
         failures.append(f"the run config asked for reproducible-dp-noise but privacy.json says {source!r}")
     if source == REPRODUCIBLE:
         markdown = (run_dir / "privacy.md").read_text() if (run_dir / "privacy.md").exists() else ""
         if "does NOT hold against anyone who knows the seed" not in markdown:
-            failures.append("the DP noise was derived from the run seed and privacy.md does not warn that the "
-                            "guarantee does not hold against anyone who knows the seed")
+            failures.append(
+                "the DP noise was derived from the run seed and privacy.md does not warn that the "
+                "guarantee does not hold against anyone who knows the seed"
+            )
     return failures
 
 
@@ -108,9 +123,13 @@ def membership_section(model, config: RunConfig, data, partition, privacy, users
     chosen, held = _sample(members, users, rng), _sample(partition.holdout, users, rng)
     train = data.train_sequences()
     applies = _bound_applies_to_users(privacy)
-    result = membership_inference(model, [train[u] for u in chosen], [train[u] for u in held],
-                                  epsilon=privacy["epsilon"] if applies else None,
-                                  delta=privacy["delta"] if applies else None)
+    result = membership_inference(
+        model,
+        [train[u] for u in chosen],
+        [train[u] for u in held],
+        epsilon=privacy["epsilon"] if applies else None,
+        delta=privacy["delta"] if applies else None,
+    )
     result["dp_bound_applies"] = applies
     result["failures"] = []
     if applies:
@@ -119,9 +138,11 @@ def membership_section(model, config: RunConfig, data, partition, privacy, users
                 low = attack[f"tpr_at_{f:g}_fpr"]["ci95"][0]
                 bound = result["dp_bound"]["tpr_at_fpr"][f"{f:g}"]
                 if low > bound:
-                    result["failures"].append(f"membership ({name}): TPR at {f:g} FPR is at least {low:.4f} "
-                                              f"(95% CI) but ({privacy['epsilon']:.3g}, {privacy['delta']:.2g})-DP "
-                                              f"allows at most {bound:.4f}")
+                    result["failures"].append(
+                        f"membership ({name}): TPR at {f:g} FPR is at least {low:.4f} "
+                        f"(95% CI) but ({privacy['epsilon']:.3g}, {privacy['delta']:.2g})-DP "
+                        f"allows at most {bound:.4f}"
+                    )
     return result
 
 
@@ -137,53 +158,81 @@ def canary_section(model, config: RunConfig, data, privacy, k: int, seed: int) -
     candidates = make_canaries(data.num_items, EXPOSURE_CANDIDATES, fed.canary_length, seed + 1).sequences
     candidate_loss = sequence_scores(model, [s[:-2] for s in candidates])["loss"]
     exposures = exposure(loss, candidate_loss)
-    result.update({"loss": loss.tolist(), "included_mask": canaries.included.tolist(),
-                   "exposure": {"candidates": EXPOSURE_CANDIDATES, "max_possible": math.log2(EXPOSURE_CANDIDATES + 1),
-                                "mean_included": _mean_or_none(exposures[canaries.included]),
-                                "mean_excluded": _mean_or_none(exposures[~canaries.included])},
-                   "failures": []})
+    result.update(
+        {
+            "loss": loss.tolist(),
+            "included_mask": canaries.included.tolist(),
+            "exposure": {
+                "candidates": EXPOSURE_CANDIDATES,
+                "max_possible": math.log2(EXPOSURE_CANDIDATES + 1),
+                "mean_included": _mean_or_none(exposures[canaries.included]),
+                "mean_excluded": _mean_or_none(exposures[~canaries.included]),
+            },
+            "failures": [],
+        }
+    )
     one_sample = config.privacy.dp_mode == "server" or fed.canary_length - 2 <= config.data.max_len + 1
     result["dp_claim_covers_canary"] = privacy is not None and one_sample
     if result["dp_claim_covers_canary"] and result["epsilon_lower_bound"] > privacy["epsilon"]:
-        result["failures"].append(f"canaries: empirical epsilon lower bound {result['epsilon_lower_bound']:.3f} "
-                                  f"exceeds the claimed epsilon {privacy['epsilon']:.3f}: the DP implementation "
-                                  "or its accounting has a bug")
+        result["failures"].append(
+            f"canaries: empirical epsilon lower bound {result['epsilon_lower_bound']:.3f} "
+            f"exceeds the claimed epsilon {privacy['epsilon']:.3f}: the DP implementation "
+            "or its accounting has a bug"
+        )
     return result
 
 
 def leakage_section(model, config: RunConfig, data, partition, privacy, users: int, rng) -> dict:
     members = np.concatenate(partition.clients)
     members = members[members < data.num_users]
-    noise = privacy["noise_multiplier"] if privacy and isinstance(privacy.get("noise_multiplier"), (int, float)) \
+    noise = (
+        privacy["noise_multiplier"]
+        if privacy and isinstance(privacy.get("noise_multiplier"), (int, float))
         else config.privacy.noise_multiplier
-    return update_leakage(config, data, model.arrays(), _sample(members, users, rng), noise_multiplier=float(noise),
-                          clipping_norm=config.privacy.clipping_norm, max_grad_norm=config.privacy.max_grad_norm,
-                          seed=config.train.seed)
+    )
+    return update_leakage(
+        config,
+        data,
+        model.arrays(),
+        _sample(members, users, rng),
+        noise_multiplier=float(noise),
+        clipping_norm=config.privacy.clipping_norm,
+        max_grad_norm=config.privacy.max_grad_norm,
+        seed=config.train.seed,
+    )
 
 
-def compute_audit(run_dir: Path, *, canary_guesses: int = 0, users: int = 500, leakage_users: int = 10,
-                  seed: int = 0) -> dict:
+def compute_audit(
+    run_dir: Path, *, canary_guesses: int = 0, users: int = 500, leakage_users: int = 10, seed: int = 0
+) -> dict:
     """Every section of the audit of a finished run, as plain data (rendered by common.audit.render)."""
     run_dir = Path(run_dir)
     model, config, privacy = load_run(run_dir)
     data = load_sequence_data(config.data)
     partition = partition_users(data, config.federation, config.train.seed)
     rng = np.random.default_rng(seed)
-    report = {"run_dir": str(run_dir), "dp_mode": config.privacy.dp_mode,
-              "claimed_epsilon": privacy["epsilon"] if privacy else None,
-              "delta": privacy["delta"] if privacy else None,
-              "unit_of_privacy": privacy["unit_of_privacy"] if privacy else None,
-              "adjacency": privacy.get("adjacency") if privacy else None,
-              "noise_randomness": privacy.get("noise_randomness") if privacy else None,
-              "accounting": accounting_section(run_dir, config, privacy),
-              "membership": membership_section(model, config, data, partition, privacy, users, rng),
-              "canaries": canary_section(model, config, data, privacy, canary_guesses, seed),
-              "update_leakage": leakage_section(model, config, data, partition, privacy, leakage_users, rng)}
+    report = {
+        "run_dir": str(run_dir),
+        "dp_mode": config.privacy.dp_mode,
+        "claimed_epsilon": privacy["epsilon"] if privacy else None,
+        "delta": privacy["delta"] if privacy else None,
+        "unit_of_privacy": privacy["unit_of_privacy"] if privacy else None,
+        "adjacency": privacy.get("adjacency") if privacy else None,
+        "noise_randomness": privacy.get("noise_randomness") if privacy else None,
+        "accounting": accounting_section(run_dir, config, privacy),
+        "membership": membership_section(model, config, data, partition, privacy, users, rng),
+        "canaries": canary_section(model, config, data, privacy, canary_guesses, seed),
+        "update_leakage": leakage_section(model, config, data, partition, privacy, leakage_users, rng),
+    }
     arrays = {k: (list(v.shape), str(v.numpy().dtype)) for k, v in model.arrays().items()}
-    report["messages"] = (audit_messages(run_dir, arrays) if (run_dir / AUDIT_DIR).is_dir()
-                          else {"skipped": "no recorded messages (run with audit-messages = true)"})
-    report["failures"] = [f for key in ("accounting", "membership", "canaries", "messages")
-                          for f in report[key].get("failures", [])]
+    report["messages"] = (
+        audit_messages(run_dir, arrays)
+        if (run_dir / AUDIT_DIR).is_dir()
+        else {"skipped": "no recorded messages (run with audit-messages = true)"}
+    )
+    report["failures"] = [
+        f for key in ("accounting", "membership", "canaries", "messages") for f in report[key].get("failures", [])
+    ]
     return report
 
 
@@ -192,5 +241,3 @@ def run_audit(run_dir: Path, **options) -> dict:
     report = compute_audit(run_dir, **options)
     write_audit_files(Path(run_dir), report)
     return report
-
-

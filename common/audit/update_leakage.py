@@ -51,13 +51,16 @@ def precision_recall(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, f
     return (hits / len(predicted) if predicted else 0.0), (hits / len(truth) if truth else 1.0)
 
 
-def clip_and_noise(update: dict[str, torch.Tensor], *, clipping_norm: float, noise_multiplier: float,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+def clip_and_noise(
+    update: dict[str, torch.Tensor], *, clipping_norm: float, noise_multiplier: float, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Flat L2 clipping over all arrays (as Flower's fixed-clipping DP-FedAvg), then N(0, (zC)^2)."""
     norm = torch.sqrt(sum((v.double() ** 2).sum() for v in update.values())).item()
     scale = min(1.0, clipping_norm / max(norm, 1e-30))
-    return {k: v * scale + torch.randn(v.shape, generator=generator) * noise_multiplier * clipping_norm
-            for k, v in update.items()}
+    return {
+        k: v * scale + torch.randn(v.shape, generator=generator) * noise_multiplier * clipping_norm
+        for k, v in update.items()
+    }
 
 
 def _update(config: RunConfig, user_data: SequenceData, global_arrays: dict, user: int) -> dict[str, torch.Tensor]:
@@ -66,17 +69,34 @@ def _update(config: RunConfig, user_data: SequenceData, global_arrays: dict, use
     return {k: result.arrays[k].float() - global_arrays[k].float() for k in global_arrays}
 
 
-def update_leakage(config: RunConfig, data: SequenceData, global_arrays: dict[str, torch.Tensor],
-                   users: np.ndarray, *, noise_multiplier: float, clipping_norm: float,
-                   max_grad_norm: float, seed: int = 0) -> dict:
+def update_leakage(
+    config: RunConfig,
+    data: SequenceData,
+    global_arrays: dict[str, torch.Tensor],
+    users: np.ndarray,
+    *,
+    noise_multiplier: float,
+    clipping_norm: float,
+    max_grad_norm: float,
+    seed: int = 0,
+) -> dict:
     """Precision / recall of the item-set reconstruction for each user in `users` and each setting."""
     # One user's update, computed offline with the run's local recipe (one user alone: no cohort needed).
     one_user = {"cohort-engine": False, "user-sampling": "fixed", "server-mechanism": "dp-fedavg"}
     plain = config.replace(**{"dp-mode": "none", **one_user})
-    client_dp = config.replace(**{"dp-mode": "client", **one_user, "noise-multiplier": noise_multiplier,
-                                  "max-grad-norm": max_grad_norm, "target-epsilon": 0.0, "max-epsilon": 0.0,
-                                  "loss": "ce", "strategy": "fedavg" if config.federation.strategy == "fedprox"
-                                  else config.federation.strategy, "delta": config.privacy.delta or 1e-5})
+    client_dp = config.replace(
+        **{
+            "dp-mode": "client",
+            **one_user,
+            "noise-multiplier": noise_multiplier,
+            "max-grad-norm": max_grad_norm,
+            "target-epsilon": 0.0,
+            "max-epsilon": 0.0,
+            "loss": "ce",
+            "strategy": "fedavg" if config.federation.strategy == "fedprox" else config.federation.strategy,
+            "delta": config.privacy.delta or 1e-5,
+        }
+    )
     generator = torch.Generator().manual_seed(seed)
     results = {name: {"precision": [], "recall": [], "predicted": []} for name in ("no_dp", "client_dp", "server_dp")}
     base_rate = []
@@ -85,9 +105,13 @@ def update_leakage(config: RunConfig, data: SequenceData, global_arrays: dict[st
         truth = np.unique(local.train_sequences()[0])
         base_rate.append(len(truth) / data.num_items)
         raw = _update(plain, local, global_arrays, user)
-        views = {"no_dp": raw, "client_dp": _update(client_dp, local, global_arrays, user),
-                 "server_dp": clip_and_noise(raw, clipping_norm=clipping_norm, noise_multiplier=noise_multiplier,
-                                             generator=generator)}
+        views = {
+            "no_dp": raw,
+            "client_dp": _update(client_dp, local, global_arrays, user),
+            "server_dp": clip_and_noise(
+                raw, clipping_norm=clipping_norm, noise_multiplier=noise_multiplier, generator=generator
+            ),
+        }
         for name, update in views.items():
             predicted = predict_items(row_scores(update[ITEM_TABLE]))
             p, r = precision_recall(predicted, truth)
@@ -95,8 +119,13 @@ def update_leakage(config: RunConfig, data: SequenceData, global_arrays: dict[st
             results[name]["precision"].append(p)
             results[name]["recall"].append(r)
     summary = {name: {key: float(np.mean(values)) for key, values in v.items()} for name, v in results.items()}
-    return {"users": len(users), "noise_multiplier": noise_multiplier, "clipping_norm": clipping_norm,
-            "max_grad_norm": max_grad_norm, "settings": summary,
-            "random_guess_precision": float(np.mean(base_rate)) if base_rate else 0.0,
-            "note": "server_dp: the user's update clipped to C plus N(0, (zC)^2), i.e. its share of the noised "
-                    "average scaled back by m (the strongest server, who knows every other update)"}
+    return {
+        "users": len(users),
+        "noise_multiplier": noise_multiplier,
+        "clipping_norm": clipping_norm,
+        "max_grad_norm": max_grad_norm,
+        "settings": summary,
+        "random_guess_precision": float(np.mean(base_rate)) if base_rate else 0.0,
+        "note": "server_dp: the user's update clipped to C plus N(0, (zC)^2), i.e. its share of the noised "
+        "average scaled back by m (the strongest server, who knows every other update)",
+    }

@@ -38,10 +38,14 @@ def _log_normal_pdf(y: np.ndarray, mean: float) -> np.ndarray:
 
 
 # (P's means, Q's means) in units of C / sigma, each a mixture (1 - q) N(first) + q N(second).
-PAIRS = {"aligned": ((0.0, 2.0), (0.0, 0.0)), "aligned-reverse": ((0.0, 0.0), (0.0, 2.0)),
-         "centred": ((0.0, 1.0), (0.0, -1.0)),
-         # add/remove (Poisson-sampled users): the user is there with its update C e, or absent
-         "added": ((0.0, 1.0), (0.0, 0.0)), "removed": ((0.0, 0.0), (0.0, 1.0))}
+PAIRS = {
+    "aligned": ((0.0, 2.0), (0.0, 0.0)),
+    "aligned-reverse": ((0.0, 0.0), (0.0, 2.0)),
+    "centred": ((0.0, 1.0), (0.0, -1.0)),
+    # add/remove (Poisson-sampled users): the user is there with its update C e, or absent
+    "added": ((0.0, 1.0), (0.0, 0.0)),
+    "removed": ((0.0, 0.0), (0.0, 1.0)),
+}
 PAIRS_BY_ADJACENCY = {"replace-one": ("aligned", "aligned-reverse", "centred"), "add/remove": ("added", "removed")}
 
 
@@ -108,8 +112,9 @@ def composed_loss(rounds: list[tuple[float, float]], pair: str) -> tuple[int, np
     return composed
 
 
-def epsilon_lower_bound(events: list[tuple[float, float, int]], *, delta: float,
-                        adjacency: str = "replace-one") -> float:
+def epsilon_lower_bound(
+    events: list[tuple[float, float, int]], *, delta: float, adjacency: str = "replace-one"
+) -> float:
     """The largest epsilon at `delta` of the concrete pairs, over rounds recorded as (z, m, N):
     noise z C on the clipped sum, m of N sampled (the expected m under Poisson sampling)."""
     if any(float(z) <= 0 for z, _, _ in events):

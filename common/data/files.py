@@ -30,11 +30,18 @@ class MovieLens:
 
 
 MOVIELENS = {
-    "ml-1m": MovieLens("https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-                       "c4d9eecfca2ab87c1945afe126590906",
-                       ("interactions.csv.gz", "ratings.dat"), "movies.dat"),
-    "ml-100k": MovieLens("https://files.grouplens.org/datasets/movielens/ml-100k.zip",
-                         "0e33842e24a9c977be4e0107933c0723", ("u.data",), "u.item"),
+    "ml-1m": MovieLens(
+        "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+        "c4d9eecfca2ab87c1945afe126590906",
+        ("interactions.csv.gz", "ratings.dat"),
+        "movies.dat",
+    ),
+    "ml-100k": MovieLens(
+        "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+        "0e33842e24a9c977be4e0107933c0723",
+        ("u.data",),
+        "u.item",
+    ),
 }
 
 
@@ -56,8 +63,10 @@ def resolve_interactions(name: str, data_dir: str = "", download: bool = True) -
             if path.exists():
                 return path
     if not download:
-        raise DataError(f"dataset {name} not found under {', '.join(map(str, search_dirs(data_dir)))}; "
-                        f"set data-dir or ${DATA_DIR_ENV} to a folder containing {name}/")
+        raise DataError(
+            f"dataset {name} not found under {', '.join(map(str, search_dirs(data_dir)))}; "
+            f"set data-dir or ${DATA_DIR_ENV} to a folder containing {name}/"
+        )
     return download_movielens(name, cache_dir()) / spec.candidates[-1]
 
 
@@ -81,13 +90,17 @@ def download_movielens(name: str, target: Path) -> Path:
             with urllib.request.urlopen(spec.url, timeout=60) as response, open(partial, "wb") as out:
                 shutil.copyfileobj(response, out)
         except OSError as exc:
-            raise DataError(f"could not download {spec.url} ({exc}); download it by hand and unpack it "
-                            f"into a folder given by data-dir or ${DATA_DIR_ENV}") from exc
+            raise DataError(
+                f"could not download {spec.url} ({exc}); download it by hand and unpack it "
+                f"into a folder given by data-dir or ${DATA_DIR_ENV}"
+            ) from exc
         got = md5sum(partial)
         if got != spec.md5:
             partial.unlink()
-            raise DataError(f"{spec.url}: checksum mismatch (md5 {got}, expected {spec.md5}); "
-                            "the download is corrupt or the archive changed; retry or fetch it by hand")
+            raise DataError(
+                f"{spec.url}: checksum mismatch (md5 {got}, expected {spec.md5}); "
+                "the download is corrupt or the archive changed; retry or fetch it by hand"
+            )
         partial.replace(archive)
     verify_and_unpack(archive, spec.md5, target)
     return target / name

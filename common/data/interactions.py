@@ -34,8 +34,11 @@ _MOVIELENS = {
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8", errors="replace") if path.suffix == ".gz" else \
-        open(path, encoding="utf-8", errors="replace")
+    return (
+        gzip.open(path, "rt", encoding="utf-8", errors="replace")
+        if path.suffix == ".gz"
+        else open(path, encoding="utf-8", errors="replace")
+    )
 
 
 def _first_line(path: Path) -> str:
@@ -43,8 +46,10 @@ def _first_line(path: Path) -> str:
         with _open_text(path) as handle:
             return handle.readline().rstrip("\r\n")
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read the file ({exc}); check that it is a valid "
-                        f"{'gzip' if path.suffix == '.gz' else 'text'} file") from exc
+        raise DataError(
+            f"{path}: cannot read the file ({exc}); check that it is a valid "
+            f"{'gzip' if path.suffix == '.gz' else 'text'} file"
+        ) from exc
 
 
 def _delimiter_for(path: Path) -> str:
@@ -56,8 +61,9 @@ def load_interactions(path: str | Path, columns: Columns = Columns()) -> pd.Data
     """Load and validate an interactions file; every problem raises `DataError`."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: file not found; pass an existing interactions file or a dataset "
-                        "name (ml-1m, ml-100k, synthetic)")
+        raise DataError(
+            f"{path}: file not found; pass an existing interactions file or a dataset name (ml-1m, ml-100k, synthetic)"
+        )
     if path.is_dir():
         raise DataError(f"{path}: is a directory; pass the interactions file inside it")
     if path.stat().st_size == 0:
@@ -79,8 +85,10 @@ def load_interactions(path: str | Path, columns: Columns = Columns()) -> pd.Data
         sep = _delimiter_for(path)
         header = _first_line(path)
         if not header.strip():
-            raise DataError(f"{path}: the first line is empty; it must be a header naming the "
-                            f"columns {columns.user}, {columns.item}, {columns.time}")
+            raise DataError(
+                f"{path}: the first line is empty; it must be a header naming the "
+                f"columns {columns.user}, {columns.item}, {columns.time}"
+            )
         _check_delimiter(path, header, sep, columns)
         frame = _read_csv(path, sep=sep)
         header_lines, wanted = 1, columns
@@ -97,8 +105,10 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: file is empty") from exc
     except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: malformed rows ({' '.join(str(exc).split())}); every row needs the same number of "
-                        "fields as the header") from exc
+        raise DataError(
+            f"{path}: malformed rows ({' '.join(str(exc).split())}); every row needs the same number of "
+            "fields as the header"
+        ) from exc
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc})") from exc
 
@@ -112,11 +122,14 @@ def _check_delimiter(path: Path, header: str, sep: str, columns: Columns) -> Non
             raise DataError(
                 f"{path}: line 1 is separated by {label}, but a {path.suffix or 'CSV'} file must use "
                 f"{expected}; convert the file or rename it to match its delimiter "
-                f"(.csv for commas, .tsv for tabs)")
+                f"(.csv for commas, .tsv for tabs)"
+            )
     if header.strip() not in (columns.user, columns.item, columns.time):
-        raise DataError(f"{path}: line 1 ('{header[:60]}') has a single column; expected a header with "
-                        f"{columns.user}, {columns.item}, {columns.time} separated by "
-                        f"{'tabs' if sep == chr(9) else 'commas'}")
+        raise DataError(
+            f"{path}: line 1 ('{header[:60]}') has a single column; expected a header with "
+            f"{columns.user}, {columns.item}, {columns.time} separated by "
+            f"{'tabs' if sep == chr(9) else 'commas'}"
+        )
 
 
 def _select_columns(path: Path, frame: pd.DataFrame, columns: Columns) -> pd.DataFrame:
@@ -126,7 +139,8 @@ def _select_columns(path: Path, frame: pd.DataFrame, columns: Columns) -> pd.Dat
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns[:10])}. "
-            "Rename the columns or set user-col / item-col / time-col to the names the file uses")
+            "Rename the columns or set user-col / item-col / time-col to the names the file uses"
+        )
     return frame[list(wanted)].rename(columns=wanted)
 
 
@@ -145,8 +159,10 @@ def _validated(path: Path, frame: pd.DataFrame, header_lines: int | None) -> pd.
         bad = numeric.isna().to_numpy() | (numeric.to_numpy() % 1 != 0)
         if bad.any():
             row = int(np.argmax(bad))
-            raise DataError(f"{path}: {where(row)}: {column} {values.iloc[row]!r} is not an integer ID; "
-                            "IDs must be integers (map string IDs to integers first)")
+            raise DataError(
+                f"{path}: {where(row)}: {column} {values.iloc[row]!r} is not an integer ID; "
+                "IDs must be integers (map string IDs to integers first)"
+            )
         out[column] = numeric.to_numpy().astype(np.int64)
     out[TIME] = _parse_timestamps(path, frame[TIME], where)
     return pd.DataFrame(out)
@@ -171,7 +187,9 @@ def _parse_timestamps(path: Path, values: pd.Series, where) -> np.ndarray:
             bad = parsed.isna().to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"{path}: {where(row)}: timestamp {values.iloc[row]!r} is neither a number nor a "
-                        "date/time; use Unix seconds, a per-user position, or ISO 8601 dates")
+        raise DataError(
+            f"{path}: {where(row)}: timestamp {values.iloc[row]!r} is neither a number nor a "
+            "date/time; use Unix seconds, a per-user position, or ISO 8601 dates"
+        )
     # Whole seconds since the epoch, whatever the datetime resolution (pandas 3 parses to us).
     return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)

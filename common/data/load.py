@@ -30,8 +30,12 @@ def interactions_path(settings: DataSettings) -> Path | None:
 
 
 def _cache_key(path: Path | None, settings: DataSettings) -> str:
-    identity = {"min_item_count": settings.min_item_count, "min_user_count": settings.min_user_count,
-                "columns": [settings.user_col, settings.item_col, settings.time_col], "version": 1}
+    identity = {
+        "min_item_count": settings.min_item_count,
+        "min_user_count": settings.min_user_count,
+        "columns": [settings.user_col, settings.item_col, settings.time_col],
+        "version": 1,
+    }
     if path is None:
         identity["synthetic"] = [settings.synthetic_users, settings.synthetic_items]
     else:
@@ -56,8 +60,9 @@ def load_sequence_data(settings: DataSettings, use_cache: bool = True) -> Sequen
     else:
         frame = load_interactions(path, Columns(settings.user_col, settings.item_col, settings.time_col))
         source = str(path)
-    data = build_sequences(frame, min_item_count=settings.min_item_count,
-                           min_user_count=settings.min_user_count, source=source)
+    data = build_sequences(
+        frame, min_item_count=settings.min_item_count, min_user_count=settings.min_user_count, source=source
+    )
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(cached.stem + ".tmp.npz")

@@ -34,7 +34,7 @@ class SequenceData:
         return len(self.item_ids) - 1
 
     def sequence(self, user: int) -> np.ndarray:
-        return self.items[self.offsets[user]:self.offsets[user + 1]]
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -67,8 +67,7 @@ class SequenceData:
         return np.bincount(flat, minlength=self.num_items + 1)
 
     def save(self, path) -> None:
-        np.savez(path, items=self.items, offsets=self.offsets, user_ids=self.user_ids,
-                 item_ids=self.item_ids)
+        np.savez(path, items=self.items, offsets=self.offsets, user_ids=self.user_ids, item_ids=self.item_ids)
 
     @classmethod
     def load(cls, path) -> SequenceData:
@@ -76,15 +75,24 @@ class SequenceData:
             return cls(z["items"], z["offsets"], z["user_ids"], z["item_ids"], {})
 
 
-def build_sequences(frame: pd.DataFrame, *, min_item_count: int = 5,
-                    min_user_count: int = 3, source: str = "interactions") -> SequenceData:
+def build_sequences(
+    frame: pd.DataFrame, *, min_item_count: int = 5, min_user_count: int = 3, source: str = "interactions"
+) -> SequenceData:
     """Sort per user by time (stable), filter rare items then short users, re-index items."""
-    steps = [{"step": "read", "rows": len(frame), "users": int(frame[USER].nunique()),
-              "items": int(frame[ITEM].nunique())}]
+    steps = [
+        {"step": "read", "rows": len(frame), "users": int(frame[USER].nunique()), "items": int(frame[ITEM].nunique())}
+    ]
 
     def record(step: str, df: pd.DataFrame, before: int) -> None:
-        steps.append({"step": step, "rows": len(df), "dropped": before - len(df),
-                      "users": int(df[USER].nunique()), "items": int(df[ITEM].nunique())})
+        steps.append(
+            {
+                "step": step,
+                "rows": len(df),
+                "dropped": before - len(df),
+                "users": int(df[USER].nunique()),
+                "items": int(df[ITEM].nunique()),
+            }
+        )
 
     before = len(frame)
     frame = frame.drop_duplicates([USER, ITEM, TIME])
@@ -102,19 +110,32 @@ def build_sequences(frame: pd.DataFrame, *, min_item_count: int = 5,
     record(f"users with >= {min_user_count} interactions", frame, before)
 
     if frame.empty:
-        raise DataError(f"{source}: no interactions left after filtering (min-item-count={min_item_count}, "
-                        f"min-user-count={min_user_count}); lower the thresholds or use more data")
+        raise DataError(
+            f"{source}: no interactions left after filtering (min-item-count={min_item_count}, "
+            f"min-user-count={min_user_count}); lower the thresholds or use more data"
+        )
 
     item_ids = np.sort(frame[ITEM].unique())
     index = np.searchsorted(item_ids, frame[ITEM].to_numpy()) + 1
     user_col = frame[USER].to_numpy()
     boundaries = np.flatnonzero(np.diff(user_col)) + 1
     offsets = np.concatenate([[0], boundaries, [len(user_col)]]).astype(np.int64)
-    report = {"source": source, "steps": steps, "users": len(offsets) - 1, "items": len(item_ids),
-              "interactions": int(len(frame)), "min_item_count": min_item_count,
-              "min_user_count": min_user_count}
-    return SequenceData(index.astype(np.int64), offsets, user_col[offsets[:-1]].astype(np.int64),
-                        np.concatenate([[-1], item_ids]).astype(np.int64), report)
+    report = {
+        "source": source,
+        "steps": steps,
+        "users": len(offsets) - 1,
+        "items": len(item_ids),
+        "interactions": int(len(frame)),
+        "min_item_count": min_item_count,
+        "min_user_count": min_user_count,
+    }
+    return SequenceData(
+        index.astype(np.int64),
+        offsets,
+        user_col[offsets[:-1]].astype(np.int64),
+        np.concatenate([[-1], item_ids]).astype(np.int64),
+        report,
+    )
 
 
 def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
@@ -123,12 +144,13 @@ def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
     for row, history in enumerate(histories):
         tail = history[-max_len:]
         if len(tail):
-            out[row, max_len - len(tail):] = tail
+            out[row, max_len - len(tail) :] = tail
     return out
 
 
-def training_windows(sequences: list[np.ndarray], max_len: int, mode: str = "all",
-                     disjoint: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_windows(
+    sequences: list[np.ndarray], max_len: int, mode: str = "all", disjoint: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Next-item training examples: (inputs, targets, owners), inputs/targets (N, max_len).
 
     A window is `max_len + 1` consecutive items: inputs are its first `max_len`, targets the
@@ -143,7 +165,7 @@ def training_windows(sequences: list[np.ndarray], max_len: int, mode: str = "all
     for user, seq in enumerate(sequences):
         end = len(seq)
         while end >= 2:
-            windows.append(seq[max(0, end - max_len - 1):end])
+            windows.append(seq[max(0, end - max_len - 1) : end])
             owners.append(user)
             if mode == "last":
                 break
@@ -170,7 +192,16 @@ def sequences_for_catalogue(frame, item_ids: np.ndarray, source: str = "interact
     user_col = frame[USER].to_numpy()
     boundaries = np.flatnonzero(np.diff(user_col)) + 1
     offsets = np.concatenate([[0], boundaries, [len(user_col)]]).astype(np.int64)
-    report = {"source": source, "interactions": int(len(frame)), "unknown_items_dropped": unknown,
-              "users": len(offsets) - 1}
-    return SequenceData(frame["index"].to_numpy().astype(np.int64), offsets,
-                        user_col[offsets[:-1]].astype(np.int64), np.asarray(item_ids, dtype=np.int64), report)
+    report = {
+        "source": source,
+        "interactions": int(len(frame)),
+        "unknown_items_dropped": unknown,
+        "users": len(offsets) - 1,
+    }
+    return SequenceData(
+        frame["index"].to_numpy().astype(np.int64),
+        offsets,
+        user_col[offsets[:-1]].astype(np.int64),
+        np.asarray(item_ids, dtype=np.int64),
+        report,
+    )

@@ -13,8 +13,15 @@ import pandas as pd
 from common.data.interactions import ITEM, TIME, USER
 
 
-def synthetic_interactions(num_users: int = 500, num_items: int = 200, *, mean_length: int = 30,
-                           num_clusters: int = 4, p_follow: float = 0.7, seed: int = 0) -> pd.DataFrame:
+def synthetic_interactions(
+    num_users: int = 500,
+    num_items: int = 200,
+    *,
+    mean_length: int = 30,
+    num_clusters: int = 4,
+    p_follow: float = 0.7,
+    seed: int = 0,
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, num_items + 1) ** 0.8
     successors = np.stack([rng.permutation(num_items) for _ in range(num_clusters)])

@@ -34,10 +34,12 @@ class DPPlan:
 
 
 def dp_windows(local: SequenceData, config: RunConfig) -> tuple[TensorDataset, str]:
-    inputs, targets, owners = training_windows(local.train_sequences(), config.data.max_len,
-                                               config.data.train_windows, disjoint=True)
+    inputs, targets, owners = training_windows(
+        local.train_sequences(), config.data.max_len, config.data.train_windows, disjoint=True
+    )
     return TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets)), dpsgd_unit(
-        len(np.unique(owners)) == len(owners))
+        len(np.unique(owners)) == len(owners)
+    )
 
 
 def plan_round(config: RunConfig, num_samples: int, unit: str, expected_rounds: float) -> DPPlan:
@@ -52,9 +54,13 @@ def plan_round(config: RunConfig, num_samples: int, unit: str, expected_rounds: 
     steps = fed.local_epochs * batches_per_epoch
     noise = privacy.noise_multiplier
     if privacy.target_epsilon > 0:
-        noise = get_noise_multiplier(target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
-                                     sample_rate=sample_rate, steps=int(steps * max(1.0, expected_rounds)),
-                                     accountant=privacy.accountant)
+        noise = get_noise_multiplier(
+            target_epsilon=privacy.target_epsilon,
+            target_delta=privacy.delta,
+            sample_rate=sample_rate,
+            steps=int(steps * max(1.0, expected_rounds)),
+            accountant=privacy.accountant,
+        )
     return DPPlan(float(noise), sample_rate, steps, unit)
 
 
@@ -73,8 +79,16 @@ class _TimeBudget:
             yield batch
 
 
-def train_private(model: torch.nn.Module, dataset: TensorDataset, plan: DPPlan, config: RunConfig, *,
-                  noise_seed: int, ledger: PrivacyLedger, max_seconds: float = 0.0) -> tuple[float, int]:
+def train_private(
+    model: torch.nn.Module,
+    dataset: TensorDataset,
+    plan: DPPlan,
+    config: RunConfig,
+    *,
+    noise_seed: int,
+    ledger: PrivacyLedger,
+    max_seconds: float = 0.0,
+) -> tuple[float, int]:
     """Run the planned DP-SGD steps, record them in the ledger; returns (mean loss, steps taken).
 
     `noise_seed` seeds both the Gaussian noise and the Poisson sampling: it must be secret from the
@@ -88,9 +102,15 @@ def train_private(model: torch.nn.Module, dataset: TensorDataset, plan: DPPlan, 
         raise RuntimeError(f"DP plan rate {plan.sample_rate} != Opacus rate {1.0 / len(loader)}")
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=privacy.secure_mode)
     private_model, private_optimizer, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=privacy.max_grad_norm, poisson_sampling=True, grad_sample_mode=privacy.opacus_mode,
-        noise_generator=generator)
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=privacy.opacus_mode,
+        noise_generator=generator,
+    )
     options = StepOptions(loss="ce", per_sample_grads=True)
     losses, steps = [], 0
     started = time.monotonic()

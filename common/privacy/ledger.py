@@ -62,6 +62,8 @@ class PrivacyLedger:
             return cls(accountant)
         ledger = cls.from_state_dict(json.loads(path.read_text()))
         if ledger.accountant != accountant:
-            raise ValueError(f"{path}: ledger kept with the {ledger.accountant} accountant, run asks for "
-                             f"{accountant}; keep one accountant per client for its whole life")
+            raise ValueError(
+                f"{path}: ledger kept with the {ledger.accountant} accountant, run asks for "
+                f"{accountant}; keep one accountant per client for its whole life"
+            )
         return ledger

@@ -39,6 +39,7 @@ def accountant_noise_multiplier(noise_multiplier: float, adjacency: str) -> floa
 @dataclass(frozen=True)
 class MechanismFacts:
     """What every epsilon of a run is about; written into privacy.json and privacy.md."""
+
     unit: str  # "client", "user" or "event"
     adjacency: str
     sampling: str
@@ -54,7 +55,8 @@ SERVER_DPFEDAVG = MechanismFacts(
     adjacency=REPLACE_ONE,
     sampling="fixed-size: m of N clients per round, uniformly without replacement (secret draw)",
     sensitivity="2C on the clipped sum (one client's update clipped to C replaced by another's); "
-                "the accountant's noise multiplier is z / 2")
+    "the accountant's noise multiplier is z / 2",
+)
 
 
 # DP-FedAvg on the cohort engine with Poisson sampling of users (McMahan et al. 2018): each user clips
@@ -65,7 +67,8 @@ SERVER_DPFEDAVG_POISSON = MechanismFacts(
     adjacency=ADD_OR_REMOVE_ONE,
     sampling="Poisson: each user with probability q per round, independently (secret draw)",
     sensitivity="C on the clipped sum (one user's update clipped to C added or removed); the accountant's "
-                "noise multiplier is z")
+    "noise multiplier is z",
+)
 
 
 # DP-FTRL on the cohort engine: no sampling; tree aggregation of the clipped sums
@@ -74,9 +77,10 @@ SERVER_DPFTRL = MechanismFacts(
     unit="client",
     adjacency=REPLACE_WITH_ZERO,
     sampling="none: each user in its own round of each tree (a public hash of user and tree), at most once per "
-             "tree and in at most max-participations trees, enforced by the device",
+    "tree and in at most max-participations trees, enforced by the device",
     sensitivity="C per tree node (one user's update clipped to C enters one leaf per tree, so at most "
-                "ceil(log2(rounds per tree + 1)) nodes); the accountant's noise multiplier is z per node")
+    "ceil(log2(rounds per tree + 1)) nodes); the accountant's noise multiplier is z per node",
+)
 
 
 def server_facts(sampling: str, mechanism: str = "dp-fedavg") -> MechanismFacts:
@@ -98,4 +102,5 @@ def client_dpsgd_facts(unit: str) -> MechanismFacts:
         unit=unit,
         adjacency=ADD_OR_REMOVE_ONE,
         sampling="Poisson: each training window of the client with probability q per step (secret draw)",
-        sensitivity="C = max-grad-norm per sample (per-sample gradients clipped to C, add/remove one sample)")
+        sensitivity="C = max-grad-norm per sample (per-sample gradients clipped to C, add/remove one sample)",
+    )

@@ -52,5 +52,6 @@ def may_participate(seed: int, user: int, server_round: int, rounds_in_tree: int
 
 def scheduled(seed: int, users: np.ndarray, server_round: int, rounds_in_tree: int, cap: int) -> np.ndarray:
     """The users whose slot is this round (sorted), or none once the cap's trees are over."""
-    return np.array([u for u in np.sort(users) if may_participate(seed, int(u), server_round, rounds_in_tree, cap)],
-                    dtype=np.int64)
+    return np.array(
+        [u for u in np.sort(users) if may_participate(seed, int(u), server_round, rounds_in_tree, cap)], dtype=np.int64
+    )

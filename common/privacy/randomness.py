@@ -19,9 +19,9 @@ REPRODUCIBLE = "reproducible"
 
 DESCRIPTION = {
     SECRET: "secret: drawn from the operating system's entropy, fresh each round; neither the server nor "
-            "the run config can reproduce it",
+    "the run config can reproduce it",
     REPRODUCIBLE: "REPRODUCIBLE (reproducible-dp-noise = true, simulation only): derived from the run seed; "
-                  "the guarantee does NOT hold against anyone who knows the seed",
+    "the guarantee does NOT hold against anyone who knows the seed",
 }
 
 

@@ -32,13 +32,16 @@ from common.privacy.mechanism import (  # noqa: E402 - after the absl set-up abo
 )
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
-RELATIONS = {REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
-             ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-             REPLACE_WITH_ZERO: dp_accounting.NeighboringRelation.REPLACE_SPECIAL}
+RELATIONS = {
+    REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
+    ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+    REPLACE_WITH_ZERO: dp_accounting.NeighboringRelation.REPLACE_SPECIAL,
+}
 
 
-def round_event(noise_multiplier: float, num_sampled: float, population: int,
-                sampling: str = "fixed") -> dp_accounting.DpEvent:
+def round_event(
+    noise_multiplier: float, num_sampled: float, population: int, sampling: str = "fixed"
+) -> dp_accounting.DpEvent:
     """One round with multiplier z (noise std / C on the clipped sum), as the accountant must see it.
     fixed: m of N without replacement; poisson: each of N with probability m / N (m expected)."""
     facts = server_facts(sampling)
@@ -55,10 +58,12 @@ def grouped_rounds(events: list[tuple[float, float, int]]) -> Counter:
     return Counter((float(z), float(m), int(n)) for z, m, n in events)
 
 
-def dpfedavg_epsilon(*, noise_multiplier: float, num_sampled: float, population: int, rounds: int,
-                     delta: float, sampling: str = "fixed") -> float:
-    return dpfedavg_epsilon_events([(noise_multiplier, num_sampled, population)] * rounds, delta=delta,
-                                   sampling=sampling)
+def dpfedavg_epsilon(
+    *, noise_multiplier: float, num_sampled: float, population: int, rounds: int, delta: float, sampling: str = "fixed"
+) -> float:
+    return dpfedavg_epsilon_events(
+        [(noise_multiplier, num_sampled, population)] * rounds, delta=delta, sampling=sampling
+    )
 
 
 def dpfedavg_epsilon_events(events: list[tuple[float, float, int]], *, delta: float, sampling: str = "fixed") -> float:
@@ -76,19 +81,35 @@ def dpfedavg_epsilon_events(events: list[tuple[float, float, int]], *, delta: fl
     return float(accountant.get_epsilon(delta))
 
 
-def dpfedavg_noise_for(target_epsilon: float, *, num_sampled: float, population: int, rounds: int,
-                       delta: float, sampling: str = "fixed") -> float:
+def dpfedavg_noise_for(
+    target_epsilon: float, *, num_sampled: float, population: int, rounds: int, delta: float, sampling: str = "fixed"
+) -> float:
     """Smallest noise multiplier (to 0.1%) whose epsilon after `rounds` rounds is <= target."""
     low, high = 0.05, 1.0
-    while dpfedavg_epsilon(noise_multiplier=high, num_sampled=num_sampled, population=population,
-                           rounds=rounds, delta=delta, sampling=sampling) > target_epsilon:
+    while (
+        dpfedavg_epsilon(
+            noise_multiplier=high,
+            num_sampled=num_sampled,
+            population=population,
+            rounds=rounds,
+            delta=delta,
+            sampling=sampling,
+        )
+        > target_epsilon
+    ):
         low, high = high, high * 2
         if high > 1e4:
             raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
     while (high - low) / high > 1e-3:
         mid = (low + high) / 2
-        eps = dpfedavg_epsilon(noise_multiplier=mid, num_sampled=num_sampled, population=population,
-                               rounds=rounds, delta=delta, sampling=sampling)
+        eps = dpfedavg_epsilon(
+            noise_multiplier=mid,
+            num_sampled=num_sampled,
+            population=population,
+            rounds=rounds,
+            delta=delta,
+            sampling=sampling,
+        )
         low, high = (mid, high) if eps > target_epsilon else (low, mid)
     return high
 
@@ -112,8 +133,10 @@ def dpftrl_epsilon(noise_multiplier: float, trees: list[list[int]], *, delta: fl
 
 def dpftrl_noise_for(target_epsilon: float, *, rounds_in_tree: int, trees: int, delta: float) -> float:
     """Smallest noise multiplier (to 0.1%) whose DP-FTRL epsilon over `trees` full trees is <= target."""
+
     def epsilon(z: float) -> float:
         return dpftrl_epsilon(z, [[rounds_in_tree]] * trees, delta=delta)
+
     low, high = 0.05, 1.0
     while epsilon(high) > target_epsilon:
         low, high = high, high * 2

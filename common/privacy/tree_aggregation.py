@@ -38,8 +38,9 @@ def prefix_nodes(t: int) -> list[tuple[int, int]]:
 
 def nodes_above(leaf: int, rounds: int) -> list[tuple[int, int]]:
     """The nodes of a tree over `rounds` leaves whose blocks contain round `leaf` (1-based)."""
-    return [(level, (leaf - 1) >> level) for level in range(tree_depth(rounds))
-            if ((leaf - 1) >> level) << level < rounds]
+    return [
+        (level, (leaf - 1) >> level) for level in range(tree_depth(rounds)) if ((leaf - 1) >> level) << level < rounds
+    ]
 
 
 class TreeNoise:
