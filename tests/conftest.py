@@ -137,3 +137,44 @@ def gaussian_rdp_epsilon(z: float, rounds: int, delta: float) -> float:
         eps = rdp + math.log1p(-1 / alpha) - (math.log(delta) + math.log(alpha)) / (alpha - 1)
         best = min(best, eps)
     return best
+
+
+# The cohort engine on small synthetic data (test_cohort, test_dp_ftrl, test_secure_aggregation).
+COHORT = {
+    "data": "synthetic",
+    "synthetic-users": 200,
+    "synthetic-items": 50,
+    "partition": "user",
+    "train-windows": "last",
+    "model": "sasrec",
+    "emb-dim": 16,
+    "num-layers": 1,
+    "max-len": 20,
+    "dropout": 0.0,
+    "cohort-engine": True,
+    "cohort-chunk": 16,
+    "clients-per-round": 60,
+    "num-server-rounds": 6,
+    "local-epochs": 1,
+    "local-optimizer": "sgd",
+    "local-lr": 1.0,
+    "strategy": "fedadam",
+    "server-lr": 0.01,
+    "server-tau": 1e-6,
+    "server-lr-warmup": 2,
+}
+
+
+def _reply(arrays: dict, users: int, loss: float = 1.0):
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    ask = Message(content=RecordDict({"config": ConfigRecord({})}), message_type="train", dst_node_id=3)
+    return Message(
+        content=RecordDict(
+            {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": users, "train-loss": loss})}
+        ),
+        reply_to=ask,
+    )

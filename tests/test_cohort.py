@@ -15,32 +15,9 @@ from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.models import ModelConfig, build_model
 from common.training import model_for
-from tests.conftest import _kill_after_round, _run
+from tests.conftest import COHORT, _kill_after_round, _reply, _run
 
 SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0)
-COHORT = {
-    "data": "synthetic",
-    "synthetic-users": 200,
-    "synthetic-items": 50,
-    "partition": "user",
-    "train-windows": "last",
-    "model": "sasrec",
-    "emb-dim": 16,
-    "num-layers": 1,
-    "max-len": 20,
-    "dropout": 0.0,
-    "cohort-engine": True,
-    "cohort-chunk": 16,
-    "clients-per-round": 60,
-    "num-server-rounds": 6,
-    "local-epochs": 1,
-    "local-optimizer": "sgd",
-    "local-lr": 1.0,
-    "strategy": "fedadam",
-    "server-lr": 0.01,
-    "server-tau": 1e-6,
-    "server-lr-warmup": 2,
-}
 
 
 pytestmark = pytest.mark.usefixtures("cache_env")
@@ -321,21 +298,6 @@ def test_poisson_accounting_matches_the_gaussian_oracle_and_bounds_from_below():
     accountant.compose(dp_accounting.PoissonSampledDpEvent(500 / 6040, dp_accounting.GaussianDpEvent(1.0)), count=200)
     assert bound == pytest.approx(accountant.get_epsilon(1 / 6040), rel=0.02)
     assert 0 < bound <= claim
-
-
-def _reply(arrays: dict, users: int, loss: float = 1.0):
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    ask = Message(content=RecordDict({"config": ConfigRecord({})}), message_type="train", dst_node_id=3)
-    return Message(
-        content=RecordDict(
-            {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": users, "train-loss": loss})}
-        ),
-        reply_to=ask,
-    )
 
 
 def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohort():

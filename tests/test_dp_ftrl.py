@@ -13,8 +13,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.privacy import participation
 from common.privacy.tree_aggregation import TreeNoise, nodes_above, prefix_nodes, tree_depth
-from tests.conftest import _run, gaussian_rdp_epsilon
-from tests.test_cohort import COHORT, _reply
+from tests.conftest import COHORT, _reply, _run, gaussian_rdp_epsilon
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 

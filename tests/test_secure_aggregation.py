@@ -10,8 +10,7 @@ import torch
 from common.checkpoint import load_model
 from common.config import RunConfig
 from common.errors import ConfigError
-from tests.conftest import _run
-from tests.test_cohort import COHORT
+from tests.conftest import COHORT, _run
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
