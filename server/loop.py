@@ -147,19 +147,29 @@ def train_round(
     }
     if not contributing:
         return None, stats, per_client
-    if len(contributing) < min_replies:
-        stats["skipped"] = f"{len(contributing)} valid replies < min-replies {min_replies}"
-        return None, stats, per_client
-    reason = refuse(len(contributing)) if refuse is not None else None
+    return (
+        _aggregate(strategy, server_round, contributing, len(contributing), stats, refuse, combine, min_replies),
+        stats,
+        per_client,
+    )
+
+
+def _aggregate(strategy, server_round, replies, arrived, stats, refuse, combine, min_replies) -> ArrayRecord | None:
+    """The gate every round passes before anything is released: min-replies, then the privacy budget
+    (with what really arrived), then `combine` (DP noise) and the strategy. Stats say why not."""
+    if arrived < min_replies:
+        stats["skipped"] = f"{arrived} valid replies < min-replies {min_replies}"
+        return None
+    reason = refuse(arrived) if refuse is not None else None
     if reason:
         stats["refused"] = reason
-        return None, stats, per_client
+        return None
     if combine is not None:
-        contributing = combine(contributing)
-    new_arrays, metrics = strategy.aggregate_train(server_round, contributing)
+        replies = combine(replies)
+    new_arrays, metrics = strategy.aggregate_train(server_round, replies)
     if metrics is not None:
         stats["train-loss"] = float(metrics.get("train-loss", float("nan")))
-    return new_arrays, stats, per_client
+    return new_arrays
 
 
 def secure_train_round(
@@ -196,13 +206,6 @@ def secure_train_round(
     }
     if mean is None or users == 0:
         return None, stats, per_client
-    if len(per_client) < min_replies:
-        stats["skipped"] = f"{len(per_client)} replies < min-replies {min_replies}"
-        return None, stats, per_client
-    reason = refuse(len(per_client)) if refuse is not None else None
-    if reason:
-        stats["refused"] = reason
-        return None, stats, per_client
     loss = sum(float(m.get("train-loss", 0.0)) * int(m["num-examples"]) for m in per_client.values()) / users
     reply = Message(
         content=RecordDict(
@@ -221,10 +224,9 @@ def secure_train_round(
         dst_node_id=0,
         message_type=MessageType.TRAIN,
     )
-    replies = combine([reply]) if combine is not None else [reply]
-    new_arrays, metrics = strategy.aggregate_train(server_round, replies)
-    if metrics is not None:
-        stats["train-loss"] = float(metrics.get("train-loss", loss))
+    new_arrays = _aggregate(strategy, server_round, [reply], len(per_client), stats, refuse, combine, min_replies)
+    if new_arrays is not None:
+        stats.setdefault("train-loss", loss)
     return new_arrays, stats, per_client
 
 

@@ -81,37 +81,34 @@ def dpfedavg_epsilon_events(events: list[tuple[float, float, int]], *, delta: fl
     return float(accountant.get_epsilon(delta))
 
 
+def smallest_noise(epsilon_of, target_epsilon: float) -> float:
+    """Smallest noise multiplier z (to 0.1%) with epsilon_of(z) <= target (epsilon falls as z grows)."""
+    low, high = 0.05, 1.0
+    while epsilon_of(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e5:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
+    while (high - low) / high > 1e-3:
+        mid = (low + high) / 2
+        low, high = (mid, high) if epsilon_of(mid) > target_epsilon else (low, mid)
+    return high
+
+
 def dpfedavg_noise_for(
     target_epsilon: float, *, num_sampled: float, population: int, rounds: int, delta: float, sampling: str = "fixed"
 ) -> float:
     """Smallest noise multiplier (to 0.1%) whose epsilon after `rounds` rounds is <= target."""
-    low, high = 0.05, 1.0
-    while (
-        dpfedavg_epsilon(
-            noise_multiplier=high,
+    return smallest_noise(
+        lambda z: dpfedavg_epsilon(
+            noise_multiplier=z,
             num_sampled=num_sampled,
             population=population,
             rounds=rounds,
             delta=delta,
             sampling=sampling,
-        )
-        > target_epsilon
-    ):
-        low, high = high, high * 2
-        if high > 1e4:
-            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
-    while (high - low) / high > 1e-3:
-        mid = (low + high) / 2
-        eps = dpfedavg_epsilon(
-            noise_multiplier=mid,
-            num_sampled=num_sampled,
-            population=population,
-            rounds=rounds,
-            delta=delta,
-            sampling=sampling,
-        )
-        low, high = (mid, high) if eps > target_epsilon else (low, mid)
-    return high
+        ),
+        target_epsilon,
+    )
 
 
 def dpftrl_epsilon(noise_multiplier: float, trees: list[list[int]], *, delta: float) -> float:
@@ -133,16 +130,4 @@ def dpftrl_epsilon(noise_multiplier: float, trees: list[list[int]], *, delta: fl
 
 def dpftrl_noise_for(target_epsilon: float, *, rounds_in_tree: int, trees: int, delta: float) -> float:
     """Smallest noise multiplier (to 0.1%) whose DP-FTRL epsilon over `trees` full trees is <= target."""
-
-    def epsilon(z: float) -> float:
-        return dpftrl_epsilon(z, [[rounds_in_tree]] * trees, delta=delta)
-
-    low, high = 0.05, 1.0
-    while epsilon(high) > target_epsilon:
-        low, high = high, high * 2
-        if high > 1e5:
-            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
-    while (high - low) / high > 1e-3:
-        mid = (low + high) / 2
-        low, high = (mid, high) if epsilon(mid) > target_epsilon else (low, mid)
-    return high
+    return smallest_noise(lambda z: dpftrl_epsilon(z, [[rounds_in_tree]] * trees, delta=delta), target_epsilon)
