@@ -145,6 +145,10 @@ class FederationSettings:
     cohort_chunk: int = 64  # users trained together in one vectorised call (fixes the dropout draws)
     user_sampling: str = _choice("fixed", "poisson")  # fixed: clients-per-round users; poisson: each w.p. q
     local_optimizer: str = _choice("adam", "sgd")  # per client (per user in the cohort engine), fresh each round
+    # touched: a user's local steps change only the item-table rows of items in its own window (its
+    # history and targets), so the clipped update spends its norm on what the user knows, not on the
+    # softmax's push on every other item; the server's DP noise still covers every row.
+    local_item_rows: str = _choice("all", "touched")
     server_lr_warmup: int = 0  # rounds over which FedAdam/FedYogi's server-lr rises linearly to its value
     federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
     # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
@@ -220,6 +224,11 @@ class FederationSettings:
             "attackers are simulated per client, not on the cohort engine (set cohort-engine = false)",
         )
         _check(self.multikrum_select >= 0, "multikrum-select", "must be >= 0 (0 = all but assumed-malicious)")
+        _check(
+            self.cohort_engine or self.local_item_rows == "all",
+            "local-item-rows",
+            "touched is offered by the cohort engine only (set cohort-engine = true)",
+        )
         _check(
             self.cohort_engine or self.user_sampling == "fixed",
             "user-sampling",
