@@ -60,6 +60,9 @@ class DataSettings:
 class ModelSettings:
     model: str = _choice("sasrec", "gru", "lstm")
     emb_dim: int = 64  # item embedding size (also the SASRec width)
+    # > 0: a factorised item table, (N + 1) x item-rank rows times one shared item-rank x emb-dim map:
+    # fewer weights for user-level DP noise to cover (the full table is ~70% of SASRec's weights).
+    item_rank: int = 0
     hidden_dim: int = 128  # RNN state size (LSTM/GRU only)
     num_layers: int = 2  # Transformer blocks or stacked RNN layers
     num_heads: int = 1
@@ -69,6 +72,7 @@ class ModelSettings:
 
     def validate(self) -> None:
         _check(self.emb_dim >= 1, "emb-dim", "must be >= 1")
+        _check(0 <= self.item_rank < self.emb_dim, "item-rank", f"must be 0 (full table) or in 1..{self.emb_dim - 1}")
         _check(self.hidden_dim >= 1, "hidden-dim", "must be >= 1")
         _check(self.num_layers >= 1, "num-layers", "must be >= 1")
         _check(
@@ -354,6 +358,11 @@ def _cross_check(parts: dict, where: str) -> None:
             raise ConfigError(
                 f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "
                 "gradients through the scorer)"
+            )
+        if model.item_rank:
+            raise ConfigError(
+                f"{where}: dp-mode = client needs item-rank = 0 (the factorised table's shared map is used "
+                "twice, and Opacus' per-sample gradients would miss its use in the scorer)"
             )
         if fed.strategy == "fedprox":
             raise ConfigError(

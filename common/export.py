@@ -304,7 +304,9 @@ def export_run(
         "arch": config.arch,
         "max_len": config.max_len,
         "num_items": config.num_items,
-        "model_config": {k: getattr(config, k) for k in ("emb_dim", "hidden_dim", "num_layers", "num_heads")},
+        "model_config": {
+            k: getattr(config, k) for k in ("emb_dim", "item_rank", "hidden_dim", "num_layers", "num_heads")
+        },
         "input": INPUT,
         "output": OUTPUT,
         "padding_index": 0,
