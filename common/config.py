@@ -323,7 +323,7 @@ def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
                 pass
         if number is not None:
             if not math.isfinite(number):  # TOML and float() both accept inf and nan
-                raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
+                raise ConfigError(f"{where}: config key '{key}': must be a finite number, got {value!r}")
             return number
     elif kind is str:
         if isinstance(value, str):

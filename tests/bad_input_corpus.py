@@ -37,7 +37,7 @@ class Case:
     wrong: str  # what is wrong with it
     todo: str  # what the user should do
     build: Callable[[Path, Assets], list[str]]  # writes the bad input under the folder, returns argv
-    expect: str  # the error line contains this
+    expect: str  # the error line contains this (`<dir>`: the case's folder)
     out: str | None = None  # the output path the command would write (absolute, or relative to the folder)
 
 
@@ -216,6 +216,11 @@ def out_is_a_file(tmp: Path, assets: Assets) -> list[str]:
 def out_under_a_file(tmp: Path, assets: Assets) -> list[str]:
     _write(tmp, "notes.txt", "a file, not a folder\n")
     return ["partition", "--nodes", "2", "--data", str(assets.csv), "--out", str(tmp / "notes.txt" / "out")]
+
+
+def federate_into_a_file(tmp: Path, assets: Assets) -> list[str]:
+    _write(tmp, "out", "not a run folder\n")
+    return ["federate", "--out-dir", str(tmp / "out")]
 
 
 def export_into_existing(tmp: Path, assets: Assets) -> list[str]:
@@ -470,7 +475,7 @@ CASES = [
         "`lr = inf`",
         "give a finite number",
         train_config("lr = inf\n"),
-        "key 'lr' must be a finite number",
+        "config key 'lr': must be a finite number",
         "out",
     ),
     Case(
@@ -562,6 +567,24 @@ CASES = [
         "pass a finished run's folder",
         export_into_existing,
         "no model file",
+        "out",
+    ),
+    Case(
+        "cli-federate-out-dir-is-a-file",
+        CLI,
+        "`federate --out-dir` names an existing file",
+        "pass a folder path",
+        federate_into_a_file,
+        "out-dir <dir>/out: is a file, not a folder",
+        "out",
+    ),
+    Case(
+        "cli-federate-no-cpus",
+        CLI,
+        "`federate --cpus-per-client 0`",
+        "give each simulated client at least one CPU",
+        lambda tmp, a: ["federate", "--cpus-per-client", "0", "--out-dir", str(tmp / "out")],
+        "--cpus-per-client 0: must be > 0",
         "out",
     ),
     Case(
