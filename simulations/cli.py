@@ -146,15 +146,29 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
     titles = read_item_titles(args.items_file) if args.items_file else {}
     recommender = OnDeviceRecommender.load(args.model, threads=args.threads)
-    result = recommender.recommend(_history_ids(Path(args.history), args.user), k=args.k)
+    if args.explain < 0:
+        raise FedSeqRecError(f"--explain must be a positive number of history items, got {args.explain}")
+    history = _history_ids(Path(args.history), args.user)
+    result = recommender.recommend(history, k=args.k)
     notes = [f"source: {result.source}"]
     if result.unknown:
         notes.append(f"ignored {len(result.unknown)} item(s) outside the model's catalogue")
     if result.truncated:
         notes.append(f"used the latest {recommender.max_len} items; {result.truncated} older ones only excluded")
+    explanations = {}
+    if args.explain:
+        explanations = {e.item: e.causes for e in recommender.explain(history, result.items, top=args.explain)}
+        if result.source == "popularity":
+            notes.append("no explanation: an empty history gets the most popular items")
+        else:
+            notes.append("explanation: drop in the item's log-probability without each history item (nats)")
     print("; ".join(notes), file=sys.stderr)
     for rank, item in enumerate(result.items, start=1):
         print(f"{rank}\t{item}" + (f"\t{titles.get(item, '?')}" if titles else ""))
+        if result.source == "popularity":
+            continue
+        for cause, attribution in explanations.get(item, []):
+            print(f"\tbecause\t{cause}\t{attribution:+.3f}" + (f"\t{titles.get(cause, '?')}" if titles else ""))
     return 0
 
 
@@ -225,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
     recommend.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
     recommend.add_argument("--items-file", default=None, help="MovieLens movies.dat or u.item, to print titles")
+    recommend.add_argument(
+        "--explain",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="N",
+        help="under each item, the N history items (default 3) that raised it most (occlusion, on the device)",
+    )
     recommend.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     recommend.set_defaults(handler=_cmd_recommend)
 
