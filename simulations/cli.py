@@ -172,6 +172,34 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    from client.personalize import personalize
+    from common.personalization import FineTuning
+
+    report = personalize(
+        Path(args.run_dir),
+        _history_ids(Path(args.history), args.user),
+        Path(args.out),
+        FineTuning(steps=args.steps, lr=args.lr, seed=args.seed),
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        noise_multiplier=args.noise_multiplier,
+        max_epsilon=args.max_epsilon,
+    )
+    losses = report["validation_loss"]
+    line = (
+        f"fine-tuned on {report['history_items'] - 1} items, kept step {report['best_step']}: "
+        f"held-out item loss {losses[0]:.3f} -> {min(losses):.3f}"
+    )
+    if report["dp"]:
+        line += (
+            f"; DP-SGD ({report['unit_of_privacy']}-level) epsilon {report['epsilon_before']:.3g} -> "
+            f"{report['epsilon_after']:.3g} (delta {report['delta']:.3g}, {report['accountant']}) in the ledger"
+        )
+    print(line, file=sys.stderr)
+    print(Path(args.out) / "model.pt")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     for key, value in RunConfig().to_flat().items():
         print(f"{key} = {json.dumps(value)}")
@@ -250,6 +278,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recommend.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     recommend.set_defaults(handler=_cmd_recommend)
+
+    personalize = commands.add_parser(
+        "personalize", help="fine-tune a run's model on one device's own history (never sent anywhere)"
+    )
+    personalize.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt)")
+    personalize.add_argument("--history", required=True, help="CSV with user_id,item_id,timestamp")
+    personalize.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
+    personalize.add_argument("--out", required=True, help="folder for the personalised model.pt (then: export it)")
+    personalize.add_argument("--steps", type=int, default=20, help="most fine-tuning steps (DP: epochs); default 20")
+    personalize.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    personalize.add_argument("--seed", type=int, default=0, help="dropout draws (never DP noise)")
+    personalize.add_argument(
+        "--state-dir", default=None, help="client-DP runs: the device's state dir holding its privacy ledger"
+    )
+    personalize.add_argument(
+        "--noise-multiplier", type=float, default=None, help="client-DP runs: DP-SGD noise (default: the run's)"
+    )
+    personalize.add_argument(
+        "--max-epsilon", type=float, default=0.0, help="client-DP runs: the device owner's epsilon cap (0 = run's)"
+    )
+    personalize.set_defaults(handler=_cmd_personalize)
 
     config = commands.add_parser("config", help="list every run-config key with its default")
     config.set_defaults(handler=_cmd_config)
