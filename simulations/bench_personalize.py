@@ -64,7 +64,10 @@ def _summary(rows: list[dict]) -> dict:
     }
 
 
-def run(run_dir: Path, users: int, steps: int, lrs: list[float], dp_users: int, dp_noise: float, seed: int) -> dict:
+def run(
+    run_dir: Path, users: int, steps: int, lrs: list[float], dp_users: int, dp_noise: float, seed: int, out: Path
+) -> dict:
+    """Writes `out` after each setting, so that a stopped benchmark keeps what it measured."""
     torch.set_num_threads(1)
     model, item_ids, metadata = load_model(run_dir / "model.pt")
     config = RunConfig.from_flat(metadata["run_config"])
@@ -99,6 +102,7 @@ def run(run_dir: Path, users: int, steps: int, lrs: list[float], dp_users: int, 
             "mean_validation_loss_gain": float(np.mean([r["validation_gain"] for r in rows])),
         }
         print(json.dumps({f"lr={lr:g}": result["settings"][f"lr={lr:g}"]["all"]}, default=float), flush=True)
+        out.write_text(json.dumps(result, indent=2, default=float))
     if dp_users:
         lr = lrs[0]
         dp_config = config.replace(
@@ -131,6 +135,7 @@ def run(run_dir: Path, users: int, steps: int, lrs: list[float], dp_users: int, 
             "all": _summary(rows),
         }
         print(json.dumps({"dp": result["dp"]}, default=float), flush=True)
+        out.write_text(json.dumps(result, indent=2, default=float))
     return result
 
 
@@ -145,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    result = run(Path(args.run_dir), args.users, args.steps, args.lrs, args.dp_users, args.dp_noise, args.seed)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=float))
+    run(Path(args.run_dir), args.users, args.steps, args.lrs, args.dp_users, args.dp_noise, args.seed, Path(args.out))
     return 0
 
 
