@@ -161,7 +161,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         if result.source == "popularity":
             notes.append("no explanation: an empty history gets the most popular items")
         else:
-            notes.append("explanation: drop in the item's log-probability without each history item (nats)")
+            notes.append("explanation: drop in the item's log-probability with each history item masked (nats)")
     print("; ".join(notes), file=sys.stderr)
     for rank, item in enumerate(result.items, start=1):
         print(f"{rank}\t{item}" + (f"\t{titles.get(item, '?')}" if titles else ""))
