@@ -4,6 +4,14 @@ It never imports torch (a phone has none), nor anything from `common` that does:
 left padding, masking of seen items and the popularity fallback for empty histories are here, in
 numpy. Files come from `fedseqrec export`: model.onnx (or model.int8.onnx) with its metadata in
 `metadata_props`, and items.json beside it.
+
+Explanations (`explain`) are computed here too, from the same exported graph: occlusion (leave-one-
+out, by masking an item in place) attribution. Why occlusion and not attention weights: it needs
+nothing but the scores the graph already outputs, so it works for SASRec, GRU and LSTM alike, for the float and the int8
+model, with no change to the export format; it measures what the model actually does with an item
+(attention weights of one layer are not an explanation of a multi-layer model's output, and RNNs
+have none); and all occluded variants run as one batched onnxruntime call. Nothing it computes
+is written anywhere or sent anywhere: it returns numbers to the caller.
 """
 
 from __future__ import annotations
@@ -131,6 +139,59 @@ class OnDeviceRecommender:
             unknown=unknown,
             truncated=max(0, len(indices) - self.max_len),
         )
+
+    def explain(self, history: Iterable[int], items: Iterable[int], top: int = 3) -> list[Explanation]:
+        """For each of `items` (original IDs, e.g. the recommended ones): the `top` history items that
+        raised it most, by occlusion. Only the latest max_len known items are the model's input, so
+        only they can explain; an empty input explains nothing (empty `causes`)."""
+        if not isinstance(top, (int, np.integer)) or top < 1:
+            raise ConfigError(f"top must be a positive integer, got {top!r}")
+        targets, unknown = self.to_indices(items)
+        if unknown:
+            raise DataError(f"cannot explain items outside the model's catalogue: {unknown}")
+        indices, _ = self.to_indices(history)
+        window = indices[-self.max_len :]  # (W,) the items the model reads
+        if len(window) == 0:
+            return [Explanation(int(self.item_ids[t]), []) for t in targets]
+        inputs, distinct = _occluded_inputs(window, self.max_len)  # (1 + V, L), (V,)
+        logp = log_softmax(self.scores(inputs))[:, targets - 1]  # (1 + V, R) one onnxruntime call
+        drops = logp[0] - logp[1:]  # (V, R) attribution of distinct item v to target r
+        explanations = []
+        for column, target in enumerate(targets):
+            order = np.argsort(-drops[:, column], kind="stable")[:top]  # ties: the more recent item
+            causes = [(int(self.item_ids[distinct[v]]), float(drops[v, column])) for v in order]
+            explanations.append(Explanation(int(self.item_ids[target]), causes))
+        return explanations
+
+
+@dataclass(frozen=True)
+class Explanation:
+    item: int  # the explained (recommended) item, original ID
+    # (history item's original ID, attribution), largest first: the drop in the explained item's
+    # log-probability (nats, softmax over the whole catalogue) when that history item is masked out
+    # of the model's input (replaced by padding). Positive: the item pushed the recommendation up.
+    causes: list[tuple[int, float]]
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (the comparison of rows must not drown in float32 rounding)."""
+    scores = scores.astype(np.float64)
+    peak = scores.max(axis=-1, keepdims=True)
+    return scores - peak - np.log(np.exp(scores - peak).sum(axis=-1, keepdims=True))
+
+
+def _occluded_inputs(window: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row 0: the model's input; row 1 + j: the same input with every occurrence of distinct item j
+    replaced by padding, in place. In place, not deleted: deleting shifts every older item one step
+    closer to now, and that shift alone changes what a position-aware model predicts (an item that
+    follows "A, then one other item" loses its cause when the other item is deleted). Padding is what
+    the models already read as "no item" (SASRec masks it out of attention).
+    Returns (inputs (1 + V, max_len), the V distinct item indices, most recent first)."""
+    distinct = np.asarray(list(dict.fromkeys(window[::-1].tolist())), dtype=np.int64)  # (V,)
+    inputs = np.zeros((1 + len(distinct), max_len), dtype=np.int64)  # (1 + V, L) left-padded
+    inputs[:, max_len - len(window) :] = window
+    inputs[1:, max_len - len(window) :] *= window[None, :] != distinct[:, None]
+    return inputs, distinct
 
 
 def top_k(scores: np.ndarray, *, exclude: np.ndarray, k: int) -> np.ndarray:

@@ -148,6 +148,9 @@ class FederationSettings:
     holdout_fraction: float = 0.0  # users kept out of training, as non-members for audits
     out_dir: str = ""  # "" -> runs/<timestamp>
     checkpoint_every: int = 1
+    # Continual learning: a previous run's model.pt to start from instead of random weights (items
+    # matched by original ID; new items get fresh rows). Used at round 0 only; resuming uses the checkpoint.
+    init_model: str = ""
     canaries: int = 0  # audit: random-sequence canary users, each trained on with probability 1/2
     canary_length: int = 20  # items per canary (the last two are its validation / test items)
     audit_messages: bool = False  # audit: clients record each reply's structure in RUN_DIR/message-audit

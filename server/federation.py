@@ -21,6 +21,7 @@ from common.errors import DataError
 from common.evaluation import evaluate, model_scores
 from common.partition import cached_partitioning
 from common.training import model_for
+from common.warm_start import warm_start
 from server.cohort import CohortPlan, federated_evaluate
 from server.loop import discover_clients, run_rounds
 from server.privacy import PrivacyTracker
@@ -106,6 +107,26 @@ def server_catalogue(config: RunConfig, data=None) -> ServerCatalogue:
     return ServerCatalogue(item_ids, None)
 
 
+INIT_MODEL_REPORT = "init-model.json"
+
+
+def _initial_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path) -> dict:
+    """Random weights (seeded), or with `init-model` a previous run's model fitted to this catalogue."""
+    if not config.federation.init_model:
+        return model_for(config, catalogue.num_items).arrays()
+    start = warm_start(config, catalogue.item_ids, config.federation.init_model)
+    (run_dir / INIT_MODEL_REPORT).write_text(json.dumps(start.report, indent=2))
+    log(
+        INFO,
+        "fedseqrec: starting from %s (%d items kept, %d new, %d dropped)",
+        start.report["path"],
+        start.report["items_kept"],
+        start.report["items_new"],
+        start.report["items_dropped"],
+    )
+    return start.arrays
+
+
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -> dict:
     run_dir = Path(run_dir) if run_dir else resolve_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +139,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     fingerprint = config_fingerprint(flat)
     state = RunState.load(run_dir, fingerprint)
     if state is None:
-        state = RunState(fingerprint=fingerprint, round=0, arrays=model_for(config, catalogue.num_items).arrays())
+        state = RunState(fingerprint=fingerprint, round=0, arrays=_initial_arrays(config, catalogue, run_dir))
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
@@ -183,6 +204,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     }
     if state.stopped_early:
         summary["stopped_early"] = state.stopped_early
+    if (run_dir / INIT_MODEL_REPORT).exists():
+        summary["init_model"] = json.loads((run_dir / INIT_MODEL_REPORT).read_text())
     if config.privacy.dp_mode != "none":
         summary["privacy"] = write_privacy_report(
             run_dir,

@@ -171,15 +171,57 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads {args.threads}: must be >= 0 (0 lets onnxruntime choose)")
     titles = read_item_titles(args.items_file) if args.items_file else {}
     recommender = OnDeviceRecommender.load(args.model, threads=args.threads)
-    result = recommender.recommend(_history_ids(Path(args.history), args.user), k=args.k)
+    if args.explain < 0:
+        raise FedSeqRecError(f"--explain must be a positive number of history items, got {args.explain}")
+    history = _history_ids(Path(args.history), args.user)
+    result = recommender.recommend(history, k=args.k)
     notes = [f"source: {result.source}"]
     if result.unknown:
         notes.append(f"ignored {len(result.unknown)} item(s) outside the model's catalogue")
     if result.truncated:
         notes.append(f"used the latest {recommender.max_len} items; {result.truncated} older ones only excluded")
+    explanations = {}
+    if args.explain:
+        explanations = {e.item: e.causes for e in recommender.explain(history, result.items, top=args.explain)}
+        if result.source == "popularity":
+            notes.append("no explanation: an empty history gets the most popular items")
+        else:
+            notes.append("explanation: drop in the item's log-probability with each history item masked (nats)")
     print("; ".join(notes), file=sys.stderr)
     for rank, item in enumerate(result.items, start=1):
         print(f"{rank}\t{item}" + (f"\t{titles.get(item, '?')}" if titles else ""))
+        if result.source == "popularity":
+            continue
+        for cause, attribution in explanations.get(item, []):
+            print(f"\tbecause\t{cause}\t{attribution:+.3f}" + (f"\t{titles.get(cause, '?')}" if titles else ""))
+    return 0
+
+
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    from client.personalize import personalize
+    from common.personalization import FineTuning
+
+    report = personalize(
+        Path(args.run_dir),
+        _history_ids(Path(args.history), args.user),
+        Path(args.out),
+        FineTuning(steps=args.steps, lr=args.lr, seed=args.seed),
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        noise_multiplier=args.noise_multiplier,
+        max_epsilon=args.max_epsilon,
+    )
+    losses = report["validation_loss"]
+    line = (
+        f"fine-tuned on {report['history_items'] - 1} items, kept step {report['best_step']}: "
+        f"held-out item loss {losses[0]:.3f} -> {min(losses):.3f}"
+    )
+    if report["dp"]:
+        line += (
+            f"; DP-SGD ({report['unit_of_privacy']}-level) epsilon {report['epsilon_before']:.3g} -> "
+            f"{report['epsilon_after']:.3g} (delta {report['delta']:.3g}, {report['accountant']}) in the ledger"
+        )
+    print(line, file=sys.stderr)
+    print(Path(args.out) / "model.pt")
     return 0
 
 
@@ -270,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
     recommend.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
     recommend.add_argument("--items-file", default=None, help="MovieLens movies.dat or u.item, to print titles")
+    recommend.add_argument(
+        "--explain",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="N",
+        help="under each item, the N history items (default 3) that raised it most (occlusion, on the device)",
+    )
     recommend.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     recommend.set_defaults(handler=_cmd_recommend)
 
@@ -285,6 +336,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device.add_argument("--run-config", default=None, help="the federation's run-config TOML (column names)")
     device.set_defaults(handler=_cmd_check_device)
+
+    personalize = commands.add_parser(
+        "personalize", help="fine-tune a run's model on one device's own history (never sent anywhere)"
+    )
+    personalize.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt)")
+    personalize.add_argument("--history", required=True, help="CSV with user_id,item_id,timestamp")
+    personalize.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
+    personalize.add_argument("--out", required=True, help="folder for the personalised model.pt (then: export it)")
+    personalize.add_argument("--steps", type=int, default=20, help="most fine-tuning steps (DP: epochs); default 20")
+    personalize.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    personalize.add_argument("--seed", type=int, default=0, help="dropout draws (never DP noise)")
+    personalize.add_argument(
+        "--state-dir", default=None, help="client-DP runs: the device's state dir holding its privacy ledger"
+    )
+    personalize.add_argument(
+        "--noise-multiplier", type=float, default=None, help="client-DP runs: DP-SGD noise (default: the run's)"
+    )
+    personalize.add_argument(
+        "--max-epsilon", type=float, default=0.0, help="client-DP runs: the device owner's epsilon cap (0 = run's)"
+    )
+    personalize.set_defaults(handler=_cmd_personalize)
 
     config = commands.add_parser("config", help="list every run-config key with its default")
     config.set_defaults(handler=_cmd_config)

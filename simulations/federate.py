@@ -76,6 +76,14 @@ def run_folder(out_dir: str) -> Path:
     return Path(out_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}").expanduser().resolve()
 
 
+def init_model_path(init_model: str) -> Path:
+    """`init-model` as an absolute path from the current directory; an error now rather than in the ServerApp."""
+    path = Path(init_model).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"config key 'init-model': {path} is not a file; give the model.pt of a finished run")
+    return path
+
+
 def checkpoint_round(run_dir: Path) -> int:
     """The last round the run folder's checkpoint holds (0 when there is none)."""
     path = Path(run_dir) / "checkpoint.pt"
@@ -109,6 +117,8 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
     if cpus_per_client <= 0:
         raise ConfigError(f"--cpus-per-client {cpus_per_client:g}: must be > 0 (CPUs given to each simulated client)")
     overrides["out-dir"] = str(run_dir)
+    if config.federation.init_model:  # the ServerApp runs elsewhere: pass it an absolute path, checked now
+        overrides["init-model"] = str(init_model_path(config.federation.init_model))
     resume = ["fedseqrec", "federate"] + (["--run-config", run_config_file] if run_config_file else [])
     if cpus_per_client != 1:
         resume += ["--cpus-per-client", f"{cpus_per_client:g}"]
