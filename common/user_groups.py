@@ -105,13 +105,15 @@ def activity_groups(lengths: np.ndarray, bins: int) -> np.ndarray:
 
 def group_report(per_user: dict[str, np.ndarray], labels: np.ndarray, min_users: int = MIN_GAP_USERS) -> dict:
     """Each group's user count and mean metrics, and per metric the gap between the best and the
-    worst group with at least `min_users` users (and which groups those are)."""
-    groups = {}
+    worst group with at least `min_users` users (which groups, and the gap's standard error
+    sqrt(s_h^2 / n_h + s_l^2 / n_l): a gap within about two of them may be sampling noise)."""
+    groups, spread = {}, {}
     for label in sorted(np.unique(labels)):
         members = labels == label
         groups[str(label)] = {"users": int(members.sum())} | {
             name: float(values[members].mean()) for name, values in per_user.items()
         }
+        spread[str(label)] = {name: float(values[members].var()) / members.sum() for name, values in per_user.items()}
     eligible = {g: m for g, m in groups.items() if m["users"] >= min_users and g != UNKNOWN}
     gaps = {}
     if len(eligible) >= 2:
@@ -120,6 +122,7 @@ def group_report(per_user: dict[str, np.ndarray], labels: np.ndarray, min_users:
             lowest = min(eligible, key=lambda g: eligible[g][name])
             gaps[name] = {
                 "gap": eligible[highest][name] - eligible[lowest][name],
+                "gap_se": float(np.sqrt(spread[highest][name] + spread[lowest][name])),
                 "highest": highest,
                 "lowest": lowest,
             }

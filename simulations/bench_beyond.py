@@ -40,7 +40,9 @@ from common.reranking import build_reranker
 from common.user_groups import user_groups_for
 
 K = 10
-LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+# Each re-ranker's lambda grid: MMR trades little until lambda ~ 0.5; the binary long-tail boost
+# puts every tail candidate first once lambda >= 0.5 (the bonus then exceeds any relevance gap).
+LAMBDAS = {"mmr": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9), "long-tail": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)}
 
 
 def genre_profiles(data, data_settings) -> sp.csr_matrix | None:
@@ -112,14 +114,18 @@ def markdown_tables(models: list[dict], curve: list[dict]) -> str:
             f"| {t['long-tail@10']:.4f} | {t['gini@10']:.3f} | {t['popularity@10']:.3f} |"
         )
     attributes = list(models[0]["metrics_by_group"])
-    lines += ["", "NDCG@10 gap between user groups (highest - lowest group mean; groups of >= 30 users):", ""]
+    lines += [
+        "",
+        "NDCG@10 gap between user groups: highest - lowest group mean ± its standard error (groups of >= 30 users):",
+        "",
+    ]
     lines.append("| model | " + " | ".join(attributes) + " |")
     lines.append("|---|" + "---|" * len(attributes))
     for m in models:
         cells = []
         for a in attributes:
             gap = m["metrics_by_group"][a]["gaps"].get("ndcg@10")
-            cells.append(f"{gap['gap']:.4f} ({gap['highest']} > {gap['lowest']})" if gap else "–")
+            cells.append(f"{gap['gap']:.4f} ± {gap['gap_se']:.4f} ({gap['highest']} > {gap['lowest']})" if gap else "–")
         lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
     for attribute in ("gender", "age", "activity"):
         if attribute not in attributes:
@@ -158,8 +164,9 @@ def plot_tradeoff(path: Path, curve: list[dict], title: str) -> None:
         points = [p for p in curve if p["method"] == method]
         xs, ys = [p["test"][metric] for p in points], [p["test"][f"ndcg@{K}"] for p in points]
         ax.plot(xs, ys, marker="o")
-        for p, x, y in zip(points, xs, ys):
-            ax.annotate(f"λ={p['lambda']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for n, (p, x, y) in enumerate(zip(points, xs, ys)):
+            offset = (4, 4) if n % 2 == 0 else (4, -11)  # alternate above / below: close points stay legible
+            ax.annotate(f"λ={p['lambda']}", (x, y), textcoords="offset points", xytext=offset, fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel("test NDCG@10")
         ax.set_title(f"{method} re-ranking (top-100 candidates)")
@@ -174,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="run folders with model.pt and config.json")
     parser.add_argument("--curve-run", help="run folder whose model gets the re-ranking curve")
-    parser.add_argument("--lambdas", nargs="+", type=float, default=list(LAMBDAS))
+    parser.add_argument("--mmr-lambdas", nargs="+", type=float, default=list(LAMBDAS["mmr"]))
+    parser.add_argument("--tail-lambdas", nargs="+", type=float, default=list(LAMBDAS["long-tail"]))
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--out", default="simulations/results")
     parser.add_argument("--threads", type=int, default=1)
@@ -212,9 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     curve = []
     if args.curve_run:
         model, _, _ = load_run(Path(args.curve_run))
-        for method in ("mmr", "long-tail"):
+        for method, lambdas in (("mmr", args.mmr_lambdas), ("long-tail", args.tail_lambdas)):
             base = build_reranker(method, 0.0, args.candidates, K, stats)  # mmr's similarity: built once
-            for lam in args.lambdas:
+            for lam in lambdas:
                 rerank = dataclasses.replace(base, lam=lam) if lam > 0 else None  # 0: the model's own lists
                 point = {"method": method, "lambda": lam, "candidates": args.candidates}
                 point |= evaluate_lists(model_scores(model), data, stats, {}, genres, rerank=rerank)

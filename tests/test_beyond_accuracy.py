@@ -222,7 +222,13 @@ def test_group_report_gap_by_hand():
     labels = np.array(["a", "a", "b", "c"])
     got = group_report(per_user, labels, min_users=1)
     assert got["groups"]["a"] == {"users": 2, "ndcg@10": pytest.approx(0.2), "hr@10": 0.5}
-    assert got["gaps"]["ndcg@10"] == {"gap": pytest.approx(0.2), "highest": "a", "lowest": "c"}
+    se = np.sqrt(np.var([0.1, 0.3]) / 2 + 0.0 / 1)  # group c has one user: no spread
+    assert got["gaps"]["ndcg@10"] == {
+        "gap": pytest.approx(0.2),
+        "gap_se": pytest.approx(se),
+        "highest": "a",
+        "lowest": "c",
+    }
     assert got["gaps"]["hr@10"]["gap"] == pytest.approx(0.5)
     small = group_report(per_user, labels, min_users=2)  # only group a is large enough: no gap
     assert small["gaps"] == {} and small["groups"]["c"]["users"] == 1
