@@ -45,16 +45,20 @@ K = 10
 LAMBDAS = {"mmr": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9), "long-tail": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)}
 
 
-def genre_profiles(data, data_settings) -> sp.csr_matrix | None:
-    """(N + 1, genres) L2-normalised binary genre vectors from ML-1M's movies.dat, or None."""
+def movies_file(data_settings) -> Path | None:
+    """ML-1M's movies.dat beside its interactions, or None (other data, or not there)."""
     if data_settings.data != "ml-1m":
         return None
     try:
         path = resolve_interactions("ml-1m", data_settings.data_dir, download=False).parent / "movies.dat"
     except DataError:
         return None
-    if not path.exists():
-        return None
+    return path if path.exists() else None
+
+
+def genre_profiles(path: Path, item_ids: np.ndarray) -> sp.csr_matrix:
+    """(N + 1, genres) L2-normalised binary genre vectors from a movies.dat (`ID::Title::A|B`), so
+    that `user_ild` on them gives 1 - genre cosine. Items without genres get a zero row."""
     genres_of = {}
     for line in path.read_text(encoding="latin-1").splitlines():
         if line.strip():
@@ -63,11 +67,11 @@ def genre_profiles(data, data_settings) -> sp.csr_matrix | None:
     names = sorted({g for gs in genres_of.values() for g in gs})
     column = {g: j for j, g in enumerate(names)}
     rows, cols = [], []
-    for index, item in enumerate(data.item_ids):
+    for index, item in enumerate(item_ids):
         for g in genres_of.get(int(item), []) if index > 0 else []:
             rows.append(index)
             cols.append(column[g])
-    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(data.item_ids), len(names)))
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(item_ids), len(names)))
     norms = np.sqrt(np.asarray(matrix.sum(axis=1)).ravel()).clip(min=1.0)
     return sp.csr_matrix(sp.diags(1.0 / norms) @ matrix)
 
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     data = load_sequence_data(first.data)
     stats = ItemStatistics.from_data(data)
     groups, source = user_groups_for(first, data)
-    genres = genre_profiles(data, first.data)
+    movies = movies_file(first.data)
+    genres = genre_profiles(movies, data.item_ids) if movies is not None else None
     print(f"groups: {source}; genres: {'movies.dat' if genres is not None else 'none'}", flush=True)
 
     models = []

@@ -26,6 +26,7 @@ from common.user_groups import (
     read_users_file,
     user_groups_for,
 )
+from simulations.bench_beyond import genre_profiles
 from simulations.cli import main
 
 # --- item statistics ---------------------------------------------------------------------------------
@@ -311,3 +312,11 @@ def test_train_writes_beyond_accuracy_and_group_metrics(tmp_path, monkeypatch, c
     assert main(["train", "--data", str(csv), "--out", str(tmp_path / "r2"), *fast, "--users-file", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "users.dat:1: not a MovieLens users.dat line" in err[0]
+
+
+def test_genre_ild_by_hand(tmp_path):
+    movies = tmp_path / "movies.dat"
+    movies.write_bytes("10::A (1999)::Comedy\n20::B (2000)::Comedy|Drama\n30::C::Horror\n".encode("latin-1"))
+    profiles = genre_profiles(movies, np.array([-1, 10, 20, 30, 40]))  # item 40 has no line: no genres
+    got = user_ild(np.array([[1, 2], [1, 3], [2, 4]]), profiles)
+    np.testing.assert_allclose(got, [1 - 1 / np.sqrt(2), 1.0, 1.0], rtol=1e-6)
