@@ -102,6 +102,17 @@ def evaluate_lists(score_fn, data, stats, groups, genres, rerank=None) -> dict:
     return {"test": metrics, "metrics_by_group": by_group}
 
 
+def rounded(value, digits: int = 5):
+    """Floats rounded for the results file (the group tables are large; 5 decimals is beyond their noise)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def markdown_tables(models: list[dict], curve: list[dict]) -> str:
     lines = [
         "| model | setting | DP | eps | NDCG@10 | HR@10 | coverage | novelty | ILD (co-occ.) | ILD (genre) "
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         models.append(row)
         print(f"{name}: ndcg@10 {row['test']['ndcg@10']:.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
     report = {"k": K, "groups": source, "long_tail": "least popular items holding 20% of training interactions"}
-    (out / "beyond-models.json").write_text(json.dumps(report | {"models": models}, indent=2))
+    (out / "beyond-models.json").write_text(json.dumps(rounded(report | {"models": models}), indent=1))
 
     curve = []
     if args.curve_run:
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                 curve.append(point)
                 print(f"{method} lambda {lam}: ndcg@10 {point['test']['ndcg@10']:.4f}", flush=True)
         (out / "beyond-rerank.json").write_text(
-            json.dumps({"run_dir": args.curve_run, "k": K, "points": curve}, indent=2)
+            json.dumps(rounded({"run_dir": args.curve_run, "k": K, "points": curve}), indent=1)
         )
         plot_tradeoff(out / "beyond-rerank.png", curve, f"re-ranking {Path(args.curve_run).name} (ML-1M test)")
     print(markdown_tables(models, curve))
