@@ -16,6 +16,7 @@ from common.config import RunConfig
 from common.data.load import load_sequence_data
 from common.evaluation import evaluate, evaluate_by_group, model_scores, popularity_scores
 from common.item_stats import ItemStatistics
+from common.outputs import make_output_dir
 from common.plots import plot_curves
 from common.reranking import reranker_for
 from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader
@@ -28,12 +29,13 @@ def peak_rss_mb() -> float:
 
 def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = True) -> dict:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     train, data_cfg = config.train, config.data
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     set_seed(train.seed)
-    data = load_sequence_data(data_cfg)
+    data = load_sequence_data(data_cfg)  # bad data stops here, before the results folder exists
+    groups, groups_source = user_groups_for(config, data)  # ... and so does a bad users file
+    make_output_dir(out_dir, "--out")
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
 
@@ -41,7 +43,6 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
-    groups, groups_source = user_groups_for(config, data)  # before training: a bad users file fails fast
     stats = ItemStatistics.from_data(data)  # training statistics the beyond-accuracy metrics use
     eval_kwargs = dict(
         top_k=train.top_k,

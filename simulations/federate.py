@@ -34,8 +34,10 @@ from typing import TextIO
 
 from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
-from common.errors import FedSeqRecError
+from common.errors import ConfigError, FedSeqRecError
+from common.outputs import check_output_dir
 from common.partition import partition_users
+from common.user_groups import read_users_file
 from simulations.processes import (
     VENV_BIN,
     ProcessTracker,
@@ -104,6 +106,11 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
     subreaper that owns (and on a stop ends) every process below it."""
     config, overrides = resolve_config(run_config_file, {"out-dir": out_dir} if out_dir else None)
     run_dir = run_folder(config.federation.out_dir)
+    check_output_dir(run_dir, "out-dir")  # before any process starts
+    if config.data.users_file and config.train.user_groups == "auto":
+        read_users_file(config.data.users_file)  # a bad users file stops here, not in the ServerApp
+    if cpus_per_client <= 0:
+        raise ConfigError(f"--cpus-per-client {cpus_per_client:g}: must be > 0 (CPUs given to each simulated client)")
     overrides["out-dir"] = str(run_dir)
     resume = ["fedseqrec", "federate"] + (["--run-config", run_config_file] if run_config_file else [])
     if cpus_per_client != 1:

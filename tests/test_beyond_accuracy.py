@@ -28,6 +28,7 @@ from common.user_groups import (
 )
 from simulations.bench_beyond import genre_profiles
 from simulations.cli import main
+from simulations.federate import federate
 
 # --- item statistics ---------------------------------------------------------------------------------
 
@@ -320,3 +321,12 @@ def test_genre_ild_by_hand(tmp_path):
     profiles = genre_profiles(movies, np.array([-1, 10, 20, 30, 40]))  # item 40 has no line: no genres
     got = user_ild(np.array([[1, 2], [1, 3], [2, 4]]), profiles)
     np.testing.assert_allclose(got, [1 - 1 / np.sqrt(2), 1.0, 1.0], rtol=1e-6)
+
+
+def test_federate_reads_a_named_users_file_before_starting_anything(tmp_path):
+    toml = tmp_path / "run.toml"
+    missing = tmp_path / "users.dat"
+    toml.write_text(f'data = "synthetic"\nusers-file = "{missing}"\nout-dir = "{tmp_path / "run"}"\n')
+    with pytest.raises(DataError, match="users file not found"):
+        federate(str(toml))
+    assert not (tmp_path / "run" / "superlink.log").exists()
