@@ -55,6 +55,9 @@ class DataSettings:
     # A server without interaction data: the federation's item catalogue (JSON of original item IDs in
     # model index order, written by `fedseqrec partition`); needs federated-evaluation = true.
     catalogue_path: str = ""
+    # Fairness groups (user-groups = auto): a MovieLens 1M users.dat with gender, age, occupation;
+    # "" -> ML-1M's own users.dat beside its interactions, when present.
+    users_file: str = ""
 
     def validate(self) -> None:
         _check(self.min_item_count >= 1, "min-item-count", "must be >= 1")
@@ -106,6 +109,15 @@ class TrainSettings:
     mask_seen: bool = True  # exclude items already in the user's history from rankings
     eval_batch_size: int = 512
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # Evaluation only: re-rank each user's rerank-candidates best items into the top-k for diversity
+    # (mmr) or long-tail exposure (long-tail); rerank-lambda = weight of that goal (0 = model order).
+    rerank: str = _choice("none", "mmr", "long-tail")
+    rerank_lambda: float = 0.2
+    rerank_candidates: int = 100
+    # Per-group metrics and gaps in the final report: activity (history-length quantile bins) and,
+    # with auto, gender / age / occupation when a users file is known (users-file); none: skip.
+    user_groups: str = _choice("auto", "activity", "none")
+    activity_groups: int = 4
 
     def validate(self) -> None:
         for key, value in (
@@ -115,11 +127,18 @@ class TrainSettings:
             ("eval-every", self.eval_every),
             ("top-k", self.top_k),
             ("eval-batch-size", self.eval_batch_size),
+            ("activity-groups", self.activity_groups),
         ):
             _check(1 <= value <= MAX_SIZE, key, f"must be in [1, {MAX_SIZE:,}]")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         _check(self.num_threads >= 0, "num-threads", "must be >= 0")
+        _check(0.0 <= self.rerank_lambda <= 1.0, "rerank-lambda", "must be in [0, 1] (0 keeps the model's order)")
+        _check(
+            self.rerank_candidates >= self.top_k,
+            "rerank-candidates",
+            f"must be >= top-k ({self.top_k}): the re-ranker picks the top-k from these",
+        )
         _check(
             self.device == "cpu" or self.device.startswith(("cuda", "mps")),
             "device",

@@ -14,10 +14,13 @@ from tqdm import tqdm
 from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
-from common.evaluation import evaluate, model_scores, popularity_scores
+from common.evaluation import evaluate, evaluate_by_group, model_scores, popularity_scores
+from common.item_stats import ItemStatistics
 from common.outputs import make_output_dir
 from common.plots import plot_curves
+from common.reranking import reranker_for
 from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader
+from common.user_groups import user_groups_for
 
 
 def peak_rss_mb() -> float:
@@ -31,6 +34,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
         torch.set_num_threads(train.num_threads)
     set_seed(train.seed)
     data = load_sequence_data(data_cfg)  # bad data stops here, before the results folder exists
+    groups, groups_source = user_groups_for(config, data)  # ... and so does a bad users file
     make_output_dir(out_dir, "--out")
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
@@ -39,8 +43,14 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
+    stats = ItemStatistics.from_data(data)  # training statistics the beyond-accuracy metrics use
     eval_kwargs = dict(
-        top_k=train.top_k, mask_seen=train.mask_seen, batch_size=train.eval_batch_size, device=train.device
+        top_k=train.top_k,
+        mask_seen=train.mask_seen,
+        batch_size=train.eval_batch_size,
+        device=train.device,
+        rerank=reranker_for(train, stats),
+        stats=stats,
     )
     key = f"ndcg@{train.top_k}"
     history, best, best_state, best_epoch, stale = [], float("-inf"), None, 0, 0
@@ -88,7 +98,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     model.load_state_dict(best_state)
     model.eval()
     validation = evaluate(model_scores(model), data, "validation", **eval_kwargs)
-    test = evaluate(model_scores(model), data, "test", **eval_kwargs)
+    test, by_group = evaluate_by_group(model_scores(model), data, "test", groups, **eval_kwargs)
     counts = data.item_counts()
     popularity = {
         split: evaluate(popularity_scores(counts), data, split, **eval_kwargs) for split in ("validation", "test")
@@ -98,6 +108,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
         "validation": validation,
         "test": test,
         "popularity_baseline": popularity,
+        "metrics_by_group": {"split": "test", "source": groups_source, "attributes": by_group},
         "best_epoch": best_epoch,
         "epochs_run": epoch,
         "interrupted": interrupted,

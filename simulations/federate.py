@@ -37,6 +37,7 @@ from common.data.load import load_sequence_data
 from common.errors import ConfigError, FedSeqRecError
 from common.outputs import check_output_dir
 from common.partition import partition_users
+from common.user_groups import read_users_file
 from simulations.processes import (
     VENV_BIN,
     ProcessTracker,
@@ -114,6 +115,8 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
     config, overrides = resolve_config(run_config_file, {"out-dir": out_dir} if out_dir else None)
     run_dir = run_folder(config.federation.out_dir)
     check_output_dir(run_dir, "out-dir")  # before any process starts
+    if config.data.users_file and config.train.user_groups == "auto":
+        read_users_file(config.data.users_file)  # a bad users file stops here, not in the ServerApp
     if cpus_per_client <= 0:
         raise ConfigError(f"--cpus-per-client {cpus_per_client:g}: must be > 0 (CPUs given to each simulated client)")
     overrides["out-dir"] = str(run_dir)

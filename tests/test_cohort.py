@@ -178,6 +178,10 @@ def test_federated_evaluation_gives_the_server_side_figures(cohort_run, cache, t
         assert ours["validation"]["ndcg@10"] == pytest.approx(theirs["validation"]["ndcg@10"], abs=1e-6)
     summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, cohort_run))
     assert summary["test"]["ndcg@10"] == pytest.approx(reference["test"]["ndcg@10"], abs=1e-6)
+    # the server knows no user under federated evaluation; with its own copy it reports groups and
+    # the list metrics of a cross-device run
+    assert summary["metrics_by_group"] is None and "activity" in reference["metrics_by_group"]["attributes"]
+    assert {"ild@10", "gini@10", "long-tail@10"} <= set(reference["test"])
 
 
 def test_poisson_sampling_draws_about_q_n_users(cache, tmp_path):
