@@ -28,6 +28,8 @@ def save_model(path: Path, model: SequenceRecommender, item_ids: np.ndarray, **m
             "model_config": dataclasses.asdict(model.config),
             "arrays": {k: v.detach().cpu() for k, v in model.arrays().items()},
             "item_ids": torch.as_tensor(item_ids),
+            # Side features are a buffer outside arrays(); the model file keeps them so it stands alone.
+            **({"feature_index": model.feature_index.detach().cpu()} if model.has_features else {}),
             "metadata": metadata,
         },
         path,
@@ -42,5 +44,7 @@ def load_model(path: Path) -> tuple[SequenceRecommender, np.ndarray, dict]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(ModelConfig(**blob["model_config"]))
     model.load_arrays(blob["arrays"])
+    if model.has_features:
+        model.set_item_features(blob["feature_index"])
     model.eval()
     return model, blob["item_ids"].numpy(), blob.get("metadata", {})

@@ -47,6 +47,12 @@ class DataSettings:
     # A server without interaction data: the federation's item catalogue (JSON of original item IDs in
     # model index order, written by `fedseqrec partition`); needs federated-evaluation = true.
     catalogue_path: str = ""
+    # Item side features (public catalogue metadata, not user data), comma-separated: genre and/or year
+    # for MovieLens, or categorical columns of item-metadata. "" = none (item IDs only).
+    item_features: str = ""
+    # The metadata file: "" -> the dataset's own movies.dat (ml-1m) / u.item (ml-100k), or the
+    # interactions file itself for a file path (its columns named in item-features).
+    item_metadata: str = ""
 
     def validate(self) -> None:
         _check(self.min_item_count >= 1, "min-item-count", "must be >= 1")
@@ -54,6 +60,22 @@ class DataSettings:
         _check(self.max_len >= 2, "max-len", "must be >= 2")
         _check(self.synthetic_users >= 2, "synthetic-users", "must be >= 2")
         _check(self.synthetic_items >= 10, "synthetic-items", "must be >= 10")
+        names = [n.strip() for n in self.item_features.split(",")]
+        _check(
+            not self.item_features.strip() or (all(names) and len(set(names)) == len(names)),
+            "item-features",
+            f"must be distinct comma-separated feature names (e.g. genre,year), got {self.item_features!r}",
+        )
+        _check(
+            not self.item_metadata or bool(self.item_features.strip()),
+            "item-metadata",
+            "is set but item-features is empty; name the features to read from it",
+        )
+        _check(
+            self.data != "synthetic" or not self.item_features.strip() or bool(self.item_metadata),
+            "item-features",
+            "synthetic data has no item metadata; set item-metadata to a file with an item column",
+        )
 
 
 @dataclass(frozen=True)

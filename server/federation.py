@@ -46,7 +46,7 @@ def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: Coho
         users = np.random.default_rng(config.train.seed).choice(
             data.num_users, config.federation.eval_users, replace=False
         )
-    model = model_for(config, data.num_items)
+    model = model_for(config, data.num_items, item_ids=data.item_ids)
 
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
         model.load_arrays(arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays)
@@ -118,7 +118,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     fingerprint = config_fingerprint(flat)
     state = RunState.load(run_dir, fingerprint)
     if state is None:
-        state = RunState(fingerprint=fingerprint, round=0, arrays=model_for(config, catalogue.num_items).arrays())
+        state = RunState(
+            fingerprint=fingerprint,
+            round=0,
+            arrays=model_for(config, catalogue.num_items, item_ids=catalogue.item_ids).arrays(),
+        )
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
@@ -162,7 +166,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     best_arrays = state.best.get("arrays", state.arrays)
     test = evaluate_arrays(best_arrays, "test", all_users=True)
     validation = evaluate_arrays(best_arrays, "validation", all_users=True)
-    model = model_for(config, catalogue.num_items)
+    model = model_for(config, catalogue.num_items, item_ids=catalogue.item_ids)
     model.load_arrays(best_arrays)
     save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=flat, best_round=state.best.get("round"))
     summary = {
