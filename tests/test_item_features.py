@@ -250,3 +250,13 @@ def test_cross_silo_federation_with_item_features(catalogue, cache, tmp_path):
     fresh = model_for(config, len(item_ids) - 1, item_ids=item_ids)
     assert torch.equal(model.feature_index, fresh.feature_index)
     assert (model.feature_emb.weight - fresh.feature_emb.weight).abs().max() > 1e-3
+
+
+def test_movielens_metadata_is_found_without_the_ratings_file(tmp_path, monkeypatch):
+    """A server that holds only the catalogue still finds the dataset's public movies.dat."""
+    (tmp_path / "ml-1m").mkdir()
+    (tmp_path / "ml-1m" / "movies.dat").write_text(MOVIES_DAT)
+    monkeypatch.setenv("FEDSEQREC_DATA_DIR", str(tmp_path))
+    settings = RunConfig.from_flat({"data": "ml-1m", "item-features": "genre"}).data
+    features = load_item_features(settings, np.array([-1, 3, 7, 10]))
+    assert labels_of(features, None, 2) == ["genre=Drama"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import DataSettings
-from common.data.files import MOVIELENS, cache_dir, resolve_interactions
+from common.data.files import MOVIELENS, cache_dir, resolve_interactions, search_dirs
 from common.data.interactions import Columns, load_interactions
 from common.data.item_features import ItemFeatures, item_features, parse_feature_names, read_item_labels
 from common.data.sequences import SequenceData, build_sequences
@@ -95,7 +95,11 @@ def item_metadata_path(settings: DataSettings) -> Path:
     if settings.item_metadata:
         return Path(settings.item_metadata)
     if settings.data in MOVIELENS:
-        return resolve_interactions(settings.data, settings.data_dir).parent / MOVIELENS[settings.data].items_file
+        name, items_file = settings.data, MOVIELENS[settings.data].items_file
+        for base in search_dirs(settings.data_dir):  # a server with a catalogue only has no ratings file
+            if (base / name / items_file).is_file():
+                return base / name / items_file
+        return resolve_interactions(name, settings.data_dir).parent / items_file  # downloads the archive
     return Path(settings.data)
 
 
