@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, brief
 
 FORMAT = "fedseqrec-ondevice/1"  # as written by common.export (which needs torch, so it is not imported)
 METADATA_KEY = "fedseqrec"
@@ -58,12 +58,23 @@ class OnDeviceRecommender:
     @classmethod
     def load(cls, model_path: str | Path, *, threads: int = 1) -> OnDeviceRecommender:
         path = Path(model_path)
+        if path.is_dir():  # the export folder itself: its float model
+            if not (path / "model.onnx").is_file():
+                raise DataError(
+                    f"{path}: folder holds no model.onnx; pass the folder written by "
+                    "`fedseqrec export RUN_DIR --out DIR`"
+                )
+            path = path / "model.onnx"
         if not path.is_file():
             raise DataError(f"{path}: no model file; create one with `fedseqrec export RUN_DIR --out DIR`")
         try:
             session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise DataError(f"{path}: not a loadable ONNX model ({exc})") from exc
+            reason = str(exc).split(" : ")[2] if str(exc).count(" : ") >= 2 else brief(exc)  # e.g. INVALID_PROTOBUF
+            raise DataError(
+                f"{path}: not a loadable ONNX model, truncated or corrupt (onnxruntime: {reason}); copy it again "
+                "or re-export it"
+            ) from exc
         raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise DataError(f"{path}: no '{METADATA_KEY}' metadata; export the model with `fedseqrec export`")
@@ -71,8 +82,13 @@ class OnDeviceRecommender:
             metadata = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: unreadable '{METADATA_KEY}' metadata ({exc})") from exc
-        if metadata.get("format") != FORMAT:
-            raise DataError(f"{path}: format {metadata.get('format')!r}, this runner reads {FORMAT!r}")
+        reexport = "export the run again with this version's `fedseqrec export RUN_DIR --out DIR`"
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            found = metadata.get("format") if isinstance(metadata, dict) else None
+            raise DataError(f"{path}: model format {found!r}, but this runner reads {FORMAT!r}; {reexport}")
+        missing = [k for k in ("max_len", "num_items", "input", "output", "items_file") if k not in metadata]
+        if missing:
+            raise DataError(f"{path}: its metadata lacks {', '.join(missing)}; {reexport}")
         item_ids, popularity = _read_items(path.parent / metadata["items_file"], int(metadata["num_items"]))
         width = session.get_inputs()[0].shape[1]
         if width != metadata["max_len"]:
@@ -135,14 +151,28 @@ def top_k(scores: np.ndarray, *, exclude: np.ndarray, k: int) -> np.ndarray:
 
 def _read_items(path: Path, num_items: int) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
-        raise DataError(f"{path}: item mapping missing; it must sit beside the model (written by fedseqrec export)")
+        raise DataError(
+            f"{path}: item mapping missing; copy the items.json that `fedseqrec export` wrote beside the model"
+        )
     try:
         blob = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable item mapping ({exc})") from exc
-    item_ids = np.asarray(blob["item_ids"], dtype=np.int64)  # (N + 1,)
+        raise DataError(
+            f"{path}: unreadable item mapping ({exc}); copy the items.json of the same export again"
+        ) from exc
+    if not isinstance(blob, dict) or not isinstance(blob.get("item_ids"), list):
+        raise DataError(f"{path}: no 'item_ids' list; copy the items.json written by the same export as the model")
+    try:
+        item_ids = np.asarray(blob["item_ids"], dtype=np.int64)  # (N + 1,)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(
+            f"{path}: item_ids are not all integers ({exc}); copy the items.json of the same export"
+        ) from exc
     if item_ids.shape != (num_items + 1,):
-        raise DataError(f"{path}: {len(item_ids)} item IDs for a model of {num_items} items + padding")
+        raise DataError(
+            f"{path}: {len(item_ids)} item IDs for a model of {num_items} items + padding; copy the items.json "
+            "of the same export as the model"
+        )
     popularity = blob.get("popularity")
     if popularity is not None:
         popularity = np.asarray(popularity, dtype=np.float64)  # (N + 1,)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,13 @@ from common.errors import ConfigError
 
 def _choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": (default, *choices)})
+
+
+# Sanity caps on sizes: far above any setting in use (max-len 200, emb-dim 64), far below what would
+# exhaust memory minutes into a run instead of failing at once.
+MAX_SIZE = 1_000_000
+MAX_WIDTH = 16_384
+MAX_LAYERS = 64
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -57,9 +65,9 @@ class DataSettings:
     def validate(self) -> None:
         _check(self.min_item_count >= 1, "min-item-count", "must be >= 1")
         _check(self.min_user_count >= 3, "min-user-count", "must be >= 3 (train, validation and test items)")
-        _check(self.max_len >= 2, "max-len", "must be >= 2")
-        _check(self.synthetic_users >= 2, "synthetic-users", "must be >= 2")
-        _check(self.synthetic_items >= 10, "synthetic-items", "must be >= 10")
+        _check(2 <= self.max_len <= MAX_SIZE, "max-len", f"must be in [2, {MAX_SIZE:,}]")
+        _check(2 <= self.synthetic_users <= MAX_SIZE, "synthetic-users", f"must be in [2, {MAX_SIZE:,}]")
+        _check(10 <= self.synthetic_items <= MAX_SIZE, "synthetic-items", f"must be in [10, {MAX_SIZE:,}]")
         names = [n.strip() for n in self.item_features.split(",")]
         _check(
             not self.item_features.strip() or (all(names) and len(set(names)) == len(names)),
@@ -82,6 +90,9 @@ class DataSettings:
 class ModelSettings:
     model: str = _choice("sasrec", "gru", "lstm")
     emb_dim: int = 64  # item embedding size (also the SASRec width)
+    # > 0: a factorised item table, (N + 1) x item-rank rows times one shared item-rank x emb-dim map:
+    # fewer weights for user-level DP noise to cover (the full table is ~70% of SASRec's weights).
+    item_rank: int = 0
     hidden_dim: int = 128  # RNN state size (LSTM/GRU only)
     num_layers: int = 2  # Transformer blocks or stacked RNN layers
     num_heads: int = 1
@@ -90,9 +101,10 @@ class ModelSettings:
     num_negatives: int = 256  # sampled-softmax negatives per batch
 
     def validate(self) -> None:
-        _check(self.emb_dim >= 1, "emb-dim", "must be >= 1")
-        _check(self.hidden_dim >= 1, "hidden-dim", "must be >= 1")
-        _check(self.num_layers >= 1, "num-layers", "must be >= 1")
+        _check(1 <= self.emb_dim <= MAX_WIDTH, "emb-dim", f"must be in [1, {MAX_WIDTH:,}]")
+        _check(0 <= self.item_rank < self.emb_dim, "item-rank", f"must be 0 (full table) or in 1..{self.emb_dim - 1}")
+        _check(1 <= self.hidden_dim <= MAX_WIDTH, "hidden-dim", f"must be in [1, {MAX_WIDTH:,}]")
+        _check(1 <= self.num_layers <= MAX_LAYERS, "num-layers", f"must be in [1, {MAX_LAYERS}]")
         _check(
             self.num_heads >= 1 and self.emb_dim % self.num_heads == 0,
             "num-heads",
@@ -126,7 +138,7 @@ class TrainSettings:
             ("top-k", self.top_k),
             ("eval-batch-size", self.eval_batch_size),
         ):
-            _check(value >= 1, key, "must be >= 1")
+            _check(1 <= value <= MAX_SIZE, key, f"must be in [1, {MAX_SIZE:,}]")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         _check(self.num_threads >= 0, "num-threads", "must be >= 0")
@@ -323,13 +335,18 @@ def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
             except ValueError:
                 pass
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # TOML and float() both accept inf and nan
+                raise ConfigError(f"{where}: config key '{key}': must be a finite number, got {value!r}")
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -377,6 +394,11 @@ def _cross_check(parts: dict, where: str) -> None:
                 f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "
                 "gradients through the scorer)"
             )
+        if model.item_rank:
+            raise ConfigError(
+                f"{where}: dp-mode = client needs item-rank = 0 (the factorised table's shared map is used "
+                "twice, and Opacus' per-sample gradients would miss its use in the scorer)"
+            )
         if fed.strategy == "fedprox":
             raise ConfigError(
                 f"{where}: dp-mode = client cannot use strategy = fedprox: the proximal term's "
@@ -391,11 +413,22 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """A run-config file's keys, or a ConfigError that says what is wrong with the file."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise ConfigError(f"config file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:  # also a key given twice ("Cannot overwrite a value")
+        raise ConfigError(f"{path}: not valid TOML: {exc}; fix that line (each key once, strings quoted)") from exc
+    for key, value in values.items():
+        if isinstance(value, dict):  # [table] sections: Flower's run config is flat
+            raise ConfigError(
+                f"{path}: [{key}] is a table, but run-config files are flat; write its keys at the top "
+                "of the file, without the [section] line"
+            )
+    return values
 
 
 @dataclass(frozen=True)
@@ -428,8 +461,11 @@ class RunConfig:
                 raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(choices)}; got {coerced!r}")
             grouped[group][f.name] = coerced
         parts = {group: _GROUPS[group](**kwargs) for group, kwargs in grouped.items()}
-        for part in parts.values():
-            part.validate()
+        try:
+            for part in parts.values():
+                part.validate()
+        except ConfigError as exc:  # say where the bad value came from
+            raise ConfigError(f"{where}: {exc}") from exc
         _cross_check(parts, where)
         return cls(**parts)
 

@@ -50,8 +50,8 @@ def next_item_loss(
     elif loss == "sampled-softmax":
         if per_sample_grads:
             raise ValueError("sampled-softmax does not support per-sample gradients; use loss = ce with DP")
-        table = model.output_table()  # (N + 1, D): item embeddings (+ side features)
-        h = hidden[valid]  # (M, D)
+        table = model.output_table()  # (N + 1, r): r = emb_dim unless the table is factorised; + side features
+        h = model.to_table_space(hidden[valid])  # (M, r)
         positives = targets[valid]  # (M,)
         negatives = torch.randint(1, table.shape[0], (num_negatives,), device=inputs.device)  # (K,)
         pos_logit = (h * table[positives]).sum(-1, keepdim=True)  # (M, 1)

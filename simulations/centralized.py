@@ -15,6 +15,7 @@ from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores, popularity_scores
+from common.outputs import make_output_dir
 from common.plots import plot_curves
 from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader
 
@@ -25,12 +26,12 @@ def peak_rss_mb() -> float:
 
 def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = True) -> dict:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     train, data_cfg = config.train, config.data
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     set_seed(train.seed)
-    data = load_sequence_data(data_cfg)
+    data = load_sequence_data(data_cfg)  # bad data stops here, before the results folder exists
+    make_output_dir(out_dir, "--out")
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
 

@@ -34,7 +34,8 @@ from typing import TextIO
 
 from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
-from common.errors import FedSeqRecError
+from common.errors import ConfigError, FedSeqRecError
+from common.outputs import check_output_dir
 from common.partition import partition_users
 from simulations.processes import (
     VENV_BIN,
@@ -104,6 +105,9 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
     subreaper that owns (and on a stop ends) every process below it."""
     config, overrides = resolve_config(run_config_file, {"out-dir": out_dir} if out_dir else None)
     run_dir = run_folder(config.federation.out_dir)
+    check_output_dir(run_dir, "out-dir")  # before any process starts
+    if cpus_per_client <= 0:
+        raise ConfigError(f"--cpus-per-client {cpus_per_client:g}: must be > 0 (CPUs given to each simulated client)")
     overrides["out-dir"] = str(run_dir)
     resume = ["fedseqrec", "federate"] + (["--run-config", run_config_file] if run_config_file else [])
     if cpus_per_client != 1:
