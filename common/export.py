@@ -133,7 +133,7 @@ def _cast_bool_eyelike(proto: onnx.ModelProto) -> None:
     proto.graph.node.extend(nodes)
 
 
-def set_metadata(path: Path, metadata: dict) -> None:
+def _set_metadata(path: Path, metadata: dict) -> None:
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata)})
@@ -338,7 +338,7 @@ def export_run(
             "export": {"torch": torch.__version__, "onnx_opset": OPSET, "max_abs_error_vs_torch": max_error},
         }
         for path in paths:
-            set_metadata(path, metadata)
+            _set_metadata(path, metadata)
         items_path, metadata_path = out_dir / ITEMS_FILE, out_dir / METADATA_FILE
         items_path.write_text(json.dumps({"item_ids": [int(i) for i in item_ids], "popularity": popularity}))
         metadata_path.write_text(json.dumps(metadata, indent=2))

@@ -113,9 +113,9 @@ def export_ensemble(models, pick: dict, item_ids: np.ndarray, out_dir: Path, rep
         METADATA_FILE,
         OPSET,
         OUTPUT,
+        _set_metadata,
         export_scores_module,
         exportable,
-        set_metadata,
         verify_scores_module,
     )
 
@@ -144,7 +144,7 @@ def export_ensemble(models, pick: dict, item_ids: np.ndarray, out_dir: Path, rep
         "training_runs": [m["run_dir"] for m in report["members"]],
         "export": {"torch": torch.__version__, "onnx_opset": OPSET, "max_abs_error_vs_torch": max_error},
     }
-    set_metadata(path, metadata)
+    _set_metadata(path, metadata)
     (out_dir / ITEMS_FILE).write_text(json.dumps({"item_ids": [int(i) for i in item_ids], "popularity": None}))
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return {"written": True, "path": str(path), "max_abs_error_vs_torch": max_error}
