@@ -58,6 +58,8 @@ def save_model(path: Path, model: SequenceRecommender, item_ids: np.ndarray, **m
             "model_config": dataclasses.asdict(model.config),
             "arrays": {k: v.detach().cpu() for k, v in model.arrays().items()},
             "item_ids": torch.as_tensor(item_ids),
+            # Side features are a buffer outside arrays(); the model file keeps them so it stands alone.
+            **({"feature_index": model.feature_index.detach().cpu()} if model.has_features else {}),
             "metadata": metadata,
         },
         path,
@@ -92,7 +94,9 @@ def load_model(path: Path) -> tuple[SequenceRecommender, np.ndarray, dict]:
     try:
         model = build_model(ModelConfig(**blob["model_config"]))
         model.load_arrays(blob["arrays"])
-    except (TypeError, KeyError, RuntimeError) as exc:  # written by another version of the model code
+        if model.has_features:  # side features: a buffer outside arrays(), kept beside them
+            model.set_item_features(blob["feature_index"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as exc:  # written by another version of the model code
         raise DataError(f"{path}: its weights do not fit this version's model ({exc}); {todo}") from exc
     model.eval()
     return model, blob["item_ids"].numpy(), blob.get("metadata", {})

@@ -56,7 +56,7 @@ def train_chunks(
     server_round: int,
 ) -> LocalResult:
     """Users' local updates, chunk by chunk; `chunks` = [(chunk index, rows of `local`)]."""
-    model = model_for(config, local.num_items)
+    model = model_for(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.train()
     recipe = recipe_for(config)
@@ -88,7 +88,7 @@ def evaluate_users(
     config: RunConfig, local: SequenceData, rows: np.ndarray, global_arrays: dict[str, torch.Tensor], split: str
 ) -> dict:
     """Mean ranking metrics of `rows`' held-out item (validation or test), with their count."""
-    model = model_for(config, local.num_items)
+    model = model_for(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.eval()
     cut = 2 if split == "validation" else 1

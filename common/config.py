@@ -58,6 +58,12 @@ class DataSettings:
     # Fairness groups (user-groups = auto): a MovieLens 1M users.dat with gender, age, occupation;
     # "" -> ML-1M's own users.dat beside its interactions, when present.
     users_file: str = ""
+    # Item side features (public catalogue metadata, not user data), comma-separated: genre and/or year
+    # for MovieLens, or categorical columns of item-metadata. "" = none (item IDs only).
+    item_features: str = ""
+    # The metadata file: "" -> the dataset's own movies.dat (ml-1m) / u.item (ml-100k), or the
+    # interactions file itself for a file path (its columns named in item-features).
+    item_metadata: str = ""
 
     def validate(self) -> None:
         _check(self.min_item_count >= 1, "min-item-count", "must be >= 1")
@@ -65,6 +71,22 @@ class DataSettings:
         _check(2 <= self.max_len <= MAX_SIZE, "max-len", f"must be in [2, {MAX_SIZE:,}]")
         _check(2 <= self.synthetic_users <= MAX_SIZE, "synthetic-users", f"must be in [2, {MAX_SIZE:,}]")
         _check(10 <= self.synthetic_items <= MAX_SIZE, "synthetic-items", f"must be in [10, {MAX_SIZE:,}]")
+        names = [n.strip() for n in self.item_features.split(",")]
+        _check(
+            not self.item_features.strip() or (all(names) and len(set(names)) == len(names)),
+            "item-features",
+            f"must be distinct comma-separated feature names (e.g. genre,year), got {self.item_features!r}",
+        )
+        _check(
+            not self.item_metadata or bool(self.item_features.strip()),
+            "item-metadata",
+            "is set but item-features is empty; name the features to read from it",
+        )
+        _check(
+            self.data != "synthetic" or not self.item_features.strip() or bool(self.item_metadata),
+            "item-features",
+            "synthetic data has no item metadata; set item-metadata to a file with an item column",
+        )
 
 
 @dataclass(frozen=True)

@@ -143,10 +143,14 @@ def _set_metadata(path: Path, metadata: dict) -> None:
 def export_onnx(model: SequenceRecommender, path: Path) -> None:
     """Trace the model at its fixed max_len (dynamic batch) and write a checked ONNX file."""
     wrapper = NextItemScores(exportable(model)).eval()  # a fresh wrapper trains; export restores that mode
-    max_len = model.config.max_len
+    export_scores_module(wrapper, path, max_len=model.config.max_len, num_items=model.config.num_items)
+
+
+def export_scores_module(wrapper: nn.Module, path: Path, *, max_len: int, num_items: int) -> None:
+    """Trace any (B, max_len) items -> (B, N) scores module (a model, an ensemble) to a checked ONNX file."""
     example = torch.zeros(2, max_len, dtype=torch.long)  # (2, L): one padded row, one full row
-    example[0, -3:] = torch.tensor([1, 2, 3]).clamp(max=model.config.num_items)
-    example[1] = torch.arange(max_len) % model.config.num_items + 1
+    example[0, -3:] = torch.tensor([1, 2, 3]).clamp(max=num_items)
+    example[1] = torch.arange(max_len) % num_items + 1
     with warnings.catch_warnings():
         # The legacy (TorchScript) exporter is chosen on purpose: the dynamo one needs onnxscript.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -174,17 +178,26 @@ def export_onnx(model: SequenceRecommender, path: Path) -> None:
 
 def verify_export(model: SequenceRecommender, path: Path, *, histories: int = 8, seed: int = 0) -> float:
     """Largest |ONNX - PyTorch| score over random histories of every length class; raises if too large."""
-    config = model.config
+    reference = NextItemScores(model).eval()
+    return verify_scores_module(
+        reference, path, max_len=model.config.max_len, num_items=model.config.num_items, histories=histories, seed=seed
+    )
+
+
+def verify_scores_module(
+    reference: nn.Module, path: Path, *, max_len: int, num_items: int, histories: int = 8, seed: int = 0
+) -> float:
+    """`verify_export` for any scores module (a model's NextItemScores, an ensemble)."""
     rng = np.random.default_rng(seed)
-    inputs = np.zeros((histories, config.max_len), dtype=np.int64)  # (B, L) left-padded
-    for row, length in enumerate(np.linspace(0, config.max_len, histories).astype(int)):
+    inputs = np.zeros((histories, max_len), dtype=np.int64)  # (B, L) left-padded
+    for row, length in enumerate(np.linspace(0, max_len, histories).astype(int)):
         if length:
-            inputs[row, -length:] = rng.integers(1, config.num_items + 1, size=length)
+            inputs[row, -length:] = rng.integers(1, num_items + 1, size=length)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT], {INPUT: inputs})[0]  # (B, N)
     single = session.run([OUTPUT], {INPUT: inputs[-1:]})[0]  # (1, N): the device's batch size
     with torch.no_grad():
-        want = NextItemScores(model).eval()(torch.as_tensor(inputs)).numpy()  # (B, N)
+        want = reference(torch.as_tensor(inputs)).numpy()  # (B, N)
     error = max(float(np.abs(got - want).max()), float(np.abs(single - want[-1:]).max()))
     if not error <= MAX_ABS_ERROR:
         raise FedSeqRecError(

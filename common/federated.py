@@ -84,7 +84,7 @@ def local_train(
         return LocalResult(None, {"declined": 1, "num-examples": 0})
     seed = client_seed(config.train.seed, server_round, client)
     torch.manual_seed(seed)
-    model = model_for(config, local.num_items)
+    model = model_for(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     if config.privacy.dp_mode == "client":
         noise_seed = dp_seed(reproducible=reproducible_dp_noise, derived=seed)

@@ -6,6 +6,12 @@ items 1..num_items (index j of the last axis is item j + 1). Scores are dot prod
 item embedding table (weight tying), through `TiedItemScorer`, which has its own Opacus
 per-sample-gradient rule so that DP-SGD sees both uses of the shared table.
 
+Optional item side features (genres, release year, a category): each item's vector is its own
+embedding plus the sum of its features' embeddings, at the input and in the tied scorer alike, so
+an item with few interactions borrows what its genre-mates learned. Which features each item has is
+a fixed buffer (`feature_index`, public catalogue metadata, never user data): it is not among the
+weights a client sends (`arrays()`), only the feature embeddings are.
+
 Every model passes `ModuleValidator.validate(model, strict=True)`: RNNs use Opacus' DP layers,
 attention is built from `nn.Linear` + `scaled_dot_product_attention`.
 """
@@ -34,6 +40,8 @@ class ModelConfig:
     num_layers: int = 2  # Transformer blocks / stacked RNN layers
     num_heads: int = 1
     dropout: float = 0.2
+    num_features: int = 0  # side-feature vocabulary size V (ids 1..V, 0 = none); 0 = no side features
+    feature_slots: int = 0  # most features one item has (columns of the feature_index buffer)
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -46,6 +54,10 @@ class ModelConfig:
             raise ValueError(f"item_rank must be 0 or in 1..{self.emb_dim - 1}, got {self.item_rank}")
         if self.emb_dim % self.num_heads:
             raise ValueError(f"emb_dim {self.emb_dim} must be divisible by num_heads {self.num_heads}")
+        if (self.num_features > 0) != (self.feature_slots > 0):
+            raise ValueError(
+                f"num_features {self.num_features} and feature_slots {self.feature_slots}: both or neither"
+            )
 
 
 class ItemEmbedding(nn.Embedding):
@@ -71,6 +83,44 @@ class TiedItemScorer(nn.Module):
         return F.linear(hidden, self.weight[1:])  # (..., D) -> (..., N)
 
 
+class FeaturedTiedScorer(nn.Module):
+    """Logits against item vectors = item embedding + sum of the item's feature embeddings.
+
+    `feature_index` (N + 1, S) comes in as an input, not a buffer of this module, so that the
+    per-sample gradient rule below sees it among the activations; it comes first because Opacus
+    reads the batch size from the last input."""
+
+    def __init__(self, embedding: nn.Embedding, feature_embedding: nn.Embedding):
+        super().__init__()
+        self.weight = embedding.weight  # tied, not copied
+        self.feature_weight = feature_embedding.weight  # tied to the input's feature table
+
+    def forward(self, feature_index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        table = self.weight[1:] + feature_sum(self.feature_weight, feature_index[1:])  # (N, D)
+        return F.linear(hidden, table)  # (..., D) -> (..., N)
+
+
+def feature_sum(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(..., S) feature ids -> (..., D) sum of their embeddings; id 0 ("no feature") adds nothing,
+    whatever row 0 holds (DP noise reaches every row)."""
+    vectors = F.embedding(index, weight)  # (..., S, D)
+    return (vectors * (index > 0).unsqueeze(-1).to(vectors.dtype)).sum(-2)  # (..., D)
+
+
+@register_grad_sampler(FeaturedTiedScorer)
+def _featured_scorer_grad_sample(layer: FeaturedTiedScorer, activations, backprops: torch.Tensor):
+    feature_index, hidden = activations[0], activations[1]  # (N + 1, S), (B, ..., D)
+    per_item = torch.einsum("b...n,b...d->bnd", backprops, hidden)  # (B, N, D): d loss / d item vector
+    index = feature_index[1:]  # (N, S)
+    B, N, D = per_item.shape
+    S = index.shape[1]
+    spread = (per_item.unsqueeze(2) * (index > 0).view(1, N, S, 1).to(per_item.dtype)).reshape(B, N * S, D)
+    features = torch.zeros(B, *layer.feature_weight.shape, dtype=per_item.dtype, device=per_item.device)
+    features.index_add_(1, index.reshape(-1), spread)  # (B, V + 1, D): each item's gradient to its features
+    features[:, 0] = 0.0
+    return {layer.weight: F.pad(per_item, (0, 0, 1, 0)), layer.feature_weight: features}
+
+
 @register_grad_sampler(TiedItemScorer)
 def _tied_scorer_grad_sample(layer: TiedItemScorer, activations, backprops: torch.Tensor):
     hidden = activations[0]  # (B, ..., D)
@@ -84,14 +134,52 @@ class SequenceRecommender(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.item_emb = ItemEmbedding(config.num_items + 1, config.item_rank or config.emb_dim, padding_idx=0)
+        width = config.item_rank or config.emb_dim  # the item table's width ("table space")
+        self.item_emb = ItemEmbedding(config.num_items + 1, width, padding_idx=0)
         # Factorised table: item i's vector is item_up(item_emb[i]); the scorer uses the same product.
         self.item_up = nn.Linear(config.item_rank, config.emb_dim, bias=False) if config.item_rank else None
-        self.scorer = TiedItemScorer(self.item_emb)
+        if config.num_features:
+            # Feature embeddings live in table space too: an item's row is item_emb[i] + its features'.
+            self.feature_emb = ItemEmbedding(config.num_features + 1, width, padding_idx=0)
+            # Not persistent: no state_dict / arrays() entry, so federation never sends or averages it.
+            self.register_buffer(
+                "feature_index",
+                torch.zeros(config.num_items + 1, config.feature_slots, dtype=torch.long),
+                persistent=False,
+            )
+            self.scorer = FeaturedTiedScorer(self.item_emb, self.feature_emb)
+        else:
+            self.scorer = TiedItemScorer(self.item_emb)
+
+    @property
+    def has_features(self) -> bool:
+        return self.config.num_features > 0
+
+    def set_item_features(self, feature_index: torch.Tensor) -> None:
+        """Install the (N + 1, S) feature ids of every item index (row 0 = padding, all zero)."""
+        expected = (self.config.num_items + 1, self.config.feature_slots)
+        if not self.has_features or tuple(feature_index.shape) != expected:
+            raise ValueError(f"feature_index of shape {tuple(feature_index.shape)} does not fit this model {expected}")
+        if int(feature_index.min()) < 0 or int(feature_index.max()) > self.config.num_features:
+            raise ValueError(f"feature ids must lie in 0..{self.config.num_features}")
+        if feature_index[0].any():
+            raise ValueError("row 0 of feature_index is padding and must be all zero")
+        self.feature_index.copy_(feature_index)
+
+    def output_table(self) -> torch.Tensor:
+        """(N + 1, r) the table-space rows scores are dot products with (row 0 = padding)."""
+        table = self.item_emb.weight
+        if self.has_features:
+            table = table + feature_sum(self.feature_emb.weight, self.feature_index)
+        return table
 
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) item indices -> (B, T, emb_dim) item vectors."""
-        vectors = self.item_emb(items)
+        """(B, T) item indices -> (B, T, emb_dim) item vectors: the item's own row (+ its features')."""
+        vectors = self.item_emb(items)  # (B, T, r)
+        if self.has_features:
+            ids = self.feature_index[items]  # (B, T, S)
+            features = self.feature_emb(ids)  # (B, T, S, r): through the module, so Opacus sees it
+            vectors = vectors + (features * (ids > 0).unsqueeze(-1).to(features.dtype)).sum(-2)
         return vectors if self.item_up is None else self.item_up(vectors)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
@@ -111,13 +199,18 @@ class SequenceRecommender(nn.Module):
             nn.init.normal_(self.item_up.weight, std=self.config.item_rank**-0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+            if self.has_features:
+                self.feature_emb.weight[0].zero_()
 
     def to_table_space(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., emb_dim) states -> the item table's width: h . (P e_i) = (P^T h) . e_i."""
         return hidden if self.item_up is None else hidden @ self.item_up.weight  # (..., D) @ (D, r)
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.scorer(self.to_table_space(hidden))
+        table_space = self.to_table_space(hidden)
+        if self.has_features:
+            return self.scorer(self.feature_index, table_space)
+        return self.scorer(table_space)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.score(self.encode(items))

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.allocator import release_freed_memory, retain_freed_memory
 from common.config import ModelSettings, RunConfig
+from common.data.load import load_item_features
 from common.data.sequences import training_windows
 from common.losses import next_item_loss
 from common.models import ModelConfig, SequenceRecommender, build_model
@@ -23,7 +24,9 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_config(settings: ModelSettings, num_items: int, max_len: int) -> ModelConfig:
+def model_config(
+    settings: ModelSettings, num_items: int, max_len: int, num_features: int = 0, feature_slots: int = 0
+) -> ModelConfig:
     return ModelConfig(
         arch=settings.model,
         num_items=num_items,
@@ -34,13 +37,29 @@ def model_config(settings: ModelSettings, num_items: int, max_len: int) -> Model
         num_layers=settings.num_layers,
         num_heads=settings.num_heads,
         dropout=settings.dropout,
+        num_features=num_features,
+        feature_slots=feature_slots,
     )
 
 
-def model_for(config: RunConfig, num_items: int, seed: int | None = None) -> SequenceRecommender:
-    """A freshly initialised model; the same seed gives the same weights everywhere."""
+def model_for(
+    config: RunConfig, num_items: int, seed: int | None = None, *, item_ids: np.ndarray | None = None
+) -> SequenceRecommender:
+    """A freshly initialised model; the same seed gives the same weights everywhere.
+
+    With `item-features`, `item_ids` (the catalogue: index -> original ID) places each item's
+    features on its index; every party derives the same table from the same public metadata."""
+    features = None
+    if config.data.item_features:
+        if item_ids is None or len(item_ids) != num_items + 1:
+            raise ValueError("item-features needs the catalogue's item_ids (num_items + 1 entries) to build the model")
+        features = load_item_features(config.data, item_ids)
     torch.manual_seed(config.train.seed if seed is None else seed)
-    return build_model(model_config(config.model, num_items, config.data.max_len))
+    shape = (features.num_features, features.slots) if features is not None else (0, 0)
+    model = build_model(model_config(config.model, num_items, config.data.max_len, *shape))
+    if features is not None:
+        model.set_item_features(torch.as_tensor(features.index))
+    return model
 
 
 def window_dataset(sequences: list[np.ndarray], max_len: int, mode: str) -> TensorDataset:

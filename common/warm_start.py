@@ -19,7 +19,7 @@ import torch
 
 from common.config import RunConfig
 from common.errors import ConfigError, DataError
-from common.training import model_config, model_for
+from common.training import model_for
 
 ITEM_TABLE = "item_emb.weight"
 # Fields of the model config that decide weight shapes (num_items is handled by regrowing the table;
@@ -48,8 +48,8 @@ def warm_start(config: RunConfig, item_ids: np.ndarray, path: str | Path) -> War
         old_config, old_arrays, old_ids = blob["model_config"], blob["arrays"], blob["item_ids"].numpy()
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise DataError(f"{path}: not a fedseqrec model.pt ({type(exc).__name__}: {exc})") from exc
-    new_model = model_for(config, len(item_ids) - 1)  # seeded: fresh rows equal a from-scratch run's
-    new_config = model_config(config.model, len(item_ids) - 1, config.data.max_len).__dict__
+    new_model = model_for(config, len(item_ids) - 1, item_ids=item_ids)  # seeded: fresh rows equal a scratch run's
+    new_config = new_model.config.__dict__
     differ = [
         f"{name} {old_config.get(name)!r} (model) != {new_config[name]!r} (run)"
         for name in _shape_fields(new_config["arch"])

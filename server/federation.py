@@ -50,7 +50,7 @@ def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: Coho
         users = np.random.default_rng(config.train.seed).choice(
             data.num_users, config.federation.eval_users, replace=False
         )
-    model = model_for(config, data.num_items)
+    model = model_for(config, data.num_items, item_ids=data.item_ids)
     options = _evaluation_options(config, data)
 
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
@@ -76,7 +76,7 @@ def _evaluation_options(config: RunConfig, data) -> dict:
 def grouped_test_metrics(config: RunConfig, data, arrays, groups: dict, source: str) -> tuple[dict, dict]:
     """Test metrics of every user and, from the same lists, per user group (`user_groups_for`) with
     the gaps between groups; on the server's copy of the data."""
-    model = model_for(config, data.num_items)
+    model = model_for(config, data.num_items, item_ids=data.item_ids)
     model.load_arrays(arrays)
     model.eval()
     test, by_group = evaluate_by_group(model_scores(model), data, "test", groups, **_evaluation_options(config, data))
@@ -130,7 +130,7 @@ INIT_MODEL_REPORT = "init-model.json"
 def _initial_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path) -> dict:
     """Random weights (seeded), or with `init-model` a previous run's model fitted to this catalogue."""
     if not config.federation.init_model:
-        return model_for(config, catalogue.num_items).arrays()
+        return model_for(config, catalogue.num_items, item_ids=catalogue.item_ids).arrays()
     start = warm_start(config, catalogue.item_ids, config.federation.init_model)
     (run_dir / INIT_MODEL_REPORT).write_text(json.dumps(start.report, indent=2))
     log(
@@ -205,7 +205,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     else:
         test, by_group = grouped_test_metrics(config, data, best_arrays, *groups)
     validation = evaluate_arrays(best_arrays, "validation", all_users=True)
-    model = model_for(config, catalogue.num_items)
+    model = model_for(config, catalogue.num_items, item_ids=catalogue.item_ids)
     model.load_arrays(best_arrays)
     save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=flat, best_round=state.best.get("round"))
     summary = {

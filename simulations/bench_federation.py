@@ -110,7 +110,7 @@ def bench_overhead(flat: dict, out: Path, rounds: int) -> dict:
     )
     data = load_sequence_data(config.data)
     parts = partition_users(data, config.federation, config.train.seed)
-    arrays = model_for(config, data.num_items).arrays()
+    arrays = model_for(config, data.num_items, item_ids=data.item_ids).arrays()
     plain = []
     for server_round in range(1, rounds + 2):
         start = time.perf_counter()

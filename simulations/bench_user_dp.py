@@ -122,7 +122,8 @@ def _weights(flat: dict) -> dict:
     from common.training import model_for
 
     config = RunConfig.from_flat(flat)
-    model = model_for(config, load_sequence_data(config.data).num_items)
+    data = load_sequence_data(config.data)
+    model = model_for(config, data.num_items, item_ids=data.item_ids)
     arrays = model.arrays()
     table = sum(v.numel() for k, v in arrays.items() if k.startswith("item_"))
     return {"weights": sum(v.numel() for v in arrays.values()), "item_table_weights": table}

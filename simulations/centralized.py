@@ -39,7 +39,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
 
-    model = model_for(config, data.num_items).to(train.device)
+    model = model_for(config, data.num_items, item_ids=data.item_ids).to(train.device)
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)

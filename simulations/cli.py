@@ -1,4 +1,4 @@
-"""`fedseqrec`: everything that is not `flwr run` (train, audit, export, recommend, config)."""
+"""`fedseqrec`: everything that is not `flwr run` (train, audit, export, ensemble, recommend, config)."""
 
 from __future__ import annotations
 
@@ -143,6 +143,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"{path}  ({path.stat().st_size:,} bytes)")
     metadata = json.loads((Path(args.out) / "metadata.json").read_text())
     print(f"popularity fallback: {metadata['popularity']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from simulations.ensemble import run_ensemble
+
+    report = run_ensemble([Path(r) for r in args.run_dirs], Path(args.out), export=args.export, top_k=args.top_k)
+    k = f"ndcg@{args.top_k}"
+    chosen = report["chosen"]
+    summary = {
+        "chosen": chosen,
+        "validation": {name: round(c["validation"][k], 4) for name, c in report["candidates"].items()}
+        | {f"single:{m['run_dir']}": round(m["validation"][k], 4) for m in report["members"]},
+        "test": {
+            name: {m: round(v[m], 4) for m in (k, f"hr@{args.top_k}")}
+            for name, v in report["test"].items()
+            if v is not None
+        },
+        "out": str(Path(args.out) / "ensemble.json"),
+    }
+    if "export" in report:
+        summary["export"] = report["export"]
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -303,6 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for model.onnx, items.json, metadata.json")
     export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantization)")
     export.set_defaults(handler=_cmd_export)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="fuse trained runs' scores at ranking time; choose on validation, report test once"
+    )
+    ensemble.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="out-dirs of finished runs (model.pt)")
+    ensemble.add_argument("--out", required=True, help="folder for ensemble.json (and export/ with --export)")
+    ensemble.add_argument("--top-k", type=int, default=10, help="K of the NDCG@K that chooses (default: 10)")
+    ensemble.add_argument(
+        "--export", action="store_true", help="if an ensemble wins on validation, write it as one ONNX graph"
+    )
+    ensemble.set_defaults(handler=_cmd_ensemble)
 
     recommend = commands.add_parser("recommend", help="top-k items for one history with an exported model")
     recommend.add_argument(

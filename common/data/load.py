@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from common.config import DataSettings
-from common.data.files import MOVIELENS, cache_dir, resolve_interactions
+from common.data.files import MOVIELENS, cache_dir, resolve_interactions, search_dirs
 from common.data.interactions import Columns, load_interactions
+from common.data.item_features import ItemFeatures, item_features, parse_feature_names, read_item_labels
 from common.data.sequences import SequenceData, build_sequences
 from common.data.synthetic import synthetic_interactions
 
@@ -86,3 +87,27 @@ def append_users(data: SequenceData, sequences: np.ndarray, user_ids: np.ndarray
     offsets = np.concatenate([data.offsets, data.offsets[-1] + np.cumsum(lengths)])
     items = np.concatenate([data.items, np.concatenate(list(sequences)).astype(data.items.dtype)])
     return SequenceData(items, offsets, np.concatenate([data.user_ids, user_ids]), data.item_ids, dict(data.report))
+
+
+def item_metadata_path(settings: DataSettings) -> Path:
+    """Where the item metadata lives: item-metadata, else the dataset's own catalogue file, else the
+    interactions file itself (its categorical columns)."""
+    if settings.item_metadata:
+        return Path(settings.item_metadata)
+    if settings.data in MOVIELENS:
+        name, items_file = settings.data, MOVIELENS[settings.data].items_file
+        for base in search_dirs(settings.data_dir):  # a server with a catalogue only has no ratings file
+            if (base / name / items_file).is_file():
+                return base / name / items_file
+        return resolve_interactions(name, settings.data_dir).parent / items_file  # downloads the archive
+    return Path(settings.data)
+
+
+def load_item_features(settings: DataSettings, item_ids: np.ndarray) -> ItemFeatures | None:
+    """The catalogue's side-feature table, or None when item-features is empty."""
+    names = parse_feature_names(settings.item_features)
+    if not names:
+        return None
+    path = item_metadata_path(settings)
+    labels = read_item_labels(path, names, settings.item_col)
+    return item_features(item_ids, labels, source=str(path))
