@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.augmentation import augmentation_for, maybe_augmented
 from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
@@ -37,6 +38,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     model = model_for(config, data.num_items).to(train.device)
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    augmentation = augmentation_for(config, data.num_items)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
     eval_kwargs = dict(
         top_k=train.top_k, mask_seen=train.mask_seen, batch_size=train.eval_batch_size, device=train.device
@@ -55,7 +57,8 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
             with tqdm(
                 total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress, leave=False
             ) as bar:
-                loss, _ = train_epoch(model, loader, optimizer, options, train.device, progress=bar)
+                batches = maybe_augmented(loader, augmentation, [train.seed, epoch])
+                loss, _ = train_epoch(model, batches, optimizer, options, train.device, progress=bar)
             train_seconds += time.perf_counter() - epoch_start
             row = {"epoch": epoch, "loss": loss}
             if epoch % train.eval_every == 0 or epoch == train.epochs:
