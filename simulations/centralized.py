@@ -6,6 +6,7 @@ import copy
 import json
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = True) -> dict:
+def train_centralized(
+    config: RunConfig,
+    out_dir: Path,
+    show_progress: bool = True,
+    *,
+    report_test: bool = True,
+    on_validation: Callable[[int, float], bool] | None = None,
+) -> dict:
+    """Train, select the epoch on validation NDCG@k, report test (unless `report_test` is False: a
+    tuner's trials compute validation only). `on_validation(epoch, value)` sees every validation
+    figure; returning True stops training there, as early stopping would (a tuner's pruner)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, data_cfg = config.train, config.data
@@ -50,6 +61,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     train_seconds = 0.0
     epoch = 0
     interrupted = False
+    stopped_by = ""
     try:
         for epoch in range(1, train.epochs + 1):
             loader = window_loader(dataset, train.batch_size, train.seed + epoch)
@@ -81,6 +93,9 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
                 )
             if stale >= train.patience:
                 break
+            if on_validation is not None and "validation" in row and on_validation(epoch, row["validation"][key]):
+                stopped_by = "on_validation"
+                break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learned, report on the best epoch
         interrupted = True  # the caller says so (`fedseqrec train` prints one line)
     log.close()
@@ -90,11 +105,10 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     model.load_state_dict(best_state)
     model.eval()
     validation = evaluate(model_scores(model), data, "validation", **eval_kwargs)
-    test = evaluate(model_scores(model), data, "test", **eval_kwargs)
+    splits = ("validation", "test") if report_test else ("validation",)
+    test = evaluate(model_scores(model), data, "test", **eval_kwargs) if report_test else None
     counts = data.item_counts()
-    popularity = {
-        split: evaluate(popularity_scores(counts), data, split, **eval_kwargs) for split in ("validation", "test")
-    }
+    popularity = {split: evaluate(popularity_scores(counts), data, split, **eval_kwargs) for split in splits}
     save_model(out_dir / "model.pt", model, data.item_ids, run_config=config.to_flat(), best_epoch=best_epoch)
     metrics = {
         "validation": validation,
@@ -103,6 +117,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
         "best_epoch": best_epoch,
         "epochs_run": epoch,
         "interrupted": interrupted,
+        "stopped_by": stopped_by or ("patience" if stale >= train.patience else ""),
         "num_users": data.num_users,
         "num_items": data.num_items,
         "wall_seconds": time.perf_counter() - started,

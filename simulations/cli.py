@@ -92,6 +92,22 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     return federate(args.run_config, args.cpus_per_client, args.out_dir)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from simulations.search_space import parse_search_space
+    from simulations.tune import TuneOptions, tune
+
+    flat = _flat_from_args(args)
+    table = flat.pop("search", None)
+    if args.space:
+        table = read_toml(args.space).get("search")
+    base = {k: v for k, v in flat.items() if k != "out-dir"}  # each trial's run folder is set by the tuner
+    RunConfig.from_flat(base, where="fedseqrec tune")
+    params = parse_search_space(table, base, where=args.space or args.config or "fedseqrec tune")
+    options = TuneOptions(args.mode, args.trials, Path(args.out), args.study_name, pruning=not args.no_pruning)
+    summary = tune(base, params, options)
+    return 0 if summary["complete"] else 1
+
+
 def _cmd_partition(args: argparse.Namespace) -> int:
     from simulations.deployment_data import write_node_files
 
@@ -191,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
         "the same folder resumes after its last checkpoint",
     )
     federate.set_defaults(handler=_cmd_federate)
+
+    tune = commands.add_parser(
+        "tune",
+        help="Optuna search over centralized or federated runs (objective: validation NDCG@10); "
+        "running it again continues the study",
+    )
+    tune.add_argument("--config", help="TOML of run-config keys; its [search] table is the search space")
+    tune.add_argument("--space", help="TOML whose [search] table is the search space (default: --config's)")
+    tune.add_argument("--mode", choices=["centralized", "federated"], default="centralized")
+    tune.add_argument("--trials", type=int, default=8, help="trials to add to the study (default: 8)")
+    tune.add_argument(
+        "--out", required=True, help="study folder: study.db, trials/, trials.json, trials.png, best.json"
+    )
+    tune.add_argument("--study-name", default="fedseqrec", help="the study's name in study.db (default: fedseqrec)")
+    tune.add_argument("--no-pruning", action="store_true", help="run every centralized trial to its end")
+    tune.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")
+    _add_config_flags(tune, ("data", "model", "train", "federation", "privacy"))
+    tune.set_defaults(handler=_cmd_tune)
 
     partition = commands.add_parser("partition", help="split a dataset into per-node files for a deployment")
     partition.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")
