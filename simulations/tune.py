@@ -18,10 +18,10 @@ after the run (recorded and plotted, not pruned: the federation runs in Flower's
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class FederationFailed(RuntimeError):
     """A federated trial's simulation ended without results (its log says why)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TuneOptions:
     mode: str  # centralized | federated
     trials: int  # trials to add in this invocation
@@ -68,7 +68,7 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
         "mode": options.mode,
         "objective": f"validation {key}",
         "base": base,
-        "space": [p.__dict__ for p in params],
+        "space": [dataclasses.asdict(p) for p in params],
     }
     existing = optuna.study.get_all_study_names(storage)
     done_before = 0
