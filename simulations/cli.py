@@ -103,8 +103,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     base = {k: v for k, v in flat.items() if k != "out-dir"}  # each trial's run folder is set by the tuner
     RunConfig.from_flat(base, where="fedseqrec tune")
     params = parse_search_space(table, base, where=args.space or args.config or "fedseqrec tune")
-    options = TuneOptions(args.mode, args.trials, Path(args.out), args.study_name, pruning=not args.no_pruning)
-    summary = tune(base, params, options)
+    options = TuneOptions(
+        args.mode, args.trials, Path(args.out), args.study_name, pruning=not args.no_pruning, timeout=args.timeout
+    )
+    try:
+        summary = tune(base, params, options)
+    except KeyboardInterrupt:
+        return 130
     return 0 if summary["complete"] else 1
 
 
@@ -222,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--study-name", default="fedseqrec", help="the study's name in study.db (default: fedseqrec)")
     tune.add_argument("--no-pruning", action="store_true", help="run every centralized trial to its end")
+    tune.add_argument(
+        "--timeout", type=float, default=0.0, help="seconds after which no new trial starts (default: no limit)"
+    )
     tune.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")
     _add_config_flags(tune, ("data", "model", "train", "federation", "privacy"))
     tune.set_defaults(handler=_cmd_tune)

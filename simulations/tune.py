@@ -45,6 +45,7 @@ class TuneOptions:
     out: Path
     study_name: str = "fedseqrec"
     pruning: bool = True  # centralized only
+    timeout: float = 0.0  # > 0: no trial starts after this many seconds (the running one finishes)
 
 
 _print = functools.partial(print, flush=True)
@@ -103,13 +104,19 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
     )
     started = time.perf_counter()
     objective = _Objective(base, params, options.mode, out, key)
-    study.optimize(
-        objective,
-        n_trials=options.trials,
-        # a combination the run config refuses, or a federation that broke, fails that trial only (logged)
-        catch=(ConfigError, FederationFailed),
-        callbacks=[_progress(log, key, done_before, options.trials)],
-    )
+    try:
+        study.optimize(
+            objective,
+            n_trials=options.trials,
+            timeout=options.timeout or None,
+            # a combination the run config refuses, or a federation that broke, fails that trial only (logged)
+            catch=(ConfigError, FederationFailed),
+            callbacks=[_progress(log, key, done_before, options.trials)],
+        )
+    except KeyboardInterrupt:  # Ctrl-C: the trials done so far are still written out, then we stop
+        write_results(study, out, key, time.perf_counter() - started, options.mode)
+        log(f"tune: stopped; {out / 'trials.json'} holds the trials so far; the same command continues the study")
+        raise
     summary = write_results(study, out, key, time.perf_counter() - started, options.mode)
     best = summary.get("best")
     if best:

@@ -182,3 +182,11 @@ def test_shipped_tuning_configs_are_valid(path):
     table = flat.pop("search")
     RunConfig.from_flat(flat, where=str(path))
     assert parse_search_space(table, flat, str(path))
+
+
+def test_timeout_stops_starting_trials(tmp_path):
+    config = tmp_path / "tune.toml"
+    config.write_text(BASE + SPACE)
+    out = tmp_path / "study"
+    assert main(["tune", "--config", str(config), "--out", str(out), "--trials", "5", "--timeout", "0.001"]) == 0
+    assert json.loads((out / "trials.json").read_text())["trials"] == 1  # the first trial runs, no other starts
