@@ -93,14 +93,14 @@ def _cmd_federate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from simulations.search_space import parse_search_space
+    from simulations.search_space import parse_search_space, read_tuning_file
     from simulations.tune import TuneOptions, tune
 
-    flat = _flat_from_args(args)
-    table = flat.pop("search", None)
+    base, table = read_tuning_file(args.config) if args.config else ({}, None)
+    base.update(_flat_from_args(argparse.Namespace(**{**vars(args), "config": None})))  # flags override the file
     if args.space:
-        table = read_toml(args.space).get("search")
-    base = {k: v for k, v in flat.items() if k != "out-dir"}  # each trial's run folder is set by the tuner
+        table = read_tuning_file(args.space)[1]
+    base.pop("out-dir", None)  # each trial's run folder is set by the tuner
     RunConfig.from_flat(base, where="fedseqrec tune")
     params = parse_search_space(table, base, where=args.space or args.config or "fedseqrec tune")
     options = TuneOptions(

@@ -16,10 +16,12 @@ run config would refuse (each endpoint and choice is checked against the base co
 from __future__ import annotations
 
 import difflib
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from common.config import RunConfig
+from common.config import RunConfig, read_toml
 from common.errors import ConfigError
 
 RESERVED = ("out-dir",)  # the tuner sets it: each trial's run folder
@@ -43,6 +45,22 @@ class Param:
         if self.kind == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+
+def read_tuning_file(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """(base run-config keys, the [search] table or None) of a tuning file: a flat run config plus
+    a [search] table, the one table it may hold."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        read_toml(path)  # the run config's reader turns the same problem into its one-line ConfigError
+        raise
+    table = values.pop("search", None)
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}: [{key}] is a table; a tuning file holds run-config keys and [search] only")
+    return values, table
 
 
 def parse_search_space(table: Any, base: dict[str, Any], where: str) -> list[Param]:

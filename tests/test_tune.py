@@ -190,3 +190,10 @@ def test_timeout_stops_starting_trials(tmp_path):
     out = tmp_path / "study"
     assert main(["tune", "--config", str(config), "--out", str(out), "--trials", "5", "--timeout", "0.001"]) == 0
     assert json.loads((out / "trials.json").read_text())["trials"] == 1  # the first trial runs, no other starts
+
+
+def test_a_tuning_file_holds_no_other_table(tmp_path, capsys):
+    config = tmp_path / "tune.toml"
+    config.write_text(BASE + SPACE + "\n[extra]\nx = 1\n")
+    assert main(["tune", "--config", str(config), "--out", str(tmp_path / "study")]) == 2
+    assert "[extra] is a table" in capsys.readouterr().err
