@@ -104,7 +104,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     RunConfig.from_flat(base, where="fedseqrec tune")
     params = parse_search_space(table, base, where=args.space or args.config or "fedseqrec tune")
     options = TuneOptions(
-        args.mode, args.trials, Path(args.out), args.study_name, pruning=not args.no_pruning, timeout=args.timeout
+        args.mode,
+        args.trials,
+        Path(args.out),
+        args.study_name,
+        pruning=not args.no_pruning,
+        prune_after=args.prune_after,
+        timeout=args.timeout,
     )
     try:
         summary = tune(base, params, options)
@@ -227,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--study-name", default="fedseqrec", help="the study's name in study.db (default: fedseqrec)")
     tune.add_argument("--no-pruning", action="store_true", help="run every centralized trial to its end")
+    tune.add_argument(
+        "--prune-after", type=int, default=2, help="epochs before a centralized trial may be pruned (default: 2)"
+    )
     tune.add_argument(
         "--timeout", type=float, default=0.0, help="seconds after which no new trial starts (default: no limit)"
     )

@@ -45,6 +45,7 @@ class TuneOptions:
     out: Path
     study_name: str = "fedseqrec"
     pruning: bool = True  # centralized only
+    prune_after: int = 2  # epochs before the pruner may stop a trial (slow starters need more)
     timeout: float = 0.0  # > 0: no trial starts after this many seconds (the running one finishes)
 
 
@@ -59,6 +60,8 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
         raise ConfigError(f"tune: mode must be one of {', '.join(MODES)}; got {options.mode!r}")
     if options.trials < 1:
         raise ConfigError("tune: --trials must be >= 1")
+    if options.prune_after < 1:
+        raise ConfigError("tune: --prune-after must be >= 1 epoch")
     RunConfig.from_flat(base, where="tune base config")
     out = Path(options.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
             )
         done_before = _retry_dead_trials(optuna.load_study(study_name=options.study_name, storage=storage), log)
     pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=options.prune_after)
         if options.pruning and options.mode == "centralized"
         else optuna.pruners.NopPruner()
     )
