@@ -17,20 +17,32 @@ import numpy as np
 from common.config import RunConfig
 from common.data.interactions import Columns, load_interactions
 from common.data.sequences import SequenceData, sequences_for_catalogue
-from common.errors import DataError
-from common.federated import check_local_data
+from common.errors import ConfigError, DataError
+from common.federated import DeviceLimits, check_local_data
+from common.node_config import check_node_keys, node_setting
+from common.outputs import check_output_dir
 from common.partition import cached_partitioning, cached_population
+
+
+def read_catalogue(path: str | Path, whose: str) -> np.ndarray:
+    """(N + 1,) original item IDs in model index order from a catalogue.json, or a DataError that
+    says what is wrong with it; `whose` names the setting it came from."""
+    todo = "it must be the JSON list of original item IDs that `fedseqrec partition` writes"
+    try:
+        blob = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # ValueError: JSON syntax, or bytes that are not UTF-8
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[:80]
+        raise DataError(f"{whose} {path}: cannot read the item catalogue ({reason}); {todo}") from exc
+    if not isinstance(blob, list) or len(blob) < 2 or not all(type(i) is int for i in blob):
+        raise DataError(f"{whose} {path}: not a list of at least two integer item IDs; {todo}")
+    return np.asarray(blob, dtype=np.int64)
 
 
 @lru_cache(maxsize=8)
 def _device_data(data_path: str, catalogue_path: str, columns: Columns) -> SequenceData:
-    try:
-        item_ids = np.asarray(json.loads(Path(catalogue_path).read_text()), dtype=np.int64)
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{catalogue_path}: cannot read the item catalogue ({exc}); it must be a JSON list "
-            "of original item IDs written by `fedseqrec partition`"
-        ) from exc
+    item_ids = read_catalogue(catalogue_path, "node config catalogue-path")
+    if not Path(data_path).is_file():
+        raise DataError(f"node config data-path {data_path}: no such file; point it at this device's interactions file")
     return sequences_for_catalogue(load_interactions(data_path, columns), item_ids, source=data_path)
 
 
@@ -38,8 +50,11 @@ def client_key(node_config: dict) -> int:
     """Stable identity of a client: its partition in simulation, its `client-id` on a device."""
     for key in ("partition-id", "client-id"):
         if key in node_config:
-            return int(node_config[key])
-    raise DataError("node config has neither partition-id (simulation) nor client-id (deployment)")
+            return node_setting(node_config, key)
+    raise DataError(
+        "node config has neither partition-id (simulation) nor client-id (deployment); "
+        "a device sets client-id=N, its unique integer identity in the federation"
+    )
 
 
 def is_simulated(node_config: dict) -> bool:
@@ -55,7 +70,8 @@ def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:
                 "item catalogue (written by `fedseqrec partition`)"
             )
         columns = Columns(config.data.user_col, config.data.item_col, config.data.time_col)
-        local = _device_data(str(node_config["data-path"]), str(node_config["catalogue-path"]), columns)
+        data_path = node_setting(node_config, "data-path")
+        local = _device_data(data_path, node_setting(node_config, "catalogue-path"), columns)
         where = str(node_config["data-path"])
     elif "partition-id" in node_config:
         partitioning = cached_partitioning(config.data, config.federation, config.train.seed)
@@ -90,3 +106,25 @@ def cohort_data(config: RunConfig, node_config: dict, chunk_keys: list[int] | No
         )
     rows = np.array([partitioning.clients[k][0] for k in keys], dtype=np.int64)
     return cached_population(config.data, config.federation, config.train.seed), rows
+
+
+def check_device(config: RunConfig, node_config: dict) -> str:
+    """Everything a device's ClientApp will read from its node config, checked before its owner starts
+    a SuperNode: known keys with typed values, its identity and limits, a writable state folder, and
+    its data against the catalogue. Returns a one-line summary; raises a FedSeqRecError otherwise."""
+    check_node_keys(node_config)
+    if "data-path" not in node_config:
+        raise ConfigError(
+            "node config has no data-path; a device needs data-path, catalogue-path and client-id "
+            "(see docs/deployment.md)"
+        )
+    key = client_key(node_config)
+    limits = DeviceLimits.from_node_config(node_config)
+    if "state-dir" in node_config:
+        check_output_dir(Path(node_setting(node_config, "state-dir")), "node config state-dir")
+    local = load_local_data(config, node_config)
+    return (
+        f"client-id {key}: {local.num_users} user(s), {int(local.lengths().sum())} interactions of "
+        f"{local.num_items} catalogue items; max-epsilon {limits.max_epsilon or 'run default'}, "
+        f"train {str(limits.train).lower()}"
+    )

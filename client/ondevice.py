@@ -4,6 +4,14 @@ It never imports torch (a phone has none), nor anything from `common` that does:
 left padding, masking of seen items and the popularity fallback for empty histories are here, in
 numpy. Files come from `fedseqrec export`: model.onnx (or model.int8.onnx) with its metadata in
 `metadata_props`, and items.json beside it.
+
+Explanations (`explain`) are computed here too, from the same exported graph: occlusion (leave-one-
+out, by masking an item in place) attribution. Why occlusion and not attention weights: it needs
+nothing but the scores the graph already outputs, so it works for SASRec, GRU and LSTM alike, for the float and the int8
+model, with no change to the export format; it measures what the model actually does with an item
+(attention weights of one layer are not an explanation of a multi-layer model's output, and RNNs
+have none); and all occluded variants run as one batched onnxruntime call. Nothing it computes
+is written anywhere or sent anywhere: it returns numbers to the caller.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, brief
 
 FORMAT = "fedseqrec-ondevice/1"  # as written by common.export (which needs torch, so it is not imported)
 METADATA_KEY = "fedseqrec"
@@ -58,12 +66,23 @@ class OnDeviceRecommender:
     @classmethod
     def load(cls, model_path: str | Path, *, threads: int = 1) -> OnDeviceRecommender:
         path = Path(model_path)
+        if path.is_dir():  # the export folder itself: its float model
+            if not (path / "model.onnx").is_file():
+                raise DataError(
+                    f"{path}: folder holds no model.onnx; pass the folder written by "
+                    "`fedseqrec export RUN_DIR --out DIR`"
+                )
+            path = path / "model.onnx"
         if not path.is_file():
             raise DataError(f"{path}: no model file; create one with `fedseqrec export RUN_DIR --out DIR`")
         try:
             session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise DataError(f"{path}: not a loadable ONNX model ({exc})") from exc
+            reason = str(exc).split(" : ")[2] if str(exc).count(" : ") >= 2 else brief(exc)  # e.g. INVALID_PROTOBUF
+            raise DataError(
+                f"{path}: not a loadable ONNX model, truncated or corrupt (onnxruntime: {reason}); copy it again "
+                "or re-export it"
+            ) from exc
         raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise DataError(f"{path}: no '{METADATA_KEY}' metadata; export the model with `fedseqrec export`")
@@ -71,8 +90,13 @@ class OnDeviceRecommender:
             metadata = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: unreadable '{METADATA_KEY}' metadata ({exc})") from exc
-        if metadata.get("format") != FORMAT:
-            raise DataError(f"{path}: format {metadata.get('format')!r}, this runner reads {FORMAT!r}")
+        reexport = "export the run again with this version's `fedseqrec export RUN_DIR --out DIR`"
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            found = metadata.get("format") if isinstance(metadata, dict) else None
+            raise DataError(f"{path}: model format {found!r}, but this runner reads {FORMAT!r}; {reexport}")
+        missing = [k for k in ("max_len", "num_items", "input", "output", "items_file") if k not in metadata]
+        if missing:
+            raise DataError(f"{path}: its metadata lacks {', '.join(missing)}; {reexport}")
         item_ids, popularity = _read_items(path.parent / metadata["items_file"], int(metadata["num_items"]))
         width = session.get_inputs()[0].shape[1]
         if width != metadata["max_len"]:
@@ -116,6 +140,59 @@ class OnDeviceRecommender:
             truncated=max(0, len(indices) - self.max_len),
         )
 
+    def explain(self, history: Iterable[int], items: Iterable[int], top: int = 3) -> list[Explanation]:
+        """For each of `items` (original IDs, e.g. the recommended ones): the `top` history items that
+        raised it most, by occlusion. Only the latest max_len known items are the model's input, so
+        only they can explain; an empty input explains nothing (empty `causes`)."""
+        if not isinstance(top, (int, np.integer)) or top < 1:
+            raise ConfigError(f"top must be a positive integer, got {top!r}")
+        targets, unknown = self.to_indices(items)
+        if unknown:
+            raise DataError(f"cannot explain items outside the model's catalogue: {unknown}")
+        indices, _ = self.to_indices(history)
+        window = indices[-self.max_len :]  # (W,) the items the model reads
+        if len(window) == 0:
+            return [Explanation(int(self.item_ids[t]), []) for t in targets]
+        inputs, distinct = _occluded_inputs(window, self.max_len)  # (1 + V, L), (V,)
+        logp = log_softmax(self.scores(inputs))[:, targets - 1]  # (1 + V, R) one onnxruntime call
+        drops = logp[0] - logp[1:]  # (V, R) attribution of distinct item v to target r
+        explanations = []
+        for column, target in enumerate(targets):
+            order = np.argsort(-drops[:, column], kind="stable")[:top]  # ties: the more recent item
+            causes = [(int(self.item_ids[distinct[v]]), float(drops[v, column])) for v in order]
+            explanations.append(Explanation(int(self.item_ids[target]), causes))
+        return explanations
+
+
+@dataclass(frozen=True)
+class Explanation:
+    item: int  # the explained (recommended) item, original ID
+    # (history item's original ID, attribution), largest first: the drop in the explained item's
+    # log-probability (nats, softmax over the whole catalogue) when that history item is masked out
+    # of the model's input (replaced by padding). Positive: the item pushed the recommendation up.
+    causes: list[tuple[int, float]]
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (the comparison of rows must not drown in float32 rounding)."""
+    scores = scores.astype(np.float64)
+    peak = scores.max(axis=-1, keepdims=True)
+    return scores - peak - np.log(np.exp(scores - peak).sum(axis=-1, keepdims=True))
+
+
+def _occluded_inputs(window: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row 0: the model's input; row 1 + j: the same input with every occurrence of distinct item j
+    replaced by padding, in place. In place, not deleted: deleting shifts every older item one step
+    closer to now, and that shift alone changes what a position-aware model predicts (an item that
+    follows "A, then one other item" loses its cause when the other item is deleted). Padding is what
+    the models already read as "no item" (SASRec masks it out of attention).
+    Returns (inputs (1 + V, max_len), the V distinct item indices, most recent first)."""
+    distinct = np.asarray(list(dict.fromkeys(window[::-1].tolist())), dtype=np.int64)  # (V,)
+    inputs = np.zeros((1 + len(distinct), max_len), dtype=np.int64)  # (1 + V, L) left-padded
+    inputs[:, max_len - len(window) :] = window
+    inputs[1:, max_len - len(window) :] *= window[None, :] != distinct[:, None]
+    return inputs, distinct
+
 
 def top_k(scores: np.ndarray, *, exclude: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k best scores, best first, never an excluded one; ties go to the lower position.
@@ -135,14 +212,28 @@ def top_k(scores: np.ndarray, *, exclude: np.ndarray, k: int) -> np.ndarray:
 
 def _read_items(path: Path, num_items: int) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
-        raise DataError(f"{path}: item mapping missing; it must sit beside the model (written by fedseqrec export)")
+        raise DataError(
+            f"{path}: item mapping missing; copy the items.json that `fedseqrec export` wrote beside the model"
+        )
     try:
         blob = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable item mapping ({exc})") from exc
-    item_ids = np.asarray(blob["item_ids"], dtype=np.int64)  # (N + 1,)
+        raise DataError(
+            f"{path}: unreadable item mapping ({exc}); copy the items.json of the same export again"
+        ) from exc
+    if not isinstance(blob, dict) or not isinstance(blob.get("item_ids"), list):
+        raise DataError(f"{path}: no 'item_ids' list; copy the items.json written by the same export as the model")
+    try:
+        item_ids = np.asarray(blob["item_ids"], dtype=np.int64)  # (N + 1,)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(
+            f"{path}: item_ids are not all integers ({exc}); copy the items.json of the same export"
+        ) from exc
     if item_ids.shape != (num_items + 1,):
-        raise DataError(f"{path}: {len(item_ids)} item IDs for a model of {num_items} items + padding")
+        raise DataError(
+            f"{path}: {len(item_ids)} item IDs for a model of {num_items} items + padding; copy the items.json "
+            "of the same export as the model"
+        )
     popularity = blob.get("popularity")
     if popularity is not None:
         popularity = np.asarray(popularity, dtype=np.float64)  # (N + 1,)

@@ -29,6 +29,7 @@ class LocalRecipe:
     optimizer: str = "sgd"  # "sgd" or "adam" (each user with its own moments, fresh every round)
     lr: float = 1.0
     clip: float = 0.0  # > 0: each user's whole update clipped to this L2 norm
+    touched_rows: bool = False  # only the item-table rows of the user's own items change (local-item-rows)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
@@ -62,7 +63,7 @@ def cohort_update(
     Dropout masks come from torch's global RNG: seed it before calling for a reproducible result."""
     if len(inputs) == 0:
         return CohortResult({k: torch.zeros_like(v) for k, v in model.named_parameters()}, 0, 0.0)
-    if recipe.steps == 1 and recipe.optimizer == "sgd" and recipe.clip <= 0:
+    if recipe.steps == 1 and recipe.optimizer == "sgd" and recipe.clip <= 0 and not recipe.touched_rows:
         return _one_sgd_step(model, inputs, targets, recipe.lr)
     return _stacked(model, inputs, targets, recipe)
 
@@ -90,11 +91,15 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
         else None
     )
     grads_and_loss = vmap(grad_and_value(lambda p, x, y: user_loss(model, p, x, y)), randomness="different")
+    row_mask = touched_rows(inputs, targets, model.config.num_items) if recipe.touched_rows else None  # (U, N+1)
+    table = item_table_name(model)
     first_loss = 0.0
     for step in range(1, recipe.steps + 1):
         grads, losses = grads_and_loss(params, inputs, targets)  # {k: (U, ...)}, (U,)
         if step == 1:
             first_loss = float(losses.sum())
+        if row_mask is not None:
+            grads[table] = grads[table] * row_mask.unsqueeze(-1)  # untouched rows: no gradient, no Adam moment
         with torch.no_grad():
             if moments is None:
                 params = {k: params[k] - recipe.lr * grads[k] for k in params}
@@ -109,6 +114,21 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
             clipped = int((scale < 1).sum())
             update = {k: u * scale.view(-1, *([1] * (u.dim() - 1))) for k, u in update.items()}
         return CohortResult({k: u.sum(0) for k, u in update.items()}, U, first_loss, clipped)
+
+
+def touched_rows(inputs: torch.Tensor, targets: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(U, N + 1) float mask: 1 on the rows of items in each user's windows (inputs or targets), 0 elsewhere
+    and on padding row 0."""
+    items = torch.cat([inputs.flatten(1), targets.flatten(1)], 1)  # (U, 2 W T)
+    mask = torch.zeros(len(items), num_items + 1, dtype=torch.float32)
+    mask.scatter_(1, items, 1.0)
+    mask[:, 0] = 0.0
+    return mask
+
+
+def item_table_name(model: SequenceRecommender) -> str:
+    """The parameter name of the item table (shared by the input embedding and the tied scorer)."""
+    return next(name for name, p in model.named_parameters() if p is model.item_emb.weight)
 
 
 def _adam(params, grads, moments, step: int, recipe: LocalRecipe):

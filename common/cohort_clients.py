@@ -32,7 +32,13 @@ def recipe_for(config: RunConfig) -> LocalRecipe:
     # One training window per user, so a local epoch is one optimiser step. Under server-side DP
     # each user clips its own whole update on its device.
     clip = config.privacy.clipping_norm if config.privacy.dp_mode == "server" else 0.0
-    return LocalRecipe(steps=fed.local_epochs, optimizer=fed.local_optimizer, lr=fed.local_lr, clip=clip)
+    return LocalRecipe(
+        steps=fed.local_epochs,
+        optimizer=fed.local_optimizer,
+        lr=fed.local_lr,
+        clip=clip,
+        touched_rows=fed.local_item_rows == "touched",
+    )
 
 
 def user_windows(

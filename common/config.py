@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,13 @@ def augment_operators(text: str) -> tuple[str, ...]:
 
 def _choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": (default, *choices)})
+
+
+# Sanity caps on sizes: far above any setting in use (max-len 200, emb-dim 64), far below what would
+# exhaust memory minutes into a run instead of failing at once.
+MAX_SIZE = 1_000_000
+MAX_WIDTH = 16_384
+MAX_LAYERS = 64
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -55,19 +63,25 @@ class DataSettings:
     # A server without interaction data: the federation's item catalogue (JSON of original item IDs in
     # model index order, written by `fedseqrec partition`); needs federated-evaluation = true.
     catalogue_path: str = ""
+    # Fairness groups (user-groups = auto): a MovieLens 1M users.dat with gender, age, occupation;
+    # "" -> ML-1M's own users.dat beside its interactions, when present.
+    users_file: str = ""
 
     def validate(self) -> None:
         _check(self.min_item_count >= 1, "min-item-count", "must be >= 1")
         _check(self.min_user_count >= 3, "min-user-count", "must be >= 3 (train, validation and test items)")
-        _check(self.max_len >= 2, "max-len", "must be >= 2")
-        _check(self.synthetic_users >= 2, "synthetic-users", "must be >= 2")
-        _check(self.synthetic_items >= 10, "synthetic-items", "must be >= 10")
+        _check(2 <= self.max_len <= MAX_SIZE, "max-len", f"must be in [2, {MAX_SIZE:,}]")
+        _check(2 <= self.synthetic_users <= MAX_SIZE, "synthetic-users", f"must be in [2, {MAX_SIZE:,}]")
+        _check(10 <= self.synthetic_items <= MAX_SIZE, "synthetic-items", f"must be in [10, {MAX_SIZE:,}]")
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     model: str = _choice("sasrec", "gru", "lstm")
     emb_dim: int = 64  # item embedding size (also the SASRec width)
+    # > 0: a factorised item table, (N + 1) x item-rank rows times one shared item-rank x emb-dim map:
+    # fewer weights for user-level DP noise to cover (the full table is ~70% of SASRec's weights).
+    item_rank: int = 0
     hidden_dim: int = 128  # RNN state size (LSTM/GRU only)
     num_layers: int = 2  # Transformer blocks or stacked RNN layers
     num_heads: int = 1
@@ -76,9 +90,10 @@ class ModelSettings:
     num_negatives: int = 256  # sampled-softmax negatives per batch
 
     def validate(self) -> None:
-        _check(self.emb_dim >= 1, "emb-dim", "must be >= 1")
-        _check(self.hidden_dim >= 1, "hidden-dim", "must be >= 1")
-        _check(self.num_layers >= 1, "num-layers", "must be >= 1")
+        _check(1 <= self.emb_dim <= MAX_WIDTH, "emb-dim", f"must be in [1, {MAX_WIDTH:,}]")
+        _check(0 <= self.item_rank < self.emb_dim, "item-rank", f"must be 0 (full table) or in 1..{self.emb_dim - 1}")
+        _check(1 <= self.hidden_dim <= MAX_WIDTH, "hidden-dim", f"must be in [1, {MAX_WIDTH:,}]")
+        _check(1 <= self.num_layers <= MAX_LAYERS, "num-layers", f"must be in [1, {MAX_LAYERS}]")
         _check(
             self.num_heads >= 1 and self.emb_dim % self.num_heads == 0,
             "num-heads",
@@ -111,6 +126,15 @@ class TrainSettings:
     augment_mask_rate: float = 0.2  # share of input positions set to padding (0)
     augment_reorder_rate: float = 0.2  # share of a window shuffled (one contiguous run)
     augment_substitute_rate: float = 0.1  # share of items replaced by random catalogue items
+    # Evaluation only: re-rank each user's rerank-candidates best items into the top-k for diversity
+    # (mmr) or long-tail exposure (long-tail); rerank-lambda = weight of that goal (0 = model order).
+    rerank: str = _choice("none", "mmr", "long-tail")
+    rerank_lambda: float = 0.2
+    rerank_candidates: int = 100
+    # Per-group metrics and gaps in the final report: activity (history-length quantile bins) and,
+    # with auto, gender / age / occupation when a users file is known (users-file); none: skip.
+    user_groups: str = _choice("auto", "activity", "none")
+    activity_groups: int = 4
 
     def validate(self) -> None:
         unknown = [name for name in augment_operators(self.augment) if name not in AUGMENTATIONS]
@@ -130,11 +154,18 @@ class TrainSettings:
             ("eval-every", self.eval_every),
             ("top-k", self.top_k),
             ("eval-batch-size", self.eval_batch_size),
+            ("activity-groups", self.activity_groups),
         ):
-            _check(value >= 1, key, "must be >= 1")
+            _check(1 <= value <= MAX_SIZE, key, f"must be in [1, {MAX_SIZE:,}]")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         _check(self.num_threads >= 0, "num-threads", "must be >= 0")
+        _check(0.0 <= self.rerank_lambda <= 1.0, "rerank-lambda", "must be in [0, 1] (0 keeps the model's order)")
+        _check(
+            self.rerank_candidates >= self.top_k,
+            "rerank-candidates",
+            f"must be >= top-k ({self.top_k}): the re-ranker picks the top-k from these",
+        )
         _check(
             self.device == "cpu" or self.device.startswith(("cuda", "mps")),
             "device",
@@ -163,6 +194,9 @@ class FederationSettings:
     holdout_fraction: float = 0.0  # users kept out of training, as non-members for audits
     out_dir: str = ""  # "" -> runs/<timestamp>
     checkpoint_every: int = 1
+    # Continual learning: a previous run's model.pt to start from instead of random weights (items
+    # matched by original ID; new items get fresh rows). Used at round 0 only; resuming uses the checkpoint.
+    init_model: str = ""
     canaries: int = 0  # audit: random-sequence canary users, each trained on with probability 1/2
     canary_length: int = 20  # items per canary (the last two are its validation / test items)
     audit_messages: bool = False  # audit: clients record each reply's structure in RUN_DIR/message-audit
@@ -172,6 +206,10 @@ class FederationSettings:
     cohort_chunk: int = 64  # users trained together in one vectorised call (fixes the dropout draws)
     user_sampling: str = _choice("fixed", "poisson")  # fixed: clients-per-round users; poisson: each w.p. q
     local_optimizer: str = _choice("adam", "sgd")  # per client (per user in the cohort engine), fresh each round
+    # touched: a user's local steps change only the item-table rows of items in its own window (its
+    # history and targets), so the clipped update spends its norm on what the user knows, not on the
+    # softmax's push on every other item; the server's DP noise still covers every row.
+    local_item_rows: str = _choice("all", "touched")
     server_lr_warmup: int = 0  # rounds over which FedAdam/FedYogi's server-lr rises linearly to its value
     federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
     # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
@@ -248,6 +286,11 @@ class FederationSettings:
         )
         _check(self.multikrum_select >= 0, "multikrum-select", "must be >= 0 (0 = all but assumed-malicious)")
         _check(
+            self.cohort_engine or self.local_item_rows == "all",
+            "local-item-rows",
+            "touched is offered by the cohort engine only (set cohort-engine = true)",
+        )
+        _check(
             self.cohort_engine or self.user_sampling == "fixed",
             "user-sampling",
             "poisson sampling is offered by the cohort engine only (set cohort-engine = true)",
@@ -319,13 +362,18 @@ def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
             except ValueError:
                 pass
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # TOML and float() both accept inf and nan
+                raise ConfigError(f"{where}: config key '{key}': must be a finite number, got {value!r}")
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -373,6 +421,11 @@ def _cross_check(parts: dict, where: str) -> None:
                 f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "
                 "gradients through the scorer)"
             )
+        if model.item_rank:
+            raise ConfigError(
+                f"{where}: dp-mode = client needs item-rank = 0 (the factorised table's shared map is used "
+                "twice, and Opacus' per-sample gradients would miss its use in the scorer)"
+            )
         if fed.strategy == "fedprox":
             raise ConfigError(
                 f"{where}: dp-mode = client cannot use strategy = fedprox: the proximal term's "
@@ -387,11 +440,22 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """A run-config file's keys, or a ConfigError that says what is wrong with the file."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise ConfigError(f"config file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:  # also a key given twice ("Cannot overwrite a value")
+        raise ConfigError(f"{path}: not valid TOML: {exc}; fix that line (each key once, strings quoted)") from exc
+    for key, value in values.items():
+        if isinstance(value, dict):  # [table] sections: Flower's run config is flat
+            raise ConfigError(
+                f"{path}: [{key}] is a table, but run-config files are flat; write its keys at the top "
+                "of the file, without the [section] line"
+            )
+    return values
 
 
 @dataclass(frozen=True)
@@ -424,8 +488,11 @@ class RunConfig:
                 raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(choices)}; got {coerced!r}")
             grouped[group][f.name] = coerced
         parts = {group: _GROUPS[group](**kwargs) for group, kwargs in grouped.items()}
-        for part in parts.values():
-            part.validate()
+        try:
+            for part in parts.values():
+                part.validate()
+        except ConfigError as exc:  # say where the bad value came from
+            raise ConfigError(f"{where}: {exc}") from exc
         _cross_check(parts, where)
         return cls(**parts)
 

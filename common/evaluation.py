@@ -14,8 +14,11 @@ import torch
 
 from common.data.sequences import SequenceData, left_pad
 from common.errors import ConfigError
-from common.metrics import all_metrics
+from common.item_stats import ItemStatistics
+from common.metrics import all_metrics, catalogue_metrics, user_metrics
 from common.models import SequenceRecommender
+from common.reranking import Reranker
+from common.user_groups import group_report
 
 # (B, T) item indices -> (B, N) scores. A score function may carry `max_len`, the longest input it
 # takes (model_scores: the model's own); ranking feeds it the last max_len items of each history.
@@ -64,8 +67,13 @@ def rank_targets(
     mask_seen: bool = True,
     batch_size: int = 512,
     device: str = "cpu",
+    rerank: Reranker | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """0-based rank of each target among items 1..N, and each user's top-K item indices."""
+    """0-based rank of each target among items 1..N, and each user's top-K item indices.
+
+    With `rerank`, the top-K lists are the re-ranker's pick from the `rerank.candidates` best
+    items, and a target's rank is its place in that list, or at least K when the list misses it
+    (metrics at K only need to know whether and where it is in the list)."""
     if top_k > num_items:
         raise ConfigError(f"config key 'top-k': {top_k} is more than the {num_items} items in the catalogue")
     max_len = context_length(score_fn, max_len)
@@ -85,9 +93,29 @@ def rank_targets(
             scores.scatter_(1, target[:, None], target_score)  # the target itself stays rankable
             scores[:, 0] = float("-inf")
         target_score = scores.gather(1, target[:, None])  # (B, 1)
-        ranks.append(((scores >= target_score).sum(1) - 1).cpu().numpy())
-        tops.append((scores[:, 1:].topk(top_k, dim=1).indices + 1).cpu().numpy())  # never padding
+        rank = (scores >= target_score).sum(1) - 1  # (B,)
+        if rerank is None:
+            top = scores[:, 1:].topk(top_k, dim=1).indices + 1  # (B, K), never padding
+        else:
+            best, candidates = scores[:, 1:].topk(min(rerank.candidates, num_items), dim=1)  # (B, C)
+            top = rerank(candidates + 1, best, top_k)  # (B, K)
+            found = top == target[:, None]  # (B, K)
+            rank = torch.where(found.any(1), found.float().argmax(1), rank.clamp_min(top_k))
+        ranks.append(rank.cpu().numpy())
+        tops.append(top.cpu().numpy())
     return np.concatenate(ranks), np.concatenate(tops)
+
+
+def ranked_lists(
+    score_fn: ScoreFn, data: SequenceData, split: str, users: np.ndarray | None = None, **options
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rank_targets` on the validation or test cases of every user (or of `users`)."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be validation or test, got {split!r}")
+    histories, targets = data.validation_cases() if split == "validation" else data.test_cases()
+    if users is not None:
+        histories, targets = [histories[u] for u in users], targets[users]
+    return rank_targets(score_fn, histories, targets, num_items=data.num_items, **options)
 
 
 def evaluate(
@@ -101,34 +129,66 @@ def evaluate(
     batch_size: int = 512,
     device: str = "cpu",
     users: np.ndarray | None = None,
+    rerank: Reranker | None = None,
+    stats: ItemStatistics | None = None,
 ) -> dict[str, float]:
-    """Metrics on the validation or test target of every user (or of `users`)."""
-    if split not in ("validation", "test"):
-        raise ValueError(f"split must be validation or test, got {split!r}")
-    histories, targets = data.validation_cases() if split == "validation" else data.test_cases()
-    if users is not None:
-        histories, targets = [histories[u] for u in users], targets[users]
-    ranks, tops = rank_targets(
+    """Accuracy and beyond-accuracy metrics on the validation or test target of every user (or of
+    `users`). `stats` (training statistics of the items) is computed from `data` unless given."""
+    ranks, tops = ranked_lists(
         score_fn,
-        histories,
-        targets,
+        data,
+        split,
+        users,
         max_len=max_len,
-        num_items=data.num_items,
         top_k=top_k,
         mask_seen=mask_seen,
         batch_size=batch_size,
         device=device,
+        rerank=rerank,
     )
-    item_users = item_user_counts(data)
-    return all_metrics(ranks, tops, top_k, num_items=data.num_items, item_users=item_users, num_users=data.num_users)
+    return all_metrics(ranks, tops, top_k, stats if stats is not None else ItemStatistics.from_data(data))
 
 
-def item_user_counts(data: SequenceData) -> np.ndarray:
-    """(N + 1,) number of users whose training history holds each item."""
-    counts = np.zeros(data.num_items + 1, dtype=np.int64)
-    for seq in data.train_sequences():
-        counts[np.unique(seq)] += 1
-    return counts
+def evaluate_by_group(
+    score_fn: ScoreFn,
+    data: SequenceData,
+    split: str,
+    groups: dict[str, np.ndarray],
+    *,
+    max_len: int | None = None,
+    top_k: int = 10,
+    mask_seen: bool = True,
+    batch_size: int = 512,
+    device: str = "cpu",
+    rerank: Reranker | None = None,
+    stats: ItemStatistics | None = None,
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """`evaluate` on every user, and from the same lists each group's metrics and the gaps between
+    groups (`groups`: attribute -> (U,) label per user, see common.user_groups)."""
+    stats = stats if stats is not None else ItemStatistics.from_data(data)
+    ranks, tops = ranked_lists(
+        score_fn,
+        data,
+        split,
+        None,
+        max_len=max_len,
+        top_k=top_k,
+        mask_seen=mask_seen,
+        batch_size=batch_size,
+        device=device,
+        rerank=rerank,
+    )
+    return grouped_metrics(ranks, tops, top_k, stats, groups)
+
+
+def grouped_metrics(
+    ranks: np.ndarray, tops: np.ndarray, k: int, stats: ItemStatistics, groups: dict[str, np.ndarray]
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """`all_metrics` of every user, and each group's means with the gaps between groups."""
+    per_user = user_metrics(ranks, tops, k, stats)
+    by_group = {attribute: group_report(per_user, labels) for attribute, labels in groups.items()}
+    means = {name: float(values.mean()) for name, values in per_user.items()}
+    return means | catalogue_metrics(tops, k, stats), by_group
 
 
 def item_exposure(

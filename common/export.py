@@ -27,6 +27,7 @@ from opacus.layers import DPGRU, DPLSTM
 from common.checkpoint import load_model
 from common.errors import DataError, FedSeqRecError
 from common.models import SASRec, SequenceRecommender
+from common.outputs import check_output_dir, staged_output
 
 FORMAT = "fedseqrec-ondevice/1"
 OPSET = 17
@@ -281,6 +282,7 @@ def export_run(
     checkpoint = run_dir / "model.pt"
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no model file; pass the out-dir of a finished run")
+    check_output_dir(out_dir, "--out")
     model, item_ids, run_metadata = load_model(checkpoint)
     config = model.config
     if len(item_ids) != config.num_items + 1:
@@ -290,41 +292,45 @@ def export_run(
     dp = privacy is not None or run_config.get("dp-mode", "none") != "none"
     popularity, popularity_source = _popularity(run_metadata, item_ids, item_counts, dp)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    float_path = out_dir / "model.onnx"
-    export_onnx(model, float_path)
-    max_error = verify_export(model, float_path)
-    paths = [float_path]
-    if int8:
-        quantize_int8(float_path, out_dir / "model.int8.onnx")
-        paths.append(out_dir / "model.int8.onnx")
+    final_dir = out_dir
+    with staged_output(final_dir, "--out") as out_dir:  # nothing appears unless every file is written
+        float_path = out_dir / "model.onnx"
+        export_onnx(model, float_path)
+        max_error = verify_export(model, float_path)
+        paths = [float_path]
+        if int8:
+            quantize_int8(float_path, out_dir / "model.int8.onnx")
+            paths.append(out_dir / "model.int8.onnx")
 
-    metadata = {
-        "format": FORMAT,
-        "arch": config.arch,
-        "max_len": config.max_len,
-        "num_items": config.num_items,
-        "model_config": {k: getattr(config, k) for k in ("emb_dim", "hidden_dim", "num_layers", "num_heads")},
-        "input": INPUT,
-        "output": OUTPUT,
-        "padding_index": 0,
-        "items_file": ITEMS_FILE,
-        "popularity": popularity_source,
-        "training_run": {
-            "run_dir": str(run_dir),
-            "model_sha256": _sha256(checkpoint),
-            **{k: v for k, v in run_metadata.items() if k != "run_config"},
-            "run_config": run_config,
-        },
-        "privacy": privacy,
-        "export": {"torch": torch.__version__, "onnx_opset": OPSET, "max_abs_error_vs_torch": max_error},
-    }
-    for path in paths:
-        _set_metadata(path, metadata)
-    items_path, metadata_path = out_dir / ITEMS_FILE, out_dir / METADATA_FILE
-    items_path.write_text(json.dumps({"item_ids": [int(i) for i in item_ids], "popularity": popularity}))
-    metadata_path.write_text(json.dumps(metadata, indent=2))
-    return paths + [items_path, metadata_path]
+        metadata = {
+            "format": FORMAT,
+            "arch": config.arch,
+            "max_len": config.max_len,
+            "num_items": config.num_items,
+            "model_config": {
+                k: getattr(config, k) for k in ("emb_dim", "item_rank", "hidden_dim", "num_layers", "num_heads")
+            },
+            "input": INPUT,
+            "output": OUTPUT,
+            "padding_index": 0,
+            "items_file": ITEMS_FILE,
+            "popularity": popularity_source,
+            "training_run": {
+                "run_dir": str(run_dir),
+                "model_sha256": _sha256(checkpoint),
+                **{k: v for k, v in run_metadata.items() if k != "run_config"},
+                "run_config": run_config,
+            },
+            "privacy": privacy,
+            "export": {"torch": torch.__version__, "onnx_opset": OPSET, "max_abs_error_vs_torch": max_error},
+        }
+        for path in paths:
+            _set_metadata(path, metadata)
+        items_path, metadata_path = out_dir / ITEMS_FILE, out_dir / METADATA_FILE
+        items_path.write_text(json.dumps({"item_ids": [int(i) for i in item_ids], "popularity": popularity}))
+        metadata_path.write_text(json.dumps(metadata, indent=2))
+        written = paths + [items_path, metadata_path]
+    return [final_dir / path.name for path in written]
 
 
 def _sha256(path: Path) -> str:

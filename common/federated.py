@@ -17,6 +17,7 @@ from common.augmentation import augmentation_for, maybe_augmented
 from common.config import RunConfig
 from common.data.sequences import SequenceData
 from common.errors import DataError
+from common.node_config import node_setting
 from common.privacy.dpsgd import dp_windows, plan_round, train_private
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
@@ -47,9 +48,9 @@ class DeviceLimits:
     @classmethod
     def from_node_config(cls, node_config: dict) -> DeviceLimits:
         return cls(
-            float(node_config.get("max-epsilon", 0.0)),
-            bool(node_config.get("train", True)),
-            float(node_config.get("max-train-seconds", 0.0)),
+            node_setting(node_config, "max-epsilon", 0.0),
+            node_setting(node_config, "train", True),
+            node_setting(node_config, "max-train-seconds", 0.0),
         )
 
 

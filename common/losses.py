@@ -50,8 +50,8 @@ def next_item_loss(
     elif loss == "sampled-softmax":
         if per_sample_grads:
             raise ValueError("sampled-softmax does not support per-sample gradients; use loss = ce with DP")
-        table = model.item_emb.weight  # (N + 1, D)
-        h = hidden[valid]  # (M, D)
+        table = model.item_emb.weight  # (N + 1, r): r = emb_dim unless the table is factorised
+        h = model.to_table_space(hidden[valid])  # (M, r)
         positives = targets[valid]  # (M,)
         negatives = torch.randint(1, table.shape[0], (num_negatives,), device=inputs.device)  # (K,)
         pos_logit = (h * table[positives]).sum(-1, keepdim=True)  # (M, 1)

@@ -29,6 +29,7 @@ class ModelConfig:
     num_items: int  # catalogue size N; indices 1..N, 0 = padding
     max_len: int = 50  # longest input the model accepts (SASRec position table size)
     emb_dim: int = 64  # item embedding size; SASRec model width
+    item_rank: int = 0  # > 0: item table = (N + 1) x item_rank rows times a shared item_rank x emb_dim map
     hidden_dim: int = 128  # RNN state size
     num_layers: int = 2  # Transformer blocks / stacked RNN layers
     num_heads: int = 1
@@ -41,6 +42,8 @@ class ModelConfig:
             raise ValueError(f"num_items must be >= 1, got {self.num_items}")
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {self.num_heads}")
+        if not 0 <= self.item_rank < self.emb_dim:
+            raise ValueError(f"item_rank must be 0 or in 1..{self.emb_dim - 1}, got {self.item_rank}")
         if self.emb_dim % self.num_heads:
             raise ValueError(f"emb_dim {self.emb_dim} must be divisible by num_heads {self.num_heads}")
 
@@ -81,8 +84,15 @@ class SequenceRecommender(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.item_emb = ItemEmbedding(config.num_items + 1, config.emb_dim, padding_idx=0)
+        self.item_emb = ItemEmbedding(config.num_items + 1, config.item_rank or config.emb_dim, padding_idx=0)
+        # Factorised table: item i's vector is item_up(item_emb[i]); the scorer uses the same product.
+        self.item_up = nn.Linear(config.item_rank, config.emb_dim, bias=False) if config.item_rank else None
         self.scorer = TiedItemScorer(self.item_emb)
+
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) item indices -> (B, T, emb_dim) item vectors."""
+        vectors = self.item_emb(items)
+        return vectors if self.item_up is None else self.item_up(vectors)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -97,11 +107,17 @@ class SequenceRecommender(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+        if self.item_up is not None:  # unit-variance map: item vectors keep the full table's 0.02 scale
+            nn.init.normal_(self.item_up.weight, std=self.config.item_rank**-0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
+    def to_table_space(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., emb_dim) states -> the item table's width: h . (P e_i) = (P^T h) . e_i."""
+        return hidden if self.item_up is None else hidden @ self.item_up.weight  # (..., D) @ (D, r)
+
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.scorer(hidden)
+        return self.scorer(self.to_table_space(hidden))
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.score(self.encode(items))
@@ -153,7 +169,7 @@ class RNNRecommender(SequenceRecommender):
         self._init_weights()
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(self.item_emb(items))  # (B, T, E)
+        x = self.dropout(self.embed_items(items))  # (B, T, E)
         states, _ = self.rnn(x)  # (B, T, H)
         return self.project(self.dropout(states))  # (B, T, E)
 
@@ -226,7 +242,7 @@ class SASRec(SequenceRecommender):
         # Right-aligned positions: the most recent item always sits at max_len - 1.
         positions = torch.arange(self.config.max_len - T, self.config.max_len, device=items.device)
         positions = positions.unsqueeze(0).repeat(B, 1)  # (B, T): a real tensor, as Opacus needs
-        x = self.item_emb(items) * math.sqrt(self.config.emb_dim) + self.pos_emb(positions)  # (B, T, D)
+        x = self.embed_items(items) * math.sqrt(self.config.emb_dim) + self.pos_emb(positions)  # (B, T, D)
         x = self.dropout(x)
         valid = items > 0  # (B, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=items.device).tril()  # (T, T)

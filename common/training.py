@@ -29,6 +29,7 @@ def model_config(settings: ModelSettings, num_items: int, max_len: int) -> Model
         num_items=num_items,
         max_len=max_len,
         emb_dim=settings.emb_dim,
+        item_rank=settings.item_rank,
         hidden_dim=settings.hidden_dim,
         num_layers=settings.num_layers,
         num_heads=settings.num_heads,

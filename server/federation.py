@@ -18,9 +18,13 @@ from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import cached_sequence_data
 from common.errors import DataError
-from common.evaluation import evaluate, model_scores
+from common.evaluation import evaluate, evaluate_by_group, model_scores
+from common.item_stats import ItemStatistics
 from common.partition import cached_partitioning
+from common.reranking import reranker_for
 from common.training import model_for
+from common.user_groups import user_groups_for
+from common.warm_start import warm_start
 from server.cohort import CohortPlan, federated_evaluate
 from server.loop import discover_clients, run_rounds
 from server.privacy import PrivacyTracker
@@ -47,22 +51,36 @@ def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: Coho
             data.num_users, config.federation.eval_users, replace=False
         )
     model = model_for(config, data.num_items)
+    options = _evaluation_options(config, data)
 
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
         model.load_arrays(arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays)
         model.eval()
-        return evaluate(
-            model_scores(model),
-            data,
-            split,
-            top_k=config.train.top_k,
-            mask_seen=config.train.mask_seen,
-            batch_size=config.train.eval_batch_size,
-            device=config.train.device,
-            users=None if all_users else users,
-        )
+        return evaluate(model_scores(model), data, split, users=None if all_users else users, **options)
 
     return evaluate_arrays
+
+
+def _evaluation_options(config: RunConfig, data) -> dict:
+    stats = ItemStatistics.from_data(data)  # once per run: the beyond-accuracy metrics' training statistics
+    return dict(
+        top_k=config.train.top_k,
+        mask_seen=config.train.mask_seen,
+        batch_size=config.train.eval_batch_size,
+        device=config.train.device,
+        rerank=reranker_for(config.train, stats),
+        stats=stats,
+    )
+
+
+def grouped_test_metrics(config: RunConfig, data, arrays, groups: dict, source: str) -> tuple[dict, dict]:
+    """Test metrics of every user and, from the same lists, per user group (`user_groups_for`) with
+    the gaps between groups; on the server's copy of the data."""
+    model = model_for(config, data.num_items)
+    model.load_arrays(arrays)
+    model.eval()
+    test, by_group = evaluate_by_group(model_scores(model), data, "test", groups, **_evaluation_options(config, data))
+    return test, {"split": "test", "source": source, "attributes": by_group}
 
 
 def _federated_evaluator(config: RunConfig, grid: Grid, plan: CohortPlan):
@@ -106,6 +124,26 @@ def server_catalogue(config: RunConfig, data=None) -> ServerCatalogue:
     return ServerCatalogue(item_ids, None)
 
 
+INIT_MODEL_REPORT = "init-model.json"
+
+
+def _initial_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path) -> dict:
+    """Random weights (seeded), or with `init-model` a previous run's model fitted to this catalogue."""
+    if not config.federation.init_model:
+        return model_for(config, catalogue.num_items).arrays()
+    start = warm_start(config, catalogue.item_ids, config.federation.init_model)
+    (run_dir / INIT_MODEL_REPORT).write_text(json.dumps(start.report, indent=2))
+    log(
+        INFO,
+        "fedseqrec: starting from %s (%d items kept, %d new, %d dropped)",
+        start.report["path"],
+        start.report["items_kept"],
+        start.report["items_new"],
+        start.report["items_dropped"],
+    )
+    return start.arrays
+
+
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -> dict:
     run_dir = Path(run_dir) if run_dir else resolve_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,10 +153,12 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     # A server with a catalogue only never reads interactions (federated evaluation does the ranking).
     data = None if config.data.catalogue_path else cached_sequence_data(config.data)
     catalogue = server_catalogue(config, data)
+    # user groups for the final fairness report; read now, so that a bad users file fails before round 1
+    groups = None if config.federation.federated_evaluation else user_groups_for(config, data)
     fingerprint = config_fingerprint(flat)
     state = RunState.load(run_dir, fingerprint)
     if state is None:
-        state = RunState(fingerprint=fingerprint, round=0, arrays=model_for(config, catalogue.num_items).arrays())
+        state = RunState(fingerprint=fingerprint, round=0, arrays=_initial_arrays(config, catalogue, run_dir))
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
@@ -160,7 +200,10 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     )
 
     best_arrays = state.best.get("arrays", state.arrays)
-    test = evaluate_arrays(best_arrays, "test", all_users=True)
+    if config.federation.federated_evaluation:  # the clients rank; the server sees means only
+        test, by_group = evaluate_arrays(best_arrays, "test", all_users=True), None
+    else:
+        test, by_group = grouped_test_metrics(config, data, best_arrays, *groups)
     validation = evaluate_arrays(best_arrays, "validation", all_users=True)
     model = model_for(config, catalogue.num_items)
     model.load_arrays(best_arrays)
@@ -170,6 +213,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         "best_round": state.best.get("round"),
         "validation": validation,
         "test": test,
+        "metrics_by_group": by_group,
         "num_users": catalogue.num_users or population,
         "num_items": catalogue.num_items,
         "failed_clients": sum(r["failed"] for r in state.history),
@@ -183,6 +227,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     }
     if state.stopped_early:
         summary["stopped_early"] = state.stopped_early
+    if (run_dir / INIT_MODEL_REPORT).exists():
+        summary["init_model"] = json.loads((run_dir / INIT_MODEL_REPORT).read_text())
     if config.privacy.dp_mode != "none":
         summary["privacy"] = write_privacy_report(
             run_dir,

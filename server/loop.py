@@ -20,7 +20,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.checkpoint import atomic_write
 from common.config import RunConfig
+from common.errors import CheckpointError
 from common.federated import client_seed
 from common.privacy import randomness
 from server.reply_checks import reply_problem
@@ -235,9 +237,16 @@ def arrays_to_torch(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
+    """The round log beside the checkpoint, written atomically; a failed write stops the run like a
+    failed checkpoint (a resume rewrites it from the checkpoint's history)."""
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    try:
+        atomic_write(path, lambda handle: handle.write(text))
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot write the round log ({exc.strerror or exc}); the run stops here: free space "
+            "(or fix the folder) and run the same command again to resume from the last checkpoint"
+        ) from exc
 
 
 def run_rounds(

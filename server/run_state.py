@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import atomic_torch_save
-from common.errors import ConfigError
+from common.checkpoint import atomic_torch_save, read_torch_file
+from common.errors import CheckpointError, ConfigError
 
 CHECKPOINT = "checkpoint.pt"
 # Keys that may change between a run and its resumption without changing its results.
@@ -36,15 +36,31 @@ class RunState:
     torch_rng: torch.Tensor | None = None
 
     def save(self, run_dir: Path) -> None:
+        """Atomically replace the checkpoint. When it cannot be written (a full disk, a folder gone
+        read-only) the previous checkpoint stays whole and a CheckpointError stops the run: a run
+        that goes on without checkpoints could not resume what it did after this round."""
         self.torch_rng = torch.get_rng_state()
-        atomic_torch_save(self.__dict__, Path(run_dir) / CHECKPOINT)
+        path = Path(run_dir) / CHECKPOINT
+        try:
+            atomic_torch_save(self.__dict__, path)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{path}: cannot save round {self.round} ({exc.strerror or exc}); the run stops here and "
+                f"the previous checkpoint is kept: free space (or fix the folder) and run the same command "
+                "again to resume from it"
+            ) from exc
 
     @classmethod
     def load(cls, run_dir: Path, fingerprint: str) -> RunState | None:
         path = Path(run_dir) / CHECKPOINT
+        for leftover in Path(run_dir).glob(f".{CHECKPOINT}.tmp*"):  # a write cut short by a kill: never whole
+            leftover.unlink(missing_ok=True)
         if not path.exists():
             return None
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        todo = "move it away to start over, or choose a new out-dir"
+        blob = read_torch_file(path, "checkpoint", todo)
+        if "fingerprint" not in blob or "round" not in blob:
+            raise CheckpointError(f"{path}: not a fedseqrec run checkpoint; {todo}")
         if blob["fingerprint"] != fingerprint:
             raise ConfigError(
                 f"{path} was written by a run with a different configuration; resume with the "

@@ -16,9 +16,13 @@ from common.augmentation import augmentation_for, maybe_augmented
 from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
-from common.evaluation import evaluate, model_scores, popularity_scores
+from common.evaluation import evaluate, evaluate_by_group, model_scores, popularity_scores
+from common.item_stats import ItemStatistics
+from common.outputs import make_output_dir
 from common.plots import plot_curves
+from common.reranking import reranker_for
 from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader
+from common.user_groups import user_groups_for
 
 
 def peak_rss_mb() -> float:
@@ -37,12 +41,13 @@ def train_centralized(
     tuner's trials compute validation only). `on_validation(epoch, value)` sees every validation
     figure; returning True stops training there, as early stopping would (a tuner's pruner)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     train, data_cfg = config.train, config.data
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     set_seed(train.seed)
-    data = load_sequence_data(data_cfg)
+    data = load_sequence_data(data_cfg)  # bad data stops here, before the results folder exists
+    groups, groups_source = user_groups_for(config, data)  # ... and so does a bad users file
+    make_output_dir(out_dir, "--out")
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
 
@@ -51,8 +56,14 @@ def train_centralized(
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     augmentation = augmentation_for(config, data.num_items)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
+    stats = ItemStatistics.from_data(data)  # training statistics the beyond-accuracy metrics use
     eval_kwargs = dict(
-        top_k=train.top_k, mask_seen=train.mask_seen, batch_size=train.eval_batch_size, device=train.device
+        top_k=train.top_k,
+        mask_seen=train.mask_seen,
+        batch_size=train.eval_batch_size,
+        device=train.device,
+        rerank=reranker_for(train, stats),
+        stats=stats,
     )
     key = f"ndcg@{train.top_k}"
     history, best, best_state, best_epoch, stale = [], float("-inf"), None, 0, 0
@@ -106,7 +117,9 @@ def train_centralized(
     model.eval()
     validation = evaluate(model_scores(model), data, "validation", **eval_kwargs)
     splits = ("validation", "test") if report_test else ("validation",)
-    test = evaluate(model_scores(model), data, "test", **eval_kwargs) if report_test else None
+    test, by_group = (
+        evaluate_by_group(model_scores(model), data, "test", groups, **eval_kwargs) if report_test else (None, None)
+    )
     counts = data.item_counts()
     popularity = {split: evaluate(popularity_scores(counts), data, split, **eval_kwargs) for split in splits}
     save_model(out_dir / "model.pt", model, data.item_ids, run_config=config.to_flat(), best_epoch=best_epoch)
@@ -114,6 +127,7 @@ def train_centralized(
         "validation": validation,
         "test": test,
         "popularity_baseline": popularity,
+        "metrics_by_group": {"split": "test", "source": groups_source, "attributes": by_group},
         "best_epoch": best_epoch,
         "epochs_run": epoch,
         "interrupted": interrupted,

@@ -8,9 +8,16 @@ import sys
 from pathlib import Path
 
 from common.config import RunConfig, read_toml
-from common.errors import FedSeqRecError
+from common.errors import ConfigError, FedSeqRecError
 
 _TRAIN_GROUPS = ("data", "model", "train")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error (exit code 2)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see `{self.prog} --help`")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
@@ -23,10 +30,19 @@ def _add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...]) 
             )
 
 
-def _flat_from_args(args: argparse.Namespace) -> dict:
+def _flat_from_args(args: argparse.Namespace, groups: tuple[str, ...] | None = None) -> dict:
+    """Run-config keys from --config FILE, then flags. `groups`: the only settings the command uses;
+    a key of another group in the file is an error (it would be silently ignored)."""
     flat = {}
     if getattr(args, "config", None):
         flat.update(read_toml(args.config))  # a ConfigError names the file and what is wrong
+        known = RunConfig.keys()
+        for key in flat:
+            if groups and key in known and known[key][0] not in groups:
+                raise ConfigError(
+                    f"{args.config}: key '{key}' is a {known[key][0]} setting, which `fedseqrec {args.command}` "
+                    f"does not use; remove it (this command reads {', '.join(groups)} keys only)"
+                )
     for name, value in vars(args).items():
         if name.startswith("cfg:") and value is not None:
             flat[name[4:]] = value
@@ -36,11 +52,14 @@ def _flat_from_args(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from common.outputs import check_output_dir
     from simulations.centralized import train_centralized
     from simulations.processes import StoppedAtOnce, StopSignals, remove_partial_files
 
-    config = RunConfig.from_flat(_flat_from_args(args), where="fedseqrec train")
+    where = f"fedseqrec train (--config {args.config} and flags)" if args.config else "fedseqrec train"
+    config = RunConfig.from_flat(_flat_from_args(args, _TRAIN_GROUPS), where=where)
     out = Path(args.out)
+    check_output_dir(out, "--out")  # before the data is read and a model trained
     with StopSignals() as signals:  # Ctrl-C or `kill`: stop training but keep the best epoch's results
         try:
             metrics = train_centralized(config, out, show_progress=not args.quiet)
@@ -122,6 +141,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_partition(args: argparse.Namespace) -> int:
     from simulations.deployment_data import write_node_files
 
+    if args.nodes < 1:
+        raise ConfigError(f"--nodes {args.nodes}: a deployment needs at least 1 node; pass --nodes N with N >= 1")
     written = write_node_files(
         RunConfig.from_flat(_flat_from_args(args), where="fedseqrec partition"), Path(args.out), args.nodes
     )
@@ -156,13 +177,13 @@ def _history_ids(path: Path, user: int | None) -> list[int]:
     """One user's item IDs from a user_id,item_id,timestamp file, oldest first."""
     from common.data.interactions import ITEM, TIME, USER, load_interactions
 
-    frame = load_interactions(path)
+    frame = load_interactions(path, what="--history", columns_hint="name them user_id, item_id, timestamp")
     users = frame[USER].unique()
     if user is None:
         if len(users) > 1:
-            raise FedSeqRecError(f"{path}: holds {len(users)} users; pick one with --user")
+            raise FedSeqRecError(f"--history {path}: holds {len(users)} users; pick one with --user")
     elif user not in set(users.tolist()):
-        raise FedSeqRecError(f"{path}: no rows for user {user}")
+        raise FedSeqRecError(f"--history {path}: no rows for user {user}; pass one of its users with --user")
     else:
         frame = frame[frame[USER] == user]
     return frame.sort_values(TIME, kind="stable")[ITEM].tolist()
@@ -171,17 +192,81 @@ def _history_ids(path: Path, user: int | None) -> list[int]:
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from client.ondevice import OnDeviceRecommender, read_item_titles
 
+    if args.k < 1:
+        raise ConfigError(f"-k {args.k}: the number of items to recommend must be >= 1")
+    if args.threads < 0:
+        raise ConfigError(f"--threads {args.threads}: must be >= 0 (0 lets onnxruntime choose)")
     titles = read_item_titles(args.items_file) if args.items_file else {}
     recommender = OnDeviceRecommender.load(args.model, threads=args.threads)
-    result = recommender.recommend(_history_ids(Path(args.history), args.user), k=args.k)
+    if args.explain < 0:
+        raise FedSeqRecError(f"--explain must be a positive number of history items, got {args.explain}")
+    history = _history_ids(Path(args.history), args.user)
+    result = recommender.recommend(history, k=args.k)
     notes = [f"source: {result.source}"]
     if result.unknown:
         notes.append(f"ignored {len(result.unknown)} item(s) outside the model's catalogue")
     if result.truncated:
         notes.append(f"used the latest {recommender.max_len} items; {result.truncated} older ones only excluded")
+    explanations = {}
+    if args.explain:
+        explanations = {e.item: e.causes for e in recommender.explain(history, result.items, top=args.explain)}
+        if result.source == "popularity":
+            notes.append("no explanation: an empty history gets the most popular items")
+        else:
+            notes.append("explanation: drop in the item's log-probability with each history item masked (nats)")
     print("; ".join(notes), file=sys.stderr)
     for rank, item in enumerate(result.items, start=1):
         print(f"{rank}\t{item}" + (f"\t{titles.get(item, '?')}" if titles else ""))
+        if result.source == "popularity":
+            continue
+        for cause, attribution in explanations.get(item, []):
+            print(f"\tbecause\t{cause}\t{attribution:+.3f}" + (f"\t{titles.get(cause, '?')}" if titles else ""))
+    return 0
+
+
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    from client.personalize import personalize
+    from common.personalization import FineTuning
+
+    report = personalize(
+        Path(args.run_dir),
+        _history_ids(Path(args.history), args.user),
+        Path(args.out),
+        FineTuning(steps=args.steps, lr=args.lr, seed=args.seed),
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        noise_multiplier=args.noise_multiplier,
+        max_epsilon=args.max_epsilon,
+    )
+    losses = report["validation_loss"]
+    line = (
+        f"fine-tuned on {report['history_items'] - 1} items, kept step {report['best_step']}: "
+        f"held-out item loss {losses[0]:.3f} -> {min(losses):.3f}"
+    )
+    if report["dp"]:
+        line += (
+            f"; DP-SGD ({report['unit_of_privacy']}-level) epsilon {report['epsilon_before']:.3g} -> "
+            f"{report['epsilon_after']:.3g} (delta {report['delta']:.3g}, {report['accountant']}) in the ledger"
+        )
+    print(line, file=sys.stderr)
+    print(Path(args.out) / "model.pt")
+    return 0
+
+
+def _cmd_check_device(args: argparse.Namespace) -> int:
+    from flwr.common.config import parse_config_args
+
+    from client.local_data import check_device
+
+    try:
+        node_config = parse_config_args([args.node_config])
+    except Exception as exc:  # flwr raises click.ClickException for a string that is not key=value TOML
+        raise ConfigError(
+            f"--node-config {args.node_config!r}: not space-separated key=value pairs with TOML values; "
+            'quote strings, e.g. data-path="/data/my.csv" client-id=17'
+        ) from exc
+    where = args.run_config or "run config"
+    config = RunConfig.from_flat(read_toml(args.run_config) if args.run_config else {}, where=where)
+    print(f"ok: {check_device(config, node_config)}")
     return 0
 
 
@@ -192,7 +277,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedseqrec", description=__doc__)
+    parser = _Parser(prog="fedseqrec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="centralized baseline on one interactions file")
@@ -271,13 +356,58 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_cmd_export)
 
     recommend = commands.add_parser("recommend", help="top-k items for one history with an exported model")
-    recommend.add_argument("--model", required=True, help="DIR/model.onnx or DIR/model.int8.onnx from export")
+    recommend.add_argument(
+        "--model", required=True, help="DIR/model.onnx or DIR/model.int8.onnx from export (DIR alone: model.onnx)"
+    )
     recommend.add_argument("--history", required=True, help="CSV with user_id,item_id,timestamp")
     recommend.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
     recommend.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
     recommend.add_argument("--items-file", default=None, help="MovieLens movies.dat or u.item, to print titles")
+    recommend.add_argument(
+        "--explain",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="N",
+        help="under each item, the N history items (default 3) that raised it most (occlusion, on the device)",
+    )
     recommend.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     recommend.set_defaults(handler=_cmd_recommend)
+
+    device = commands.add_parser(
+        "check-device",
+        help="check a device's --node-config (data, catalogue, state folder) before starting its SuperNode",
+    )
+    device.add_argument(
+        "--node-config",
+        required=True,
+        help="the string given to flower-supernode, e.g. "
+        '\'data-path="/data/my.csv" catalogue-path="catalogue.json" client-id=17\'',
+    )
+    device.add_argument("--run-config", default=None, help="the federation's run-config TOML (column names)")
+    device.set_defaults(handler=_cmd_check_device)
+
+    personalize = commands.add_parser(
+        "personalize", help="fine-tune a run's model on one device's own history (never sent anywhere)"
+    )
+    personalize.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt)")
+    personalize.add_argument("--history", required=True, help="CSV with user_id,item_id,timestamp")
+    personalize.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
+    personalize.add_argument("--out", required=True, help="folder for the personalised model.pt (then: export it)")
+    personalize.add_argument("--steps", type=int, default=20, help="most fine-tuning steps (DP: epochs); default 20")
+    personalize.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    personalize.add_argument("--seed", type=int, default=0, help="dropout draws (never DP noise)")
+    personalize.add_argument(
+        "--state-dir", default=None, help="client-DP runs: the device's state dir holding its privacy ledger"
+    )
+    personalize.add_argument(
+        "--noise-multiplier", type=float, default=None, help="client-DP runs: DP-SGD noise (default: the run's)"
+    )
+    personalize.add_argument(
+        "--max-epsilon", type=float, default=0.0, help="client-DP runs: the device owner's epsilon cap (0 = run's)"
+    )
+    personalize.set_defaults(handler=_cmd_personalize)
 
     config = commands.add_parser("config", help="list every run-config key with its default")
     config.set_defaults(handler=_cmd_config)
@@ -285,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except FedSeqRecError as exc:
         print(f"fedseqrec: error: {exc}", file=sys.stderr)

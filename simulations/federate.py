@@ -34,8 +34,10 @@ from typing import TextIO
 
 from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
-from common.errors import FedSeqRecError
+from common.errors import ConfigError, FedSeqRecError
+from common.outputs import check_output_dir
 from common.partition import partition_users
+from common.user_groups import read_users_file
 from simulations.processes import (
     VENV_BIN,
     ProcessTracker,
@@ -75,6 +77,14 @@ def run_folder(out_dir: str) -> Path:
     return Path(out_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}").expanduser().resolve()
 
 
+def init_model_path(init_model: str) -> Path:
+    """`init-model` as an absolute path from the current directory; an error now rather than in the ServerApp."""
+    path = Path(init_model).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"config key 'init-model': {path} is not a file; give the model.pt of a finished run")
+    return path
+
+
 def checkpoint_round(run_dir: Path) -> int:
     """The last round the run folder's checkpoint holds (0 when there is none)."""
     path = Path(run_dir) / "checkpoint.pt"
@@ -104,7 +114,14 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
     subreaper that owns (and on a stop ends) every process below it."""
     config, overrides = resolve_config(run_config_file, {"out-dir": out_dir} if out_dir else None)
     run_dir = run_folder(config.federation.out_dir)
+    check_output_dir(run_dir, "out-dir")  # before any process starts
+    if config.data.users_file and config.train.user_groups == "auto":
+        read_users_file(config.data.users_file)  # a bad users file stops here, not in the ServerApp
+    if cpus_per_client <= 0:
+        raise ConfigError(f"--cpus-per-client {cpus_per_client:g}: must be > 0 (CPUs given to each simulated client)")
     overrides["out-dir"] = str(run_dir)
+    if config.federation.init_model:  # the ServerApp runs elsewhere: pass it an absolute path, checked now
+        overrides["init-model"] = str(init_model_path(config.federation.init_model))
     resume = ["fedseqrec", "federate"] + (["--run-config", run_config_file] if run_config_file else [])
     if cpus_per_client != 1:
         resume += ["--cpus-per-client", f"{cpus_per_client:g}"]

@@ -32,6 +32,7 @@ from simulations.processes import (
     port_open,
     stop_serverapps,
     toml_value,
+    wait_gone,
     write_connection,
 )
 
@@ -182,11 +183,10 @@ class LoopbackDeployment:
 
     def _stop_run(self) -> None:
         """`flwr stop` for a run that was started and not seen finished, then its ServerApp process."""
-        log = self.logs / "flwr-run.log"
-        started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace")) if log.exists() else []
-        if started and self._finished_run != int(started[-1]) and self._running("superlink"):
+        run_id = self.last_run_id()
+        if run_id is not None and self._finished_run != run_id and self._running("superlink"):
             try:
-                self.flwr(["stop", started[-1], CONNECTION], "stop-run", timeout=15.0, check=False)
+                self.flwr(["stop", str(run_id), CONNECTION], "stop-run", timeout=15.0, check=False)
             except subprocess.TimeoutExpired:
                 pass
         stop_serverapps(self.tracker, self.stop_grace)
@@ -206,7 +206,7 @@ class LoopbackDeployment:
         flwr_home.mkdir(parents=True, exist_ok=True)
         return flower_env(flwr_home, self.extra_env)
 
-    def _start_superlink(self) -> None:
+    def _start_superlink(self, port: int | None = None) -> None:
         home = self.work / "flwr-home" / "superlink"
         command = [
             str(VENV_BIN / "flower-superlink"),
@@ -229,7 +229,7 @@ class LoopbackDeployment:
         if self.node_auth:
             command += ["--enable-supernode-auth"]
         for _ in range(5):  # a free port may be taken between the check and the bind: try again
-            self.port = free_port()
+            self.port = port or free_port()
             proc = self.tracker.start(
                 "superlink",
                 command + ["--host", "127.0.0.1", "--port", str(self.port)],
@@ -356,16 +356,22 @@ class LoopbackDeployment:
         """`flwr run <project> <connection> --run-config FILE --stream`; returns the run log path.
 
         Raises DeploymentError when flwr run fails or does not finish within `timeout` seconds."""
+        return self.wait(self.submit(run_config), timeout)
+
+    def submit(self, run_config: Mapping | str | Path) -> subprocess.Popen:
+        """Start `flwr run ... --stream` and return at once (`wait` follows it to the end)."""
         if isinstance(run_config, Mapping):
             path = self.work / "run-config.toml"
             path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
         else:
             path = Path(run_config).resolve()
-        log = self.logs / "flwr-run.log"
         command = [str(VENV_BIN / "flwr"), "run", str(self.project), CONNECTION, "--run-config", str(path), "--stream"]
         env = self._env(self.cli_home)
         env["COLUMNS"] = "200"
-        proc = self.tracker.start("flwr-run", command, log, env, self.work)
+        return self.tracker.start("flwr-run", command, self.logs / "flwr-run.log", env, self.work)
+
+    def wait(self, proc: subprocess.Popen, timeout: float = 3600.0) -> Path:
+        log = self.logs / "flwr-run.log"
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -374,10 +380,9 @@ class LoopbackDeployment:
         if code != 0:
             raise DeploymentError(f"flwr run exited with code {code}; see {log}")
         # `flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
-        started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace"))
-        if not started:
+        self.run_id = self.last_run_id()
+        if self.run_id is None:
             raise DeploymentError(f"flwr run did not start a run; see {log}")
-        self.run_id = int(started[-1])  # the log is appended to: the last run is this one
         info = self.run_info(self.run_id)
         deadline = time.monotonic() + 60.0
         while not info.get("status", "").startswith("finished") and time.monotonic() < deadline:
@@ -391,6 +396,42 @@ class LoopbackDeployment:
                 f"{info.get('status-details', '')}; see {log}"
             )
         return log
+
+    def last_run_id(self) -> int | None:
+        """The run the latest `flwr run` started (the log is appended to: the last one is it)."""
+        log = self.logs / "flwr-run.log"
+        started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace")) if log.exists() else []
+        return int(started[-1]) if started else None
+
+    # -- crashes (reliability tests) --------------------------------------------------------------
+
+    def sigkill(self, program: str) -> list[int]:
+        """SIGKILL, with no chance to clean up, the tracked processes running `program`
+        (`flwr-serverapp`, `flower-superlink`, `flower-supernode`); their pids."""
+        self.tracker.snapshot()
+        procs = self.tracker.running(program)
+        for proc in procs:
+            proc.kill()
+        wait_gone(procs, 10.0)
+        self.tracker.reap()
+        return [p.pid for p in procs]
+
+    def abandon_run(self) -> None:
+        """After a crash: stop following the run (`flwr run --stream`), and stop it on the SuperLink."""
+        self.tracker.stop(["flwr-run"], self.stop_grace)
+        run_id = self.last_run_id()
+        if run_id is not None and self._running("superlink"):
+            self.flwr(["stop", str(run_id), CONNECTION], "stop-run", timeout=30.0, check=False)
+        stop_serverapps(self.tracker, self.stop_grace)
+
+    def restart_superlink(self) -> None:
+        """A SuperLink SIGKILLed and started again on its port and state database; the SuperNodes
+        reconnect by themselves."""
+        self.sigkill("flower-superlink")
+        port = self.port
+        self._start_superlink(port=port)
+        self._wait_for_control_api()
+        self._wait_for_nodes()
 
     def run_info(self, run_id: int) -> dict:
         """`flwr ls --run-id` as a dict: 'status' ('running', 'finished:completed', ...), 'status-details', ..."""

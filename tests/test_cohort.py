@@ -38,6 +38,10 @@ def _one_by_one(model, inputs, targets, recipe: LocalRecipe) -> dict[str, torch.
         for _ in range(recipe.steps):
             optimizer.zero_grad()
             user_loss(device, dict(device.named_parameters()), x, y).backward()
+            if recipe.touched_rows:  # the device's own items only: every other row keeps a zero gradient
+                untouched = torch.ones(SMALL.num_items + 1, dtype=torch.bool)
+                untouched[torch.cat([x.flatten(), y.flatten()])] = False
+                device.item_emb.weight.grad[untouched] = 0.0
             optimizer.step()
         update = {k: p.detach() - start[k] for k, p in device.named_parameters()}
         if recipe.clip > 0:
@@ -57,14 +61,17 @@ def _one_by_one(model, inputs, targets, recipe: LocalRecipe) -> dict[str, torch.
         # theory, and Adam would blow its rounding noise up to +-lr
         LocalRecipe(3, "adam", 0.01, eps=1e-4),
         LocalRecipe(2, "adam", 0.01, clip=0.05, eps=1e-4),
+        LocalRecipe(1, "sgd", 0.5, clip=0.05, touched_rows=True),
+        LocalRecipe(2, "adam", 0.01, eps=1e-4, touched_rows=True),
     ],
-    ids=["sgd-1-batched", "sgd-3", "adam-3", "adam-2-clipped"],
+    ids=["sgd-1-batched", "sgd-3", "adam-3", "adam-2-clipped", "sgd-1-clipped-touched", "adam-2-touched"],
 )
 def test_cohort_update_equals_training_each_user_in_its_own_model(recipe):
     torch.manual_seed(0)
     model = build_model(SMALL)
-    inputs = torch.randint(0, 41, (6, 1, 12))
-    targets = torch.randint(1, 41, (6, 1, 12))
+    high = 21 if recipe.touched_rows else 41  # touched: items 21..40 are nobody's, so their rows must stay
+    inputs = torch.randint(0, high, (6, 1, 12))
+    targets = torch.randint(1, high, (6, 1, 12))
     targets[:, :, :4] = 0  # short histories: padded positions predict nothing
     result = cohort_update(model, inputs, targets, recipe)
     expected = _one_by_one(model, inputs, targets, recipe)
@@ -72,6 +79,11 @@ def test_cohort_update_equals_training_each_user_in_its_own_model(recipe):
     scale = max(float(v.abs().max()) for v in expected.values())
     for key in expected:
         assert torch.allclose(result.update_sum[key], expected[key], atol=1e-4 * scale, rtol=1e-4), key
+    if recipe.touched_rows:
+        untouched = torch.ones(SMALL.num_items + 1, dtype=torch.bool)
+        untouched[torch.cat([inputs.flatten(), targets.flatten()])] = False
+        assert untouched.any()
+        assert (result.update_sum["item_emb.weight"][untouched] == 0).all()
     if recipe.clip:
         assert result.clipped == 6
         norms = torch.sqrt(sum((v**2).sum() for v in result.update_sum.values()))
@@ -120,6 +132,8 @@ def test_cohort_config_rejects_what_it_cannot_do():
             RunConfig.from_flat({**COHORT, **bad})
     with pytest.raises(ConfigError, match="user-sampling"):
         RunConfig.from_flat({"user-sampling": "poisson"})
+    with pytest.raises(ConfigError, match="local-item-rows"):
+        RunConfig.from_flat({"local-item-rows": "touched"})
 
 
 # --- whole runs on Flower's simulation engine -------------------------------------------------------
@@ -164,6 +178,10 @@ def test_federated_evaluation_gives_the_server_side_figures(cohort_run, cache, t
         assert ours["validation"]["ndcg@10"] == pytest.approx(theirs["validation"]["ndcg@10"], abs=1e-6)
     summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, cohort_run))
     assert summary["test"]["ndcg@10"] == pytest.approx(reference["test"]["ndcg@10"], abs=1e-6)
+    # the server knows no user under federated evaluation; with its own copy it reports groups and
+    # the list metrics of a cross-device run
+    assert summary["metrics_by_group"] is None and "activity" in reference["metrics_by_group"]["attributes"]
+    assert {"ild@10", "gini@10", "long-tail@10"} <= set(reference["test"])
 
 
 def test_poisson_sampling_draws_about_q_n_users(cache, tmp_path):

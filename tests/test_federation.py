@@ -125,6 +125,11 @@ def test_simulated_federation_improves_validation_ndcg(finished_run, cache, monk
     assert rows[-1]["validation"]["ndcg@10"] > before + 0.05
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test"]["ndcg@10"] > before
+    beyond = {"ild@10", "long-tail@10", "gini@10", "popularity@10", "coverage@10", "novelty@10"}
+    assert beyond <= set(summary["test"]) and beyond <= set(rows[-1]["validation"])
+    groups = summary["metrics_by_group"]["attributes"]  # synthetic data has no users file: activity only
+    assert set(groups) == {"activity"}
+    assert sum(g["users"] for g in groups["activity"]["groups"].values()) == summary["num_users"]
     for name in ("model.pt", "checkpoint.pt", "validation.png", "loss.png", "config.json"):
         assert (out / name).exists(), name
 

@@ -11,6 +11,7 @@ import torch
 from common.data.sequences import SequenceData, left_pad
 from common.errors import ConfigError
 from common.evaluation import evaluate, popularity_scores, rank_targets
+from common.item_stats import ItemStatistics
 from common.metrics import all_metrics, coverage, novelty, ranking_metrics
 
 
@@ -56,8 +57,9 @@ def test_novelty():
 def test_all_metrics_uses_first_k_columns():
     ranks = np.array([0, 1])
     top = np.array([[1, 2, 4], [2, 3, 4]])  # column 3 (item 4) lies beyond K = 2
-    item_users = np.array([0, 3, 1, 0, 0])
-    got = all_metrics(ranks, top, 2, num_items=4, item_users=item_users, num_users=3)
+    # Training histories of 3 users: item 1 had by all three, item 2 by one, items 3 and 4 by nobody.
+    stats = ItemStatistics.from_sequences([np.array([1, 2]), np.array([1]), np.array([1])], num_items=4)
+    got = all_metrics(ranks, top, 2, stats)
     assert got["hr@2"] == 1.0
     assert got["ndcg@2"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
     assert got["coverage@2"] == pytest.approx(3 / 4)

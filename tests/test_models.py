@@ -20,13 +20,14 @@ ARCHS = ["sasrec", "gru", "lstm"]
 NUM_ITEMS, MAX_LEN = 12, 6
 
 
-def make_model(arch: str, seed: int = 0, dropout: float = 0.0):
+def make_model(arch: str, seed: int = 0, dropout: float = 0.0, item_rank: int = 0):
     torch.manual_seed(seed)
     config = ModelConfig(
         arch=arch,
         num_items=NUM_ITEMS,
         max_len=MAX_LEN,
         emb_dim=8,
+        item_rank=item_rank,
         hidden_dim=10,
         num_layers=2,
         num_heads=2,
@@ -59,6 +60,27 @@ def test_shapes(arch):
     torch.testing.assert_close(model(inputs), logits)
     shorter = model.encode(inputs[:, -3:])
     assert shorter.shape == (4, 3, 8)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_factorised_item_table_is_one_low_rank_table_for_inputs_and_scores(arch):
+    model = make_model(arch, item_rank=3).eval()
+    table = model.item_up(model.item_emb.weight).detach()  # (N + 1, D): the table the product stands for
+    assert model.item_emb.weight.shape == (NUM_ITEMS + 1, 3)
+    assert torch.linalg.matrix_rank(table) == 3
+    items = torch.tensor([[0, 4, 7]])
+    torch.testing.assert_close(model.embed_items(items), table[items])  # inputs: rows of the product
+    hidden = torch.randn(5, 8)
+    torch.testing.assert_close(model.score(hidden), hidden @ table[1:].T)  # scores: the same rows, tied
+    full = sum(v.numel() for v in make_model(arch).arrays().values())
+    factorised = sum(v.numel() for v in model.arrays().values())
+    assert full - factorised == (NUM_ITEMS + 1) * (8 - 3) - 3 * 8  # rows shrink, one shared map is added
+    inputs, targets = batch()
+    sampled = next_item_loss(model.train(), inputs, targets, loss="sampled-softmax", num_negatives=4)
+    assert torch.isfinite(sampled).all()  # the sampled scorer works in the table's width too
+    loss = next_item_loss(model, inputs, targets).mean()
+    loss.backward()
+    assert model.item_up.weight.grad.abs().sum() > 0 and model.item_emb.weight.grad[1:].abs().sum() > 0
 
 
 @pytest.mark.parametrize("arch", ARCHS)

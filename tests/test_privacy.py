@@ -286,3 +286,7 @@ def test_client_dp_rejects_combinations_that_break_the_guarantee():
         RunConfig.from_flat({"dp-mode": "client", "strategy": "fedprox"})
     with pytest.raises(ConfigError, match="sampled-softmax"):
         RunConfig.from_flat({"dp-mode": "client", "loss": "sampled-softmax"})
+    with pytest.raises(ConfigError, match="item-rank = 0"):
+        RunConfig.from_flat({"dp-mode": "client", "item-rank": 16})
+    with pytest.raises(ConfigError, match="item-rank"):
+        RunConfig.from_flat({"emb-dim": 32, "item-rank": 32})

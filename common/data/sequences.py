@@ -188,7 +188,10 @@ def sequences_for_catalogue(frame, item_ids: np.ndarray, source: str = "interact
     unknown = int(index.isna().sum())
     frame = frame.assign(index=index).dropna(subset=["index"])
     if frame.empty:
-        raise DataError(f"{source}: none of its items are in the federation's catalogue ({unknown} unknown)")
+        raise DataError(
+            f"{source}: none of its items are in the federation's catalogue ({unknown} unknown); the file and "
+            "catalogue.json must use the same original item IDs"
+        )
     user_col = frame[USER].to_numpy()
     boundaries = np.flatnonzero(np.diff(user_col)) + 1
     offsets = np.concatenate([[0], boundaries, [len(user_col)]]).astype(np.int64)

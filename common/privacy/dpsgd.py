@@ -35,9 +35,12 @@ class DPPlan:
 
 
 def dp_windows(local: SequenceData, config: RunConfig) -> tuple[TensorDataset, str]:
-    inputs, targets, owners = training_windows(
-        local.train_sequences(), config.data.max_len, config.data.train_windows, disjoint=True
-    )
+    return dp_windows_of(local.train_sequences(), config)
+
+
+def dp_windows_of(sequences: list[np.ndarray], config: RunConfig) -> tuple[TensorDataset, str]:
+    """DP samples (disjoint windows) of training sequences, and the unit of privacy they give."""
+    inputs, targets, owners = training_windows(sequences, config.data.max_len, config.data.train_windows, disjoint=True)
     return TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets)), dpsgd_unit(
         len(np.unique(owners)) == len(owners)
     )

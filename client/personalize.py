@@ -1,0 +1,93 @@
+"""`fedseqrec personalize`: a device fine-tunes a run's global model on its own history.
+
+Reads RUN_DIR/model.pt (and, for a client-DP run, the device's privacy ledger in its state dir),
+writes OUT/model.pt (the same format as a run's, so `fedseqrec export OUT` makes it an on-device
+model) and OUT/personalization.json. Nothing is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.checkpoint import load_model, save_model
+from common.config import RunConfig
+from common.errors import ConfigError, DataError
+from common.personalization import DPBudget, FineTuning, fine_tune
+from common.privacy.ledger import PrivacyLedger
+
+LEDGER_FILE = "privacy_ledger.json"  # the file a SuperNode keeps in its state dir (client/app.py)
+
+
+def history_indices(history_ids: list[int], item_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Model indices of the history (oldest first) and how many of its items the catalogue lacks."""
+    lookup = {int(item): index for index, item in enumerate(item_ids) if index > 0}
+    known = [lookup[i] for i in history_ids if i in lookup]
+    return np.asarray(known, dtype=np.int64), len(history_ids) - len(known)
+
+
+def _run_delta(run_dir: Path, config: RunConfig) -> float:
+    """The delta the run's epsilons are stated at (its privacy report), else its configured one."""
+    path = run_dir / "privacy.json"
+    if path.exists():
+        return float(json.loads(path.read_text())["delta"])
+    if config.privacy.delta > 0:
+        return config.privacy.delta
+    raise DataError(f"{run_dir}: no privacy.json and no delta in its config; cannot state the fine-tuning's epsilon")
+
+
+def personalize(
+    run_dir: Path,
+    history_ids: list[int],
+    out: Path,
+    settings: FineTuning,
+    *,
+    state_dir: Path | None = None,
+    noise_multiplier: float | None = None,
+    max_epsilon: float = 0.0,
+) -> dict:
+    run_dir, out = Path(run_dir), Path(out)
+    checkpoint = run_dir / "model.pt"
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no model file; pass the out-dir of a finished run")
+    model, item_ids, metadata = load_model(checkpoint)
+    flat = metadata.get("run_config")
+    if not flat:
+        raise DataError(f"{checkpoint}: holds no run_config; personalize needs the run's settings")
+    config = RunConfig.from_flat(flat, where=f"{checkpoint} run_config")
+    history, unknown = history_indices(history_ids, item_ids)
+    if len(history) < 3:
+        raise DataError(
+            f"the history has {len(history)} item(s) in the model's catalogue ({unknown} unknown); "
+            "fine-tuning needs >= 3 (training items and one held out to choose the step)"
+        )
+    dp = None
+    if config.privacy.dp_mode == "client":
+        if state_dir is None:
+            raise ConfigError(
+                f"{run_dir} used dp-mode = client: pass --state-dir (the device's state dir with its "
+                f"{LEDGER_FILE}) so that the fine-tuning is recorded in its privacy ledger"
+            )
+        ledger = PrivacyLedger.load(Path(state_dir) / LEDGER_FILE, config.privacy.accountant)
+        z = config.privacy.noise_multiplier if noise_multiplier is None else noise_multiplier
+        dp = DPBudget(ledger, _run_delta(run_dir, config), z, max_epsilon)
+    tuned, report = fine_tune(model, history[:-1], int(history[-1]), config, settings, dp)
+    if dp is not None:
+        dp.ledger.save(Path(state_dir) / LEDGER_FILE)  # the spend is durable before the model exists
+    report.update(
+        {
+            "global_model": str(checkpoint.resolve()),
+            "history_items": len(history),
+            "unknown_items": unknown,
+            "steps": settings.steps,
+            "lr": settings.lr,
+            "sent_anywhere": False,
+        }
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    run_metadata = {k: v for k, v in metadata.items() if k != "run_config"}
+    save_model(out / "model.pt", tuned, item_ids, run_config=flat, personalized=report, **run_metadata)
+    (out / "personalization.json").write_text(json.dumps(report, indent=2))
+    return report

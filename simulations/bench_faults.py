@@ -1,0 +1,149 @@
+"""Faults and attacks on ML-1M: dropouts, attackers against robust aggregation, item promotion.
+
+Each run is one simulated federation in its own process (the in-process launcher Flower's
+simulation uses), one after the other; a stopped benchmark resumes where it was (rows already in
+OUT/faults.json are skipped). Rows: the run's validation-selected test metrics and wall time.
+
+    # dropout: the share of sampled clients (users, on the cohort engine) that drop every round
+    FEDSEQREC_DATA_DIR=../shared/data .venv/bin/python -m simulations.bench_faults dropout \\
+        --run-config simulations/ml1m-cohort.toml --rates 0 0.1 0.3 0.5 --out runs/faults/cross-device
+    ... dropout --run-config simulations/ml1m-silo-iid.toml --rates 0 0.1 0.3 0.5 --out runs/faults/cross-silo
+    # untargeted attackers (a share of the clients) against each aggregation rule
+    ... attacks --run-config simulations/ml1m-silo-iid.toml --shares 0.1 0.2 \\
+        --attacks sign-flip scale random --strategies fedavg fedmedian fedtrimmedavg krum multikrum \\
+        --out runs/faults/attacks
+    # item promotion: fake users pushing one cold item; its exposure (share of users with it in their top-10)
+    ... promotion --run-config simulations/ml1m-cross-device.toml --shares 0.01 --strategies fedavg fedmedian \\
+        --out runs/faults/promotion
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simulations.bench_federation import load_run_config
+
+LAUNCH = (
+    "import json, sys\n"
+    "from common.config import RunConfig\n"
+    "from simulations.simulate import num_supernodes, simulate\n"
+    "flat = json.loads(sys.argv[1])\n"
+    "simulate(flat, num_supernodes(RunConfig.from_flat(flat)))\n"
+)
+
+
+def run_federation(flat: dict) -> float:
+    """One federation in its own process (a fresh Ray, nothing shared); its wall time."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", LAUNCH, json.dumps(flat)], env=dict(os.environ))
+    if done.returncode != 0:
+        raise SystemExit(f"run {flat['out-dir']} failed with exit code {done.returncode}")
+    return time.perf_counter() - started
+
+
+def cold_item(flat: dict) -> int:
+    """The promoted item: the least popular item of the training data (model index)."""
+    from common.config import RunConfig
+    from common.data.load import load_sequence_data
+    from common.evaluation import item_user_counts
+
+    counts = item_user_counts(load_sequence_data(RunConfig.from_flat(flat).data))
+    return int(np.argmin(np.where(np.arange(len(counts)) == 0, np.iinfo(np.int64).max, counts)))
+
+
+def exposure(run_dir: Path, item: int) -> float:
+    from common.checkpoint import load_model
+    from common.config import RunConfig
+    from common.data.load import load_sequence_data
+    from common.evaluation import item_exposure, model_scores
+
+    config = RunConfig.from_flat(json.loads((run_dir / "config.json").read_text()))
+    model, _, _ = load_model(run_dir / "model.pt")
+    return item_exposure(model_scores(model), load_sequence_data(config.data), item)
+
+
+class Bench:
+    def __init__(self, out: Path, base: dict):
+        self.out, self.base = out, base
+        self.path = out / "faults.json"
+        self.rows = json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def run(self, name: str, overrides: dict, target: int = 0) -> dict:
+        done = next((r for r in self.rows if r["name"] == name), None)
+        if done:
+            return done
+        run_dir = self.out / name
+        flat = {**self.base, **overrides, "out-dir": str(run_dir)}
+        print(f"bench_faults: {name} -> {run_dir}", flush=True)
+        wall = run_federation(flat)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        row = {"name": name, **overrides, "test": summary["test"], "rounds": summary["rounds"], "wall_seconds": wall}
+        if target:
+            row["target_exposure@10"] = exposure(run_dir, target)
+        self.rows.append(row)
+        self.path.write_text(json.dumps(self.rows, indent=2))
+        return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["dropout", "attacks", "promotion"])
+    parser.add_argument("--run-config", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5])
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2])
+    parser.add_argument("--attacks", nargs="+", default=["sign-flip", "scale", "random"])
+    parser.add_argument("--strategies", nargs="+", default=["fedavg", "fedmedian", "fedtrimmedavg", "krum"])
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(out, load_run_config(args.run_config))
+    if args.mode == "dropout":
+        clean = bench.run("dropout-0", {"sim-dropout": 0.0})
+        for rate in args.rates:
+            row = bench.run(f"dropout-{rate:g}", {"sim-dropout": rate})
+            ratio = row["test"]["ndcg@10"] / clean["test"]["ndcg@10"]
+            print(f"bench_faults: dropout {rate:g}: test NDCG@10 {row['test']['ndcg@10']:.4f} ({ratio:.3f} of clean)")
+    elif args.mode == "attacks":
+        for strategy in args.strategies:
+            clean = bench.run(f"{strategy}-clean", {"strategy": strategy})
+            for share in args.shares:
+                for attack in args.attacks:
+                    overrides = {"strategy": strategy, "sim-attack": attack, "sim-attackers": share}
+                    row = bench.run(f"{strategy}-{attack}-{share:g}", overrides)
+                    print(
+                        f"bench_faults: {strategy} vs {attack} by {share:.0%}: test NDCG@10 "
+                        f"{row['test']['ndcg@10']:.4f} (clean {clean['test']['ndcg@10']:.4f})",
+                        flush=True,
+                    )
+    else:
+        target = cold_item(bench.base)
+        clean = bench.run("promotion-clean", {}, target)
+        print(f"bench_faults: target item {target}: clean exposure {clean['target_exposure@10']:.4f}", flush=True)
+        for strategy in args.strategies:
+            for share in args.shares:
+                overrides = {
+                    "strategy": strategy,
+                    "sim-attack": "promote",
+                    "sim-attackers": share,
+                    "sim-target-item": target,
+                }
+                row = bench.run(f"promote-{strategy}-{share:g}", overrides, target)
+                print(
+                    f"bench_faults: promotion by {share:.0%} fake users, {strategy}: exposure "
+                    f"{row['target_exposure@10']:.4f}, test NDCG@10 {row['test']['ndcg@10']:.4f}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
