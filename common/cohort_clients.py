@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from common.augmentation import Augmentation, augment_windows, augmentation_for
 from common.cohort import LocalRecipe, cohort_update
 from common.config import RunConfig
 from common.data.sequences import SequenceData, training_windows
@@ -40,11 +41,17 @@ def recipe_for(config: RunConfig) -> LocalRecipe:
     )
 
 
-def user_windows(local: SequenceData, rows: np.ndarray, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U', 1, T) inputs and targets of the users that can train (>= 2 training items)."""
+def user_windows(
+    local: SequenceData, rows: np.ndarray, max_len: int, augment: tuple[Augmentation, np.random.Generator] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U', 1, T) inputs and targets of the users that can train (>= 2 training items).
+
+    `augment`: (augmentation, training RNG) to augment each user's window, as its device would."""
     sequences = local.train_sequences() if len(rows) == local.num_users else None
     picked = [sequences[r] if sequences is not None else local.sequence(int(r))[:-2] for r in rows]
     inputs, targets, _ = training_windows(picked, max_len, "last")
+    if augment is not None and len(inputs):
+        inputs, targets = augment_windows(inputs, targets, *augment)
     return torch.as_tensor(inputs).unsqueeze(1), torch.as_tensor(targets).unsqueeze(1)
 
 
@@ -62,10 +69,14 @@ def train_chunks(
     recipe = recipe_for(config)
     names = dict(model.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in names.items()}
+    augmentation = augmentation_for(config, local.num_items)
     users, loss_sum, clipped = 0, 0.0, 0
     for index, rows in chunks:
-        torch.manual_seed(client_seed(config.train.seed, server_round, index))  # dropout: fixed per chunk
-        inputs, targets = user_windows(local, rows, model.config.max_len)
+        seed = client_seed(config.train.seed, server_round, index)
+        torch.manual_seed(seed)  # dropout: fixed per chunk
+        # Augmentation draws from a training RNG of the chunk's seed too (never a DP noise source).
+        augment = None if augmentation is None else (augmentation, np.random.default_rng(seed))
+        inputs, targets = user_windows(local, rows, model.config.max_len, augment)
         result = cohort_update(model, inputs, targets, recipe)
         for k in total:
             total[k] += result.update_sum[k]

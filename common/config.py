@@ -22,6 +22,14 @@ from typing import Any
 
 from common.errors import ConfigError
 
+AUGMENTATIONS = ("crop", "mask", "reorder", "substitute")  # sequence augmentation operators (common/augmentation.py)
+
+
+def augment_operators(text: str) -> tuple[str, ...]:
+    """The `augment` key's operators: `"crop, mask"` -> ("crop", "mask"); "" or "none" -> ()."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    return () if names == ("none",) else names
+
 
 def _choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": (default, *choices)})
@@ -131,6 +139,15 @@ class TrainSettings:
     mask_seen: bool = True  # exclude items already in the user's history from rankings
     eval_batch_size: int = 512
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # Sequence augmentation of training windows (common/augmentation.py), centrally and on devices:
+    # a comma list of crop, mask, reorder, substitute ("" = off); each drawn window is augmented with
+    # probability augment-prob by one operator picked at random.
+    augment: str = ""
+    augment_prob: float = 0.5
+    augment_crop_keep: float = 0.8  # crop keeps this share of a window's items
+    augment_mask_rate: float = 0.2  # share of input positions set to padding (0)
+    augment_reorder_rate: float = 0.2  # share of a window shuffled (one contiguous run)
+    augment_substitute_rate: float = 0.1  # share of items replaced by random catalogue items
     # Evaluation only: re-rank each user's rerank-candidates best items into the top-k for diversity
     # (mmr) or long-tail exposure (long-tail); rerank-lambda = weight of that goal (0 = model order).
     rerank: str = _choice("none", "mmr", "long-tail")
@@ -142,6 +159,16 @@ class TrainSettings:
     activity_groups: int = 4
 
     def validate(self) -> None:
+        unknown = [name for name in augment_operators(self.augment) if name not in AUGMENTATIONS]
+        _check(not unknown, "augment", f"unknown operator(s) {unknown}; use a comma list of {', '.join(AUGMENTATIONS)}")
+        _check(0.0 < self.augment_prob <= 1.0, "augment-prob", "must be in (0, 1]")
+        for key, value in (
+            ("augment-crop-keep", self.augment_crop_keep),
+            ("augment-mask-rate", self.augment_mask_rate),
+            ("augment-reorder-rate", self.augment_reorder_rate),
+            ("augment-substitute-rate", self.augment_substitute_rate),
+        ):
+            _check(0.0 < value < 1.0, key, "must be in (0, 1)")
         for key, value in (
             ("epochs", self.epochs),
             ("batch-size", self.batch_size),

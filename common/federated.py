@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.augmentation import augmentation_for, maybe_augmented
 from common.config import RunConfig
 from common.data.sequences import SequenceData
 from common.errors import DataError
@@ -90,7 +91,7 @@ def local_train(
         noise_seed = dp_seed(reproducible=reproducible_dp_noise, derived=seed)
         ledger = ledger or PrivacyLedger(config.privacy.accountant)
         return _private_local_train(
-            config, local, model, noise_seed, ledger, limits, expected_rounds, reproducible_dp_noise
+            config, local, model, seed, noise_seed, ledger, limits, expected_rounds, reproducible_dp_noise
         )
     dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
     if len(dataset) == 0:
@@ -101,10 +102,12 @@ def local_train(
     )
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives, proximal_mu=proximal_mu)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    augmentation = augmentation_for(config, local.num_items)
     losses = []
     for epoch in range(config.federation.local_epochs):
         loader = window_loader(dataset, config.train.batch_size, seed + epoch)
-        loss, _ = train_epoch(model, loader, optimizer, options, global_params=global_params)
+        batches = maybe_augmented(loader, augmentation, [seed, epoch])
+        loss, _ = train_epoch(model, batches, optimizer, options, global_params=global_params)
         losses.append(loss)
     return LocalResult(
         model.arrays(), {"train-loss": float(np.mean(losses)), "num-examples": len(dataset), "unit-weight": 1}
@@ -115,6 +118,7 @@ def _private_local_train(
     config: RunConfig,
     local: SequenceData,
     model,
+    train_seed: int,
     noise_seed: int,
     ledger: PrivacyLedger,
     limits: DeviceLimits,
@@ -134,7 +138,14 @@ def _private_local_train(
     if cap > 0 and after > cap:
         return LocalResult(None, {"declined": 1, "epsilon": spent, "num-examples": 0})
     loss, steps = train_private(
-        model, dataset, plan, config, noise_seed=noise_seed, ledger=ledger, max_seconds=limits.max_train_seconds
+        model,
+        dataset,
+        plan,
+        config,
+        noise_seed=noise_seed,
+        train_seed=train_seed,
+        ledger=ledger,
+        max_seconds=limits.max_train_seconds,
     )
     return LocalResult(
         model.arrays(),

@@ -6,11 +6,13 @@ import copy
 import json
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from common.augmentation import augmentation_for, maybe_augmented
 from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import load_sequence_data
@@ -27,7 +29,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = True) -> dict:
+def train_centralized(
+    config: RunConfig,
+    out_dir: Path,
+    show_progress: bool = True,
+    *,
+    report_test: bool = True,
+    on_validation: Callable[[int, float], bool] | None = None,
+) -> dict:
+    """Train, select the epoch on validation NDCG@k, report test (unless `report_test` is False: a
+    tuner's trials compute validation only). `on_validation(epoch, value)` sees every validation
+    figure; returning True stops training there, as early stopping would (a tuner's pruner)."""
     out_dir = Path(out_dir)
     train, data_cfg = config.train, config.data
     if train.num_threads:
@@ -42,6 +54,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     model = model_for(config, data.num_items, item_ids=data.item_ids).to(train.device)
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    augmentation = augmentation_for(config, data.num_items)
     options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
     stats = ItemStatistics.from_data(data)  # training statistics the beyond-accuracy metrics use
     eval_kwargs = dict(
@@ -59,6 +72,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     train_seconds = 0.0
     epoch = 0
     interrupted = False
+    stopped_by = ""
     try:
         for epoch in range(1, train.epochs + 1):
             loader = window_loader(dataset, train.batch_size, train.seed + epoch)
@@ -66,7 +80,8 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
             with tqdm(
                 total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress, leave=False
             ) as bar:
-                loss, _ = train_epoch(model, loader, optimizer, options, train.device, progress=bar)
+                batches = maybe_augmented(loader, augmentation, [train.seed, epoch])
+                loss, _ = train_epoch(model, batches, optimizer, options, train.device, progress=bar)
             train_seconds += time.perf_counter() - epoch_start
             row = {"epoch": epoch, "loss": loss}
             if epoch % train.eval_every == 0 or epoch == train.epochs:
@@ -89,6 +104,9 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
                 )
             if stale >= train.patience:
                 break
+            if on_validation is not None and "validation" in row and on_validation(epoch, row["validation"][key]):
+                stopped_by = "on_validation"
+                break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learned, report on the best epoch
         interrupted = True  # the caller says so (`fedseqrec train` prints one line)
     log.close()
@@ -98,11 +116,12 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
     model.load_state_dict(best_state)
     model.eval()
     validation = evaluate(model_scores(model), data, "validation", **eval_kwargs)
-    test, by_group = evaluate_by_group(model_scores(model), data, "test", groups, **eval_kwargs)
+    splits = ("validation", "test") if report_test else ("validation",)
+    test, by_group = (
+        evaluate_by_group(model_scores(model), data, "test", groups, **eval_kwargs) if report_test else (None, None)
+    )
     counts = data.item_counts()
-    popularity = {
-        split: evaluate(popularity_scores(counts), data, split, **eval_kwargs) for split in ("validation", "test")
-    }
+    popularity = {split: evaluate(popularity_scores(counts), data, split, **eval_kwargs) for split in splits}
     save_model(out_dir / "model.pt", model, data.item_ids, run_config=config.to_flat(), best_epoch=best_epoch)
     metrics = {
         "validation": validation,
@@ -112,6 +131,7 @@ def train_centralized(config: RunConfig, out_dir: Path, show_progress: bool = Tr
         "best_epoch": best_epoch,
         "epochs_run": epoch,
         "interrupted": interrupted,
+        "stopped_by": stopped_by or ("patience" if stale >= train.patience else ""),
         "num_users": data.num_users,
         "num_items": data.num_items,
         "wall_seconds": time.perf_counter() - started,

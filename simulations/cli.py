@@ -111,6 +111,33 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     return federate(args.run_config, args.cpus_per_client, args.out_dir)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from simulations.search_space import parse_search_space, read_tuning_file
+    from simulations.tune import TuneOptions, tune
+
+    base, table = read_tuning_file(args.config) if args.config else ({}, None)
+    base.update(_flat_from_args(argparse.Namespace(**{**vars(args), "config": None})))  # flags override the file
+    if args.space:
+        table = read_tuning_file(args.space)[1]
+    base.pop("out-dir", None)  # each trial's run folder is set by the tuner
+    RunConfig.from_flat(base, where="fedseqrec tune")
+    params = parse_search_space(table, base, where=args.space or args.config or "fedseqrec tune")
+    options = TuneOptions(
+        args.mode,
+        args.trials,
+        Path(args.out),
+        args.study_name,
+        pruning=not args.no_pruning,
+        prune_after=args.prune_after,
+        timeout=args.timeout,
+    )
+    try:
+        summary = tune(base, params, options)
+    except KeyboardInterrupt:
+        return 130
+    return 0 if summary["complete"] else 1
+
+
 def _cmd_partition(args: argparse.Namespace) -> int:
     from simulations.deployment_data import write_node_files
 
@@ -299,6 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
         "the same folder resumes after its last checkpoint",
     )
     federate.set_defaults(handler=_cmd_federate)
+
+    tune = commands.add_parser(
+        "tune",
+        help="Optuna search over centralized or federated runs (objective: validation NDCG@10); "
+        "running it again continues the study",
+    )
+    tune.add_argument("--config", help="TOML of run-config keys; its [search] table is the search space")
+    tune.add_argument("--space", help="TOML whose [search] table is the search space (default: --config's)")
+    tune.add_argument("--mode", choices=["centralized", "federated"], default="centralized")
+    tune.add_argument("--trials", type=int, default=8, help="trials to add to the study (default: 8)")
+    tune.add_argument(
+        "--out", required=True, help="study folder: study.db, trials/, trials.json, trials.png, best.json"
+    )
+    tune.add_argument("--study-name", default="fedseqrec", help="the study's name in study.db (default: fedseqrec)")
+    tune.add_argument("--no-pruning", action="store_true", help="run every centralized trial to its end")
+    tune.add_argument(
+        "--prune-after", type=int, default=2, help="epochs before a centralized trial may be pruned (default: 2)"
+    )
+    tune.add_argument(
+        "--timeout", type=float, default=0.0, help="seconds after which no new trial starts (default: no limit)"
+    )
+    tune.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")
+    _add_config_flags(tune, ("data", "model", "train", "federation", "privacy"))
+    tune.set_defaults(handler=_cmd_tune)
 
     partition = commands.add_parser("partition", help="split a dataset into per-node files for a deployment")
     partition.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")

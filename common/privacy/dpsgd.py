@@ -18,6 +18,7 @@ from opacus import PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.augmentation import augmentation_for, maybe_augmented
 from common.config import RunConfig
 from common.data.sequences import SequenceData, training_windows
 from common.privacy.ledger import PrivacyLedger
@@ -91,12 +92,14 @@ def train_private(
     noise_seed: int,
     ledger: PrivacyLedger,
     max_seconds: float = 0.0,
+    train_seed: int | None = None,
 ) -> tuple[float, int]:
     """Run the planned DP-SGD steps, record them in the ledger; returns (mean loss, steps taken).
 
     `noise_seed` seeds both the Gaussian noise and the Poisson sampling: it must be secret from the
     server (`common.privacy.randomness.dp_seed`). Never None outside secure mode: Opacus would then
-    draw from torch's global RNG, which training seeds from the run seed."""
+    draw from torch's global RNG, which training seeds from the run seed. `train_seed` seeds what
+    is not part of the guarantee (sequence augmentation; None: the run seed), never from the noise seed."""
     privacy = config.privacy
     generator = None if privacy.secure_mode else torch.Generator().manual_seed(noise_seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr)
@@ -115,13 +118,17 @@ def train_private(
         noise_generator=generator,
     )
     options = StepOptions(loss="ce", per_sample_grads=True)
+    # Augmentation acts on each Poisson-sampled example alone (common/augmentation.py): every example
+    # still yields one clipped gradient, so the sample rate, steps and noise accounted are unchanged.
+    augmentation = augmentation_for(config, model.config.num_items)
+    augment_seed = config.train.seed if train_seed is None else train_seed
     losses, steps = [], 0
     started = time.monotonic()
-    for _ in range(config.federation.local_epochs):
+    for epoch in range(config.federation.local_epochs):
         remaining = max_seconds - (time.monotonic() - started) if max_seconds > 0 else 0.0
         if max_seconds > 0 and remaining <= 0:
             break
-        batches = _TimeBudget(private_loader, remaining)
+        batches = _TimeBudget(maybe_augmented(private_loader, augmentation, [augment_seed, epoch]), remaining)
         loss, _ = train_epoch(private_model, batches, private_optimizer, options)
         steps += batches.steps
         if not np.isnan(loss):
