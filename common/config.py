@@ -237,7 +237,12 @@ class FederationSettings:
     # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
     max_update_norm: float = 0.0  # > 0: a reply whose update is longer is dropped (norm bounding)
     max_reply_examples: int = 0  # > 0: a reply claiming more examples is dropped
-    min_replies: int = 1  # valid replies a round needs; fewer: the round is skipped (logged)
+    min_replies: int = 1  # valid replies a round needs; fewer: the round is repeated (round-retries) or skipped
+    # A short round (a node crashed, replies late) is sent again up to round-retries times, after
+    # retry-wait seconds (time for a restarted node to reconnect), with the same users and seeds, so a
+    # repeat that succeeds gives the model the uninterrupted run would have; then it is skipped.
+    round_retries: int = 0
+    retry_wait: float = 10.0
     round_deadline: float = 3600.0  # seconds a round waits for replies; later ones are discarded and counted
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end per coordinate
     assumed_malicious: int = 0  # krum, multikrum, bulyan: clients per round assumed malicious
@@ -280,6 +285,8 @@ class FederationSettings:
         _check(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
         _check(self.max_reply_examples >= 0, "max-reply-examples", "must be >= 0 (0 = no bound)")
         _check(self.min_replies >= 1, "min-replies", "must be >= 1")
+        _check(self.round_retries >= 0, "round-retries", "must be >= 0 (0: a short round is skipped)")
+        _check(0 <= self.retry_wait <= 3600, "retry-wait", "must be in [0, 3600] seconds")
         _check(self.round_deadline > 0, "round-deadline", "must be > 0 seconds")
         _check(0.0 <= self.trim_beta < 0.5, "trim-beta", "must be in [0, 0.5)")
         _check(self.assumed_malicious >= 0, "assumed-malicious", "must be >= 0")

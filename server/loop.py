@@ -288,13 +288,7 @@ def run_rounds(
             state.stopped_early = f"max-epsilon reached before round {server_round}"
             break
         round_start = time.perf_counter()
-        nodes = set(grid.get_node_ids())
-        if nodes != known_nodes:  # a node left, joined, or came back with a new id: ask again who is who
-            found, hosts = discover_clients(grid, timeout)
-            keys, known_nodes = found or keys, nodes
-            if cohort is not None:
-                cohort.hosts, cohort.devices = hosts or cohort.hosts, found or cohort.devices
-            log(INFO, "fedseqrec: nodes changed; %d clients, %d hosts identified", len(keys), len(hosts))
+        keys, known_nodes = _rediscover(grid, keys, known_nodes, cohort, timeout)
         _warm_up_server_lr(strategy, config, server_round)
         # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
         derived = client_seed(config.train.seed, server_round, -1)
@@ -324,13 +318,12 @@ def run_rounds(
                     }
                 )
                 continue
-            per_node = cohort.assign(users)
-            node_ids, order = sorted(per_node), {node: i for i, node in enumerate(sorted(per_node))}
         else:
-            chosen = sample_clients(
-                list(keys), fed.clients_per_round, config.train.seed, server_round, secret=not reproducible
+            users = np.array(
+                sample_clients(
+                    list(keys), fed.clients_per_round, config.train.seed, server_round, secret=not reproducible
+                )
             )
-            per_node, node_ids, order = None, [keys[c] for c in chosen], {node: key for key, node in keys.items()}
         this_round = ConfigRecord(
             {**round_config, **(privacy.round_config(server_round) if privacy is not None else {})}
         )
@@ -340,50 +333,49 @@ def run_rounds(
             else None
         )
         refuse = privacy.refuses if privacy is not None else None
-        if fed.secure_aggregation:
-            new_arrays, stats, per_client = secure_train_round(
-                grid,
-                strategy,
+        for attempt in range(1, fed.round_retries + 2):
+            if attempt > 1:  # the same users and seeds again, once crashed nodes have had time to return
+                time.sleep(fed.retry_wait)
+                keys, known_nodes = _rediscover(grid, keys, known_nodes, cohort, timeout)
+                randomness.seed_numpy_global(reproducible=reproducible, derived=derived)
+            absent = [int(u) for u in users if not _present(int(u), keys, cohort)]
+            present = np.array([u for u in users if int(u) not in absent], dtype=np.int64)
+            if cohort is not None:
+                per_node = cohort.assign(present)
+                node_ids, order = sorted(per_node), {node: i for i, node in enumerate(sorted(per_node))}
+            else:
+                per_node = None
+                node_ids, order = [keys[int(c)] for c in present], {node: key for key, node in keys.items()}
+            new_arrays, stats, per_client = _train_attempt(
+                grid, strategy, server_round, arrays, node_ids, this_round, order, per_node, config, timeout,
+                refuse, combine,
+            )  # fmt: skip
+            if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
+                replied = sum(int(m.get("users", 0)) for m in per_client.values())
+                stats.update(
+                    {"nodes": len(node_ids), "sampled": len(users), "replied": replied, "failed": len(users) - replied}
+                )
+            elif absent:  # sampled, but their node is gone: counted as failed
+                stats.update({"sampled": len(users), "failed": stats["failed"] + len(absent)})
+            stats["attempts"] = attempt
+            if "skipped" not in stats or attempt > fed.round_retries:
+                break
+            log(
+                WARNING,
+                "fedseqrec: round %d repeated (attempt %d of %d, in %.0f s): %s",
                 server_round,
-                arrays,
-                node_ids,
-                this_round,
-                min(timeout, fed.round_deadline),
-                config,
-                refuse=refuse,
-                per_node=per_node,
-                combine=combine,
-                min_replies=fed.min_replies,
-            )
-        else:
-            new_arrays, stats, per_client = train_round(
-                grid,
-                strategy,
-                server_round,
-                arrays,
-                node_ids,
-                this_round,
-                min(timeout, fed.round_deadline),
-                order,
-                refuse=refuse,
-                per_node=per_node,
-                check=lambda reply, start=arrays: reply_problem(
-                    reply, start, max_update_norm=fed.max_update_norm, max_examples=fed.max_reply_examples
-                ),
-                min_replies=fed.min_replies,
-                combine=combine,
-            )
-        if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
-            replied = sum(int(m.get("users", 0)) for m in per_client.values())
-            stats.update(
-                {"nodes": len(node_ids), "sampled": len(users), "replied": replied, "failed": len(users) - replied}
+                attempt + 1,
+                fed.round_retries + 1,
+                fed.retry_wait,
+                stats["skipped"],
             )
         if "refused" in stats:  # nothing of this round is aggregated, released or checkpointed
             log(WARNING, "fedseqrec: round %d not aggregated and the run stops: %s", server_round, stats["refused"])
             state.stopped_early = f"round {server_round} not released: {stats['refused']}"
             break
         if "skipped" in stats:  # nothing aggregated or released; the next round starts from the same model
-            log(WARNING, "fedseqrec: round %d skipped: %s", server_round, stats["skipped"])
+            retried = f" after {stats['attempts']} attempts" if stats["attempts"] > 1 else ""
+            log(WARNING, "fedseqrec: round %d skipped%s: %s", server_round, retried, stats["skipped"])
         if new_arrays is not None:
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
@@ -407,6 +399,63 @@ def run_rounds(
             write_jsonl(Path(run_dir) / "metrics.jsonl", state.history)  # always matches the checkpoint
         log(INFO, "%s", progress.line(row, key))
     return state
+
+
+def _rediscover(grid: Grid, keys: dict[int, int], known_nodes: set, cohort, timeout: float):
+    """A node left, joined, or came back with a new id: ask again who is who."""
+    nodes = set(grid.get_node_ids())
+    if nodes == known_nodes:
+        return keys, known_nodes
+    found, hosts = discover_clients(grid, timeout)
+    if cohort is not None:
+        cohort.hosts, cohort.devices = hosts or cohort.hosts, found or cohort.devices
+    log(INFO, "fedseqrec: nodes changed; %d clients, %d hosts identified", len(found or keys), len(hosts))
+    return found or keys, nodes
+
+
+def _present(key: int, keys: dict[int, int], cohort) -> bool:
+    """Whether a sampled client's node is connected (simulated users always are: their hosts compute them)."""
+    if cohort is not None:
+        return bool(cohort.hosts) or key in cohort.devices
+    return key in keys
+
+
+def _train_attempt(
+    grid, strategy, server_round, arrays, node_ids, this_round, order, per_node, config, timeout, refuse, combine
+):
+    fed = config.federation
+    if fed.secure_aggregation:
+        return secure_train_round(
+            grid,
+            strategy,
+            server_round,
+            arrays,
+            node_ids,
+            this_round,
+            min(timeout, fed.round_deadline),
+            config,
+            refuse=refuse,
+            per_node=per_node,
+            combine=combine,
+            min_replies=fed.min_replies,
+        )
+    return train_round(
+        grid,
+        strategy,
+        server_round,
+        arrays,
+        node_ids,
+        this_round,
+        min(timeout, fed.round_deadline),
+        order,
+        refuse=refuse,
+        per_node=per_node,
+        check=lambda reply, start=arrays: reply_problem(
+            reply, start, max_update_norm=fed.max_update_norm, max_examples=fed.max_reply_examples
+        ),
+        min_replies=fed.min_replies,
+        combine=combine,
+    )
 
 
 def _warm_up_server_lr(strategy: Strategy, config: RunConfig, server_round: int) -> None:

@@ -1,10 +1,8 @@
 """A real-process Flower deployment on loopback: TLS SuperLink, authenticated SuperNodes, `flwr run`.
-
 Everything a real deployment runs, on one machine: `flower-superlink` with a TLS certificate from
 a local CA and SuperNode authentication, one `flower-supernode` per node with its own data file,
 item catalogue, client id and state dir (node config), a `$FLWR_HOME/config.toml` connection
 entry for the CLI, and `flwr run <project> <connection> --run-config FILE --stream`.
-
 Every process started here runs in its own session and is tracked by pid (simulations/processes.py,
 the same tracker `fedseqrec federate` uses); on exit (success, error, Ctrl-C, SIGTERM) a run still
 going gets Flower's stop (`flwr stop`) and its ServerApp process is ended first, then every process
@@ -22,6 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from simulations.credentials import Certificates, NodeKeys, make_certificates, make_node_keys
 from simulations.processes import (
@@ -415,6 +415,38 @@ class LoopbackDeployment:
         wait_gone(procs, 10.0)
         self.tracker.reap()
         return [p.pid for p in procs]
+
+    def sigkill_node(self, client_id: int) -> list[int]:
+        """A device dies: SIGKILL its SuperNode and everything the SuperNode started (a ClientApp
+        mid-training included), with no chance to clean up; their pids."""
+        self.tracker.snapshot()
+        root = self.tracker.started[f"supernode-{client_id}"]
+        try:
+            procs = [psutil.Process(root.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        wait_gone(procs, 10.0)
+        self.tracker.reap()
+        return [p.pid for p in procs]
+
+    def restart_node(self, client_id: int) -> None:
+        """Start a killed device's SuperNode again, with its keys, data and state folder; wait until
+        every SuperNode is online. The SuperLink refuses a node whose key it still sees online, so this
+        first waits until the dead one misses its heartbeats (Flower: 2 x 30 s at most)."""
+        index = next(i for i, node in enumerate(self.nodes) if node.client_id == client_id)
+        deadline = time.monotonic() + self.startup_timeout
+        while len(self.online_nodes()) >= len(self.nodes):
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"the SuperLink still lists node {client_id} online; see {self.logs}")
+            time.sleep(1.0)
+        self._start_supernode(index, self.nodes[index])
+        self._wait_for_nodes()
 
     def abandon_run(self) -> None:
         """After a crash: stop following the run (`flwr run --stream`), and stop it on the SuperLink."""

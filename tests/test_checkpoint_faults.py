@@ -125,11 +125,47 @@ class PlusOneGrid:
         return replies
 
 
-def _run(run_dir, state):
+class CrashingNodeGrid(PlusOneGrid):
+    """Node 2 is down for its first `down` messages of round 2 (its reply never comes)."""
+
+    def __init__(self, down: int):
+        self.down = down
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = super().send_and_receive(messages, timeout)
+        if self.down and messages and messages[0].content["config"]["server-round"] == 2:
+            self.down -= 1
+            return [r for r in replies if r.metadata.src_node_id != 2]
+        return replies
+
+
+def test_a_round_a_crashed_node_missed_is_repeated_and_ends_with_the_uninterrupted_model(tmp_path, caplog):
+    reference = _run(tmp_path / "reference", _state(0, 0.0))
+    retried = _run(tmp_path / "retried", _state(0, 0.0), CrashingNodeGrid(down=2), **{"round-retries": 2})
+    for key in START:
+        np.testing.assert_array_equal(retried.arrays[key].numpy(), reference.arrays[key].numpy())
+    assert [row["attempts"] for row in retried.history] == [1, 3, 1]
+    assert "round 2 repeated (attempt 2 of 3" in caplog.text and "round 2 repeated (attempt 3 of 3" in caplog.text
+
+    caplog.clear()  # without retries (or when they run out) the round is skipped, and the log says so
+    skipped = _run(tmp_path / "skipped", _state(0, 0.0), CrashingNodeGrid(down=2), **{"round-retries": 1})
+    assert "skipped" in skipped.history[1] and skipped.history[1]["attempts"] == 2
+    assert "round 2 skipped after 2 attempts: 1 valid replies < min-replies 2" in caplog.text
+    assert torch.allclose(skipped.arrays["w"], torch.full((4, 3), 3.0))  # two rounds moved the model
+
+
+def _run(run_dir, state, grid=None, **keys):
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    config = RunConfig.from_flat({"strategy": "fedavg", "clients-per-round": 2, "num-server-rounds": 3})
+    config = RunConfig.from_flat(
+        {
+            "strategy": "fedavg",
+            "clients-per-round": 2,
+            "num-server-rounds": 3,
+            **({"min-replies": 2, "retry-wait": 0.0} | keys if keys else {}),
+        }
+    )
     return run_rounds(
-        PlusOneGrid(),
+        grid or PlusOneGrid(),
         config,
         build_strategy(config),
         state,
@@ -170,3 +206,42 @@ def test_a_full_disk_stops_the_run_and_a_resume_ends_with_the_uninterrupted_mode
     for key in START:
         np.testing.assert_array_equal(final.arrays[key].numpy(), reference.arrays[key].numpy())
     assert [row["round"] for row in final.history] == [1, 2, 3]
+
+
+# --- a device's privacy ledger under SIGKILL ------------------------------------------------------------
+
+LEDGER_WRITER = """
+import sys
+from common.privacy.ledger import PrivacyLedger
+path = sys.argv[1]
+ledger = PrivacyLedger.load(path, "rdp")
+while True:  # a device spending one step after another, saving after each spend
+    ledger.record(noise_multiplier=1.0, sample_rate=0.01, steps=1)
+    ledger.save(path)
+    if ledger.history[0][2] % 1000 == 1:
+        print("saved", flush=True)
+"""
+
+
+def test_a_ledger_killed_mid_save_is_whole_and_never_loses_a_recorded_spend(tmp_path):
+    import random
+    import subprocess
+    import sys
+    import time
+
+    from common.privacy.ledger import PrivacyLedger
+
+    path, steps, rng = tmp_path / "privacy_ledger.json", 0, random.Random(0)
+    for _ in range(8):
+        writer = subprocess.Popen([sys.executable, "-c", LEDGER_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "saved"  # at least one spend of this run is saved
+        time.sleep(rng.uniform(0.02, 0.2))
+        writer.kill()  # SIGKILL: no clean-up, possibly mid-write
+        writer.wait()
+        ledger = PrivacyLedger.load(path, "rdp")  # whole JSON every time
+        now = sum(s for _, _, s in ledger.history)
+        assert now > steps  # the previous run's spends are all still there, and this run's add to them
+        steps = now
+    # A kill mid-write can leave a temporary file behind; it is never what a load reads.
+    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".privacy_ledger.json.tmp")} == {path.name}
+    assert PrivacyLedger.load(path, "rdp").epsilon(1e-5) > 0
