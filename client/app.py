@@ -22,7 +22,6 @@ from common.cohort_clients import evaluate_users, train_chunks
 from common.config import RunConfig
 from common.errors import DataError
 from common.federated import DeviceLimits, local_train
-from common.logs import drop_opacus_root_handler
 from common.privacy.ledger import PrivacyLedger
 
 # Opacus' known, harmless notices (the insecure-RNG default; the full-backward-hook notice that its
@@ -30,7 +29,6 @@ from common.privacy.ledger import PrivacyLedger
 warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
 warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 
-drop_opacus_root_handler()  # each Flower record once on the console
 # message_audit_mod records each reply's structure when audit-messages = true; fault_injection_mod
 # makes simulated clients drop out or attack when the run asks (sim-dropout, sim-attack).
 # secure_aggregation_mod runs Flower's SecAgg+ client protocol when the server asks for it.

@@ -4,7 +4,8 @@ One interface: `encode(items) -> hidden` takes a batch-first LongTensor (B, T) o
 (0 = padding, left-padded) and returns (B, T, emb_dim); `score(hidden)` returns logits over
 items 1..num_items (index j of the last axis is item j + 1). Scores are dot products with the
 item embedding table (weight tying), through `TiedItemScorer`, which has its own Opacus
-per-sample-gradient rule so that DP-SGD sees both uses of the shared table.
+per-sample-gradient rule (`common.privacy.grad_samplers`) so that DP-SGD sees both uses of the
+shared table.
 
 Optional item side features (genres, release year, a category): each item's vector is its own
 embedding plus the sum of its features' embeddings, at the input and in the tied scorer alike, so
@@ -24,9 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from opacus.grad_sample import register_grad_sampler
-from opacus.grad_sample.embedding import compute_embedding_grad_sample
-from opacus.layers import DPGRU, DPLSTM
 
 
 @dataclass(frozen=True)
@@ -64,14 +62,6 @@ class ItemEmbedding(nn.Embedding):
     """nn.Embedding whose Opacus per-sample gradient respects `padding_idx` (Opacus' own does not)."""
 
 
-@register_grad_sampler(ItemEmbedding)
-def _item_embedding_grad_sample(layer: ItemEmbedding, activations, backprops: torch.Tensor):
-    grads = compute_embedding_grad_sample(layer, activations, backprops)
-    if layer.padding_idx is not None and layer.weight in grads:
-        grads[layer.weight][:, layer.padding_idx] = 0.0  # (B, N + 1, D): padding row never learns
-    return grads
-
-
 class TiedItemScorer(nn.Module):
     """Logits against the item embedding table (padding row excluded)."""
 
@@ -105,27 +95,6 @@ def feature_sum(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     whatever row 0 holds (DP noise reaches every row)."""
     vectors = F.embedding(index, weight)  # (..., S, D)
     return (vectors * (index > 0).unsqueeze(-1).to(vectors.dtype)).sum(-2)  # (..., D)
-
-
-@register_grad_sampler(FeaturedTiedScorer)
-def _featured_scorer_grad_sample(layer: FeaturedTiedScorer, activations, backprops: torch.Tensor):
-    feature_index, hidden = activations[0], activations[1]  # (N + 1, S), (B, ..., D)
-    per_item = torch.einsum("b...n,b...d->bnd", backprops, hidden)  # (B, N, D): d loss / d item vector
-    index = feature_index[1:]  # (N, S)
-    B, N, D = per_item.shape
-    S = index.shape[1]
-    spread = (per_item.unsqueeze(2) * (index > 0).view(1, N, S, 1).to(per_item.dtype)).reshape(B, N * S, D)
-    features = torch.zeros(B, *layer.feature_weight.shape, dtype=per_item.dtype, device=per_item.device)
-    features.index_add_(1, index.reshape(-1), spread)  # (B, V + 1, D): each item's gradient to its features
-    features[:, 0] = 0.0
-    return {layer.weight: F.pad(per_item, (0, 0, 1, 0)), layer.feature_weight: features}
-
-
-@register_grad_sampler(TiedItemScorer)
-def _tied_scorer_grad_sample(layer: TiedItemScorer, activations, backprops: torch.Tensor):
-    hidden = activations[0]  # (B, ..., D)
-    per_sample = torch.einsum("b...n,b...d->bnd", backprops, hidden)  # (B, N, D)
-    return {layer.weight: F.pad(per_sample, (0, 0, 1, 0))}  # (B, N + 1, D): padding row gets 0
 
 
 class SequenceRecommender(nn.Module):
@@ -249,6 +218,11 @@ class RNNRecommender(SequenceRecommender):
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
+        from opacus.layers import DPGRU, DPLSTM  # here, not at the top: SASRec never needs Opacus
+
+        from common.logs import drop_opacus_root_handler
+
+        drop_opacus_root_handler(load=False)
         rnn = DPLSTM if config.arch == "lstm" else DPGRU
         self.dropout = nn.Dropout(config.dropout)
         self.rnn = rnn(

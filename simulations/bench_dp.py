@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.models import ModelConfig, build_model
 from common.plots import plot_curves
+from common.privacy import grad_samplers  # noqa: F401  (the models' Opacus per-sample-gradient rules)
 from common.training import StepOptions, train_epoch
 
 

@@ -24,6 +24,7 @@ from common.evaluation import model_scores
 from common.export import export_run
 from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
+from common.privacy import grad_samplers  # noqa: F401  (the models' Opacus per-sample-gradient rules)
 from common.training import model_for
 from simulations.centralized import train_centralized
 from tests.conftest import COHORT, SIM_CONFIG, _run

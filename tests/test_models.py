@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.data.sequences import training_windows
 from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
+from common.privacy import grad_samplers  # noqa: F401  (the models' Opacus per-sample-gradient rules)
 from common.training import StepOptions, train_epoch
 
 ARCHS = ["sasrec", "gru", "lstm"]

@@ -15,6 +15,7 @@ from common.data.synthetic import synthetic_interactions
 from common.federated import DeviceLimits, local_train
 from common.losses import next_item_loss
 from common.models import ModelConfig, build_model
+from common.privacy import grad_samplers  # noqa: F401  (the models' Opacus per-sample-gradient rules)
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.server_accounting import dpfedavg_epsilon, dpfedavg_epsilon_events
 from common.training import StepOptions, train_epoch

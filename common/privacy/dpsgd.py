@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.augmentation import augmentation_for, maybe_augmented
 from common.config import RunConfig
 from common.data.sequences import SequenceData, training_windows
+from common.privacy import grad_samplers  # noqa: F401  (the models' per-sample-gradient rules)
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.mechanism import dpsgd_unit
 from common.training import StepOptions, train_epoch

@@ -8,11 +8,8 @@ part in and survives restarts. Epsilon is computed by Opacus' accountant named i
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from opacus.accountants import create_accountant
 
 
 @dataclass
@@ -32,6 +29,12 @@ class PrivacyLedger:
     def epsilon(self, delta: float) -> float:
         if not self.history:
             return 0.0
+        from opacus.accountants import create_accountant  # only where epsilon is asked for (startup time)
+
+        from common.logs import drop_opacus_root_handler
+
+        drop_opacus_root_handler(load=False)
+
         accountant = create_accountant(self.accountant)
         accountant.history = [tuple(entry) for entry in self.history]
         return float(accountant.get_epsilon(delta=delta))
@@ -49,11 +52,12 @@ class PrivacyLedger:
         return cls(state["accountant"], [(float(z), float(q), int(s)) for z, q, s in state["history"]])
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.state_dict()))
-        os.replace(tmp, path)
+        """Durably, before the reply that spent it leaves: temp file, fsync, rename, folder fsync. A
+        device killed (or a power cut) at any moment keeps the old ledger or the new one, whole."""
+        from common.checkpoint import atomic_write
+
+        text = json.dumps(self.state_dict()).encode()
+        atomic_write(Path(path), lambda handle: handle.write(text))
 
     @classmethod
     def load(cls, path: Path, accountant: str) -> PrivacyLedger:
