@@ -12,6 +12,12 @@ model, with no change to the export format; it measures what the model actually 
 (attention weights of one layer are not an explanation of a multi-layer model's output, and RNNs
 have none); and all occluded variants run as one batched onnxruntime call. Nothing it computes
 is written anywhere or sent anywhere: it returns numbers to the caller.
+
+Re-ranking (`recommend(..., rerank=...)`) runs here too, in numpy, with the same rules as
+`common.reranking` (relevance min-max scaled within the candidates, one lambda): `mmr` trades
+relevance for dissimilarity to the items already chosen, where similarity is the cosine of the
+model's own item vectors (`item_vectors.npy`: the device has no co-occurrence counts, and needs
+none); `long-tail` boosts the items that hold the least popular 20% of the exported popularity.
 """
 
 from __future__ import annotations
@@ -49,11 +55,22 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     return options
 
 
+RERANKERS = ("none", "mmr", "long-tail")
+TAIL_SHARE = 0.2  # as common.item_stats: the long tail holds this share of the interactions
+
+
 class OnDeviceRecommender:
     def __init__(
-        self, session: ort.InferenceSession, metadata: dict, item_ids: np.ndarray, popularity: np.ndarray | None
+        self,
+        session: ort.InferenceSession,
+        metadata: dict,
+        item_ids: np.ndarray,
+        popularity: np.ndarray | None,
+        folder: Path | None = None,
     ):
         self.session = session
+        self.folder = folder  # where the export's other files are (item vectors, read when first needed)
+        self._unit_vectors: np.ndarray | None = None
         self.metadata = metadata
         self.max_len = int(metadata["max_len"])
         self.num_items = int(metadata["num_items"])
@@ -101,7 +118,7 @@ class OnDeviceRecommender:
         width = session.get_inputs()[0].shape[1]
         if width != metadata["max_len"]:
             raise DataError(f"{path}: graph input has {width} positions, metadata says max_len {metadata['max_len']}")
-        return cls(session, metadata, item_ids, popularity)
+        return cls(session, metadata, item_ids, popularity, path.parent)
 
     def scores(self, inputs: np.ndarray) -> np.ndarray:
         """(B, max_len) left-padded item indices -> (B, N) scores (index j = item j + 1)."""
@@ -118,10 +135,19 @@ class OnDeviceRecommender:
         known = self._sorted_ids[pos] == ids  # (H,)
         return self._order[pos[known]] + 1, [int(i) for i in ids[~known]]
 
-    def recommend(self, history: Iterable[int], k: int = 10) -> Recommendation:
-        """Top-k original item IDs after a chronological history of original IDs (oldest first)."""
+    def recommend(
+        self, history: Iterable[int], k: int = 10, *, rerank: str = "none", lam: float = 0.2, candidates: int = 100
+    ) -> Recommendation:
+        """Top-k original item IDs after a chronological history of original IDs (oldest first);
+        `rerank` (mmr, long-tail) picks them from the model's `candidates` best by `lam`."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
+        if rerank not in RERANKERS:
+            raise ConfigError(f"rerank {rerank!r}: use one of {', '.join(RERANKERS)}")
+        if rerank != "none" and not 0.0 <= lam <= 1.0:
+            raise ConfigError(f"rerank lambda {lam}: must be in [0, 1] (0 keeps the model's order)")
+        if rerank != "none" and candidates < k:
+            raise ConfigError(f"rerank candidates {candidates}: fewer than k ({k}); raise it")
         indices, unknown = self.to_indices(history)
         if len(indices) == 0 and self.popularity is not None:
             scores, source = self.popularity[1:], "popularity"  # (N,)
@@ -131,7 +157,11 @@ class OnDeviceRecommender:
             inputs[0, self.max_len - len(tail) :] = tail
             scores = self.scores(inputs)[0]  # (N,) float32
             source = "model" if len(indices) else "model-empty-history"
-        top = top_k(scores, exclude=indices - 1, k=k)
+        if rerank == "none" or source == "popularity":
+            top = top_k(scores, exclude=indices - 1, k=k)
+        else:
+            pool = top_k(scores, exclude=indices - 1, k=candidates)  # (C,) best first
+            top = pool[self._rerank(rerank, pool, scores[pool], k, lam)]
         return Recommendation(
             items=[int(i) for i in self.item_ids[top + 1]],
             scores=[float(s) for s in scores[top]],
@@ -139,6 +169,49 @@ class OnDeviceRecommender:
             unknown=unknown,
             truncated=max(0, len(indices) - self.max_len),
         )
+
+    def _rerank(self, method: str, pool: np.ndarray, scores: np.ndarray, k: int, lam: float) -> np.ndarray:
+        """Positions in `pool` (indices - 1, best first) of the k items the re-ranker keeps, in order."""
+        rel = relevance(scores)  # (C,)
+        if method == "long-tail":
+            boosted = (1 - lam) * rel + lam * self.long_tail()[pool + 1]
+            return np.argsort(-boosted, kind="stable")[:k]  # ties keep the model's order
+        vectors = self.unit_vectors()[pool + 1]  # (C, D)
+        return mmr_positions(rel, vectors @ vectors.T, k, lam)
+
+    def unit_vectors(self) -> np.ndarray:
+        """(N + 1, D) the scorer's item vectors, L2-normalised: their dot products are cosines."""
+        if self._unit_vectors is None:
+            name = self.metadata.get("item_vectors_file")
+            path = None if name is None or self.folder is None else self.folder / name
+            if path is None or not path.is_file():
+                raise DataError(
+                    f"{path or 'item_vectors.npy'}: no item vectors beside the model, which mmr re-ranking "
+                    "compares; export the run again with this version's `fedseqrec export RUN_DIR --out DIR`"
+                )
+            try:
+                vectors = np.load(path, allow_pickle=False).astype(np.float32)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path}: unreadable item vectors ({exc}); copy the file of the same export") from exc
+            if vectors.ndim != 2 or len(vectors) != self.num_items + 1:
+                raise DataError(f"{path}: shape {vectors.shape}, expected ({self.num_items + 1}, D)")
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            self._unit_vectors = vectors / np.maximum(norms, 1e-12)
+        return self._unit_vectors
+
+    def long_tail(self) -> np.ndarray:
+        """(N + 1,) float 0/1: the least popular items that hold TAIL_SHARE of the exported popularity."""
+        if self.popularity is None:
+            raise DataError(
+                "long-tail re-ranking needs the popularity vector, which this export does not hold (its run "
+                "had no interaction counts to export); use mmr"
+            )
+        counts = self.popularity
+        order = np.argsort(counts[1:], kind="stable") + 1  # least popular first
+        within = np.cumsum(counts[order]) <= TAIL_SHARE * counts.sum()
+        tail = np.zeros(len(counts), dtype=np.float64)
+        tail[order[within]] = 1.0
+        return tail
 
     def explain(self, history: Iterable[int], items: Iterable[int], top: int = 3) -> list[Explanation]:
         """For each of `items` (original IDs, e.g. the recommended ones): the `top` history items that
@@ -171,6 +244,30 @@ class Explanation:
     # log-probability (nats, softmax over the whole catalogue) when that history item is masked out
     # of the model's input (replaced by padding). Positive: the item pushed the recommendation up.
     causes: list[tuple[int, float]]
+
+
+def relevance(scores: np.ndarray) -> np.ndarray:
+    """Scores min-max scaled to [0, 1] within the candidates (as common.reranking); non-finite: -1."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    if not finite.any():
+        return np.full(len(scores), -1.0)
+    low, high = scores[finite].min(), scores[finite].max()
+    return np.where(finite, (scores - low) / max(high - low, 1e-12), -1.0)
+
+
+def mmr_positions(rel: np.ndarray, similarity: np.ndarray, k: int, lam: float) -> np.ndarray:
+    """Maximal marginal relevance over C candidates: (C,) relevance, (C, C) similarity -> k positions."""
+    closest = np.zeros(len(rel))  # max similarity to the chosen items so far
+    chosen = np.zeros(len(rel), dtype=bool)
+    picks = []
+    for _ in range(min(k, len(rel))):
+        gain = np.where(chosen, -np.inf, (1 - lam) * rel - lam * closest)
+        pick = int(np.argmax(gain))  # first of equals: the model's order
+        picks.append(pick)
+        chosen[pick] = True
+        closest = np.maximum(closest, similarity[pick])
+    return np.asarray(picks, dtype=np.int64)
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:

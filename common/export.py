@@ -1,7 +1,8 @@
 """Export a trained run to ONNX for on-device recommendation (float, and optionally int8).
 
 Written to the output folder: `model.onnx` (and `model.int8.onnx`), `items.json` (index -> original
-item ID, and the popularity vector used for empty histories) and `metadata.json`. The metadata is
+item ID, and the popularity vector used for empty histories), `item_vectors.npy` (the scorer's item
+vectors, which on-device MMR re-ranking compares) and `metadata.json`. The metadata is
 also stored in each ONNX file's `metadata_props` under the key "fedseqrec", so a model file always
 says what it is. The graph maps a left-padded (B, max_len) int64 history to (B, N) scores for the
 next item (index j = item j + 1); masking seen items is left to the runner, which knows the
@@ -34,6 +35,7 @@ OPSET = 17
 METADATA_KEY = "fedseqrec"
 INPUT, OUTPUT = "items", "scores"
 ITEMS_FILE, METADATA_FILE = "items.json", "metadata.json"
+ITEM_VECTORS_FILE = "item_vectors.npy"  # the scorer's item vectors, for re-ranking by similarity on the device
 MAX_ABS_ERROR = 1e-3  # float ONNX vs PyTorch, on logits of order 1-10
 
 
@@ -327,6 +329,7 @@ def export_run(
             "output": OUTPUT,
             "padding_index": 0,
             "items_file": ITEMS_FILE,
+            "item_vectors_file": ITEM_VECTORS_FILE,
             "popularity": popularity_source,
             "training_run": {
                 "run_dir": str(run_dir),
@@ -341,9 +344,20 @@ def export_run(
             _set_metadata(path, metadata)
         items_path, metadata_path = out_dir / ITEMS_FILE, out_dir / METADATA_FILE
         items_path.write_text(json.dumps({"item_ids": [int(i) for i in item_ids], "popularity": popularity}))
+        vectors_path = out_dir / ITEM_VECTORS_FILE
+        np.save(vectors_path, item_vectors(model), allow_pickle=False)
         metadata_path.write_text(json.dumps(metadata, indent=2))
-        written = paths + [items_path, metadata_path]
+        written = paths + [items_path, vectors_path, metadata_path]
     return [final_dir / path.name for path in written]
+
+
+def item_vectors(model: SequenceRecommender) -> np.ndarray:
+    """(N + 1, D) float16: the vector each item is scored against (scores = hidden . vector), read off
+    the scorer itself (score of the identity), so factorised tables and side features are included.
+    Part of the released model already; row 0 (padding) is zero."""
+    with torch.no_grad():
+        table = model.score(torch.eye(model.config.emb_dim)).T  # (N, D)
+    return np.concatenate([np.zeros((1, table.shape[1])), table.numpy()]).astype(np.float16)
 
 
 def _sha256(path: Path) -> str:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -102,10 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2])
     parser.add_argument("--attacks", nargs="+", default=["sign-flip", "scale", "random"])
     parser.add_argument("--strategies", nargs="+", default=["fedavg", "fedmedian", "fedtrimmedavg", "krum"])
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="run-config keys for every run (TOML values)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(out, load_run_config(args.run_config))
+    base = load_run_config(args.run_config)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        base[key] = tomllib.loads(f"v = {value}")["v"]
+    bench = Bench(out, base)
     if args.mode == "dropout":
         clean = bench.run("dropout-0", {"sim-dropout": 0.0})
         for rate in args.rates:
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             for share in args.shares:
                 for attack in args.attacks:
                     overrides = {"strategy": strategy, "sim-attack": attack, "sim-attackers": share}
+                    if strategy in ("krum", "multikrum", "bulyan"):  # told how many attackers to expect
+                        overrides["assumed-malicious"] = math.ceil(share * base["clients-per-round"] - 1e-9)
                     row = bench.run(f"{strategy}-{attack}-{share:g}", overrides)
                     print(
                         f"bench_faults: {strategy} vs {attack} by {share:.0%}: test NDCG@10 "

@@ -224,8 +224,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     if args.explain < 0:
         raise FedSeqRecError(f"--explain must be a positive number of history items, got {args.explain}")
     history = _history_ids(Path(args.history), args.user)
-    result = recommender.recommend(history, k=args.k)
+    result = recommender.recommend(
+        history, k=args.k, rerank=args.rerank, lam=args.rerank_lambda, candidates=args.rerank_candidates
+    )
     notes = [f"source: {result.source}"]
+    if args.rerank != "none" and result.source != "popularity":
+        notes.append(f"re-ranked: {args.rerank}, lambda {args.rerank_lambda:g}, {args.rerank_candidates} candidates")
     if result.unknown:
         notes.append(f"ignored {len(result.unknown)} item(s) outside the model's catalogue")
     if result.truncated:
@@ -405,6 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="under each item, the N history items (default 3) that raised it most (occlusion, on the device)",
+    )
+    recommend.add_argument(
+        "--rerank",
+        choices=["none", "mmr", "long-tail"],
+        default="none",
+        help="re-rank the model's candidates on the device: mmr (diversity, by the model's item vectors) "
+        "or long-tail (exposure of the least popular items); default: none",
+    )
+    recommend.add_argument(
+        "--rerank-lambda", type=float, default=0.2, help="weight of the re-ranking goal, 0..1 (default: 0.2)"
+    )
+    recommend.add_argument(
+        "--rerank-candidates", type=int, default=100, help="model's best items re-ranked (default: 100)"
     )
     recommend.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     recommend.set_defaults(handler=_cmd_recommend)

@@ -279,3 +279,86 @@ def test_cli_recommend_notes_and_items_each_on_their_own_line(exported, tmp_path
     assert lines.count("source: model") == 1
     items = [line for line in lines if line != "source: model"]
     assert [line.split("\t")[0] for line in items] == [str(rank) for rank in range(1, 11)]
+
+
+# --- re-ranking on the device ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.8])
+def test_device_mmr_picks_what_the_servers_mmr_picks(lam):
+    from client.ondevice import mmr_positions, relevance
+    from common.reranking import mmr
+
+    rng = np.random.default_rng(int(lam * 10))
+    candidates, k = 30, 10
+    vectors = rng.normal(size=(candidates + 1, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = (vectors @ vectors.T).astype(np.float32)  # (C + 1, C + 1), item 0 unused
+    items = rng.permutation(np.arange(1, candidates + 1))  # candidate indices, best first
+    scores = np.sort(rng.normal(size=candidates).astype(np.float32))[::-1].copy()
+    as_torch = torch.from_numpy
+    server = mmr(as_torch(items)[None], as_torch(scores)[None], k, lam=lam, similarity=as_torch(similarity))[0].numpy()
+    device = items[mmr_positions(relevance(scores), similarity[items][:, items].astype(np.float64), k, lam)]
+    np.testing.assert_array_equal(device, server)
+
+
+def test_exported_item_vectors_are_the_scorers_rows(exported):
+    model, out = exported["sasrec"]
+    vectors = np.load(out / "item_vectors.npy")
+    assert vectors.shape == (NUM_ITEMS + 1, 16) and vectors.dtype == np.float16 and not vectors[0].any()
+    np.testing.assert_allclose(vectors[1:], model.item_emb.weight[1:].detach().numpy(), rtol=2e-3, atol=2e-3)
+
+
+def _mean_pairwise_cosine(runner, ids: list[int]) -> float:
+    indices, _ = runner.to_indices(ids)
+    unit = runner.unit_vectors()[indices]
+    sims = unit @ unit.T
+    return float((sims.sum() - np.trace(sims)) / (len(ids) * (len(ids) - 1)))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_device_reranking_trades_relevance_for_diversity_or_the_long_tail(exported, arch):
+    runner = OnDeviceRecommender.load(exported[arch][1])
+    tail_ids = set(ITEM_IDS[np.flatnonzero(runner.long_tail())].tolist())
+    more_diverse = more_tail = 0
+    for history in histories():
+        plain = runner.recommend(history, k=5)
+        pool = set(runner.recommend(history, k=20).items)
+        assert runner.recommend(history, k=5, rerank="mmr", lam=0.0, candidates=20).items == plain.items
+        diverse = runner.recommend(history, k=5, rerank="mmr", lam=0.8, candidates=20)
+        tail = runner.recommend(history, k=5, rerank="long-tail", lam=0.8, candidates=20)
+        for result in (diverse, tail):
+            assert set(result.items) <= pool and not set(result.items) & set(history) and len(result.items) == 5
+        assert _mean_pairwise_cosine(runner, diverse.items) <= _mean_pairwise_cosine(runner, plain.items) + 1e-9
+        assert len(tail_ids & set(tail.items)) >= len(tail_ids & set(plain.items))
+        more_diverse += _mean_pairwise_cosine(runner, diverse.items) < _mean_pairwise_cosine(runner, plain.items)
+        more_tail += len(tail_ids & set(tail.items)) > len(tail_ids & set(plain.items))
+    assert more_diverse >= 3 and more_tail >= 3  # the trade is real on most histories, not only allowed
+
+
+def test_device_long_tail_holds_a_fifth_of_the_popularity(exported):
+    runner = OnDeviceRecommender.load(exported["gru"][1])
+    tail = runner.long_tail().astype(bool)
+    total = COUNTS.sum()
+    assert COUNTS[tail].sum() <= 0.2 * total and not tail[0]
+    next_up = np.min(COUNTS[1:][~tail[1:]])  # the least popular item left out would push it past 20%
+    assert COUNTS[tail].sum() + next_up > 0.2 * total
+
+
+def test_cli_recommend_reranks_and_an_old_export_says_to_reexport(exported, tmp_path, capsys):
+    import shutil
+
+    csv = tmp_path / "history.csv"
+    csv.write_text("user_id,item_id,timestamp\n" + "".join(f"1,{i},{t}\n" for t, i in enumerate(histories()[0])))
+    argv = ["recommend", "--model", str(exported["sasrec"][1]), "--history", str(csv), "-k", "4"]
+    assert main(argv + ["--rerank", "mmr", "--rerank-lambda", "0.5", "--rerank-candidates", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 4 and "re-ranked: mmr, lambda 0.5, 20 candidates" in err
+    old = tmp_path / "old-export"
+    shutil.copytree(exported["sasrec"][1], old)
+    (old / "item_vectors.npy").unlink()  # an export from before item vectors were written
+    assert main(["recommend", "--model", str(old), "--history", str(csv), "--rerank", "mmr"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedseqrec: error: ") and "export the run again" in err and "Traceback" not in err
+    assert main(argv + ["--rerank", "mmr", "--rerank-candidates", "2"]) == 2  # fewer candidates than k
+    assert "fewer than k" in capsys.readouterr().err
