@@ -177,7 +177,8 @@ class OnDeviceRecommender:
             boosted = (1 - lam) * rel + lam * self.long_tail()[pool + 1]
             return np.argsort(-boosted, kind="stable")[:k]  # ties keep the model's order
         vectors = self.unit_vectors()[pool + 1]  # (C, D)
-        return mmr_positions(rel, vectors @ vectors.T, k, lam)
+        # einsum, not `@`: a threaded BLAS call for a 100 x 100 product costs ~40 ms on a busy CPU
+        return mmr_positions(rel, np.einsum("id,jd->ij", vectors, vectors), k, lam)
 
     def unit_vectors(self) -> np.ndarray:
         """(N + 1, D) the scorer's item vectors, L2-normalised: their dot products are cosines."""
