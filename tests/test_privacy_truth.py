@@ -161,7 +161,9 @@ def test_half_of_the_clients_dropping_out_stops_the_run_before_release(cache, tm
     out = tmp_path / "dropouts"
     config = RunConfig.from_flat({"dp-mode": "server", "noise-multiplier": 2.0, "clients-per-round": 30})
     probe = PrivacyTracker(config, population=120, delta=1 / 120)
-    cap = (probe.epsilon_after(30) + probe.epsilon_after(15)) / 2
+    # Between 30 replies and 29: the secret sample of 30 holds about 15 failing (odd) partitions,
+    # never none, so the round is always refused whatever the draw (a cap halfway to 15 was flaky).
+    cap = (probe.epsilon_after(30) + probe.epsilon_after(29)) / 2
     _run(
         {
             **SIM_CONFIG,
