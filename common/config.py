@@ -130,6 +130,10 @@ class TrainSettings:
     epochs: int = 200  # centralized epochs (upper bound; early stopping ends sooner)
     batch_size: int = 32
     lr: float = 1e-3
+    # Centralized training's learning rate per epoch: a linear warm-up over lr-warmup-epochs, then
+    # constant, or cosine decay towards 0 at `epochs` (common.training.lr_factor).
+    lr_schedule: str = _choice("constant", "cosine")
+    lr_warmup_epochs: int = 0
     weight_decay: float = 0.0
     patience: int = 10  # evaluations without validation NDCG@10 gain before stopping
     eval_every: int = 1  # epochs between validation runs
@@ -180,6 +184,9 @@ class TrainSettings:
         ):
             _check(1 <= value <= MAX_SIZE, key, f"must be in [1, {MAX_SIZE:,}]")
         _check(self.lr > 0, "lr", "must be > 0")
+        _check(
+            0 <= self.lr_warmup_epochs < self.epochs, "lr-warmup-epochs", f"must be in [0, epochs) = [0, {self.epochs})"
+        )
         _check(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         _check(self.num_threads >= 0, "num-threads", "must be >= 0")
         _check(0.0 <= self.rerank_lambda <= 1.0, "rerank-lambda", "must be in [0, 1] (0 keeps the model's order)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,18 @@ from common.data.load import load_item_features
 from common.data.sequences import training_windows
 from common.losses import next_item_loss
 from common.models import ModelConfig, SequenceRecommender, build_model
+
+
+def lr_factor(epoch: int, epochs: int, schedule: str, warmup: int) -> float:
+    """The share of the base learning rate for `epoch` (1-based) of `epochs`: a linear warm-up over
+    the first `warmup` epochs (1/w, 2/w, ..., 1), then 1 (constant) or a cosine from 1 down towards 0
+    over the remaining epochs (the last epoch still trains: its factor is above 0)."""
+    if epoch <= warmup:
+        return epoch / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (epoch - warmup - 1) / (epochs - warmup)  # 0 at the first epoch after warm-up, < 1 at the last
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def set_seed(seed: int) -> None:

@@ -21,7 +21,15 @@ from common.item_stats import ItemStatistics
 from common.outputs import make_output_dir
 from common.plots import plot_curves
 from common.reranking import reranker_for
-from common.training import StepOptions, model_for, set_seed, train_epoch, window_dataset, window_loader
+from common.training import (
+    StepOptions,
+    lr_factor,
+    model_for,
+    set_seed,
+    train_epoch,
+    window_dataset,
+    window_loader,
+)
 from common.user_groups import user_groups_for
 
 
@@ -76,6 +84,9 @@ def train_centralized(
     try:
         for epoch in range(1, train.epochs + 1):
             loader = window_loader(dataset, train.batch_size, train.seed + epoch)
+            lr = train.lr * lr_factor(epoch, train.epochs, train.lr_schedule, train.lr_warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             epoch_start = time.perf_counter()
             with tqdm(
                 total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress, leave=False
@@ -83,7 +94,7 @@ def train_centralized(
                 batches = maybe_augmented(loader, augmentation, [train.seed, epoch])
                 loss, _ = train_epoch(model, batches, optimizer, options, train.device, progress=bar)
             train_seconds += time.perf_counter() - epoch_start
-            row = {"epoch": epoch, "loss": loss}
+            row = {"epoch": epoch, "loss": loss, "lr": lr}
             if epoch % train.eval_every == 0 or epoch == train.epochs:
                 model.eval()
                 row["validation"] = evaluate(model_scores(model), data, "validation", **eval_kwargs)

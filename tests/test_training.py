@@ -282,3 +282,33 @@ def test_non_private_training_keeps_the_default_allocator():
     ).stdout.split()
     assert out[0] == "False"
     assert float(out[1]) > 56  # freed at once: glibc's mmap threshold is untouched
+
+
+def test_lr_factor_warms_up_then_holds_or_decays_by_cosine():
+    from common.training import lr_factor
+
+    assert [lr_factor(e, 10, "constant", 0) for e in range(1, 11)] == [1.0] * 10
+    assert [lr_factor(e, 10, "constant", 4) for e in (1, 2, 4, 5, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(e, 10, "cosine", 2) for e in range(1, 11)]
+    assert cosine[:3] == [0.5, 1.0, 1.0]  # warm-up, then the cosine starts at 1
+    assert all(a > b for a, b in zip(cosine[2:], cosine[3:]))  # strictly falling after that
+    assert cosine[-1] > 0 and cosine[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 7 / 8)))
+    assert lr_factor(6, 10, "cosine", 0) == pytest.approx(0.5)  # halfway: half the base rate
+
+
+def test_centralized_training_follows_the_lr_schedule(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path / "cache"))
+    csv = tmp_path / "interactions.csv"
+    synthetic_interactions(40, 20, mean_length=10, seed=1).to_csv(csv, index=False)
+    config = RunConfig.from_flat(
+        {**TINY, "data": str(csv), "epochs": 4, "lr": 0.01, "lr-schedule": "cosine", "lr-warmup-epochs": 1}
+    )
+    train_centralized(config, tmp_path / "run", show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows] == pytest.approx([0.01, 0.01, 0.0075, 0.0025])
+    with pytest.raises(ConfigError, match="lr-warmup-epochs"):
+        RunConfig.from_flat({"epochs": 4, "lr-warmup-epochs": 4})
+    with pytest.raises(ConfigError, match="lr-schedule"):
+        RunConfig.from_flat({"lr-schedule": "step"})
