@@ -21,6 +21,7 @@ from client.secure_aggregation import secure_aggregation_mod
 from common.cohort_clients import evaluate_users, train_chunks
 from common.config import RunConfig
 from common.errors import DataError
+from common.fake_users import population_with_fakes
 from common.federated import DeviceLimits, local_train
 from common.privacy.ledger import PrivacyLedger
 
@@ -75,6 +76,13 @@ def _cohort_users(round_config, config: RunConfig, node_config) -> tuple:
     return local, out
 
 
+def _fakes_from(config: RunConfig) -> int | None:
+    """The first fake user's row in a simulated promotion attack's population (None: no attack)."""
+    if config.federation.sim_attack != "promote":
+        return None
+    return population_with_fakes(config.data, config.federation, config.train.seed)[1]
+
+
 def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
     round_config = msg.content["config"]
     if "clipping-norm" in round_config:  # server DP: this round's C (it moves under adaptive clipping)
@@ -93,7 +101,16 @@ def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
     dropped = 0
     if config.federation.sim_dropout > 0 and is_simulated(context.node_config):
         chunks, dropped = drop_cohort_users(config, round_config, chunks, server_round)
-    result = train_chunks(config, local, chunks, msg.content["arrays"].to_torch_state_dict(), server_round)
+    simulated = is_simulated(context.node_config)
+    result = train_chunks(
+        config,
+        local,
+        chunks,
+        msg.content["arrays"].to_torch_state_dict(),
+        server_round,
+        simulated=simulated,
+        fakes_from=_fakes_from(config) if simulated else None,
+    )
     return _reply(msg, {**result.metrics, "refused-slot": refused, "dropped-users": dropped}, result.arrays)
 
 
@@ -151,6 +168,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     if config.federation.cohort_engine:
         local, chunks = _cohort_users(round_config, config, context.node_config)
         rows = np.concatenate([rows for _, rows in chunks])
+        fakes_from = _fakes_from(config) if is_simulated(context.node_config) else None
+        if fakes_from is not None:  # the attacker's fake users are not measured
+            rows = rows[rows < fakes_from]
         return _reply(msg, evaluate_users(config, local, rows, arrays, split))
     local = load_local_data(config, context.node_config)
     return _reply(msg, evaluate_users(config, local, np.arange(local.num_users), arrays, split))

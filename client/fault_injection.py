@@ -7,7 +7,8 @@ fixed share `sim-attackers` of the clients, drawn once from the run seed, send i
 honest update (reply - global = u):
 - sign-flip: global - s u; scale: global + s u; random: global + noise of s times u's norm;
 - promote (targeted item promotion with fake users): train on fake histories in which the target
-  item follows every item, then boost the update by s (model replacement).
+  item follows every item, then boost the update by s (model replacement). On the cohort engine the
+  attacker instead adds fake one-user devices (`common.fake_users`, `common.cohort_clients`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 
 from client.local_data import client_key, is_simulated, load_local_data
 from common.config import RunConfig
-from common.data.sequences import SequenceData
+from common.fake_users import fake_users
 from common.federated import local_train
 from common.partition import cached_partitioning
 
@@ -46,17 +47,6 @@ def poisoned(attack: str, update: dict[str, np.ndarray], scale: float, rng: np.r
         size = sum(u.size for u in update.values())
         return {k: rng.normal(0.0, scale * norm / math.sqrt(size), u.shape).astype(u.dtype) for k, u in update.items()}
     raise ValueError(f"unknown attack {attack!r}")
-
-
-def fake_users(like: SequenceData, target: int, seed: int) -> SequenceData:
-    """As many fake users as `like` has, each a history of random items with `target` after every one."""
-    rng = np.random.default_rng([seed, target])
-    parts = []
-    for length in like.lengths():
-        others = rng.integers(1, like.num_items + 1, size=max(2, int(length) // 2))
-        parts.append(np.stack([others, np.full_like(others, target)], 1).ravel())
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-    return SequenceData(np.concatenate(parts).astype(np.int64), offsets, like.user_ids, like.item_ids, {})
 
 
 def fault_injection_mod(msg: Message, context: Context, call_next) -> Message:

@@ -18,6 +18,7 @@ from common.config import RunConfig
 from common.data.interactions import Columns, load_interactions
 from common.data.sequences import SequenceData, sequences_for_catalogue
 from common.errors import ConfigError, DataError
+from common.fake_users import population_with_fakes, simulated_devices
 from common.federated import DeviceLimits, check_local_data
 from common.node_config import check_node_keys, node_setting
 from common.outputs import check_output_dir
@@ -94,18 +95,22 @@ def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:
 
 def cohort_data(config: RunConfig, node_config: dict, chunk_keys: list[int] | None) -> tuple[SequenceData, np.ndarray]:
     """The data and rows of the users a cohort-engine node is asked for: on a simulated node the
-    one-user clients named by `chunk_keys`, on a device all of its own users."""
+    one-user clients named by `chunk_keys`, on a device all of its own users.
+
+    Under a simulated promotion attack, keys past the real users' are the attacker's fake users,
+    whose rows follow the real users' in the data (`common.fake_users.population_with_fakes`)."""
     if not is_simulated(node_config):
         local = load_local_data(config, node_config)
         return local, np.arange(local.num_users)
     partitioning = cached_partitioning(config.data, config.federation, config.train.seed)
+    population, real = population_with_fakes(config.data, config.federation, config.train.seed)
+    devices = simulated_devices(config, partitioning.num_clients)
     keys = np.asarray(chunk_keys or [], dtype=np.int64)
-    if len(keys) and (keys.min() < 0 or keys.max() >= partitioning.num_clients):
-        raise DataError(
-            f"cohort users {keys.min()}..{keys.max()} outside the run's {partitioning.num_clients} one-user clients"
-        )
-    rows = np.array([partitioning.clients[k][0] for k in keys], dtype=np.int64)
-    return cached_population(config.data, config.federation, config.train.seed), rows
+    if len(keys) and (keys.min() < 0 or keys.max() >= devices):
+        raise DataError(f"cohort users {keys.min()}..{keys.max()} outside the run's {devices} one-user clients")
+    clients = partitioning.num_clients
+    rows = np.array([partitioning.clients[k][0] if k < clients else real + k - clients for k in keys], dtype=np.int64)
+    return population, rows
 
 
 def check_device(config: RunConfig, node_config: dict) -> str:

@@ -30,6 +30,10 @@ class LocalRecipe:
     lr: float = 1.0
     clip: float = 0.0  # > 0: each user's whole update clipped to this L2 norm
     touched_rows: bool = False  # only the item-table rows of the user's own items change (local-item-rows)
+    # The server's check of each device's reply (max-update-norm), when the devices are simulated:
+    # a user whose update is longer is left out, as the server would drop its reply.
+    drop_above: float = 0.0
+    scale: float = 1.0  # an attacker's boost of its update, before `clip`; every honest device: 1
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
@@ -40,6 +44,7 @@ class CohortResult:
     users: int
     loss_sum: float  # sum over users of the mean loss of their first local step
     clipped: int = 0  # users whose update was scaled down by `clip`
+    rejected: int = 0  # users left out by `drop_above` (not counted in `users`)
 
 
 def user_loss(
@@ -63,7 +68,8 @@ def cohort_update(
     Dropout masks come from torch's global RNG: seed it before calling for a reproducible result."""
     if len(inputs) == 0:
         return CohortResult({k: torch.zeros_like(v) for k, v in model.named_parameters()}, 0, 0.0)
-    if recipe.steps == 1 and recipe.optimizer == "sgd" and recipe.clip <= 0 and not recipe.touched_rows:
+    plain = recipe.clip <= 0 and recipe.drop_above <= 0 and recipe.scale == 1.0 and not recipe.touched_rows
+    if recipe.steps == 1 and recipe.optimizer == "sgd" and plain:
         return _one_sgd_step(model, inputs, targets, recipe.lr)
     return _stacked(model, inputs, targets, recipe)
 
@@ -106,14 +112,26 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
             else:
                 params = _adam(params, grads, moments, step, recipe)
     with torch.no_grad():
-        update = {k: params[k] - base[k] for k in params}  # (U, ...)
-        clipped = 0
+        update = {k: recipe.scale * (params[k] - base[k]) for k in params}  # (U, ...)
+        clipped = rejected = 0
         if recipe.clip > 0:
-            norms = torch.sqrt(sum(u.flatten(1).pow(2).sum(1) for u in update.values()))  # (U,)
-            scale = (recipe.clip / norms.clamp(min=1e-12)).clamp(max=1.0)  # (U,)
+            scale = (recipe.clip / _norms(update).clamp(min=1e-12)).clamp(max=1.0)  # (U,)
             clipped = int((scale < 1).sum())
-            update = {k: u * scale.view(-1, *([1] * (u.dim() - 1))) for k, u in update.items()}
-        return CohortResult({k: u.sum(0) for k, u in update.items()}, U, first_loss, clipped)
+            update = _scaled(update, scale)
+        if recipe.drop_above > 0:
+            kept = _norms(update) <= recipe.drop_above  # (U,)
+            rejected = int((~kept).sum())
+            update = _scaled(update, kept.to(torch.float32))
+        return CohortResult({k: u.sum(0) for k, u in update.items()}, U - rejected, first_loss, clipped, rejected)
+
+
+def _norms(update: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(U,) L2 norm of each user's whole update."""
+    return torch.sqrt(sum(u.flatten(1).pow(2).sum(1) for u in update.values()))
+
+
+def _scaled(update: dict[str, torch.Tensor], factor: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: u * factor.view(-1, *([1] * (u.dim() - 1))) for k, u in update.items()}
 
 
 def touched_rows(inputs: torch.Tensor, targets: torch.Tensor, num_items: int) -> torch.Tensor:

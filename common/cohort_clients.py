@@ -14,6 +14,8 @@ over the whole cohort, and (reply - global) x count is the sum a secure aggregat
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -27,7 +29,9 @@ from common.metrics import ranking_metrics
 from common.training import model_for
 
 
-def recipe_for(config: RunConfig) -> LocalRecipe:
+def recipe_for(config: RunConfig, simulated: bool = False) -> LocalRecipe:
+    """An honest device's local recipe; `simulated`: the host also applies the server's check of each
+    device's reply (max-update-norm), which a real device's reply meets at the server itself."""
     fed = config.federation
     # One training window per user, so a local epoch is one optimiser step. Under server-side DP
     # each user clips its own whole update on its device.
@@ -38,7 +42,16 @@ def recipe_for(config: RunConfig) -> LocalRecipe:
         lr=fed.local_lr,
         clip=clip,
         touched_rows=fed.local_item_rows == "touched",
+        drop_above=fed.max_update_norm if simulated else 0.0,
     )
+
+
+def attacker_recipe(config: RunConfig) -> LocalRecipe:
+    """A fake user's recipe: the honest steps on its fake window, boosted by sim-attack-scale, never
+    clipped for DP; it knows the server's max-update-norm and stays just under it (a dropped reply
+    promotes nothing)."""
+    bound = config.federation.max_update_norm
+    return replace(recipe_for(config), scale=config.federation.sim_attack_scale, clip=bound * (1 - 1e-4))
 
 
 def user_windows(
@@ -61,37 +74,49 @@ def train_chunks(
     chunks: list[tuple[int, np.ndarray]],
     global_arrays: dict[str, torch.Tensor],
     server_round: int,
+    simulated: bool = False,
+    fakes_from: int | None = None,
 ) -> LocalResult:
-    """Users' local updates, chunk by chunk; `chunks` = [(chunk index, rows of `local`)]."""
+    """Users' local updates, chunk by chunk; `chunks` = [(chunk index, rows of `local`)].
+
+    `simulated`: the users are simulated devices (see `recipe_for`); rows from `fakes_from` on are
+    an attacker's fake users (`common.fake_users`), trained with `attacker_recipe`."""
     model = model_for(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.train()
-    recipe = recipe_for(config)
+    recipes = (recipe_for(config, simulated), attacker_recipe(config))
     names = dict(model.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in names.items()}
     augmentation = augmentation_for(config, local.num_items)
-    users, loss_sum, clipped = 0, 0.0, 0
+    users, loss_sum, clipped, rejected, fakes = 0, 0.0, 0, 0, 0
     for index, rows in chunks:
         seed = client_seed(config.train.seed, server_round, index)
         torch.manual_seed(seed)  # dropout: fixed per chunk
         # Augmentation draws from a training RNG of the chunk's seed too (never a DP noise source).
         augment = None if augmentation is None else (augmentation, np.random.default_rng(seed))
-        inputs, targets = user_windows(local, rows, model.config.max_len, augment)
-        result = cohort_update(model, inputs, targets, recipe)
-        for k in total:
-            total[k] += result.update_sum[k]
-        users += result.users
-        loss_sum += result.loss_sum
-        clipped += result.clipped
+        fake = rows >= fakes_from if fakes_from is not None else np.zeros(len(rows), dtype=bool)
+        fakes += int(fake.sum())
+        for part, recipe in ((rows[~fake], recipes[0]), (rows[fake], recipes[1])):
+            if len(part) == 0:
+                continue
+            inputs, targets = user_windows(local, part, model.config.max_len, augment)
+            result = cohort_update(model, inputs, targets, recipe)
+            for k in total:
+                total[k] += result.update_sum[k]
+            users += result.users
+            loss_sum += result.loss_sum
+            clipped += result.clipped
+            rejected += result.rejected
+    metrics = {"users": users, "rejected-users": rejected}
+    if fakes_from is not None:
+        metrics["fake-users"] = fakes  # simulation bookkeeping: a real server cannot know this
     if users == 0:
-        return LocalResult(None, {"declined": 1, "num-examples": 0, "users": 0})
+        return LocalResult(None, {"declined": 1, "num-examples": 0, **metrics})
     arrays = {k: v.detach().clone() for k, v in model.arrays().items()}
     for k in names:
         if k in arrays:
             arrays[k] = global_arrays[k] + total[k] / users
-    return LocalResult(
-        arrays, {"train-loss": loss_sum / users, "num-examples": users, "users": users, "clipped": clipped}
-    )
+    return LocalResult(arrays, {"train-loss": loss_sum / users, "num-examples": users, "clipped": clipped, **metrics})
 
 
 @torch.no_grad()

@@ -263,7 +263,9 @@ class FederationSettings:
     # a real device never drops or attacks on the server's say.
     sim_dropout: float = 0.0  # share of sampled clients (users, on the cohort engine) that drop out each round
     sim_attack: str = _choice("none", "sign-flip", "scale", "random", "promote")
-    sim_attackers: float = 0.0  # share of clients that attack (a fixed set, drawn from the run seed)
+    # share of clients that attack (a fixed set, drawn from the run seed); on the cohort engine with
+    # promote: fake one-user devices added to the population, as a share of the real users
+    sim_attackers: float = 0.0
     sim_attack_scale: float = 10.0  # sign-flip / scale / random / promote: how far the update is pushed
     sim_target_item: int = 0  # promote: the model index of the item pushed into everyone's top-10
 
@@ -316,9 +318,10 @@ class FederationSettings:
             "sim-attack = promote needs the item to promote (a model item index >= 1)",
         )
         _check(
-            not (self.cohort_engine and self.sim_attack != "none"),
+            not (self.cohort_engine and self.sim_attack not in ("none", "promote")),
             "sim-attack",
-            "attackers are simulated per client, not on the cohort engine (set cohort-engine = false)",
+            "sign-flip, scale and random attackers are simulated per client, not on the cohort engine (set "
+            "cohort-engine = false); the cohort engine simulates promote (fake users)",
         )
         _check(self.multikrum_select >= 0, "multikrum-select", "must be >= 0 (0 = all but assumed-malicious)")
         _check(

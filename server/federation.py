@@ -19,6 +19,7 @@ from common.config import RunConfig
 from common.data.load import cached_sequence_data
 from common.errors import DataError
 from common.evaluation import evaluate, evaluate_by_group, model_scores
+from common.fake_users import simulated_devices
 from common.item_stats import ItemStatistics
 from common.partition import cached_partitioning
 from common.reranking import reranker_for
@@ -169,7 +170,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         raise RuntimeError("no client identified itself; check the SuperNodes' logs")
     plan = None
     if config.federation.cohort_engine or config.federation.federated_evaluation:
-        simulated = cached_partitioning(config.data, config.federation, config.train.seed).num_clients if hosts else 0
+        real = cached_partitioning(config.data, config.federation, config.train.seed).num_clients
+        # a simulated promotion attack's fake users register like any device (the server cannot tell)
+        simulated = simulated_devices(config, real) if hosts else 0
         plan = CohortPlan(config, simulated, hosts, keys)
         log(
             INFO,

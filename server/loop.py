@@ -351,10 +351,21 @@ def run_rounds(
                 refuse, combine,
             )  # fmt: skip
             if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
-                replied = sum(int(m.get("users", 0)) for m in per_client.values())
-                stats.update(
-                    {"nodes": len(node_ids), "sampled": len(users), "replied": replied, "failed": len(users) - replied}
+                replied, rejected, fakes = (
+                    sum(int(m.get(key, 0)) for m in per_client.values())
+                    for key in ("users", "rejected-users", "fake-users")
                 )
+                stats.update(
+                    {
+                        "nodes": len(node_ids),
+                        "sampled": len(users),
+                        "replied": replied,
+                        "failed": len(users) - replied - rejected,
+                        "invalid": stats.get("invalid", 0) + rejected,  # over max-update-norm, device by device
+                    }
+                )
+                if fakes:  # simulated attack bookkeeping (a real server cannot tell fake users apart)
+                    stats["fake-users"] = fakes
             elif absent:  # sampled, but their node is gone: counted as failed
                 stats.update({"sampled": len(users), "failed": stats["failed"] + len(absent)})
             stats["attempts"] = attempt

@@ -6,14 +6,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from client.fault_injection import attackers, dropped, fake_users, poisoned
+from client.fault_injection import attackers, dropped, poisoned
 from common.config import RunConfig
 from common.data.synthetic import synthetic_interactions
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from common.evaluation import item_exposure, model_scores, popularity_scores
+from common.fake_users import fake_users
 from common.federated import local_train
-from tests.conftest import SIM_CONFIG, _run
+from tests.conftest import COHORT, SIM_CONFIG, _run
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 
@@ -97,3 +99,90 @@ def test_a_run_with_dropouts_and_attackers_keeps_a_finite_model(cache, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert sum(r["failed"] for r in rows) > 0 and summary["invalid_replies"] > 0  # dropped out; attacks refused
     assert np.isfinite(summary["test"]["ndcg@10"]) and summary["test"]["ndcg@10"] > 0
+
+
+# --- item promotion on the cohort engine: fake one-user devices ----------------------------------
+
+
+def _small_cohort_model(seed: int = 0):
+    from common.models import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    return build_model(ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0))
+
+
+def test_the_servers_norm_check_leaves_out_exactly_the_users_over_it():
+    from common.cohort import LocalRecipe, _norms, cohort_update
+
+    model = _small_cohort_model()
+    inputs, targets = torch.randint(1, 41, (8, 1, 12)), torch.randint(1, 41, (8, 1, 12))
+    targets[:4, :, :9] = 0  # four users with three targets, four with twelve: different update norms
+    each = [cohort_update(model, inputs[i : i + 1], targets[i : i + 1], LocalRecipe(1, "sgd", 0.5)) for i in range(8)]
+    norms = _norms({k: torch.stack([e.update_sum[k] for e in each]) for k in each[0].update_sum})
+    bound = float(norms.median())
+    result = cohort_update(model, inputs, targets, LocalRecipe(1, "sgd", 0.5, drop_above=bound))
+    kept = [i for i in range(8) if norms[i] <= bound]
+    assert 0 < len(kept) < 8 and result.users == len(kept) and result.rejected == 8 - len(kept)
+    for key, value in result.update_sum.items():
+        assert torch.allclose(value, sum(each[i].update_sum[key] for i in kept), atol=1e-6), key
+
+
+def test_an_attackers_boost_comes_before_its_clip():
+    from common.cohort import LocalRecipe, _norms, cohort_update
+
+    model = _small_cohort_model()
+    inputs, targets = torch.randint(1, 41, (3, 1, 12)), torch.randint(1, 41, (3, 1, 12))
+    honest = cohort_update(model, inputs[:1], targets[:1], LocalRecipe(1, "sgd", 0.5))
+    boosted = cohort_update(model, inputs[:1], targets[:1], LocalRecipe(1, "sgd", 0.5, scale=10.0))
+    for key, value in honest.update_sum.items():
+        assert torch.allclose(boosted.update_sum[key], 10 * value, atol=1e-5), key
+    norm = float(_norms({k: v.unsqueeze(0) for k, v in honest.update_sum.items()}))
+    bounded = cohort_update(model, inputs[:1], targets[:1], LocalRecipe(1, "sgd", 0.5, scale=10.0, clip=2 * norm))
+    assert float(_norms({k: v.unsqueeze(0) for k, v in bounded.update_sum.items()})) == pytest.approx(2 * norm)
+
+
+PROMOTE = {**COHORT, "sim-attack": "promote", "sim-attackers": 0.05, "sim-target-item": 7}
+
+
+def test_fake_users_join_the_population_after_the_real_ones(cache_env):
+    from client.local_data import cohort_data
+    from common.fake_users import population_with_fakes
+
+    config = RunConfig.from_flat(PROMOTE)
+    population, real = population_with_fakes(config.data, config.federation, config.train.seed)
+    assert real == 200 and population.num_users == 210  # 5% of 200 real users
+    for user in range(real, population.num_users):
+        history = population.sequence(user)
+        assert (history[1::2] == 7).all() and (history[0::2] != 7).all() and population.user_ids[user] < 0
+    assert set(population.lengths()[real:]) <= set(population.lengths()[:real])  # lengths of real users
+    data, rows = cohort_data(config, {"partition-id": 0}, [3, 200, 209])
+    assert rows[1:].tolist() == [200, 209] and data is population
+    with pytest.raises(DataError, match="outside the run's 210"):
+        cohort_data(config, {"partition-id": 0}, [210])
+
+
+def test_fake_users_promote_the_target_and_the_norm_check_bounds_them(cache_env):
+    from common.cohort_clients import train_chunks
+    from common.fake_users import population_with_fakes
+    from common.training import model_for
+
+    config = RunConfig.from_flat({**PROMOTE, "sim-attack-scale": 50.0})
+    population, real = population_with_fakes(config.data, config.federation, config.train.seed)
+    start = model_for(config, population.num_items).arrays()
+    chunks = [(0, np.concatenate([np.arange(0, 20), np.arange(real, real + 4)]))]
+    clean = train_chunks(config, population, [(0, np.arange(0, 20))], start, 1, simulated=True, fakes_from=real)
+    attacked = train_chunks(config, population, chunks, start, 1, simulated=True, fakes_from=real)
+    assert attacked.metrics["fake-users"] == 4 and attacked.metrics["users"] == 24
+
+    def target_row_change(result) -> float:
+        return float((result.arrays["item_emb.weight"][7] - start["item_emb.weight"][7]).norm())
+
+    assert target_row_change(attacked) > 10 * target_row_change(clean)
+    bound = 1.0
+    bounded = train_chunks(
+        config.replace(**{"max-update-norm": bound}), population, chunks, start, 1, simulated=True, fakes_from=real
+    )
+    users = bounded.metrics["users"]
+    change = {k: (bounded.arrays[k] - start[k]) * users for k in start if k in bounded.arrays}
+    assert float(torch.sqrt(sum((v**2).sum() for v in change.values()))) <= users * bound * (1 + 1e-4)
+    assert bounded.metrics["rejected-users"] + users == 24 and bounded.metrics["fake-users"] == 4

@@ -158,6 +158,24 @@ def test_cohort_run_learns_and_counts_users(cohort_run):
     assert val[-1] > val[0] + 0.02, val
 
 
+def test_fake_users_push_a_cold_item_into_the_real_users_top_10(cohort_run, cache, tmp_path):
+    """sim-attack = promote on the cohort engine: 5% fake devices that the server samples like any other."""
+    from common.checkpoint import load_model
+    from common.evaluation import item_exposure
+
+    data = load_sequence_data(RunConfig.from_flat(COHORT).data)
+    target = int(np.argmin(np.bincount(data.items, minlength=data.num_items + 1)[1:])) + 1  # a cold item
+    out = tmp_path / "promoted"
+    attack = {"sim-attack": "promote", "sim-attackers": 0.05, "sim-target-item": target}
+    _run({**COHORT, **attack, "cohort-nodes": 2, "out-dir": str(out)}, cache, num_supernodes=2)
+    exposure = {}
+    for name, run in (("clean", cohort_run), ("promoted", out)):
+        model, _, _ = load_model(run / "model.pt")
+        exposure[name] = item_exposure(model_scores(model.eval()), data, target)
+    assert sum(r.get("fake-users", 0) for r in _rows(out)) > 0
+    assert exposure["promoted"] > max(0.5, 2 * exposure["clean"])
+
+
 def test_cohort_run_does_not_depend_on_the_number_of_nodes(cache, tmp_path):
     # FedAvg: FedAdam with a tiny tau would blow the float rounding of a different summation order
     # up to +-server-lr on coordinates whose update is ~0, hiding what this test is about.
