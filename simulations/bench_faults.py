@@ -12,9 +12,9 @@ OUT/faults.json are skipped). Rows: the run's validation-selected test metrics a
     ... attacks --run-config simulations/ml1m-silo-iid.toml --shares 0.1 0.2 \\
         --attacks sign-flip scale random --strategies fedavg fedmedian fedtrimmedavg krum multikrum \\
         --out runs/faults/attacks
-    # item promotion: fake users pushing one cold item; its exposure (share of users with it in their top-10)
-    ... promotion --run-config simulations/ml1m-cross-device.toml --shares 0.01 --strategies fedavg fedmedian \\
-        --out runs/faults/promotion
+    # item promotion: fake users pushing the coldest item; its exposure (share of users with it in their
+    # top-10), without and with the server's per-device norm bound (cohort engine: fake one-user devices)
+    ... promotion --run-config simulations/ml1m-cohort.toml --shares 0.01 --bounds 0 6 --out runs/faults/promotion
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ LAUNCH = (
 )
 
 
+DEFAULT_STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum"]
+
+
 def run_federation(flat: dict) -> float:
     """One federation in its own process (a fresh Ray, nothing shared); its wall time."""
     started = time.perf_counter()
@@ -49,6 +52,23 @@ def run_federation(flat: dict) -> float:
     if done.returncode != 0:
         raise SystemExit(f"run {flat['out-dir']} failed with exit code {done.returncode}")
     return time.perf_counter() - started
+
+
+def finished_wall(run_dir: Path, flat: dict) -> float | None:
+    """A folder that already holds this config's finished run (e.g. the same fault-free run of another
+    sweep, copied) is read, not run again; its wall time is the one its summary recorded."""
+    from common.config import RunConfig
+
+    try:
+        done = json.loads((run_dir / "config.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+    def settings(config: dict) -> dict:  # keys added since the run keep their defaults
+        return RunConfig.from_flat({**config, "out-dir": ""}).to_flat()
+
+    return float(summary["wall_seconds_this_process"]) if settings(done) == settings(flat) else None
 
 
 def cold_item(flat: dict) -> int:
@@ -85,7 +105,9 @@ class Bench:
         run_dir = self.out / name
         flat = {**self.base, **overrides, "out-dir": str(run_dir)}
         print(f"bench_faults: {name} -> {run_dir}", flush=True)
-        wall = run_federation(flat)
+        wall = finished_wall(run_dir, flat)
+        if wall is None:
+            wall = run_federation(flat)
         summary = json.loads((run_dir / "summary.json").read_text())
         row = {"name": name, **overrides, "test": summary["test"], "rounds": summary["rounds"], "wall_seconds": wall}
         if target:
@@ -103,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5])
     parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2])
     parser.add_argument("--attacks", nargs="+", default=["sign-flip", "scale", "random"])
-    parser.add_argument("--strategies", nargs="+", default=["fedavg", "fedmedian", "fedtrimmedavg", "krum"])
+    parser.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES, help="promotion: the config's own")
+    parser.add_argument(
+        "--bounds", type=float, nargs="+", default=[0.0], help="promotion: max-update-norm values (0 = no bound)"
+    )
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="KEY=VALUE", help="run-config keys for every run (TOML values)"
     )
@@ -139,20 +164,24 @@ def main(argv: list[str] | None = None) -> int:
         target = cold_item(bench.base)
         clean = bench.run("promotion-clean", {}, target)
         print(f"bench_faults: target item {target}: clean exposure {clean['target_exposure@10']:.4f}", flush=True)
-        for strategy in args.strategies:
+        strategies = args.strategies if args.strategies != DEFAULT_STRATEGIES else [base["strategy"]]
+        for strategy in strategies:
             for share in args.shares:
-                overrides = {
-                    "strategy": strategy,
-                    "sim-attack": "promote",
-                    "sim-attackers": share,
-                    "sim-target-item": target,
-                }
-                row = bench.run(f"promote-{strategy}-{share:g}", overrides, target)
-                print(
-                    f"bench_faults: promotion by {share:.0%} fake users, {strategy}: exposure "
-                    f"{row['target_exposure@10']:.4f}, test NDCG@10 {row['test']['ndcg@10']:.4f}",
-                    flush=True,
-                )
+                for bound in args.bounds:
+                    overrides = {
+                        "strategy": strategy,
+                        "sim-attack": "promote",
+                        "sim-attackers": share,
+                        "sim-target-item": target,
+                        "max-update-norm": bound,
+                    }
+                    row = bench.run(f"promote-{strategy}-{share:g}-bound-{bound:g}", overrides, target)
+                    print(
+                        f"bench_faults: promotion by {share:.0%} fake users, {strategy}, max-update-norm {bound:g}: "
+                        f"exposure {row['target_exposure@10']:.4f} (clean {clean['target_exposure@10']:.4f}), "
+                        f"test NDCG@10 {row['test']['ndcg@10']:.4f} (clean {clean['test']['ndcg@10']:.4f})",
+                        flush=True,
+                    )
     return 0
 
 
