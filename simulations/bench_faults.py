@@ -72,13 +72,12 @@ def finished_wall(run_dir: Path, flat: dict) -> float | None:
 
 
 def cold_item(flat: dict) -> int:
-    """The promoted item: the least popular item of the training data (model index)."""
+    """The promoted item: the least popular item of the training data (model index; the lowest on ties)."""
     from common.config import RunConfig
     from common.data.load import load_sequence_data
-    from common.evaluation import item_user_counts
 
-    counts = item_user_counts(load_sequence_data(RunConfig.from_flat(flat).data))
-    return int(np.argmin(np.where(np.arange(len(counts)) == 0, np.iinfo(np.int64).max, counts)))
+    counts = load_sequence_data(RunConfig.from_flat(flat).data).item_counts(train_only=True)
+    return int(np.argmin(counts[1:])) + 1
 
 
 def exposure(run_dir: Path, item: int) -> float:

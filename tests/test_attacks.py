@@ -186,3 +186,13 @@ def test_fake_users_promote_the_target_and_the_norm_check_bounds_them(cache_env)
     change = {k: (bounded.arrays[k] - start[k]) * users for k in start if k in bounded.arrays}
     assert float(torch.sqrt(sum((v**2).sum() for v in change.values()))) <= users * bound * (1 + 1e-4)
     assert bounded.metrics["rejected-users"] + users == 24 and bounded.metrics["fake-users"] == 4
+
+
+def test_the_promotion_benchmark_targets_the_coldest_training_item(cache_env):
+    from common.data.load import load_sequence_data
+    from simulations.bench_faults import cold_item
+
+    flat = {**COHORT}
+    counts = load_sequence_data(RunConfig.from_flat(flat).data).item_counts(train_only=True)
+    target = cold_item(flat)
+    assert 1 <= target <= len(counts) - 1 and counts[target] == counts[1:].min()
