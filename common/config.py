@@ -497,6 +497,21 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def parse_settings(items: list[str], where: str = "--set") -> dict[str, Any]:
+    """KEY=VALUE items from a command line; VALUE is read as TOML (3, 0.5, true, "x") and, when it is
+    not TOML, as a plain string (genre,year). The keys are checked later, with the whole config."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where} {item!r}: expected KEY=VALUE, e.g. --set num-server-rounds=20")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataSettings = field(default_factory=DataSettings)

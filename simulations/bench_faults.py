@@ -26,11 +26,11 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
+from common.config import parse_settings
 from simulations.bench_federation import load_run_config
 
 LAUNCH = (
@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_run_config(args.run_config)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        base[key] = tomllib.loads(f"v = {value}")["v"]
+    base.update(parse_settings(args.set))
     bench = Bench(out, base)
     if args.mode == "dropout":
         clean = bench.run("dropout-0", {"sim-dropout": 0.0})

@@ -108,7 +108,7 @@ def _epochs_logged(out: Path) -> int:
 def _cmd_federate(args: argparse.Namespace) -> int:
     from simulations.federate import federate
 
-    return federate(args.run_config, args.cpus_per_client, args.out_dir)
+    return federate(args.run_config, args.cpus_per_client, args.out_dir, args.set)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -321,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     federate.add_argument(
         "--run-config", help="TOML of run-config overrides (e.g. simulations/ml1m-cohort.toml, the main job)"
+    )
+    federate.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config keys over the file's (TOML values; a bare word is a string), e.g. --set augment=all",
     )
     federate.add_argument("--cpus-per-client", type=int, default=1)
     federate.add_argument(

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import TextIO
 
-from common.config import RunConfig, read_toml
+from common.config import RunConfig, parse_settings, read_toml
 from common.data.load import load_sequence_data
 from common.errors import ConfigError, FedSeqRecError
 from common.outputs import check_output_dir
@@ -58,12 +58,14 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedseqrec-local"
 
 
-def resolve_config(run_config_file: str | None, extra: dict | None = None) -> tuple[RunConfig, dict]:
+def resolve_config(
+    run_config_file: str | None, extra: dict | None = None, where: str | None = None
+) -> tuple[RunConfig, dict]:
     """The run's config (the defaults, which pyproject.toml repeats for Flower, plus the file's
     overrides) and the overrides alone, for `flwr run --run-config`."""
     overrides = read_toml(run_config_file) if run_config_file else {}
     overrides.update(extra or {})
-    return RunConfig.from_flat(overrides, where=run_config_file or "run config"), overrides
+    return RunConfig.from_flat(overrides, where=where or run_config_file or "run config"), overrides
 
 
 def num_clients(config: RunConfig) -> int:
@@ -107,12 +109,18 @@ def stopped_line(who: str, how: str, run_dir: Path, total_rounds: int, resume: s
     return f"{who}: {how} {reached}; run folder {run_dir}; resume with: {resume}"
 
 
-def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir: str | None = None) -> int:
+def federate(
+    run_config_file: str | None, cpus_per_client: float = 1.0, out_dir: str | None = None, settings: list[str] = ()
+) -> int:
     """Run the federation; 0 when it completed, 130/143 when stopped by SIGINT/SIGTERM, else 1 or flwr's code.
 
     For the `fedseqrec federate` process itself: it installs SIGINT/SIGTERM handlers and becomes a
     subreaper that owns (and on a stop ends) every process below it."""
-    config, overrides = resolve_config(run_config_file, {"out-dir": out_dir} if out_dir else None)
+    extra = parse_settings(list(settings), "--set")
+    if out_dir:
+        extra["out-dir"] = out_dir
+    where = " and ".join(filter(None, [run_config_file, "--set" if settings else ""])) or None
+    config, overrides = resolve_config(run_config_file, extra, where)
     run_dir = run_folder(config.federation.out_dir)
     check_output_dir(run_dir, "out-dir")  # before any process starts
     if config.data.users_file and config.train.user_groups == "auto":
@@ -123,6 +131,8 @@ def federate(run_config_file: str | None, cpus_per_client: float = 1.0, out_dir:
     if config.federation.init_model:  # the ServerApp runs elsewhere: pass it an absolute path, checked now
         overrides["init-model"] = str(init_model_path(config.federation.init_model))
     resume = ["fedseqrec", "federate"] + (["--run-config", run_config_file] if run_config_file else [])
+    if settings:
+        resume += ["--set", *settings]
     if cpus_per_client != 1:
         resume += ["--cpus-per-client", f"{cpus_per_client:g}"]
     resume = shlex.join(resume + ["--out-dir", str(run_dir)])

@@ -238,3 +238,15 @@ def test_federate_and_deploy_report_a_bad_run_config_file_in_one_line(tmp_path, 
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: ") and needle in lines[0], done.stderr
         assert str(toml) in lines[0]
+
+
+def test_set_reads_toml_values_and_bare_words():
+    from common.config import parse_settings
+
+    assert parse_settings(["num-server-rounds=20", "server-lr=4e-3", "augment=crop,mask", 'out-dir="a b"']) == {
+        "num-server-rounds": 20,
+        "server-lr": 0.004,
+        "augment": "crop,mask",
+        "out-dir": "a b",
+    }
+    assert parse_settings(["federated-evaluation=true"]) == {"federated-evaluation": True}
