@@ -26,25 +26,9 @@ from pathlib import Path
 import torch
 
 from common.config import RunConfig
-from simulations.crash_drill import checkpoint_round, expected_model, final_arrays, retrying
+from simulations.crash_drill import DRILL_MODEL, checkpoint_round, expected_model, final_arrays, retrying
 
 TARGETS = ("flwr-serverapp", "flower-superlink", "flower-supernode")
-MODEL = {
-    "min-item-count": 1,
-    "model": "sasrec",
-    "emb-dim": 16,
-    "num-layers": 1,
-    "max-len": 20,
-    "dropout": 0.0,  # no random draws: the uninterrupted model is recomputed exactly
-    "num-threads": 1,
-    "partition": "user",
-    "train-windows": "last",
-    "cohort-engine": True,
-    "local-optimizer": "sgd",
-    "local-lr": 1.0,
-    "strategy": "fedavg",
-    "seed": 11,
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     data_file = root / "interactions.csv"
     root.mkdir()
     synthetic_interactions(args.devices, 40, seed=1).to_csv(data_file, index=False)  # one user per device
-    source = RunConfig.from_flat({**MODEL, "data": str(data_file)}, where="bench_crashes")
+    source = RunConfig.from_flat({**DRILL_MODEL, "data": str(data_file)}, where="bench_crashes")
     write_node_files(source, root / "partition", args.devices)
     nodes = nodes_from_partition(root / "partition", root / "work")
     drill = retrying(args.devices, args.rounds)
     server_config = {
-        **MODEL,
+        **DRILL_MODEL,
         **drill,
         "data": str(root / "not-on-the-server.csv"),
         "federated-evaluation": True,

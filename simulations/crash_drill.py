@@ -19,6 +19,25 @@ import torch
 
 from common.config import RunConfig
 
+# A drill's model and federation: small, and without dropout, so that the model an uninterrupted run
+# ends with is recomputed exactly (`expected_model`).
+DRILL_MODEL = {
+    "min-item-count": 1,
+    "model": "sasrec",
+    "emb-dim": 16,
+    "num-layers": 1,
+    "max-len": 20,
+    "dropout": 0.0,
+    "num-threads": 1,
+    "partition": "user",
+    "train-windows": "last",
+    "cohort-engine": True,
+    "local-optimizer": "sgd",
+    "local-lr": 1.0,
+    "strategy": "fedavg",
+    "seed": 11,
+}
+
 # Settings a drill's run needs on top of the model's: every device trains every round, and a round a
 # dead device misses is sent again, to the same users, until the device is back.
 RETRYING = {

@@ -19,6 +19,7 @@ import torch
 from common.checkpoint import load_model
 from common.config import RunConfig
 from simulations.crash_drill import (
+    DRILL_MODEL,
     checkpoint_round,
     expected_model,
     final_arrays,
@@ -31,23 +32,7 @@ from simulations.crash_drill import (
 pytestmark = pytest.mark.slow
 
 DEVICES = 2  # each ClientApp message is a fresh process: two devices keep the module at a few minutes
-BASE = {
-    "min-item-count": 1,
-    "model": "sasrec",
-    "emb-dim": 16,
-    "num-layers": 1,
-    "max-len": 20,
-    "dropout": 0.0,  # no random draws on the devices: the recomputations below are exact
-    "num-threads": 1,
-    "partition": "user",
-    "train-windows": "last",
-    "cohort-engine": True,
-    "local-optimizer": "sgd",
-    "local-lr": 1.0,
-    "strategy": "fedavg",
-    "clients-per-round": DEVICES,
-    "seed": 11,
-}
+BASE = {**DRILL_MODEL, "clients-per-round": DEVICES}
 
 
 class Devices:
