@@ -45,6 +45,7 @@ class CohortResult:
     loss_sum: float  # sum over users of the mean loss of their first local step
     clipped: int = 0  # users whose update was scaled down by `clip`
     rejected: int = 0  # users left out by `drop_above` (not counted in `users`)
+    per_user: dict[str, torch.Tensor] | None = None  # keep_users: each counted user's update, (users, ...)
 
 
 def user_loss(
@@ -61,17 +62,24 @@ def user_loss(
 
 
 def cohort_update(
-    model: SequenceRecommender, inputs: torch.Tensor, targets: torch.Tensor, recipe: LocalRecipe
+    model: SequenceRecommender,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    recipe: LocalRecipe,
+    keep_users: bool = False,
 ) -> CohortResult:
     """Local updates of U users from the model's current (global) weights; inputs/targets (U, W, T).
+    `keep_users`: also return each user's update (for an aggregation other than the sum).
 
     Dropout masks come from torch's global RNG: seed it before calling for a reproducible result."""
     if len(inputs) == 0:
-        return CohortResult({k: torch.zeros_like(v) for k, v in model.named_parameters()}, 0, 0.0)
+        zeros = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+        per_user = {k: v.unsqueeze(0)[:0] for k, v in zeros.items()} if keep_users else None
+        return CohortResult(zeros, 0, 0.0, per_user=per_user)
     plain = recipe.clip <= 0 and recipe.drop_above <= 0 and recipe.scale == 1.0 and not recipe.touched_rows
-    if recipe.steps == 1 and recipe.optimizer == "sgd" and plain:
+    if recipe.steps == 1 and recipe.optimizer == "sgd" and plain and not keep_users:
         return _one_sgd_step(model, inputs, targets, recipe.lr)
-    return _stacked(model, inputs, targets, recipe)
+    return _stacked(model, inputs, targets, recipe, keep_users)
 
 
 def _one_sgd_step(model, inputs, targets, lr: float) -> CohortResult:
@@ -87,7 +95,7 @@ def _one_sgd_step(model, inputs, targets, lr: float) -> CohortResult:
     return CohortResult(update, U, float(total.detach()))
 
 
-def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
+def _stacked(model, inputs, targets, recipe: LocalRecipe, keep_users: bool = False) -> CohortResult:
     base = {k: p.detach() for k, p in model.named_parameters()}
     U = len(inputs)
     params = {k: v.unsqueeze(0).repeat(U, *([1] * v.dim())) for k, v in base.items()}  # (U, ...)
@@ -118,11 +126,38 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe) -> CohortResult:
             scale = (recipe.clip / _norms(update).clamp(min=1e-12)).clamp(max=1.0)  # (U,)
             clipped = int((scale < 1).sum())
             update = _scaled(update, scale)
-        if recipe.drop_above > 0:
-            kept = _norms(update) <= recipe.drop_above  # (U,)
-            rejected = int((~kept).sum())
-            update = _scaled(update, kept.to(torch.float32))
-        return CohortResult({k: u.sum(0) for k, u in update.items()}, U - rejected, first_loss, clipped, rejected)
+        kept = _norms(update) <= recipe.drop_above if recipe.drop_above > 0 else torch.ones(U, dtype=torch.bool)
+        rejected = int((~kept).sum())
+        update = {k: u[kept] for k, u in update.items()}
+        return CohortResult(
+            {k: u.sum(0) for k, u in update.items()},
+            U - rejected,
+            first_loss,
+            clipped,
+            rejected,
+            update if keep_users else None,
+        )
+
+
+def trimmed_sum(per_user: dict[str, torch.Tensor], beta: float) -> dict[str, torch.Tensor]:
+    """U x the coordinate-wise trimmed mean of U users' updates (the largest and smallest
+    floor(beta U) values of each coordinate left out; Yin et al. 2018): a sum, so that dividing by U
+    gives the trimmed mean. A few extreme users (fake ones pushing one item's row) cannot move a
+    coordinate that the rest of the cohort leaves alone."""
+    out = {}
+    for name, u in per_user.items():
+        U = len(u)
+        cut = int(beta * U)
+        if U == 0 or cut == 0:
+            out[name] = u.sum(0)
+            continue
+        flat = u.reshape(U, -1)
+        columns = []
+        for start in range(0, flat.shape[1], 1 << 15):  # a block of coordinates at a time: bounded memory
+            block = torch.sort(flat[:, start : start + (1 << 15)], dim=0).values
+            columns.append(block[cut : U - cut].mean(0) * U)
+        out[name] = torch.cat(columns).reshape(u.shape[1:])
+    return out
 
 
 def _norms(update: dict[str, torch.Tensor]) -> torch.Tensor:

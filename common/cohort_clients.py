@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from common.augmentation import Augmentation, augment_windows, augmentation_for
-from common.cohort import LocalRecipe, cohort_update
+from common.cohort import LocalRecipe, cohort_update, trimmed_sum
 from common.config import RunConfig
 from common.data.sequences import SequenceData, training_windows
 from common.evaluation import model_scores, rank_targets
@@ -85,6 +85,7 @@ def train_chunks(
     model.load_arrays(global_arrays)
     model.train()
     recipes = (recipe_for(config, simulated), attacker_recipe(config))
+    trim = config.federation.user_trim_beta  # the chunk is the whole round (checked by the config)
     names = dict(model.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in names.items()}
     augmentation = augmentation_for(config, local.num_items)
@@ -96,17 +97,25 @@ def train_chunks(
         augment = None if augmentation is None else (augmentation, np.random.default_rng(seed))
         fake = rows >= fakes_from if fakes_from is not None else np.zeros(len(rows), dtype=bool)
         fakes += int(fake.sum())
+        per_user = []  # with user-trim-beta: every user's update of the chunk (= the round), honest and fake
         for part, recipe in ((rows[~fake], recipes[0]), (rows[fake], recipes[1])):
             if len(part) == 0:
                 continue
             inputs, targets = user_windows(local, part, model.config.max_len, augment)
-            result = cohort_update(model, inputs, targets, recipe)
-            for k in total:
-                total[k] += result.update_sum[k]
+            result = cohort_update(model, inputs, targets, recipe, keep_users=trim > 0)
+            if trim > 0:
+                per_user.append(result.per_user)
+            else:
+                for k in total:
+                    total[k] += result.update_sum[k]
             users += result.users
             loss_sum += result.loss_sum
             clipped += result.clipped
             rejected += result.rejected
+        if per_user:
+            trimmed = trimmed_sum({k: torch.cat([p[k] for p in per_user]) for k in per_user[0]}, trim)
+            for k in total:
+                total[k] += trimmed[k]
     metrics = {"users": users, "rejected-users": rejected}
     if fakes_from is not None:
         metrics["fake-users"] = fakes  # simulation bookkeeping: a real server cannot know this

@@ -239,6 +239,10 @@ class FederationSettings:
     # history and targets), so the clipped update spends its norm on what the user knows, not on the
     # softmax's push on every other item; the server's DP noise still covers every row.
     local_item_rows: str = _choice("all", "touched")
+    # > 0: a round's user updates are combined by the coordinate-wise trimmed mean (this share cut at
+    # each end) instead of the mean: a defence of a server that sees each device's update (no SecAgg,
+    # no server DP); on the cohort engine a chunk must hold the whole round (cohort-chunk >= clients-per-round).
+    user_trim_beta: float = 0.0
     server_lr_warmup: int = 0  # rounds over which FedAdam/FedYogi's server-lr rises linearly to its value
     federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
     # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
@@ -322,6 +326,19 @@ class FederationSettings:
             "sim-attack",
             "sign-flip, scale and random attackers are simulated per client, not on the cohort engine (set "
             "cohort-engine = false); the cohort engine simulates promote (fake users)",
+        )
+        _check(0.0 <= self.user_trim_beta < 0.5, "user-trim-beta", "must be in [0, 0.5)")
+        _check(
+            self.user_trim_beta == 0
+            or (self.cohort_engine and self.user_sampling == "fixed" and self.cohort_chunk >= self.clients_per_round),
+            "user-trim-beta",
+            "the users' trimmed mean runs on the cohort engine with fixed sampling and one chunk per round "
+            "(set cohort-engine = true, user-sampling = fixed, cohort-chunk >= clients-per-round)",
+        )
+        _check(
+            self.user_trim_beta == 0 or not self.secure_aggregation,
+            "user-trim-beta",
+            "a server that sees only the sum (secure-aggregation) cannot take a trimmed mean of users",
         )
         _check(self.multikrum_select >= 0, "multikrum-select", "must be >= 0 (0 = all but assumed-malicious)")
         _check(
@@ -453,6 +470,11 @@ def _cross_check(parts: dict, where: str) -> None:
         raise ConfigError(
             f"{where}: strategy = {fed.strategy} cannot be used with dp-mode = server: DP-FedAvg's "
             "sensitivity is that of a sum of clipped updates; bound updates with max-update-norm"
+        )
+    if fed.user_trim_beta and privacy.dp_mode == "server":
+        raise ConfigError(
+            f"{where}: user-trim-beta cannot be used with dp-mode = server: DP-FedAvg's sensitivity is "
+            "that of a sum of clipped updates, not of a trimmed mean"
         )
     if privacy.dp_mode == "client":
         if model.loss != "ce":

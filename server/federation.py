@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from common.checkpoint import save_model
 from common.config import RunConfig
 from common.data.load import cached_sequence_data
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.evaluation import evaluate, evaluate_by_group, model_scores
 from common.fake_users import simulated_devices
 from common.item_stats import ItemStatistics
@@ -174,6 +174,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         # a simulated promotion attack's fake users register like any device (the server cannot tell)
         simulated = simulated_devices(config, real) if hosts else 0
         plan = CohortPlan(config, simulated, hosts, keys)
+        if config.federation.user_trim_beta and not hosts:
+            raise ConfigError(
+                "user-trim-beta is the simulated hosts' trimmed mean of their devices; real devices reply one "
+                "by one, and the cohort engine's server averages them (set user-trim-beta = 0)"
+            )
         log(
             INFO,
             "fedseqrec: %s",

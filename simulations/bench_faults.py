@@ -13,8 +13,9 @@ OUT/faults.json are skipped). Rows: the run's validation-selected test metrics a
         --attacks sign-flip scale random --strategies fedavg fedmedian fedtrimmedavg krum multikrum \\
         --out runs/faults/attacks
     # item promotion: fake users pushing the coldest item; its exposure (share of users with it in their
-    # top-10), without and with the server's per-device norm bound (cohort engine: fake one-user devices)
-    ... promotion --run-config simulations/ml1m-cohort.toml --shares 0.01 --bounds 0 6 --out runs/faults/promotion
+    # top-10), without and with a defence: the server's per-device norm bound, a trimmed mean of users
+    ... promotion --run-config simulations/ml1m-cohort.toml --shares 0.01 --out runs/faults/promotion \\
+        --defences none max-update-norm=6 "user-trim-beta=0.05;cohort-chunk=256"
 """
 
 from __future__ import annotations
@@ -126,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", nargs="+", default=["sign-flip", "scale", "random"])
     parser.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES, help="promotion: the config's own")
     parser.add_argument(
-        "--bounds", type=float, nargs="+", default=[0.0], help="promotion: max-update-norm values (0 = no bound)"
+        "--defences",
+        nargs="+",
+        default=["none"],
+        metavar="KEY=VALUE[;KEY=VALUE]",
+        help="promotion: run-config settings of each defence ('none': no defence)",
     )
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="KEY=VALUE", help="run-config keys for every run (TOML values)"
@@ -164,17 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         strategies = args.strategies if args.strategies != DEFAULT_STRATEGIES else [base["strategy"]]
         for strategy in strategies:
             for share in args.shares:
-                for bound in args.bounds:
+                for defence in args.defences:
                     overrides = {
                         "strategy": strategy,
                         "sim-attack": "promote",
                         "sim-attackers": share,
                         "sim-target-item": target,
-                        "max-update-norm": bound,
+                        **parse_settings(defence.split(";") if defence != "none" else [], "--defences"),
                     }
-                    row = bench.run(f"promote-{strategy}-{share:g}-bound-{bound:g}", overrides, target)
+                    row = bench.run(f"promote-{strategy}-{share:g}-{defence.replace(';', '-')}", overrides, target)
                     print(
-                        f"bench_faults: promotion by {share:.0%} fake users, {strategy}, max-update-norm {bound:g}: "
+                        f"bench_faults: promotion by {share:.0%} fake users, {strategy}, defence {defence}: "
                         f"exposure {row['target_exposure@10']:.4f} (clean {clean['target_exposure@10']:.4f}), "
                         f"test NDCG@10 {row['test']['ndcg@10']:.4f} (clean {clean['test']['ndcg@10']:.4f})",
                         flush=True,

@@ -196,3 +196,38 @@ def test_the_promotion_benchmark_targets_the_coldest_training_item(cache_env):
     counts = load_sequence_data(RunConfig.from_flat(flat).data).item_counts(train_only=True)
     target = cold_item(flat)
     assert 1 <= target <= len(counts) - 1 and counts[target] == counts[1:].min()
+
+
+def test_the_users_trimmed_mean_matches_a_numpy_oracle():
+    from common.cohort import trimmed_sum
+
+    rng = np.random.default_rng(0)
+    per_user = {"w": torch.from_numpy(rng.normal(size=(20, 3, 40_000)).astype(np.float32)), "b": torch.ones(20, 2)}
+    got = trimmed_sum(per_user, 0.1)
+    ordered = np.sort(per_user["w"].numpy(), axis=0)[2:18]  # floor(0.1 x 20) = 2 cut at each end
+    assert np.allclose(got["w"].numpy(), 20 * ordered.mean(0), atol=1e-4)
+    assert torch.allclose(got["b"], torch.full((2,), 20.0))
+    assert torch.allclose(trimmed_sum(per_user, 0.01)["w"], per_user["w"].sum(0))  # nothing to cut
+
+
+def test_a_trimmed_mean_of_users_keeps_fake_users_off_the_targets_row(cache_env):
+    from common.cohort_clients import train_chunks
+    from common.fake_users import population_with_fakes
+    from common.training import model_for
+
+    config = RunConfig.from_flat({**PROMOTE, "cohort-chunk": 60})
+    population, real = population_with_fakes(config.data, config.federation, config.train.seed)
+    start = model_for(config, population.num_items).arrays()
+    chunk = [(0, np.concatenate([np.arange(0, 36), np.arange(real, real + 4)]))]  # 4 fake users of 40
+
+    def target_row_change(flat_overrides: dict) -> float:
+        result = train_chunks(config.replace(**flat_overrides), population, chunk, start, 1, True, real)
+        assert result.metrics["users"] == 40 and result.metrics["fake-users"] == 4
+        return float((result.arrays["item_emb.weight"][7] - start["item_emb.weight"][7]).norm())
+
+    plain, trimmed = target_row_change({}), target_row_change({"user-trim-beta": 0.15})
+    assert trimmed < 0.05 * plain
+    with pytest.raises(ConfigError, match="one chunk per round"):
+        RunConfig.from_flat({**COHORT, "user-trim-beta": 0.1})
+    with pytest.raises(ConfigError, match="dp-mode = server"):
+        RunConfig.from_flat({**COHORT, "cohort-chunk": 60, "user-trim-beta": 0.1, "dp-mode": "server"})
