@@ -170,9 +170,12 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         raise RuntimeError("no client identified itself; check the SuperNodes' logs")
     plan = None
     if config.federation.cohort_engine or config.federation.federated_evaluation:
-        real = cached_partitioning(config.data, config.federation, config.train.seed).num_clients
-        # a simulated promotion attack's fake users register like any device (the server cannot tell)
-        simulated = simulated_devices(config, real) if hosts else 0
+        # simulated devices: the partition's one-user clients, and a simulated promotion attack's fake
+        # users, which register like any device (the server cannot tell); real devices: none
+        simulated = 0
+        if hosts:
+            real = cached_partitioning(config.data, config.federation, config.train.seed).num_clients
+            simulated = simulated_devices(config, real)
         plan = CohortPlan(config, simulated, hosts, keys)
         if config.federation.user_trim_beta and not hosts:
             raise ConfigError(
