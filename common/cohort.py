@@ -33,6 +33,9 @@ class LocalRecipe:
     # The server's check of each device's reply (max-update-norm), when the devices are simulated:
     # a user whose update is longer is left out, as the server would drop its reply.
     drop_above: float = 0.0
+    # The server's per-row clip of each device's item-table update (max-row-norm), when the devices are
+    # simulated: no device moves one item's row further than this, however long its whole update.
+    row_clip: float = 0.0
     scale: float = 1.0  # an attacker's boost of its update, before `clip`; every honest device: 1
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -76,7 +79,13 @@ def cohort_update(
         zeros = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
         per_user = {k: v.unsqueeze(0)[:0] for k, v in zeros.items()} if keep_users else None
         return CohortResult(zeros, 0, 0.0, per_user=per_user)
-    plain = recipe.clip <= 0 and recipe.drop_above <= 0 and recipe.scale == 1.0 and not recipe.touched_rows
+    plain = (
+        recipe.clip <= 0
+        and recipe.drop_above <= 0
+        and recipe.row_clip <= 0
+        and recipe.scale == 1.0
+        and not recipe.touched_rows
+    )
     if recipe.steps == 1 and recipe.optimizer == "sgd" and plain and not keep_users:
         return _one_sgd_step(model, inputs, targets, recipe.lr)
     return _stacked(model, inputs, targets, recipe, keep_users)
@@ -129,6 +138,8 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe, keep_users: bool = Fal
         kept = _norms(update) <= recipe.drop_above if recipe.drop_above > 0 else torch.ones(U, dtype=torch.bool)
         rejected = int((~kept).sum())
         update = {k: u[kept] for k, u in update.items()}
+        if recipe.row_clip > 0:
+            update[table] = clip_rows(update[table], recipe.row_clip)
         return CohortResult(
             {k: u.sum(0) for k, u in update.items()},
             U - rejected,
@@ -160,6 +171,16 @@ def trimmed_sum(per_user: dict[str, torch.Tensor], beta: float) -> dict[str, tor
             columns.append(kept * (U / (U - 2 * cut)))
         out[name] = torch.cat(columns).reshape(u.shape[1:])
     return out
+
+
+def clip_rows(table_update: torch.Tensor, bound: float) -> torch.Tensor:
+    """Each user's update of each item row, (U, N + 1, D), scaled down to at most `bound` (L2).
+
+    The whole-update bound leaves a device free to spend all of it on one row; this one bounds what a
+    device can do to any single item, so a fake user pushes its target no harder than an honest user
+    pushes an item it holds (hierarchical clipping, Yuan et al. 2023)."""
+    norms = table_update.norm(dim=-1, keepdim=True)  # (U, N + 1, 1)
+    return table_update * (bound / norms.clamp(min=1e-12)).clamp(max=1.0)
 
 
 def _norms(update: dict[str, torch.Tensor]) -> torch.Tensor:

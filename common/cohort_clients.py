@@ -43,15 +43,16 @@ def recipe_for(config: RunConfig, simulated: bool = False) -> LocalRecipe:
         clip=clip,
         touched_rows=fed.local_item_rows == "touched",
         drop_above=fed.max_update_norm if simulated else 0.0,
+        row_clip=fed.max_row_norm if simulated else 0.0,
     )
 
 
-def attacker_recipe(config: RunConfig) -> LocalRecipe:
+def attacker_recipe(config: RunConfig, simulated: bool = False) -> LocalRecipe:
     """A fake user's recipe: the honest steps on its fake window, boosted by sim-attack-scale, never
     clipped for DP; it knows the server's max-update-norm and stays just under it (a dropped reply
-    promotes nothing)."""
+    promotes nothing). `simulated`: the server's checks apply to it as to any device (max-row-norm)."""
     bound = config.federation.max_update_norm
-    return replace(recipe_for(config), scale=config.federation.sim_attack_scale, clip=bound * (1 - 1e-4))
+    return replace(recipe_for(config, simulated), scale=config.federation.sim_attack_scale, clip=bound * (1 - 1e-4))
 
 
 def user_windows(
@@ -84,7 +85,7 @@ def train_chunks(
     model = model_for(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.train()
-    recipes = (recipe_for(config, simulated), attacker_recipe(config))
+    recipes = (recipe_for(config, simulated), attacker_recipe(config, simulated))
     trim = config.federation.user_trim_beta  # the chunk is the whole round (checked by the config)
     names = dict(model.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in names.items()}

@@ -247,6 +247,10 @@ class FederationSettings:
     federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
     # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
     max_update_norm: float = 0.0  # > 0: a reply whose update is longer is dropped (norm bounding)
+    # > 0: each device's update of each item-table row is clipped to this L2 norm before aggregation,
+    # so no device pushes one item harder than an honest holder of it does (promotion defence); on the
+    # cohort engine's simulated hosts, device by device.
+    max_row_norm: float = 0.0
     max_reply_examples: int = 0  # > 0: a reply claiming more examples is dropped
     min_replies: int = 1  # valid replies a round needs; fewer: the round is repeated (round-retries) or skipped
     # A short round (a node crashed, replies late) is sent again up to round-retries times, after
@@ -296,6 +300,13 @@ class FederationSettings:
         _check(self.cohort_chunk >= 1, "cohort-chunk", "must be >= 1")
         _check(self.server_lr_warmup >= 0, "server-lr-warmup", "must be >= 0")
         _check(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
+        _check(self.max_row_norm >= 0, "max-row-norm", "must be >= 0 (0 = no bound)")
+        _check(
+            self.max_row_norm == 0 or self.cohort_engine,
+            "max-row-norm",
+            "the per-row clip is applied device by device on the cohort engine's simulated hosts "
+            "(set cohort-engine = true, or max-row-norm = 0)",
+        )
         _check(self.max_reply_examples >= 0, "max-reply-examples", "must be >= 0 (0 = no bound)")
         _check(self.min_replies >= 1, "min-replies", "must be >= 1")
         _check(self.round_retries >= 0, "round-retries", "must be >= 0 (0: a short round is skipped)")

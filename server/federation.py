@@ -182,6 +182,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
                 "user-trim-beta is the simulated hosts' trimmed mean of their devices; real devices reply one "
                 "by one, and the cohort engine's server averages them (set user-trim-beta = 0)"
             )
+        if config.federation.max_row_norm and not hosts:
+            raise ConfigError(
+                "max-row-norm is applied device by device on the simulated hosts; the server does not clip "
+                "real devices' rows yet (set max-row-norm = 0)"
+            )
         log(
             INFO,
             "fedseqrec: %s",

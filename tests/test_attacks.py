@@ -231,3 +231,48 @@ def test_a_trimmed_mean_of_users_keeps_fake_users_off_the_targets_row(cache_env)
         RunConfig.from_flat({**COHORT, "user-trim-beta": 0.1})
     with pytest.raises(ConfigError, match="dp-mode = server"):
         RunConfig.from_flat({**COHORT, "cohort-chunk": 60, "user-trim-beta": 0.1, "dp-mode": "server"})
+
+
+def test_the_servers_row_clip_bounds_each_users_rows_and_leaves_the_rest():
+    from common.cohort import LocalRecipe, cohort_update, item_table_name
+
+    model = _small_cohort_model()
+    table = item_table_name(model)
+    inputs, targets = torch.randint(1, 41, (6, 1, 12)), torch.randint(1, 41, (6, 1, 12))
+    plain = cohort_update(model, inputs, targets, LocalRecipe(1, "sgd", 0.5), keep_users=True).per_user
+    row_norms = plain[table].norm(dim=-1)  # (U, N + 1)
+    bound = float(row_norms[row_norms > 0].median())
+    clipped = cohort_update(model, inputs, targets, LocalRecipe(1, "sgd", 0.5, row_clip=bound), keep_users=True)
+    after = clipped.per_user[table]
+    assert float(after.norm(dim=-1).max()) <= bound * (1 + 1e-5)
+    under = row_norms <= bound  # rows already within the bound are untouched; the others keep their direction
+    assert torch.allclose(after[under], plain[table][under], atol=1e-7)
+    over = ~under
+    assert over.any() and torch.allclose(after[over], plain[table][over] * (bound / row_norms[over]).unsqueeze(-1))
+    for key in plain:  # only the item table is clipped row by row
+        if key != table:
+            assert torch.allclose(clipped.per_user[key], plain[key], atol=1e-7), key
+    assert torch.allclose(clipped.update_sum[table], after.sum(0), atol=1e-6)
+
+
+def test_the_row_clip_bounds_what_fake_users_do_to_the_targets_row(cache_env):
+    from common.cohort_clients import train_chunks
+    from common.fake_users import population_with_fakes
+    from common.training import model_for
+
+    config = RunConfig.from_flat({**PROMOTE, "sim-attack-scale": 50.0})
+    population, real = population_with_fakes(config.data, config.federation, config.train.seed)
+    start = model_for(config, population.num_items).arrays()
+    chunks = [(0, np.concatenate([np.arange(0, 20), np.arange(real, real + 4)]))]
+
+    def target_row_sum(overrides: dict) -> float:  # the norm of the users' summed change of the target's row
+        result = train_chunks(config.replace(**overrides), population, chunks, start, 1, True, real)
+        users = result.metrics["users"]
+        return float(((result.arrays["item_emb.weight"][7] - start["item_emb.weight"][7]) * users).norm())
+
+    bound = 0.05
+    plain, clipped = target_row_sum({}), target_row_sum({"max-row-norm": bound})
+    assert plain > 24 * bound  # without the clip the fake users alone push it further than 24 clipped users could
+    assert clipped <= 24 * bound * (1 + 1e-4)
+    with pytest.raises(ConfigError, match="max-row-norm"):
+        RunConfig.from_flat({**SIM_CONFIG, "max-row-norm": 1.0})
