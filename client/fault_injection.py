@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 
 from client.local_data import client_key, is_simulated, load_local_data
 from common.config import RunConfig
-from common.fake_users import fake_users
+from common.fake_users import fake_users, profile_popularity
 from common.federated import local_train
 from common.partition import cached_partitioning
 
@@ -69,7 +69,11 @@ def fault_injection_mod(msg: Message, context: Context, call_next) -> Message:
     if fed.sim_attack == "promote":
         local = load_local_data(config, context.node_config)
         result = local_train(
-            config, fake_users(local, fed.sim_target_item, seed), global_arrays, server_round=server_round, client=key
+            config,
+            fake_users(local, fed.sim_target_item, seed, profile_popularity(fed, local)),
+            global_arrays,
+            server_round=server_round,
+            client=key,
         )
         arrays, metrics = result.arrays, result.metrics
     else:

@@ -276,6 +276,8 @@ class FederationSettings:
     sim_attackers: float = 0.0
     sim_attack_scale: float = 10.0  # sign-flip / scale / random / promote: how far the update is pushed
     sim_target_item: int = 0  # promote: the model index of the item pushed into everyone's top-10
+    # promote: the fake histories' other items, uniformly random or drawn by popularity (bandwagon)
+    sim_fake_profile: str = _choice("random", "popular")
 
     def validate(self) -> None:
         for key, value in (

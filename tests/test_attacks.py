@@ -276,3 +276,37 @@ def test_the_row_clip_bounds_what_fake_users_do_to_the_targets_row(cache_env):
     assert clipped <= 24 * bound * (1 + 1e-4)
     with pytest.raises(ConfigError, match="max-row-norm"):
         RunConfig.from_flat({**SIM_CONFIG, "max-row-norm": 1.0})
+
+
+def test_bandwagon_fake_users_draw_their_items_by_popularity():
+    from common.fake_users import fake_histories
+
+    popularity = np.zeros(41, dtype=np.int64)
+    popularity[[3, 5, 7]] = [900, 100, 5000]  # item 7 is the target: never drawn, however popular
+    histories = fake_histories(np.array([400, 400]), 40, 7, seed=0, popularity=popularity)
+    others = np.concatenate([h[0::2] for h in histories])
+    assert set(others.tolist()) == {3, 5} and all((h[1::2] == 7).all() for h in histories)
+    assert 0.85 < (others == 3).mean() < 0.95  # 900 : 100
+    uniform = np.concatenate([h[0::2] for h in fake_histories(np.array([400, 400]), 40, 7, seed=0)])
+    assert len(set(uniform.tolist())) > 30 and 7 not in uniform
+    with pytest.raises(ValueError, match="besides the target"):
+        fake_histories(np.array([10]), 40, 7, seed=0, popularity=np.eye(41, dtype=np.int64)[7])
+
+
+def test_a_bandwagon_population_holds_the_popular_items(cache_env):
+    from common.fake_users import population_with_fakes
+
+    def fakes_and_counts(profile: str):
+        config = RunConfig.from_flat({**PROMOTE, "sim-fake-profile": profile})
+        population, real = population_with_fakes(config.data, config.federation, config.train.seed)
+        train = np.concatenate([population.sequence(u)[:-2] for u in range(real)])  # what the attacker drew from
+        counts = np.bincount(train, minlength=population.num_items + 1)
+        counts[7] = 0  # the target is never drawn
+        fakes = np.concatenate([population.sequence(u)[0::2] for u in range(real, population.num_users)])
+        return fakes, counts
+
+    popular, counts = fakes_and_counts("popular")
+    uniform, _ = fakes_and_counts("random")
+    by_popularity = (counts**2).sum() / counts.sum()  # the mean count of a draw in proportion to counts
+    assert abs(counts[popular].mean() - by_popularity) < 0.05 * by_popularity
+    assert counts[popular].mean() > counts[uniform].mean()
