@@ -4,7 +4,8 @@
         --pairs runs/sasrec:runs/sasrec-features runs/sasrec-s43:runs/sasrec-features-s43 \
         --out simulations/results/item-features-ml100k.json
 
-Each pair is two finished runs (centralized or federated) that differ only in `item-features`.
+Each pair is two finished runs (centralized or federated) that differ only in `item-features` (or
+in the run-config key `--differs-in` names, e.g. `augment`: checked).
 Both models are evaluated here, on the same test targets, in one process. Segments of test users
 by their target item's number of training interactions (train parts of leave-one-out):
 - cold: fewer than `--cold` interactions;
@@ -66,14 +67,18 @@ def paired_bootstrap(base: np.ndarray, featured: np.ndarray, draws: int = 2000, 
     return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
-def compare(base_dir: Path, featured_dir: Path, cold: int) -> dict:
+def compare(base_dir: Path, featured_dir: Path, cold: int, key: str = "item-features") -> dict:
     base, targets, data, base_config = ranks_on_test(base_dir)
     featured, featured_targets, _, featured_config = ranks_on_test(featured_dir)
     assert np.array_equal(targets, featured_targets)
-    if base_config.data.item_features or not featured_config.data.item_features:
+    if key == "item-features" and (base_config.data.item_features or not featured_config.data.item_features):
         raise SystemExit(
             f"pair {base_dir}:{featured_dir}: the first run must be without item-features, the second with"
         )
+    first, second = ({**c.to_flat(), "out-dir": ""} for c in (base_config, featured_config))
+    differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    if differ != [key]:
+        raise SystemExit(f"pair {base_dir}:{featured_dir}: the runs must differ in {key} alone, not in {differ}")
     rows = {}
     for name, mask in segments(data.item_counts(), targets, cold).items():
         rows[name] = {
@@ -85,6 +90,7 @@ def compare(base_dir: Path, featured_dir: Path, cold: int) -> dict:
     return {
         "base": str(base_dir),
         "featured": str(featured_dir),
+        "differs-in": {key: second[key]},
         "features": featured_config.data.item_features,
         **rows,
     }
@@ -95,13 +101,17 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", required=True, help="BASE_RUN:FEATURED_RUN pairs")
     parser.add_argument("--cold", type=int, default=20, help="cold: targets with fewer training interactions")
     parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.add_argument(
+        "--differs-in", default="item-features", metavar="KEY", help="the one run-config key each pair differs in"
+    )
     args = parser.parse_args()
-    results = [compare(Path(b), Path(f), args.cold) for b, f in (pair.split(":") for pair in args.pairs)]
+    pairs = (pair.split(":") for pair in args.pairs)
+    results = [compare(Path(b), Path(f), args.cold, args.differs_in) for b, f in pairs]
     Path(args.out).write_text(
         json.dumps({"machine": platform.processor() or platform.machine(), "pairs": results}, indent=2)
     )
     for result in results:
-        print(f"{result['base']} vs {result['featured']} ({result['features']})")
+        print(f"{result['base']} vs {result['featured']} ({result['differs-in']})")
         for name, row in result.items():
             if isinstance(row, dict):
                 b, f, ci = row["base"], row["featured"], row["ndcg_gain_95ci"]
