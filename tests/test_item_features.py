@@ -261,3 +261,22 @@ def test_movielens_metadata_is_found_without_the_ratings_file(tmp_path, monkeypa
     settings = RunConfig.from_flat({"data": "ml-1m", "item-features": "genre"}).data
     features = load_item_features(settings, np.array([-1, 3, 7, 10]))
     assert labels_of(features, None, 2) == ["genre=Drama"]
+
+
+def test_the_paired_benchmark_compares_runs_that_differ_in_one_key(catalogue, tmp_path):
+    from simulations.bench_item_features import compare
+
+    runs = {}
+    for name, extra in {"plain": {}, "mask": {"augment": "mask"}, "featured": {"item-features": "category"}}.items():
+        flat = {**featured_flat(catalogue, epochs=1), "item-features": "", **extra}
+        train_centralized(RunConfig.from_flat(flat), tmp_path / name, show_progress=False)
+        runs[name] = tmp_path / name
+    result = compare(runs["plain"], runs["mask"], cold=5, key="augment")
+    assert result["differs-in"] == {"augment": "mask"} and result["all"]["users"] == 120
+    low, high = result["all"]["ndcg_gain_95ci"]
+    assert low <= high
+    assert compare(runs["plain"], runs["featured"], cold=5)["differs-in"] == {"item-features": "category"}
+    with pytest.raises(SystemExit, match=r"differ in augment alone, not in \['augment', 'item-features'\]"):
+        compare(runs["mask"], runs["featured"], cold=5, key="augment")
+    with pytest.raises(SystemExit, match="without item-features"):
+        compare(runs["plain"], runs["mask"], cold=5)
