@@ -96,7 +96,7 @@ def compare(base_dir: Path, featured_dir: Path, cold: int, key: str = "item-feat
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", nargs="+", required=True, help="BASE_RUN:FEATURED_RUN pairs")
     parser.add_argument("--cold", type=int, default=20, help="cold: targets with fewer training interactions")
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument(
         "--differs-in", default="item-features", metavar="KEY", help="the one run-config key each pair differs in"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     pairs = (pair.split(":") for pair in args.pairs)
     results = [compare(Path(b), Path(f), args.cold, args.differs_in) for b, f in pairs]
     Path(args.out).write_text(
@@ -113,7 +113,7 @@ def main() -> None:
     for result in results:
         print(f"{result['base']} vs {result['featured']} ({result['differs-in']})")
         for name, row in result.items():
-            if isinstance(row, dict):
+            if isinstance(row, dict) and "ndcg_gain_95ci" in row:  # a segment of users
                 b, f, ci = row["base"], row["featured"], row["ndcg_gain_95ci"]
                 print(
                     f"  {name:48s} users {row['users']:5d}  NDCG@10 {b['ndcg@10']:.4f} -> {f['ndcg@10']:.4f} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -280,3 +281,8 @@ def test_the_paired_benchmark_compares_runs_that_differ_in_one_key(catalogue, tm
         compare(runs["mask"], runs["featured"], cold=5, key="augment")
     with pytest.raises(SystemExit, match="without item-features"):
         compare(runs["plain"], runs["mask"], cold=5)
+    from simulations.bench_item_features import main
+
+    out = tmp_path / "pairs.json"
+    main(["--pairs", f"{runs['plain']}:{runs['mask']}", "--differs-in", "augment", "--out", str(out)])
+    assert json.loads(out.read_text())["pairs"][0]["all"] == result["all"]
