@@ -316,6 +316,13 @@ class FederationSettings:
         _check(self.round_deadline > 0, "round-deadline", "must be > 0 seconds")
         _check(0.0 <= self.trim_beta < 0.5, "trim-beta", "must be in [0, 0.5)")
         _check(self.assumed_malicious >= 0, "assumed-malicious", "must be >= 0")
+        _check(
+            self.strategy != "bulyan" or self.clients_per_round >= 4 * self.assumed_malicious + 3,
+            "assumed-malicious",
+            f"bulyan with {self.assumed_malicious} assumed malicious needs clients-per-round >= "
+            f"4 x {self.assumed_malicious} + 3 = {4 * self.assumed_malicious + 3} (El Mhamdi et al. 2018); "
+            "lower assumed-malicious or sample more clients",
+        )
         _check(0.0 < self.secagg_shares <= 1.0, "secagg-shares", "must be in (0, 1]")
         _check(0.0 < self.secagg_threshold <= 1.0, "secagg-threshold", "must be in (0, 1]")
         _check(self.secagg_clip_range > 0, "secagg-clip-range", "must be > 0")

@@ -158,3 +158,9 @@ def test_krum_picks_the_update_closest_to_its_neighbours_and_ignores_an_outlier(
 def test_robust_strategies_refuse_server_dp():
     with pytest.raises(ConfigError, match="dp-mode = server"):
         RunConfig.from_flat({"strategy": "krum", "dp-mode": "server"})
+
+
+def test_bulyan_needs_four_times_the_assumed_attackers_plus_three_clients():
+    RunConfig.from_flat({"strategy": "bulyan", "clients-per-round": 11, "assumed-malicious": 2})
+    with pytest.raises(ConfigError, match=r"clients-per-round >= 4 x 2 \+ 3 = 11"):
+        RunConfig.from_flat({"strategy": "bulyan", "clients-per-round": 10, "assumed-malicious": 2})
