@@ -19,6 +19,7 @@ import numpy as np
 from common.config import DataSettings, FederationSettings, RunConfig
 from common.data.load import append_users
 from common.data.sequences import SequenceData
+from common.errors import DataError
 from common.partition import cached_population
 
 FAKE_USER_IDS_FROM = -1_000_000_000  # fake user j has original user ID FAKE_USER_IDS_FROM - j (never a real ID)
@@ -35,7 +36,7 @@ def fake_histories(
         weights = popularity[1:].astype(np.float64).copy()
         weights[target - 1] = 0.0
         if weights.sum() <= 0:
-            raise ValueError("sim-fake-profile = popular needs items with interactions besides the target")
+            raise DataError("sim-fake-profile = popular needs items with interactions besides the target")
         weights /= weights.sum()
     out = []
     for length in lengths:

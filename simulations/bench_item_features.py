@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,4 +123,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import FedSeqRecError
+
+    try:
+        main()
+    except FedSeqRecError as exc:  # a missing or foreign run folder: one line, as the CLI says it
+        print(f"bench_item_features: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

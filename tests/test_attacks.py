@@ -289,7 +289,7 @@ def test_bandwagon_fake_users_draw_their_items_by_popularity():
     assert 0.85 < (others == 3).mean() < 0.95  # 900 : 100
     uniform = np.concatenate([h[0::2] for h in fake_histories(np.array([400, 400]), 40, 7, seed=0)])
     assert len(set(uniform.tolist())) > 30 and 7 not in uniform
-    with pytest.raises(ValueError, match="besides the target"):
+    with pytest.raises(DataError, match="besides the target"):
         fake_histories(np.array([10]), 40, 7, seed=0, popularity=np.eye(41, dtype=np.int64)[7])
 
 
