@@ -110,6 +110,11 @@ class ModelSettings:
     dropout: float = 0.2
     loss: str = _choice("ce", "sampled-softmax")  # full-catalogue cross-entropy, or sampled for huge catalogues
     num_negatives: int = 256  # sampled-softmax negatives per batch
+    # How a batch's token losses are averaged. sequence: per sequence, then over sequences (every
+    # user counts once; what DP-SGD's per-sample clipping needs). token: over all positions of the
+    # batch (the SASRec+ literature's recipe: a heavy user's positions weigh as much as anyone's).
+    # On the cohort engine a batch is one user's window, where the two are the same.
+    loss_reduction: str = _choice("sequence", "token")
 
     def validate(self) -> None:
         _check(1 <= self.emb_dim <= MAX_WIDTH, "emb-dim", f"must be in [1, {MAX_WIDTH:,}]")
@@ -497,6 +502,11 @@ def _cross_check(parts: dict, where: str) -> None:
             "that of a sum of clipped updates, not of a trimmed mean"
         )
     if privacy.dp_mode == "client":
+        if model.loss_reduction != "sequence":
+            raise ConfigError(
+                f"{where}: dp-mode = client needs loss-reduction = sequence (a token mean couples a "
+                "batch's sequences, so no per-sample gradient is one sequence's)"
+            )
         if model.loss != "ce":
             raise ConfigError(
                 f"{where}: dp-mode = client needs loss = ce (sampled-softmax has no per-sample "

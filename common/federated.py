@@ -99,7 +99,12 @@ def local_train(
     optimizer = optimizer_class(
         model.parameters(), lr=config.federation.local_lr, weight_decay=config.train.weight_decay
     )
-    options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives, proximal_mu=proximal_mu)
+    options = StepOptions(
+        loss=config.model.loss,
+        num_negatives=config.model.num_negatives,
+        reduction=config.model.loss_reduction,
+        proximal_mu=proximal_mu,
+    )
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     augmentation = augmentation_for(config, local.num_items)
     losses = []

@@ -1,9 +1,10 @@
 """Next-item training losses.
 
 Full cross-entropy over the catalogue at every position (SASRec+ / "Turning Dross Into Gold",
-Klenitskiy & Vasilev 2023), or sampled softmax for very large catalogues. The loss is a mean
-over each sequence's positions, then a mean over sequences: every sequence is one sample, as
-DP-SGD (Opacus, loss_reduction="mean") requires.
+Klenitskiy & Vasilev 2023), or sampled softmax for very large catalogues. By default the loss is a
+mean over each sequence's positions, then a mean over sequences: every sequence is one sample, as
+DP-SGD (Opacus, loss_reduction="mean") requires. `reduction="token"` averages over all of a
+batch's positions instead (the SASRec+ recipe; without per-sample gradients only).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def next_item_loss(
     loss: str = "ce",
     num_negatives: int = 256,
     per_sample_grads: bool = False,
+    reduction: str = "sequence",
 ) -> torch.Tensor:
     """Mean next-item loss of a batch; inputs/targets (B, T), target 0 = no prediction.
 
@@ -62,4 +64,10 @@ def next_item_loss(
         )  # (M,)
     else:
         raise ValueError(f"unknown loss {loss!r}; choose ce or sampled-softmax")
+    if reduction == "token":
+        if per_sample_grads:
+            raise ValueError("reduction = token couples a batch's sequences; per-sample gradients need sequence")
+        return token_loss.sum() / max(len(token_loss), 1)
+    if reduction != "sequence":
+        raise ValueError(f"unknown reduction {reduction!r}; choose sequence or token")
     return _per_sequence_mean(token_loss, rows, B)

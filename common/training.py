@@ -89,6 +89,7 @@ def window_loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLoa
 class StepOptions:
     loss: str = "ce"
     num_negatives: int = 256
+    reduction: str = "sequence"  # "token": mean over the batch's positions (not with per-sample grads)
     per_sample_grads: bool = False  # True under Opacus
     proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2
 
@@ -118,6 +119,7 @@ def train_epoch(
             targets,
             loss=options.loss,
             num_negatives=options.num_negatives,
+            reduction=options.reduction,
             per_sample_grads=options.per_sample_grads,
         )
         if options.proximal_mu > 0 and global_params is not None:

@@ -63,7 +63,9 @@ def train_centralized(
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     augmentation = augmentation_for(config, data.num_items)
-    options = StepOptions(loss=config.model.loss, num_negatives=config.model.num_negatives)
+    options = StepOptions(
+        loss=config.model.loss, num_negatives=config.model.num_negatives, reduction=config.model.loss_reduction
+    )
     stats = ItemStatistics.from_data(data)  # training statistics the beyond-accuracy metrics use
     eval_kwargs = dict(
         top_k=train.top_k,
