@@ -255,3 +255,25 @@ def test_model_config_rejects_bad_arguments(kwargs, match):
 def test_model_config_rejects_non_positive_heads(num_heads):
     with pytest.raises(ValueError, match="num_heads"):
         ModelConfig(arch="sasrec", num_items=5, emb_dim=8, num_heads=num_heads)
+
+
+def test_token_reduction_weighs_every_position_and_sequence_reduction_every_sequence():
+    model = make_model("sasrec").eval()
+    inputs, targets = batch()
+    with torch.no_grad():
+        logits = model(inputs)
+    valid = targets > 0
+    token_loss = torch.nn.functional.cross_entropy(logits[valid], targets[valid] - 1, reduction="none")
+    per_sequence = [
+        torch.nn.functional.cross_entropy(logits[b][valid[b]], targets[b][valid[b]] - 1) for b in range(len(inputs))
+    ]
+    with torch.no_grad():
+        token = next_item_loss(model, inputs, targets, reduction="token")
+        sequence = next_item_loss(model, inputs, targets, reduction="sequence")
+    torch.testing.assert_close(token, token_loss.mean())
+    torch.testing.assert_close(sequence, torch.stack(per_sequence).mean())
+    assert not torch.isclose(token, sequence)  # windows of 1 to 6 positions: the weights differ
+    with pytest.raises(ValueError, match="per-sample"):
+        next_item_loss(model, inputs, targets, reduction="token", per_sample_grads=True)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        next_item_loss(model, inputs, targets, reduction="median")

@@ -312,3 +312,28 @@ def test_centralized_training_follows_the_lr_schedule(tmp_path, monkeypatch):
         RunConfig.from_flat({"epochs": 4, "lr-warmup-epochs": 4})
     with pytest.raises(ConfigError, match="lr-schedule"):
         RunConfig.from_flat({"lr-schedule": "step"})
+
+
+def test_loss_reduction_token_is_refused_with_client_dp():
+    RunConfig.from_flat({"loss-reduction": "token"})  # fine without client DP
+    with pytest.raises(ConfigError, match="loss-reduction = sequence"):
+        RunConfig.from_flat({"loss-reduction": "token", "dp-mode": "client"})
+
+
+def test_runs_started_together_share_the_preprocessing_cache_without_clobbering(tmp_path):
+    """Two processes preprocessing the same data at once (two benchmarks started together) both finish."""
+    script = (
+        "from common.config import DataSettings\n"
+        "from common.data.load import load_sequence_data\n"
+        "data = load_sequence_data(DataSettings(data='synthetic', synthetic_users=400))\n"
+        "print(data.num_items)\n"
+    )
+    env = {**os.environ, "FEDSEQREC_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in results]
+    assert len({out for out, _ in results}) == 1
+    assert sorted(f.name for f in (tmp_path / "cache" / "preprocessed").iterdir() if "tmp" in f.name) == []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -66,9 +68,13 @@ def load_sequence_data(settings: DataSettings, use_cache: bool = True) -> Sequen
     )
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.stem + ".tmp.npz")
+        # A name of this process's own: runs started together must not rename each other's file.
+        unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = cached.with_name(f"{cached.stem}.{unique}.tmp.npz")
+        report_tmp = cached.with_name(f"{cached.stem}.{unique}.tmp.json")
         data.save(tmp)
-        cached.with_suffix(".json").write_text(json.dumps(data.report))
+        report_tmp.write_text(json.dumps(data.report))
+        report_tmp.replace(cached.with_suffix(".json"))  # the report first: a reader that sees the npz finds it
         tmp.replace(cached)
     return data
 
