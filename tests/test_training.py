@@ -330,7 +330,9 @@ def test_runs_started_together_share_the_preprocessing_cache_without_clobbering(
     )
     env = {**os.environ, "FEDSEQREC_CACHE": str(tmp_path / "cache")}
     procs = [
-        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(4)
     ]
     results = [p.communicate(timeout=120) for p in procs]
