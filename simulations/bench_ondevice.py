@@ -208,6 +208,31 @@ def bench(run_dir: Path, export_dir: Path, data_dir: str | None, calls: int, use
     return result
 
 
+def bench_export(export_dir: Path, data: str, data_dir: str | None, calls: int) -> dict:
+    """Latency and memory of an existing export folder (a single model or an ensemble graph) on
+    the test histories of `data`: no export, no agreement check (export itself checks ONNX
+    against PyTorch)."""
+    from common.config import DataSettings
+    from common.data.load import load_sequence_data
+
+    metadata = json.loads((export_dir / "metadata.json").read_text())
+    loaded = load_sequence_data(DataSettings(data=data, data_dir=data_dir or ""))
+    histories, _ = loaded.test_cases()
+    originals = [loaded.item_ids[h] for h in histories]
+    with tempfile.TemporaryDirectory() as tmp:
+        latency_histories = Path(tmp) / "histories.npz"
+        _write_latency_histories(latency_histories, originals)
+        runner = _run_worker(export_dir / "model.onnx", latency_histories, calls)
+    return {
+        "export_dir": str(export_dir),
+        "arch": metadata["arch"],
+        "members": metadata.get("members"),
+        "max_len": metadata["max_len"],
+        "sizes_bytes": {p.name: p.stat().st_size for p in sorted(export_dir.iterdir()) if p.is_file()},
+        "model.onnx": {"runner": runner},
+    }
+
+
 def _cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -224,17 +249,24 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="overrides the run's data-dir")
     parser.add_argument("--calls", type=int, default=2000, help="timed recommend() calls per history set")
     parser.add_argument("--users", type=int, default=0, help="first N test users only (0 = all)")
+    parser.add_argument(
+        "--latency-of", metavar="EXPORT_DIR", help="time an existing export (e.g. an ensemble) instead of exporting"
+    )
+    parser.add_argument("--data", default="ml-1m", help="with --latency-of: the dataset whose test histories to use")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: torch-free latency/memory worker
     parser.add_argument("--histories", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.histories, args.calls)))
         return
-    if not args.run_dir:
-        parser.error("RUN_DIR is required")
-    run_dir = Path(args.run_dir)
-    export_dir = Path(args.export_dir) if args.export_dir else Path("runs/ondevice") / run_dir.resolve().name
-    result = bench(run_dir, export_dir, args.data_dir, args.calls, args.users)
+    if args.latency_of:
+        result = bench_export(Path(args.latency_of), args.data, args.data_dir, args.calls)
+    elif not args.run_dir:
+        parser.error("RUN_DIR (or --latency-of EXPORT_DIR) is required")
+    else:
+        run_dir = Path(args.run_dir)
+        export_dir = Path(args.export_dir) if args.export_dir else Path("runs/ondevice") / run_dir.resolve().name
+        result = bench(run_dir, export_dir, args.data_dir, args.calls, args.users)
     result["machine"] = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
