@@ -108,6 +108,9 @@ class ModelSettings:
     num_layers: int = 2  # Transformer blocks or stacked RNN layers
     num_heads: int = 1
     dropout: float = 0.2
+    # SASRec position ids: recency (the newest item at the last position) or absolute (counted from
+    # the window's first item, as in SASRec+ / Klenitskiy & Vasilev 2023). LSTM/GRU have none.
+    positions: str = _choice("recency", "absolute")
     loss: str = _choice("ce", "sampled-softmax")  # full-catalogue cross-entropy, or sampled for huge catalogues
     num_negatives: int = 256  # sampled-softmax negatives per batch
     # How a batch's token losses are averaged. sequence: per sequence, then over sequences (every
@@ -128,6 +131,11 @@ class ModelSettings:
         )
         _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         _check(self.num_negatives >= 1, "num-negatives", "must be >= 1")
+        _check(
+            self.positions == "recency" or self.model == "sasrec",
+            "positions",
+            f"= absolute is a SASRec setting; model = {self.model} has no position ids",
+        )
 
 
 @dataclass(frozen=True)

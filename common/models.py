@@ -38,6 +38,10 @@ class ModelConfig:
     num_layers: int = 2  # Transformer blocks / stacked RNN layers
     num_heads: int = 1
     dropout: float = 0.2
+    # SASRec position ids: "recency" counts back from the newest item (it always sits at max_len - 1);
+    # "absolute" counts forward from the window's first item, as a right-padded SASRec does
+    # (Klenitskiy & Vasilev 2023): a position then also says how far into the history it is.
+    positions: str = "recency"
     num_features: int = 0  # side-feature vocabulary size V (ids 1..V, 0 = none); 0 = no side features
     feature_slots: int = 0  # most features one item has (columns of the feature_index buffer)
 
@@ -46,6 +50,8 @@ class ModelConfig:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}")
         if self.num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        if self.positions not in ("recency", "absolute"):
+            raise ValueError(f"positions must be recency or absolute, got {self.positions!r}")
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {self.num_heads}")
         if not 0 <= self.item_rank < self.emb_dim:
@@ -301,17 +307,25 @@ class SASRec(SequenceRecommender):
         self.ln_out = nn.LayerNorm(config.emb_dim)
         self._init_weights()
 
+    def position_ids(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-padded items -> (B, T) rows of the position table."""
+        B, T = items.shape
+        if self.config.positions == "absolute":
+            # 0 at the window's first item, counting on through masked (0) items inside it.
+            started = (items > 0).long().cumsum(1) > 0  # (B, T)
+            return (started.long().cumsum(1) - 1).clamp(min=0)
+        # Right-aligned positions: the most recent item always sits at max_len - 1.
+        positions = torch.arange(self.config.max_len - T, self.config.max_len, device=items.device)
+        return positions.unsqueeze(0).repeat(B, 1)  # a real tensor, as Opacus needs
+
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         B, T = items.shape
         if T > self.config.max_len:
             raise ValueError(f"input length {T} exceeds max_len {self.config.max_len}; keep the last items")
         items = items.contiguous()
-        # Right-aligned positions: the most recent item always sits at max_len - 1.
-        positions = torch.arange(self.config.max_len - T, self.config.max_len, device=items.device)
-        positions = positions.unsqueeze(0).repeat(B, 1)  # (B, T): a real tensor, as Opacus needs
-        x = self.embed_items(items) * math.sqrt(self.config.emb_dim) + self.pos_emb(positions)  # (B, T, D)
-        x = self.dropout(x)
         valid = items > 0  # (B, T)
+        x = self.embed_items(items) * math.sqrt(self.config.emb_dim) + self.pos_emb(self.position_ids(items))
+        x = self.dropout(x)
         causal = torch.ones(T, T, dtype=torch.bool, device=items.device).tril()  # (T, T)
         eye = torch.eye(T, dtype=torch.bool, device=items.device)
         # Attend to earlier real items; every position also sees itself so no row is empty.

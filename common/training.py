@@ -50,6 +50,7 @@ def model_config(
         num_layers=settings.num_layers,
         num_heads=settings.num_heads,
         dropout=settings.dropout,
+        positions=settings.positions,
         num_features=num_features,
         feature_slots=feature_slots,
     )

@@ -32,7 +32,18 @@ def step_times(
 ) -> float:
     """Median seconds per optimiser step (after one warm-up step)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch, items, max_len, 64, 128, 2 if arch == "sasrec" else 1, 1, 0.1))
+    model = build_model(
+        ModelConfig(
+            arch,
+            items,
+            max_len,
+            emb_dim=64,
+            hidden_dim=128,
+            num_layers=2 if arch == "sasrec" else 1,
+            num_heads=1,
+            dropout=0.1,
+        )
+    )
     x = torch.randint(1, items + 1, (batch * steps, max_len))
     y = torch.randint(1, items + 1, (batch * steps, max_len))
     loader = DataLoader(TensorDataset(x, y), batch_size=batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -277,3 +278,25 @@ def test_token_reduction_weighs_every_position_and_sequence_reduction_every_sequ
         next_item_loss(model, inputs, targets, reduction="token", per_sample_grads=True)
     with pytest.raises(ValueError, match="unknown reduction"):
         next_item_loss(model, inputs, targets, reduction="median")
+
+
+def test_absolute_positions_count_from_the_window_start_whatever_the_padding():
+    torch.manual_seed(0)
+    config = ModelConfig(arch="sasrec", num_items=NUM_ITEMS, max_len=MAX_LEN, emb_dim=8, num_heads=2, dropout=0.0)
+    absolute = build_model(dataclasses.replace(config, positions="absolute")).eval()
+    recency = build_model(config).eval()
+    recency.load_arrays(absolute.arrays())  # the same weights: only the position ids differ
+    short = torch.tensor([[0, 0, 0, 3, 5, 7]])  # three items, left-padded
+    shorter_window = torch.tensor([[3, 5, 7]])
+    with torch.no_grad():
+        padded, unpadded = absolute.encode(short)[:, -3:], absolute.encode(shorter_window)
+        torch.testing.assert_close(padded, unpadded)  # item 3 is position 0 either way
+        # recency ids: the newest item sits at max_len - 1 either way, so item 3 is position 3 ...
+        torch.testing.assert_close(recency.encode(short)[:, -3:], recency.encode(shorter_window))
+        assert not torch.allclose(absolute.encode(short)[:, -3:], recency.encode(short)[:, -3:])  # ... not 0
+    masked = torch.tensor([[0, 0, 3, 0, 5, 7]])  # an augmentation-masked item inside the window still counts
+    assert absolute.position_ids(masked).tolist() == [[0, 0, 0, 1, 2, 3]]
+    assert recency.position_ids(masked).tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert recency.position_ids(shorter_window).tolist() == [[3, 4, 5]]
+    with pytest.raises(ValueError, match="positions"):
+        ModelConfig(arch="sasrec", num_items=NUM_ITEMS, positions="relative")

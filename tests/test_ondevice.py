@@ -29,7 +29,7 @@ ITEM_IDS = np.concatenate([[-1], 1000 + 7 * np.arange(NUM_ITEMS)])  # non-contig
 COUNTS = np.concatenate([[0], np.arange(NUM_ITEMS) % 13])  # popularity with ties
 
 
-def random_model(arch: str):
+def random_model(arch: str, positions: str = "recency"):
     """Larger random weights than the init: logits spread out, so top-K lists are not decided by noise."""
     torch.manual_seed(0)
     model = build_model(
@@ -41,6 +41,7 @@ def random_model(arch: str):
             hidden_dim=16,
             num_layers=2,
             num_heads=2 if arch == "sasrec" else 1,
+            positions=positions,
         )
     )
     with torch.no_grad():
@@ -54,10 +55,11 @@ def random_model(arch: str):
 def exported(tmp_path_factory):
     """arch -> (PyTorch model, export dir), each exported once with int8."""
     out = {}
-    for arch in ARCHS:
+    for arch in (*ARCHS, "sasrec-absolute"):
         root = tmp_path_factory.mktemp(arch)
-        model = random_model(arch)
-        save_model(root / "run" / "model.pt", model, ITEM_IDS, run_config={"model": arch}, best_epoch=3)
+        model = random_model("sasrec", "absolute") if arch == "sasrec-absolute" else random_model(arch)
+        run_config = {"model": "sasrec", "positions": "absolute"} if arch == "sasrec-absolute" else {"model": arch}
+        save_model(root / "run" / "model.pt", model, ITEM_IDS, run_config=run_config, best_epoch=3)
         export_run(root / "run", root / "export", int8=True, item_counts=COUNTS)
         out[arch] = (model, root / "export")
     return out
@@ -94,7 +96,7 @@ def test_export_writes_model_mapping_and_metadata(exported, arch):
     assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", (*ARCHS, "sasrec-absolute"))
 def test_runner_top_k_equals_pytorch(exported, arch):
     model, out = exported[arch]
     runner = OnDeviceRecommender.load(out / "model.onnx")

@@ -339,3 +339,9 @@ def test_runs_started_together_share_the_preprocessing_cache_without_clobbering(
     assert [p.returncode for p in procs] == [0] * 4, [err for _, err in results]
     assert len({out for out, _ in results}) == 1
     assert sorted(f.name for f in (tmp_path / "cache" / "preprocessed").iterdir() if "tmp" in f.name) == []
+
+
+def test_absolute_positions_are_a_sasrec_setting():
+    RunConfig.from_flat({"model": "sasrec", "positions": "absolute"})
+    with pytest.raises(ConfigError, match="positions"):
+        RunConfig.from_flat({"model": "gru", "positions": "absolute"})
