@@ -111,6 +111,9 @@ class ModelSettings:
     # SASRec position ids: recency (the newest item at the last position) or absolute (counted from
     # the window's first item, as in SASRec+ / Klenitskiy & Vasilev 2023). LSTM/GRU have none.
     positions: str = _choice("recency", "absolute")
+    # SASRec block: pre-ln (GPT-2 style) or original (Kang & McAuley's, as in SASRec+: post-LN-like,
+    # a ReLU feed-forward of width emb-dim). LSTM/GRU have none.
+    sasrec_block: str = _choice("pre-ln", "original")
     loss: str = _choice("ce", "sampled-softmax")  # full-catalogue cross-entropy, or sampled for huge catalogues
     num_negatives: int = 256  # sampled-softmax negatives per batch
     # How a batch's token losses are averaged. sequence: per sequence, then over sequences (every
@@ -135,6 +138,11 @@ class ModelSettings:
             self.positions == "recency" or self.model == "sasrec",
             "positions",
             f"= absolute is a SASRec setting; model = {self.model} has no position ids",
+        )
+        _check(
+            self.sasrec_block == "pre-ln" or self.model == "sasrec",
+            "sasrec-block",
+            f"is a SASRec setting; model = {self.model} has no Transformer blocks",
         )
 
 

@@ -27,7 +27,7 @@ from opacus.layers import DPGRU, DPLSTM
 
 from common.checkpoint import load_model
 from common.errors import DataError, FedSeqRecError
-from common.models import SASRec, SequenceRecommender
+from common.models import Block, SASRec, SequenceRecommender
 from common.outputs import check_output_dir, staged_output
 
 FORMAT = "fedseqrec-ondevice/1"
@@ -106,7 +106,7 @@ def exportable(model: SequenceRecommender) -> SequenceRecommender:
         )
         plain.load_state_dict(rnn.state_dict())
         twin.rnn = plain.eval()
-    if isinstance(twin, SASRec):
+    if isinstance(twin, SASRec) and isinstance(twin.blocks[-1], Block):  # the original block exports whole
         twin.blocks[-1] = LastPositionBlock(twin.blocks[-1])
     return twin
 

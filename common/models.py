@@ -42,6 +42,9 @@ class ModelConfig:
     # "absolute" counts forward from the window's first item, as a right-padded SASRec does
     # (Klenitskiy & Vasilev 2023): a position then also says how far into the history it is.
     positions: str = "recency"
+    # SASRec block: "pre-ln" (GPT-2 style, 4x GELU feed-forward) or "original" (Kang & McAuley's,
+    # as the SASRec+ code has it: see OriginalBlock).
+    block: str = "pre-ln"
     num_features: int = 0  # side-feature vocabulary size V (ids 1..V, 0 = none); 0 = no side features
     feature_slots: int = 0  # most features one item has (columns of the feature_index buffer)
 
@@ -52,6 +55,8 @@ class ModelConfig:
             raise ValueError(f"num_items must be >= 1, got {self.num_items}")
         if self.positions not in ("recency", "absolute"):
             raise ValueError(f"positions must be recency or absolute, got {self.positions!r}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {self.num_heads}")
         if not 0 <= self.item_rank < self.emb_dim:
@@ -296,6 +301,38 @@ class Block(nn.Module):
         return x + self.ff(self.ln_ff(x))
 
 
+class OriginalBlock(nn.Module):
+    """The original SASRec block (Kang & McAuley 2018, as the SASRec+ code of Klenitskiy & Vasilev
+    2023 has it): queries from the layer-normed stream, keys and values from the stream itself, the
+    residual from the normed queries; then the stream is normed again and a ReLU feed-forward of
+    width D adds to it. Every block thus hands on a freshly normed stream (post-LN-like)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.emb_dim
+        self.num_heads, self.attn_dropout = config.num_heads, config.dropout
+        self.ln_attn = nn.LayerNorm(D, eps=1e-8)
+        self.q, self.kv, self.proj = nn.Linear(D, D), nn.Linear(D, 2 * D), nn.Linear(D, D)
+        self.ln_ff = nn.LayerNorm(D, eps=1e-8)
+        self.up, self.down = nn.Linear(D, D), nn.Linear(D, D)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        nh, hs = self.num_heads, D // self.num_heads
+        h = self.ln_attn(x)  # (B, T, D)
+        q = self.q(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (part.view(B, T, nh, hs).transpose(1, 2) for part in self.kv(x).split(D, dim=2))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        x = self.ln_ff(h + self.proj(y.transpose(1, 2).reshape(B, T, D)))  # (B, T, D)
+        return x + self.dropout(self.down(self.dropout(F.relu(self.up(x)))))
+
+
+BLOCKS = {"pre-ln": Block, "original": OriginalBlock}
+
+
 class SASRec(SequenceRecommender):
     """Causal self-attention over items with learned positions (Kang & McAuley 2018)."""
 
@@ -303,7 +340,7 @@ class SASRec(SequenceRecommender):
         super().__init__(config)
         self.pos_emb = nn.Embedding(config.max_len, config.emb_dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(BLOCKS[config.block](config) for _ in range(config.num_layers))
         self.ln_out = nn.LayerNorm(config.emb_dim)
         self._init_weights()
 

@@ -51,6 +51,7 @@ def model_config(
         num_heads=settings.num_heads,
         dropout=settings.dropout,
         positions=settings.positions,
+        block=settings.sasrec_block,
         num_features=num_features,
         feature_slots=feature_slots,
     )
