@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,12 +24,12 @@ SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=
 pytestmark = pytest.mark.usefixtures("cache_env")
 
 
-def _one_by_one(model, inputs, targets, recipe: LocalRecipe) -> dict[str, torch.Tensor]:
+def _one_by_one(model, inputs, targets, recipe: LocalRecipe, config: ModelConfig = SMALL) -> dict[str, torch.Tensor]:
     """Each user in its own model with torch's optimisers: what each device computes."""
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
     total = {k: torch.zeros_like(v) for k, v in start.items()}
     for x, y in zip(inputs, targets):
-        device = build_model(SMALL)
+        device = build_model(config)
         device.load_state_dict(model.state_dict())
         optimizer = (
             torch.optim.SGD(device.parameters(), lr=recipe.lr)
@@ -88,6 +89,21 @@ def test_cohort_update_equals_training_each_user_in_its_own_model(recipe):
         assert result.clipped == 6
         norms = torch.sqrt(sum((v**2).sum() for v in result.update_sum.values()))
         assert norms <= 6 * recipe.clip * (1 + 1e-5)
+
+
+def test_cohort_update_of_the_original_sasrec_block_equals_training_each_user_alone():
+    config = dataclasses.replace(SMALL, block="original", positions="absolute", num_layers=2)
+    torch.manual_seed(0)
+    model = build_model(config)
+    inputs, targets = torch.randint(0, 41, (5, 1, 12)), torch.randint(1, 41, (5, 1, 12))
+    targets[:, :, :4] = 0
+    recipe = LocalRecipe(2, "sgd", 0.5)
+    result = cohort_update(model, inputs, targets, recipe)
+    expected = _one_by_one(model, inputs, targets, recipe, config)
+    scale = max(float(v.abs().max()) for v in expected.values())
+    assert {k for k in expected if ".q." in k or ".kv." in k}  # the original block's own weights are there
+    for key in expected:
+        assert torch.allclose(result.update_sum[key], expected[key], atol=1e-4 * scale, rtol=1e-4), key
 
 
 def test_chunks_spread_over_nodes_give_the_same_aggregate():

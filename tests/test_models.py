@@ -18,14 +18,18 @@ from common.models import ModelConfig, build_model
 from common.privacy import grad_samplers  # noqa: F401  (the models' Opacus per-sample-gradient rules)
 from common.training import StepOptions, train_epoch
 
-ARCHS = ["sasrec", "gru", "lstm"]
+# "sasrec-original": SASRec with the original block and absolute positions (the SASRec+ recipe)
+ARCHS = ["sasrec", "sasrec-original", "gru", "lstm"]
 NUM_ITEMS, MAX_LEN = 12, 6
 
 
 def make_model(arch: str, seed: int = 0, dropout: float = 0.0, item_rank: int = 0):
     torch.manual_seed(seed)
+    original = arch == "sasrec-original"
     config = ModelConfig(
-        arch=arch,
+        arch="sasrec" if original else arch,
+        block="original" if original else "pre-ln",
+        positions="absolute" if original else "recency",
         num_items=NUM_ITEMS,
         max_len=MAX_LEN,
         emb_dim=8,
@@ -180,8 +184,9 @@ def test_dp_clipping_bounds_each_per_sample_gradient(arch):
         torch.testing.assert_close(p.summed_grad, expected, rtol=1e-4, atol=1e-9)
 
 
-def test_sasrec_is_causal():
-    model = make_model("sasrec").eval()
+@pytest.mark.parametrize("arch", ["sasrec", "sasrec-original"])
+def test_sasrec_is_causal(arch):
+    model = make_model(arch).eval()
     items = torch.tensor([[1, 2, 3, 4, 5, 6]])
     changed = items.clone()
     changed[0, 4] = 9
@@ -190,8 +195,9 @@ def test_sasrec_is_causal():
     assert (a[:, 4:] - b[:, 4:]).abs().amax(dim=-1).min() > 1e-4  # positions 4 and 5 see the change
 
 
-def test_sasrec_left_padding_does_not_change_real_positions():
-    model = make_model("sasrec").eval()
+@pytest.mark.parametrize("arch", ["sasrec", "sasrec-original"])
+def test_sasrec_left_padding_does_not_change_real_positions(arch):
+    model = make_model(arch).eval()
     unpadded = model.encode(torch.tensor([[3, 5, 7]]))  # (1, 3, D)
     padded = model.encode(torch.tensor([[0, 0, 0, 3, 5, 7]]))  # (1, 6, D)
     torch.testing.assert_close(padded[:, -1], unpadded[:, -1], rtol=1e-5, atol=1e-5)

@@ -29,7 +29,7 @@ ITEM_IDS = np.concatenate([[-1], 1000 + 7 * np.arange(NUM_ITEMS)])  # non-contig
 COUNTS = np.concatenate([[0], np.arange(NUM_ITEMS) % 13])  # popularity with ties
 
 
-def random_model(arch: str, positions: str = "recency"):
+def random_model(arch: str, positions: str = "recency", block: str = "pre-ln"):
     """Larger random weights than the init: logits spread out, so top-K lists are not decided by noise."""
     torch.manual_seed(0)
     model = build_model(
@@ -42,6 +42,7 @@ def random_model(arch: str, positions: str = "recency"):
             num_layers=2,
             num_heads=2 if arch == "sasrec" else 1,
             positions=positions,
+            block=block,
         )
     )
     with torch.no_grad():
@@ -55,10 +56,11 @@ def random_model(arch: str, positions: str = "recency"):
 def exported(tmp_path_factory):
     """arch -> (PyTorch model, export dir), each exported once with int8."""
     out = {}
-    for arch in (*ARCHS, "sasrec-absolute"):
+    for arch in (*ARCHS, "sasrec-original"):
         root = tmp_path_factory.mktemp(arch)
-        model = random_model("sasrec", "absolute") if arch == "sasrec-absolute" else random_model(arch)
-        run_config = {"model": "sasrec", "positions": "absolute"} if arch == "sasrec-absolute" else {"model": arch}
+        original = {"model": "sasrec", "positions": "absolute", "sasrec-block": "original"}  # SASRec+
+        model = random_model("sasrec", "absolute", "original") if arch == "sasrec-original" else random_model(arch)
+        run_config = original if arch == "sasrec-original" else {"model": arch}
         save_model(root / "run" / "model.pt", model, ITEM_IDS, run_config=run_config, best_epoch=3)
         export_run(root / "run", root / "export", int8=True, item_counts=COUNTS)
         out[arch] = (model, root / "export")
@@ -96,7 +98,7 @@ def test_export_writes_model_mapping_and_metadata(exported, arch):
     assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
 
 
-@pytest.mark.parametrize("arch", (*ARCHS, "sasrec-absolute"))
+@pytest.mark.parametrize("arch", (*ARCHS, "sasrec-original"))
 def test_runner_top_k_equals_pytorch(exported, arch):
     model, out = exported[arch]
     runner = OnDeviceRecommender.load(out / "model.onnx")

@@ -345,3 +345,9 @@ def test_absolute_positions_are_a_sasrec_setting():
     RunConfig.from_flat({"model": "sasrec", "positions": "absolute"})
     with pytest.raises(ConfigError, match="positions"):
         RunConfig.from_flat({"model": "gru", "positions": "absolute"})
+
+
+def test_the_original_sasrec_block_is_a_sasrec_setting():
+    RunConfig.from_flat({"model": "sasrec", "sasrec-block": "original"})
+    with pytest.raises(ConfigError, match="sasrec-block"):
+        RunConfig.from_flat({"model": "lstm", "sasrec-block": "original"})
