@@ -27,7 +27,7 @@ from common.training import model_for
 from common.user_groups import user_groups_for
 from common.warm_start import warm_start
 from server.cohort import CohortPlan, federated_evaluate
-from server.loop import discover_clients, run_rounds
+from server.loop import NODE_WAIT_SECONDS, discover_clients, run_rounds
 from server.privacy import PrivacyTracker
 from server.privacy_report import write_privacy_report
 from server.reports import write_reports
@@ -164,10 +164,10 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
     identify_started = time.perf_counter()
-    keys, hosts = discover_clients(grid, timeout=3600.0)
+    keys, hosts = discover_clients(grid, timeout=3600.0, wait=NODE_WAIT_SECONDS)
     identify_seconds = time.perf_counter() - identify_started
     if not keys and not hosts:
-        raise RuntimeError("no client identified itself; check the SuperNodes' logs")
+        raise RuntimeError(f"no client identified itself within {NODE_WAIT_SECONDS:.0f} s; check the SuperNodes' logs")
     plan = None
     if config.federation.cohort_engine or config.federation.federated_evaluation:
         # simulated devices: the partition's one-user clients, and a simulated promotion attack's fake

@@ -44,10 +44,26 @@ class SampledGrid:
         return getattr(self._grid, name)
 
 
-def discover_clients(grid: Grid, timeout: float) -> tuple[dict[int, int], list[int]]:
+NODE_WAIT_SECONDS = 120.0  # how long a ServerApp waits for its first SuperNode before giving up
+
+
+def connected_nodes(grid: Grid, wait: float = NODE_WAIT_SECONDS, poll: float = 0.5) -> list[int]:
+    """The grid's node ids, waiting up to `wait` seconds for the first: the ServerApp can start
+    before its SuperNodes have registered (Flower's in-process simulation starts both at once;
+    a deployment's SuperNodes may connect after the run is submitted)."""
+    deadline = time.monotonic() + wait
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        if node_ids or time.monotonic() >= deadline:
+            return node_ids
+        time.sleep(poll)
+
+
+def discover_clients(grid: Grid, timeout: float, wait: float = 0.0) -> tuple[dict[int, int], list[int]]:
     """(client-key -> node id, node ids that host simulated devices), asked once per run: sampling
-    by identity makes runs reproducible and resumable even though node ids change between runs."""
-    node_ids = sorted(grid.get_node_ids())
+    by identity makes runs reproducible and resumable even though node ids change between runs.
+    `wait`: seconds to wait for the first node (at the start of a run)."""
+    node_ids = connected_nodes(grid, wait)
     messages = [
         Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=node)
         for node in node_ids

@@ -245,3 +245,36 @@ def test_a_ledger_killed_mid_save_is_whole_and_never_loses_a_recorded_spend(tmp_
     # A kill mid-write can leave a temporary file behind; it is never what a load reads.
     assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".privacy_ledger.json.tmp")} == {path.name}
     assert PrivacyLedger.load(path, "rdp").epsilon(1e-5) > 0
+
+
+# --- a ServerApp that starts before its SuperNodes ---------------------------------------------------
+
+
+class LateNodesGrid(PlusOneGrid):
+    """No node for the first `late` asks (Flower's in-process simulation registers them a moment
+    after the ServerApp starts); then two, each answering the identity query with its key."""
+
+    def __init__(self, late: int):
+        self.late, self.asked = late, 0
+
+    def get_node_ids(self):
+        self.asked += 1
+        return [] if self.asked <= self.late else [1, 2]
+
+    def send_and_receive(self, messages, timeout=None):
+        return [
+            Message(
+                content=RecordDict({"metrics": MetricRecord({"client-key": 10 + m.metadata.dst_node_id})}), reply_to=m
+            )
+            for m in messages
+        ]
+
+
+def test_client_discovery_waits_for_nodes_that_register_after_the_serverapp_starts():
+    from server.loop import discover_clients
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    keys, hosts = discover_clients(LateNodesGrid(late=3), timeout=5.0, wait=30.0)
+    assert keys == {11: 1, 12: 2} and hosts == []
+    keys, _ = discover_clients(LateNodesGrid(late=3), timeout=5.0)  # no wait (mid-run): nobody yet
+    assert keys == {}
