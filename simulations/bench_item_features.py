@@ -72,13 +72,14 @@ def compare(base_dir: Path, featured_dir: Path, cold: int, key: str = "item-feat
     base, targets, data, base_config = ranks_on_test(base_dir)
     featured, featured_targets, _, featured_config = ranks_on_test(featured_dir)
     assert np.array_equal(targets, featured_targets)
-    if key == "item-features" and (base_config.data.item_features or not featured_config.data.item_features):
+    keys = sorted(key.split(","))  # "server-lr,local-lr": runs that differ in exactly these keys
+    if keys == ["item-features"] and (base_config.data.item_features or not featured_config.data.item_features):
         raise SystemExit(
             f"pair {base_dir}:{featured_dir}: the first run must be without item-features, the second with"
         )
     first, second = ({**c.to_flat(), "out-dir": ""} for c in (base_config, featured_config))
     differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
-    if differ != [key]:
+    if differ != keys:
         raise SystemExit(f"pair {base_dir}:{featured_dir}: the runs must differ in {key} alone, not in {differ}")
     rows = {}
     for name, mask in segments(data.item_counts(), targets, cold).items():
@@ -91,7 +92,7 @@ def compare(base_dir: Path, featured_dir: Path, cold: int, key: str = "item-feat
     return {
         "base": str(base_dir),
         "featured": str(featured_dir),
-        "differs-in": {key: second[key]},
+        "differs-in": {k: second[k] for k in keys},
         "features": featured_config.data.item_features,
         **rows,
     }
@@ -103,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold", type=int, default=20, help="cold: targets with fewer training interactions")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.add_argument(
-        "--differs-in", default="item-features", metavar="KEY", help="the one run-config key each pair differs in"
+        "--differs-in",
+        default="item-features",
+        metavar="KEY",
+        help="the run-config key(s) each pair differs in, comma-separated",
     )
     args = parser.parse_args(argv)
     pairs = (pair.split(":") for pair in args.pairs)

@@ -279,6 +279,8 @@ def test_the_paired_benchmark_compares_runs_that_differ_in_one_key(catalogue, tm
     assert compare(runs["plain"], runs["featured"], cold=5)["differs-in"] == {"item-features": "category"}
     with pytest.raises(SystemExit, match=r"differ in augment alone, not in \['augment', 'item-features'\]"):
         compare(runs["mask"], runs["featured"], cold=5, key="augment")
+    both = compare(runs["mask"], runs["featured"], cold=5, key="item-features,augment")  # several keys at once
+    assert both["differs-in"] == {"augment": "", "item-features": "category"}
     with pytest.raises(SystemExit, match="without item-features"):
         compare(runs["plain"], runs["mask"], cold=5)
     from simulations.bench_item_features import main
