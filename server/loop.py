@@ -47,7 +47,7 @@ class SampledGrid:
 NODE_WAIT_SECONDS = 120.0  # how long a ServerApp waits for its first SuperNode before giving up
 
 
-def connected_nodes(grid: Grid, wait: float = NODE_WAIT_SECONDS, poll: float = 0.5) -> list[int]:
+def connected_nodes(grid: Grid, wait: float, poll: float = 0.5) -> list[int]:
     """The grid's node ids, waiting up to `wait` seconds for the first: the ServerApp can start
     before its SuperNodes have registered (Flower's in-process simulation starts both at once;
     a deployment's SuperNodes may connect after the run is submitted)."""

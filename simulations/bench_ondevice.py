@@ -260,6 +260,8 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.histories, args.calls)))
         return
     if args.latency_of:
+        if not (Path(args.latency_of) / "model.onnx").is_file():
+            parser.error(f"--latency-of {args.latency_of}: no model.onnx there; pass a folder `fedseqrec export` wrote")
         result = bench_export(Path(args.latency_of), args.data, args.data_dir, args.calls)
     elif not args.run_dir:
         parser.error("RUN_DIR (or --latency-of EXPORT_DIR) is required")
