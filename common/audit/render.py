@@ -116,6 +116,16 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if "dp_bound" in mia:
             lines.append(f"\nDP bound on TPR: {mia['dp_bound']['tpr_at_fpr']} (roc.png)")
+            lines.append(
+                "\nWhat decides pass or fail is the epsilon each attack proves at 95% over all its thresholds "
+                "(Clopper-Pearson on both rates, Bonferroni), not the bootstrap columns above: "
+                + ", ".join(
+                    f"{name} **{a['epsilon_lower_bound']['epsilon']:.3f}**"
+                    for name, a in mia["attacks"].items()
+                    if "epsilon_lower_bound" in a
+                )
+                + f" vs claimed {mia['dp_bound']['epsilon']:.3f}."
+            )
     can = report["canaries"]
     lines += ["", "## 3. Canaries", ""]
     if "skipped" in can:
@@ -166,6 +176,10 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             "  membership AUC: " + ", ".join(f"{k} {a['auc']['value']:.3f}" for k, a in mia["attacks"].items())
         )
+        attacks = mia["attacks"].items()
+        proven = {k: a["epsilon_lower_bound"]["epsilon"] for k, a in attacks if "epsilon_lower_bound" in a}
+        if proven:
+            lines.append("  membership epsilon >= (95%): " + ", ".join(f"{k} {v:.3f}" for k, v in proven.items()))
     can = report["canaries"]
     if "epsilon_lower_bound" in can:
         lines.append(

@@ -13,7 +13,7 @@ import numpy as np
 
 from common.audit.accounting import audit_client_ledgers, audit_ftrl_trees, audit_server_events
 from common.audit.canaries import audit_canaries, exposure
-from common.audit.membership import FPR_POINTS, membership_inference, sequence_scores
+from common.audit.membership import membership_inference, sequence_scores
 from common.audit.messages import AUDIT_DIR, audit_messages
 from common.audit.render import write_audit_files
 from common.audit.update_leakage import update_leakage
@@ -134,15 +134,15 @@ def membership_section(model, config: RunConfig, data, partition, privacy, users
     result["failures"] = []
     if applies:
         for name, attack in result["attacks"].items():
-            for f in FPR_POINTS:
-                low = attack[f"tpr_at_{f:g}_fpr"]["ci95"][0]
-                bound = result["dp_bound"]["tpr_at_fpr"][f"{f:g}"]
-                if low > bound:
-                    result["failures"].append(
-                        f"membership ({name}): TPR at {f:g} FPR is at least {low:.4f} "
-                        f"(95% CI) but ({privacy['epsilon']:.3g}, {privacy['delta']:.2g})-DP "
-                        f"allows at most {bound:.4f}"
-                    )
+            found = attack["epsilon_lower_bound"]
+            if found["epsilon"] > privacy["epsilon"]:
+                at = found["at"]
+                result["failures"].append(
+                    f"membership ({name}): epsilon >= {found['epsilon']:.3f} at 95% over "
+                    f"{found['thresholds']} thresholds ({at['true_positives']}/{result['members']} members "
+                    f"and {at['false_positives']}/{result['nonmembers']} non-members flagged) but the run "
+                    f"claims ({privacy['epsilon']:.3g}, {privacy['delta']:.2g})-DP"
+                )
     return result
 
 
