@@ -25,6 +25,7 @@ from common.config import RunConfig
 from common.errors import CheckpointError
 from common.federated import client_seed
 from common.privacy import randomness
+from common.stop_request import take_stop_request
 from server.reply_checks import reply_problem
 from server.run_state import RunState
 from server.secure_aggregation import secure_mean
@@ -299,6 +300,11 @@ def run_rounds(
     reproducible = config.privacy.dp_mode != "server" or config.privacy.reproducible_dp_noise
     progress = Progress(fed.num_server_rounds, state.round, state.best.get("metric"))
     for server_round in range(state.round + 1, fed.num_server_rounds + 1):
+        requested = take_stop_request(run_dir)
+        if requested is not None:
+            log(INFO, "fedseqrec: stopping before round %s: stop requested (%s)", server_round, requested)
+            state.stopped_early = f"stop requested before round {server_round}: {requested}"
+            break
         if privacy is not None and not privacy.allows(server_round):
             log(INFO, "fedseqrec: stopping before round %s: it would exceed max-epsilon", server_round)
             state.stopped_early = f"max-epsilon reached before round {server_round}"

@@ -351,9 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="study folder: study.db, trials/, trials.json, trials.png, best.json"
     )
     tune.add_argument("--study-name", default="fedseqrec", help="the study's name in study.db (default: fedseqrec)")
-    tune.add_argument("--no-pruning", action="store_true", help="run every centralized trial to its end")
+    tune.add_argument("--no-pruning", action="store_true", help="run every trial to its end")
     tune.add_argument(
-        "--prune-after", type=int, default=2, help="epochs before a centralized trial may be pruned (default: 2)"
+        "--prune-after",
+        type=int,
+        default=None,
+        help="epochs (centralized) or rounds (federated) before a trial may be pruned "
+        "(default: 2 epochs; a third of num-server-rounds)",
     )
     tune.add_argument(
         "--timeout", type=float, default=0.0, help="seconds after which no new trial starts (default: no limit)"

@@ -11,9 +11,11 @@ The study lives in OUT/study.db (Optuna's RDB storage, SQLite): running the same
 adds `--trials` more trials to the same study (a trial cut short by a killed tuner is run again;
 one tuner process per study). Each
 trial's run folder is OUT/trials/trial-NNNN; OUT/trials.json and OUT/trials.png record them all.
-Centralized trials report validation NDCG every epoch to a MedianPruner, which stops trials below
-the median of earlier trials at the same epoch. Federated trials report theirs per evaluated round
-after the run (recorded and plotted, not pruned: the federation runs in Flower's engine).
+Trials report validation NDCG to a MedianPruner, which stops a trial below the median of earlier
+trials at the same step: centralized trials every epoch, federated trials every evaluated round. A
+federated trial is watched from a thread that reads its round log as the run writes it; to prune,
+the watcher asks the ServerApp to stop before its next round (common.stop_request), and the run
+ends cleanly there, its best model and figures written like any run's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.stop_request import request_stop, take_stop_request
 from simulations.search_space import Param
 
 MODES = ("centralized", "federated")
@@ -44,8 +48,10 @@ class TuneOptions:
     trials: int  # trials to add in this invocation
     out: Path
     study_name: str = "fedseqrec"
-    pruning: bool = True  # centralized only
-    prune_after: int = 2  # epochs before the pruner may stop a trial (slow starters need more)
+    pruning: bool = True
+    # epochs (centralized) or rounds (federated) before the pruner may stop a trial; slow starters need
+    # more. None: 2 epochs, or a third of num-server-rounds
+    prune_after: int | None = None
     timeout: float = 0.0  # > 0: no trial starts after this many seconds (the running one finishes)
 
 
@@ -60,9 +66,12 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
         raise ConfigError(f"tune: mode must be one of {', '.join(MODES)}; got {options.mode!r}")
     if options.trials < 1:
         raise ConfigError("tune: --trials must be >= 1")
-    if options.prune_after < 1:
-        raise ConfigError("tune: --prune-after must be >= 1 epoch")
-    RunConfig.from_flat(base, where="tune base config")
+    if options.prune_after is not None and options.prune_after < 1:
+        raise ConfigError("tune: --prune-after must be >= 1 (epochs, or rounds for federated trials)")
+    config = RunConfig.from_flat(base, where="tune base config")
+    prune_after = options.prune_after or (
+        2 if options.mode == "centralized" else max(1, config.federation.num_server_rounds // 3)
+    )
     out = Path(options.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours (below)
@@ -85,8 +94,8 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
             )
         done_before = _retry_dead_trials(optuna.load_study(study_name=options.study_name, storage=storage), log)
     pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=options.prune_after)
-        if options.pruning and options.mode == "centralized"
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=prune_after)
+        if options.pruning
         else optuna.pruners.NopPruner()
     )
     seed = RunConfig.from_flat(base).train.seed
@@ -171,19 +180,71 @@ class _Objective:
             return float(metrics["validation"][self.key])
         from simulations.simulate import num_supernodes, simulate
 
+        def report(server_round: int, value: float) -> bool:
+            trial.report(value, server_round)
+            return trial.should_prune()
+
+        watcher = RoundWatcher(run_dir, self.key, report)
+        watcher.start()
         try:
             simulate(flat, num_supernodes=num_supernodes(config))
         except RuntimeError as exc:
             raise FederationFailed(f"trial {trial.number}: {exc}") from exc
+        finally:
+            pruned_at = watcher.finish()
         if not (run_dir / "summary.json").exists():
             raise FederationFailed(f"trial {trial.number}: the federation wrote no summary.json; see its log above")
         summary = json.loads((run_dir / "summary.json").read_text())
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if "validation" in row:
-                trial.report(row["validation"][self.key], row["round"])
         trial.set_user_attr("best_round", summary["best_round"])
+        if pruned_at is not None:
+            trial.set_user_attr("stopped_after_round", summary["rounds"])
+            raise optuna.TrialPruned(f"pruned at round {pruned_at}")
         return float(summary["validation"][self.key])
+
+
+class RoundWatcher(threading.Thread):
+    """Follows a running federation's round log (RUN_DIR/metrics.jsonl, rewritten atomically each
+    round) and passes each validated round to `report(round, value) -> stop?`; the first True asks the
+    ServerApp to stop before its next round. `finish()` reads the rows written since the last look and
+    returns the round the stop was asked at, if the server took the request (None when the run ended
+    on its own first: its request is withdrawn)."""
+
+    def __init__(self, run_dir: Path, key: str, report, poll_seconds: float = 0.5):
+        super().__init__(daemon=True, name="fedseqrec-round-watcher")
+        self.run_dir, self.key, self.report, self.poll_seconds = Path(run_dir), key, report, poll_seconds
+        self.reported: set[int] = set()
+        self.stop_asked_at: int | None = None
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._done.wait(self.poll_seconds):
+                self.look()
+        except BaseException as exc:  # handed to finish(): a broken report must not pass silently
+            self.error = exc
+
+    def look(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if "validation" not in row or row["round"] in self.reported:
+                continue
+            self.reported.add(row["round"])
+            if self.report(row["round"], row["validation"][self.key]) and self.stop_asked_at is None:
+                self.stop_asked_at = row["round"]
+                request_stop(self.run_dir, f"pruned by fedseqrec tune after round {row['round']}")
+
+    def finish(self) -> int | None:
+        self._done.set()
+        self.join()
+        if self.error is not None:
+            raise self.error
+        self.look()
+        withdrawn = take_stop_request(self.run_dir) is not None  # still there: the run ended first
+        return None if withdrawn else self.stop_asked_at
 
 
 def _progress(log, key: str, done_before: int, trials: int):

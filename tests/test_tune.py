@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -197,3 +198,54 @@ def test_a_tuning_file_holds_no_other_table(tmp_path, capsys):
     config.write_text(BASE + SPACE + "\n[extra]\nx = 1\n")
     assert main(["tune", "--config", str(config), "--out", str(tmp_path / "study")]) == 2
     assert "[extra] is a table" in capsys.readouterr().err
+
+
+def test_round_watcher_asks_once_and_withdraws_a_request_the_run_outlived(tmp_path):
+    from common.stop_request import STOP_FILE, request_stop, take_stop_request
+    from simulations.tune import RoundWatcher
+
+    request_stop(tmp_path, "  because  ")
+    assert take_stop_request(tmp_path) == "because" and take_stop_request(tmp_path) is None
+    rows = [{"round": 1}, {"round": 2, "validation": {"ndcg@10": 0.1}}, {"round": 4, "validation": {"ndcg@10": 0.2}}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    seen = []
+    watcher = RoundWatcher(tmp_path, "ndcg@10", lambda r, v: seen.append((r, v)) or True)
+    watcher.look()
+    watcher.look()  # rows already reported are not reported again
+    assert seen == [(2, 0.1), (4, 0.2)] and "after round 2" in (tmp_path / STOP_FILE).read_text()
+    watcher.start()
+    assert watcher.finish() is None and not (tmp_path / STOP_FILE).exists()  # nobody took it: withdrawn
+    taken = RoundWatcher(tmp_path, "ndcg@10", lambda r, v: True)
+    taken.look()
+    assert take_stop_request(tmp_path) is not None  # what the ServerApp does before its next round
+    taken.start()
+    assert taken.finish() == 2
+    broken = RoundWatcher(tmp_path, "ndcg@10", lambda r, v: 1 / 0, poll_seconds=0.01)
+    broken.start()
+    time.sleep(0.1)
+    with pytest.raises(ZeroDivisionError):
+        broken.finish()
+
+
+@pytest.mark.slow
+def test_a_pruned_federated_trial_stops_its_federation_before_the_next_round(tmp_path):
+    """The watcher's stop request reaches the ServerApp of a real in-process federation, which ends
+    the run cleanly (model, summary saying why) well before its last round."""
+    from common.stop_request import STOP_FILE
+    from simulations.simulate import num_supernodes, simulate
+    from simulations.tune import RoundWatcher
+    from tests.conftest import COHORT
+
+    out = tmp_path / "run"
+    flat = {**COHORT, "num-server-rounds": 12, "eval-every-rounds": 1, "out-dir": str(out)}
+    watcher = RoundWatcher(out, "ndcg@10", lambda r, v: r >= 1, poll_seconds=0.05)
+    watcher.start()
+    try:
+        simulate(flat, num_supernodes=num_supernodes(RunConfig.from_flat(flat)))
+    finally:
+        asked = watcher.finish()
+    summary = json.loads((out / "summary.json").read_text())
+    assert asked == 1 and 1 <= summary["rounds"] < 12
+    assert summary["stopped_early"].startswith(f"stop requested before round {summary['rounds'] + 1}")
+    assert "pruned by fedseqrec tune after round 1" in summary["stopped_early"]
+    assert (out / "model.pt").exists() and not (out / STOP_FILE).exists()

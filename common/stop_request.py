@@ -1,0 +1,32 @@
+"""Ask a running federation to stop before its next round, through a file in its run folder.
+
+The ServerApp looks for RUN_DIR/STOP before each round; when it is there, the run ends as if it had
+reached its last round (best model, test figures, reports), says why in summary.json, and removes
+the file, so that the same command resumes the run later. The tuner uses it to prune a federated
+trial; a person can use it on a deployment where no signal reaches the ServerApp:
+`echo "why" > RUN_DIR/STOP`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STOP_FILE = "STOP"
+
+
+def request_stop(run_dir: Path, reason: str) -> None:
+    path = Path(run_dir) / STOP_FILE
+    tmp = path.with_name(f".{STOP_FILE}.tmp")
+    tmp.write_text(reason.strip() + "\n")
+    tmp.replace(path)  # the server never reads half a reason
+
+
+def take_stop_request(run_dir: Path) -> str | None:
+    """The reason (or "no reason given") when a stop was requested, removing the request; else None."""
+    path = Path(run_dir) / STOP_FILE
+    try:
+        reason = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    path.unlink(missing_ok=True)
+    return reason or "no reason given"
