@@ -249,3 +249,12 @@ def test_a_pruned_federated_trial_stops_its_federation_before_the_next_round(tmp
     assert summary["stopped_early"].startswith(f"stop requested before round {summary['rounds'] + 1}")
     assert "pruned by fedseqrec tune after round 1" in summary["stopped_early"]
     assert (out / "model.pt").exists() and not (out / STOP_FILE).exists()
+
+
+def test_prune_after_below_one_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "tune.toml"
+    config.write_text(BASE + SPACE)
+    args = ["tune", "--config", str(config), "--out", str(tmp_path / "s"), "--mode", "federated", "--prune-after", "0"]
+    assert main(args) == 2
+    assert "--prune-after must be >= 1 (epochs, or rounds for federated trials)" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
