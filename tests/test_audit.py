@@ -272,7 +272,11 @@ def test_fedseqrec_audit_on_a_real_dp_run_with_canaries_and_recorded_messages(ca
     assert messages["by_type"].get("train", 0) == 8 and messages["failures"] == []
     for name in ("audit.md", "roc.png", "canary-scores.png"):
         assert (out / name).exists(), name
-    assert "membership AUC" in capsys.readouterr().out
+    for attack in report["membership"]["attacks"].values():  # the figure the pass/fail rests on
+        assert 0.0 <= attack["epsilon_lower_bound"]["epsilon"] <= report["claimed_epsilon"]
+    assert "Epsilon each attack proves" in (out / "audit.md").read_text()
+    printed = capsys.readouterr().out
+    assert "membership AUC" in printed and "membership epsilon >= (95%)" in printed
 
 
 def test_fedseqrec_audit_rejects_bad_input(tmp_path, capsys):

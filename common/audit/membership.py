@@ -161,7 +161,10 @@ def membership_inference(
     bootstrap: int = 200,
     seed: int = 0,
 ) -> dict:
-    """Both attacks on the given users' training sequences; `epsilon` (a DP run's claim) adds the bound."""
+    """Both attacks on the given users' training sequences. `delta` adds the epsilon each attack proves
+    at that delta; `epsilon` (a DP run's claim, with its delta) adds the TPR bound the claim allows."""
+    if epsilon is not None and delta is None:
+        raise ValueError("a claimed epsilon needs its delta")
     member = sequence_scores(model, members)
     nonmember = sequence_scores(model, nonmembers)
     result = {"members": len(members), "nonmembers": len(nonmembers), "attacks": {}, "curves": {}}
@@ -174,7 +177,7 @@ def membership_inference(
         result["attacks"][name]["mean_nonmember"] = float(nonmember[name].mean())
         if delta is not None:
             result["attacks"][name]["epsilon_lower_bound"] = epsilon_lower_bound(m, n, delta=delta)
-    if epsilon is not None and delta is not None:
+    if epsilon is not None:
         result["dp_bound"] = {
             "epsilon": epsilon,
             "delta": delta,
