@@ -24,8 +24,8 @@ def request_stop(run_dir: Path, reason: str) -> None:
 def take_stop_request(run_dir: Path) -> str | None:
     """The reason (or "no reason given") when a stop was requested, removing the request; else None."""
     path = Path(run_dir) / STOP_FILE
-    try:
-        reason = path.read_text().strip()
+    try:  # whatever a person wrote there, a stop request never crashes the ServerApp
+        reason = path.read_bytes().decode("utf-8", errors="replace").strip()
     except FileNotFoundError:
         return None
     path.unlink(missing_ok=True)

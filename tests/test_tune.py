@@ -206,6 +206,10 @@ def test_round_watcher_asks_once_and_withdraws_a_request_the_run_outlived(tmp_pa
 
     request_stop(tmp_path, "  because  ")
     assert take_stop_request(tmp_path) == "because" and take_stop_request(tmp_path) is None
+    (tmp_path / STOP_FILE).write_bytes(b"\xff\xfe")  # not text: still a request, never a crash
+    assert take_stop_request(tmp_path) == "\ufffd\ufffd" and not (tmp_path / STOP_FILE).exists()
+    (tmp_path / STOP_FILE).write_text("")
+    assert take_stop_request(tmp_path) == "no reason given"
     rows = [{"round": 1}, {"round": 2, "validation": {"ndcg@10": 0.1}}, {"round": 4, "validation": {"ndcg@10": 0.2}}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     seen = []
