@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.checkpoint import atomic_write
+
 STOP_FILE = "STOP"
 
 
 def request_stop(run_dir: Path, reason: str) -> None:
-    path = Path(run_dir) / STOP_FILE
-    tmp = path.with_name(f".{STOP_FILE}.tmp")
-    tmp.write_text(reason.strip() + "\n")
-    tmp.replace(path)  # the server never reads half a reason
+    # whole or absent: the server never reads half a reason
+    atomic_write(Path(run_dir) / STOP_FILE, lambda handle: handle.write(reason.strip().encode() + b"\n"))
 
 
 def take_stop_request(run_dir: Path) -> str | None:
