@@ -32,6 +32,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.outputs import make_output_dir
 from common.stop_request import request_stop, take_stop_request
 from simulations.search_space import Param
 
@@ -73,7 +74,7 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
         2 if options.mode == "centralized" else max(1, config.federation.num_server_rounds // 3)
     )
     out = Path(options.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")  # an unwritable folder is a one-line error, not a traceback
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours (below)
     storage = f"sqlite:///{out / 'study.db'}"
     key = f"ndcg@{RunConfig.from_flat(base).train.top_k}"

@@ -262,3 +262,11 @@ def test_prune_after_below_one_is_a_one_line_error(tmp_path, capsys):
     assert main(args) == 2
     assert "--prune-after must be >= 1 (epochs, or rounds for federated trials)" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "tune.toml"
+    config.write_text(BASE + SPACE)
+    (tmp_path / "file").write_text("")
+    assert main(["tune", "--config", str(config), "--out", str(tmp_path / "file" / "study")]) == 2
+    assert "--out" in capsys.readouterr().err
