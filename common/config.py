@@ -574,9 +574,13 @@ def parse_settings(items: list[str], where: str = "--set") -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"{where} {item!r}: expected KEY=VALUE, e.g. --set num-server-rounds=20")
         try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+            parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
+            parsed = value
+        key = key.strip()
+        if key in out and out[key] != parsed:  # which one was meant? never drop one silently
+            raise ConfigError(f"{where} sets {key!r} twice ({out[key]!r} and {parsed!r}): give it once")
+        out[key] = parsed
     return out
 
 

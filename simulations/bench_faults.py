@@ -134,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         help="promotion: run-config settings of each defence ('none': no defence)",
     )
     parser.add_argument(
-        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="run-config keys for every run (TOML values)"
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config keys for every run (TOML values)",
     )
     args = parser.parse_args(argv)
     out = Path(args.out)

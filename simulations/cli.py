@@ -325,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument(
         "--set",
         nargs="+",
+        action="extend",  # --set a=1 --set b=2 keeps both (argparse's default keeps only the last)
         default=[],
         metavar="KEY=VALUE",
         help="run-config keys over the file's (TOML values; a bare word is a string), e.g. --set augment=all",

@@ -8,6 +8,7 @@ import pytest
 
 from common.config import RunConfig
 from common.data.synthetic import synthetic_interactions
+from common.errors import ConfigError
 from simulations.cli import main
 
 FAST = [
@@ -250,3 +251,14 @@ def test_set_reads_toml_values_and_bare_words():
         "out-dir": "a b",
     }
     assert parse_settings(["federated-evaluation=true"]) == {"federated-evaluation": True}
+
+
+def test_repeated_set_flags_all_count_and_a_key_set_twice_is_an_error():
+    from common.config import parse_settings
+    from simulations.cli import build_parser
+
+    args = build_parser().parse_args(["federate", "--set", "num-server-rounds=30", "--set", "augment=all", "seed=3"])
+    assert parse_settings(args.set) == {"num-server-rounds": 30, "augment": "all", "seed": 3}
+    assert parse_settings(["seed=3", "seed=3"]) == {"seed": 3}  # the same value twice is no ambiguity
+    with pytest.raises(ConfigError, match="'seed' twice"):
+        parse_settings(["seed=3", "seed=4"])
