@@ -187,6 +187,29 @@ def test_featured_per_sample_gradients_are_exact(arch):
     assert model.feature_emb.weight.grad_sample[:, 0].abs().sum() == 0  # "no feature" never learns
 
 
+def test_count_matrix_and_gather_give_the_same_scores_and_per_sample_gradients(monkeypatch):
+    """The catalogue's feature table is a count-matrix product (fast under vmap) unless the matrix
+    would be too large; both ways must agree, forward and in Opacus' per-sample gradients."""
+    import common.models
+    import common.privacy.grad_samplers
+
+    inputs = torch.tensor([[0, 3, 5, 7, 2, 9], [1, 2, 3, 4, 5, 6]])
+    targets = torch.tensor([[3, 5, 7, 2, 9, 11], [2, 3, 4, 5, 6, 12]])
+    results = {}
+    for way in ("count-matrix", "gather"):
+        if way == "gather":
+            for module in (common.models, common.privacy.grad_samplers):
+                monkeypatch.setattr(module, "count_matrix_fits", lambda items, features: False)
+        model = featured_model("sasrec").train()
+        scores = model(inputs).detach()
+        wrapped = GradSampleModule(model, loss_reduction="mean")
+        next_item_loss(wrapped, inputs, targets, per_sample_grads=True).backward()
+        results[way] = scores, {name: p.grad_sample.clone() for name, p in model.named_parameters()}
+    torch.testing.assert_close(results["count-matrix"][0], results["gather"][0])
+    for name, grad in results["count-matrix"][1].items():
+        torch.testing.assert_close(grad, results["gather"][1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_scores_depend_on_features_and_the_table_is_not_a_weight(arch):
     model = featured_model(arch).eval()

@@ -13,7 +13,13 @@ from opacus.grad_sample import register_grad_sampler
 from opacus.grad_sample.embedding import compute_embedding_grad_sample
 
 from common.logs import drop_opacus_root_handler
-from common.models import FeaturedTiedScorer, ItemEmbedding, TiedItemScorer, feature_sum  # noqa: F401
+from common.models import (  # noqa: F401
+    FeaturedTiedScorer,
+    ItemEmbedding,
+    TiedItemScorer,
+    count_matrix_fits,
+    feature_counts,
+)
 
 
 @register_grad_sampler(ItemEmbedding)
@@ -30,11 +36,15 @@ def _featured_scorer_grad_sample(layer: FeaturedTiedScorer, activations, backpro
     per_item = torch.einsum("b...n,b...d->bnd", backprops, hidden)  # (B, N, D): d loss / d item vector
     index = feature_index[1:]  # (N, S)
     B, N, D = per_item.shape
-    S = index.shape[1]
-    spread = (per_item.unsqueeze(2) * (index > 0).view(1, N, S, 1).to(per_item.dtype)).reshape(B, N * S, D)
-    features = torch.zeros(B, *layer.feature_weight.shape, dtype=per_item.dtype, device=per_item.device)
-    features.index_add_(1, index.reshape(-1), spread)  # (B, V + 1, D): each item's gradient to its features
-    features[:, 0] = 0.0
+    V1 = layer.feature_weight.shape[0]
+    if count_matrix_fits(N, V1):  # (B, V + 1, D): each item's gradient to its features, one product
+        features = torch.einsum("nv,bnd->bvd", feature_counts(index, V1, per_item.dtype), per_item)
+    else:  # the same sums as a scatter: no (N, V + 1) matrix, but an (B, N * S, D) spread
+        S = index.shape[1]
+        spread = (per_item.unsqueeze(2) * (index > 0).view(1, N, S, 1).to(per_item.dtype)).reshape(B, N * S, D)
+        features = torch.zeros(B, V1, D, dtype=per_item.dtype, device=per_item.device)
+        features.index_add_(1, index.reshape(-1), spread)
+        features[:, 0] = 0.0
     return {layer.weight: F.pad(per_item, (0, 0, 1, 0)), layer.feature_weight: features}
 
 
