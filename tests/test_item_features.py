@@ -14,7 +14,7 @@ from opacus import GradSampleModule
 
 from client.ondevice import OnDeviceRecommender
 from common.checkpoint import load_model
-from common.cohort import LocalRecipe, cohort_update, user_loss
+from common.cohort import LocalRecipe, cohort_update
 from common.cohort_clients import train_chunks
 from common.config import RunConfig
 from common.data.item_features import item_features, read_item_labels
@@ -32,6 +32,7 @@ from common.privacy.ledger import PrivacyLedger
 from common.training import model_for
 from simulations.centralized import train_centralized
 from tests.conftest import COHORT, SIM_CONFIG, _run
+from tests.test_cohort import _one_by_one
 
 pytestmark = pytest.mark.usefixtures("cache_env")
 ARCHS = ("sasrec", "gru", "lstm")
@@ -353,18 +354,6 @@ def test_user_level_clipping_bounds_each_users_whole_update_feature_table_includ
     per_user = torch.sqrt(sum((u.flatten(1) ** 2).sum(1) for u in result.per_user.values()))
     assert (per_user <= recipe.clip * (1 + 1e-5)).all()
     assert result.update_sum["feature_emb.weight"][1:].abs().max() > 0
-    # the oracle: each user in its own model, clipped alone
-    start = {k: v.detach().clone() for k, v in model.named_parameters()}
-    expected = {k: torch.zeros_like(v) for k, v in start.items()}
-    for x, y in zip(inputs, targets):
-        device = copy.deepcopy(model)
-        optimizer = torch.optim.SGD(device.parameters(), lr=recipe.lr)
-        optimizer.zero_grad()
-        user_loss(device, dict(device.named_parameters()), x, y).backward()
-        optimizer.step()
-        update = {k: p.detach() - start[k] for k, p in device.named_parameters()}
-        norm = torch.sqrt(sum((u**2).sum() for u in update.values()))
-        for k in expected:
-            expected[k] += update[k] * min(1.0, recipe.clip / float(norm))
+    expected = _one_by_one(model, inputs, targets, recipe)  # each user in its own model, clipped alone
     for key in expected:
         torch.testing.assert_close(result.update_sum[key], expected[key], atol=1e-6, rtol=1e-4)

@@ -13,7 +13,7 @@ from opacus.grad_sample import register_grad_sampler
 from opacus.grad_sample.embedding import compute_embedding_grad_sample
 
 from common.logs import drop_opacus_root_handler
-from common.models import (  # noqa: F401
+from common.models import (
     FeaturedTiedScorer,
     ItemEmbedding,
     TiedItemScorer,
