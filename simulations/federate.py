@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from common.config import RunConfig, parse_settings, read_toml
-from common.data.load import load_sequence_data
+from common.data.load import check_item_features, load_sequence_data
 from common.errors import ConfigError, FedSeqRecError
 from common.outputs import check_output_dir
 from common.partition import partition_users
@@ -125,6 +125,7 @@ def federate(
     check_output_dir(run_dir, "out-dir")  # before any process starts
     if config.data.users_file and config.train.user_groups == "auto":
         read_users_file(config.data.users_file)  # a bad users file stops here, not in the ServerApp
+    check_item_features(config.data)  # so does a feature name the metadata does not have
     if cpus_per_client <= 0:
         raise ConfigError(f"--cpus-per-client {cpus_per_client:g}: must be > 0 (CPUs given to each simulated client)")
     overrides["out-dir"] = str(run_dir)

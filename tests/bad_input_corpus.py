@@ -606,6 +606,22 @@ CASES = [
         "out",
     ),
     Case(
+        "cli-federate-unknown-feature",
+        CLI,
+        "`federate --set item-features=colour` on a file with no such column",
+        "name columns of the item file (or genre, year for MovieLens)",
+        lambda tmp, a: [
+            "federate",
+            "--set",
+            f"data={json.dumps(str(a.csv))}",
+            'item-features="colour"',
+            "--out-dir",
+            str(tmp / "out"),
+        ],
+        "colour",
+        "out",
+    ),
+    Case(
         "cli-nodes-zero",
         CLI,
         "`partition --nodes 0`",

@@ -109,6 +109,14 @@ def item_metadata_path(settings: DataSettings) -> Path:
     return Path(settings.data)
 
 
+def check_item_features(settings: DataSettings) -> None:
+    """Read the item-features names from their metadata file, so that a wrong name or file stops a
+    command before it starts processes (the catalogue's table is built later, where it is used)."""
+    names = parse_feature_names(settings.item_features)
+    if names:
+        read_item_labels(item_metadata_path(settings), names, settings.item_col)
+
+
 def load_item_features(settings: DataSettings, item_ids: np.ndarray) -> ItemFeatures | None:
     """The catalogue's side-feature table, or None when item-features is empty."""
     names = parse_feature_names(settings.item_features)
