@@ -24,6 +24,7 @@ from common.errors import DataError
 from common.fake_users import population_with_fakes
 from common.federated import DeviceLimits, local_train
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.releases import device_reply
 
 # Opacus' known, harmless notices (the insecure-RNG default; the full-backward-hook notice that its
 # per-sample hooks raise); anything else still shows.
@@ -36,7 +37,10 @@ warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 app = ClientApp(mods=[message_audit_mod, secure_aggregation_mod, fault_injection_mod])
 
 
-def _reply(msg: Message, metrics: dict, arrays: dict | None = None) -> Message:
+def _reply(msg: Message, metrics: dict, arrays: dict | None = None, config: RunConfig | None = None) -> Message:
+    """The reply; a training reply under DP carries only the fields its mode lets a device send."""
+    if config is not None:
+        metrics = device_reply(metrics, config)
     content = RecordDict({"metrics": MetricRecord(metrics)})
     if arrays is not None:
         content["arrays"] = ArrayRecord(arrays)
@@ -110,8 +114,10 @@ def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
         server_round,
         simulated=simulated,
         fakes_from=_fakes_from(config) if simulated else None,
+        # a device's users are seeded by its own identity; a host's by their rows in the population
+        identity_offset=0 if simulated else client_key(context.node_config) << 20,
     )
-    return _reply(msg, {**result.metrics, "refused-slot": refused, "dropped-users": dropped}, result.arrays)
+    return _reply(msg, {**result.metrics, "refused-slot": refused, "dropped-users": dropped}, result.arrays, config)
 
 
 def _ledger_path(context: Context, round_config, key: int) -> Path:
@@ -129,7 +135,7 @@ def train(msg: Message, context: Context) -> Message:
         config = config.replace(**{"delta": float(round_config["delta"])})
     limits = DeviceLimits.from_node_config(context.node_config)
     if not limits.train:
-        return _reply(msg, {"declined": 1, "num-examples": 0})
+        return _reply(msg, {"declined": 1, "num-examples": 0}, config=config)
     if config.federation.cohort_engine:
         return _cohort_train(msg, context, config)
     key = client_key(context.node_config)
@@ -152,10 +158,11 @@ def train(msg: Message, context: Context) -> Message:
         limits=limits,
         expected_rounds=expected_rounds,
         reproducible_dp_noise=reproducible,
+        reference_samples=int(round_config.get("reference-samples", 0)),
     )
     if ledger is not None:
         ledger.save(path)  # durable: survives restarts of the node or the simulation
-    return _reply(msg, result.metrics, result.arrays)
+    return _reply(msg, result.metrics, result.arrays, config)
 
 
 @app.evaluate()

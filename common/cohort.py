@@ -14,12 +14,14 @@ times the gradient of the sum of their losses at the global weights, one batched
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
+from common.keyed_dropout import per_row_keys
 from common.models import SequenceRecommender
 
 
@@ -70,11 +72,14 @@ def cohort_update(
     targets: torch.Tensor,
     recipe: LocalRecipe,
     keep_users: bool = False,
+    keys: torch.Tensor | None = None,
 ) -> CohortResult:
     """Local updates of U users from the model's current (global) weights; inputs/targets (U, W, T).
     `keep_users`: also return each user's update (for an aggregation other than the sum).
 
-    Dropout masks come from torch's global RNG: seed it before calling for a reproducible result."""
+    `keys` (U,) int64: each user's own randomness (its dropout masks, `common.keyed_dropout`), so that
+    a user's update never depends on who else is in the batch. Without keys, dropout draws from
+    torch's global RNG in batch order (seed it for a reproducible result)."""
     if len(inputs) == 0:
         zeros = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
         per_user = {k: v.unsqueeze(0)[:0] for k, v in zeros.items()} if keep_users else None
@@ -87,24 +92,25 @@ def cohort_update(
         and not recipe.touched_rows
     )
     if recipe.steps == 1 and recipe.optimizer == "sgd" and plain and not keep_users:
-        return _one_sgd_step(model, inputs, targets, recipe.lr)
-    return _stacked(model, inputs, targets, recipe, keep_users)
+        return _one_sgd_step(model, inputs, targets, recipe.lr, keys)
+    return _stacked(model, inputs, targets, recipe, keep_users, keys)
 
 
-def _one_sgd_step(model, inputs, targets, lr: float) -> CohortResult:
+def _one_sgd_step(model, inputs, targets, lr: float, keys: torch.Tensor | None = None) -> CohortResult:
     U, W, T = inputs.shape
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
     # Every user has W windows, so the sum of the users' mean losses is U x the mean over all windows,
     # and its gradient is the sum of the users' gradients.
-    total = U * user_loss(model, params, inputs.reshape(U * W, T), targets.reshape(U * W, T))
+    with per_row_keys(keys.repeat_interleave(W)) if keys is not None else nullcontext():
+        total = U * user_loss(model, params, inputs.reshape(U * W, T), targets.reshape(U * W, T))
     total.backward()
     update = {k: -lr * p.grad.detach() for k, p in params.items()}
     model.zero_grad(set_to_none=True)
     return CohortResult(update, U, float(total.detach()))
 
 
-def _stacked(model, inputs, targets, recipe: LocalRecipe, keep_users: bool = False) -> CohortResult:
+def _stacked(model, inputs, targets, recipe: LocalRecipe, keep_users: bool = False, keys=None) -> CohortResult:
     base = {k: p.detach() for k, p in model.named_parameters()}
     U = len(inputs)
     params = {k: v.unsqueeze(0).repeat(U, *([1] * v.dim())) for k, v in base.items()}  # (U, ...)
@@ -113,12 +119,18 @@ def _stacked(model, inputs, targets, recipe: LocalRecipe, keep_users: bool = Fal
         if recipe.optimizer == "adam"
         else None
     )
-    grads_and_loss = vmap(grad_and_value(lambda p, x, y: user_loss(model, p, x, y)), randomness="different")
+
+    def keyed_loss(p, x, y, key):
+        with per_row_keys(key) if keys is not None else nullcontext():
+            return user_loss(model, p, x, y)
+
+    grads_and_loss = vmap(grad_and_value(keyed_loss), randomness="different")
+    key_batch = keys if keys is not None else torch.zeros(U, dtype=torch.int64)
     row_mask = touched_rows(inputs, targets, model.config.num_items) if recipe.touched_rows else None  # (U, N+1)
     table = item_table_name(model)
     first_loss = 0.0
     for step in range(1, recipe.steps + 1):
-        grads, losses = grads_and_loss(params, inputs, targets)  # {k: (U, ...)}, (U,)
+        grads, losses = grads_and_loss(params, inputs, targets, key_batch)  # {k: (U, ...)}, (U,)
         if step == 1:
             first_loss = float(losses.sum())
         if row_mask is not None:

@@ -56,17 +56,35 @@ def attacker_recipe(config: RunConfig, simulated: bool = False) -> LocalRecipe:
 
 
 def user_windows(
-    local: SequenceData, rows: np.ndarray, max_len: int, augment: tuple[Augmentation, np.random.Generator] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U', 1, T) inputs and targets of the users that can train (>= 2 training items).
+    local: SequenceData,
+    rows: np.ndarray,
+    max_len: int,
+    seeds: np.ndarray | None = None,
+    augmentation: Augmentation | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(U', 1, T) inputs and targets of the users `rows` that can train (>= 2 training items), and
+    their seeds (U',) from `seeds` (one per row), or None.
 
-    `augment`: (augmentation, training RNG) to augment each user's window, as its device would."""
+    `augmentation`: augment each user's window with a generator of its own seed, as its device would."""
     sequences = local.train_sequences() if len(rows) == local.num_users else None
     picked = [sequences[r] if sequences is not None else local.sequence(int(r))[:-2] for r in rows]
-    inputs, targets, _ = training_windows(picked, max_len, "last")
-    if augment is not None and len(inputs):
-        inputs, targets = augment_windows(inputs, targets, *augment)
-    return torch.as_tensor(inputs).unsqueeze(1), torch.as_tensor(targets).unsqueeze(1)
+    inputs, targets, owners = training_windows(picked, max_len, "last")
+    kept = None if seeds is None else np.asarray(seeds, dtype=np.int64)[owners]
+    if augmentation is not None and len(inputs):
+        if kept is None:
+            raise ValueError("augmentation needs each user's seed")
+        pairs = [
+            augment_windows(inputs[i : i + 1], targets[i : i + 1], augmentation, np.random.default_rng(int(kept[i])))
+            for i in range(len(inputs))
+        ]
+        inputs, targets = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    keys = None if kept is None else torch.from_numpy(kept)
+    return torch.as_tensor(inputs).unsqueeze(1), torch.as_tensor(targets).unsqueeze(1), keys
+
+
+def user_seeds(seed: int, server_round: int, identities: np.ndarray) -> np.ndarray:
+    """Each user's training seed this round: a function of (run seed, round, the user) only."""
+    return np.array([client_seed(seed, server_round, int(user)) for user in identities], dtype=np.int64)
 
 
 def train_chunks(
@@ -77,11 +95,14 @@ def train_chunks(
     server_round: int,
     simulated: bool = False,
     fakes_from: int | None = None,
+    identity_offset: int = 0,
 ) -> LocalResult:
     """Users' local updates, chunk by chunk; `chunks` = [(chunk index, rows of `local`)].
 
     `simulated`: the users are simulated devices (see `recipe_for`); rows from `fakes_from` on are
-    an attacker's fake users (`common.fake_users`), trained with `attacker_recipe`."""
+    an attacker's fake users (`common.fake_users`), trained with `attacker_recipe`. A user's identity
+    (what seeds its randomness) is `identity_offset` + its row: rows of the population on a simulated
+    host, the device's own key on a device."""
     model = model_for(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.train()
@@ -91,19 +112,18 @@ def train_chunks(
     total = {k: torch.zeros_like(p) for k, p in names.items()}
     augmentation = augmentation_for(config, local.num_items)
     users, loss_sum, clipped, rejected, fakes = 0, 0.0, 0, 0, 0
-    for index, rows in chunks:
-        seed = client_seed(config.train.seed, server_round, index)
-        torch.manual_seed(seed)  # dropout: fixed per chunk
-        # Augmentation draws from a training RNG of the chunk's seed too (never a DP noise source).
-        augment = None if augmentation is None else (augmentation, np.random.default_rng(seed))
+    for _, rows in chunks:
+        rows = np.asarray(rows, dtype=np.int64)
         fake = rows >= fakes_from if fakes_from is not None else np.zeros(len(rows), dtype=bool)
         fakes += int(fake.sum())
         per_user = []  # with user-trim-beta: every user's update of the chunk (= the round), honest and fake
         for part, recipe in ((rows[~fake], recipes[0]), (rows[fake], recipes[1])):
             if len(part) == 0:
                 continue
-            inputs, targets = user_windows(local, part, model.config.max_len, augment)
-            result = cohort_update(model, inputs, targets, recipe, keep_users=trim > 0)
+            # Dropout and augmentation from each user's own seed (never a DP noise source).
+            seeds = user_seeds(config.train.seed, server_round, identity_offset + part)
+            inputs, targets, keys = user_windows(local, part, model.config.max_len, seeds, augmentation)
+            result = cohort_update(model, inputs, targets, recipe, keep_users=trim > 0, keys=keys)
             if trim > 0:
                 per_user.append(result.per_user)
             else:

@@ -242,6 +242,14 @@ class FederationSettings:
     eval_every_rounds: int = 1
     eval_users: int = 0  # validation users for server-side evaluation each round; 0 = all
     holdout_fraction: float = 0.0  # users kept out of training, as non-members for audits
+    # The public cohort: this share of users consented to share their histories. They are kept out of
+    # the federation (and so of any DP population) and out of test; the server validates on them, so
+    # choosing the released round costs no privacy, and may pretrain on them (`fedseqrec pretrain`).
+    public_fraction: float = 0.0
+    # The population a DP guarantee's delta and Poisson rate are set against (delta = 1 / it, q =
+    # clients-per-round / it): 0 -> the simulated users, or the users in the server's data. Real devices
+    # that come and go need it declared (a floor on the users who hold devices).
+    population_floor: int = 0
     out_dir: str = ""  # "" -> runs/<timestamp>
     checkpoint_every: int = 1
     # Continual learning: a previous run's model.pt to start from instead of random weights (items
@@ -317,6 +325,13 @@ class FederationSettings:
         _check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0")
         _check(self.eval_users >= 0, "eval-users", "must be >= 0")
         _check(0.0 <= self.holdout_fraction < 1.0, "holdout-fraction", "must be in [0, 1)")
+        _check(0.0 <= self.public_fraction <= 0.5, "public-fraction", "must be in [0, 0.5]")
+        _check(
+            self.holdout_fraction + self.public_fraction < 1.0,
+            "public-fraction",
+            "public-fraction + holdout-fraction must leave users to train on (< 1)",
+        )
+        _check(0 <= self.population_floor <= 10**9, "population-floor", "must be in [0, 1e9] (0 = the known users)")
         _check(self.canaries >= 0, "canaries", "must be >= 0")
         _check(self.canary_length >= 3, "canary-length", "must be >= 3 (train, validation and test items)")
         _check(self.cohort_nodes >= 1, "cohort-nodes", "must be >= 1")
@@ -403,8 +418,16 @@ class PrivacySettings:
     clipping_norm: float = 1.0  # server-side per-update clipping bound
     adaptive_clipping: bool = False
     delta: float = 0.0  # 0 -> 1 / number of users
-    accountant: str = _choice("rdp", "prv")
-    max_epsilon: float = 0.0  # 0 -> no budget cap
+    # rdp for every mechanism; pld (tighter) for Poisson sampling and DP-FTRL on the server; prv (Opacus)
+    # for client DP-SGD.
+    accountant: str = _choice("rdp", "prv", "pld")
+    # The budget cap no round may pass: 0 -> target-epsilon (when set), else none. A cap above
+    # target-epsilon is a deliberate raise, and the privacy report says so.
+    max_epsilon: float = 0.0
+    # Client DP-SGD plans every client as if it held this many training samples (public): rate 1 / k with
+    # k = round(it / batch-size) batches per epoch, and a fixed divisor, so nothing sent depends on how
+    # many samples a client really holds. 0 -> users per client of the population (a public ratio).
+    dp_reference_samples: int = 0
     opacus_mode: str = _choice("hooks", "functorch")  # "ew" cannot see our tied scorer (measured)
     secure_mode: bool = False  # Opacus' cryptographically secure noise (needs torchcsprng; slower)
     # Simulation only: DP noise and sampling from the run seed, so a run replays bit for bit. Its
@@ -420,6 +443,11 @@ class PrivacySettings:
     clip_lr: float = 0.2
     clip_count_stddev: float = 0.0  # noise on the count of unclipped users; 0 -> expected cohort / 20
 
+    @property
+    def cap(self) -> float:
+        """The epsilon no release may pass (0 = none): max-epsilon, or target-epsilon when it is unset."""
+        return self.max_epsilon or self.target_epsilon
+
     def validate(self) -> None:
         _check(self.noise_multiplier >= 0, "noise-multiplier", "must be >= 0")
         _check(self.target_epsilon >= 0, "target-epsilon", "must be >= 0")
@@ -427,6 +455,7 @@ class PrivacySettings:
         _check(self.clipping_norm > 0, "clipping-norm", "must be > 0")
         _check(0.0 <= self.delta < 1.0, "delta", "must be in [0, 1)")
         _check(self.max_epsilon >= 0, "max-epsilon", "must be >= 0")
+        _check(0 <= self.dp_reference_samples <= MAX_SIZE, "dp-reference-samples", f"must be in [0, {MAX_SIZE:,}]")
         _check(self.max_participations >= 0, "max-participations", "must be >= 0 (0 = no cap beyond the run)")
         _check(0.0 < self.clip_quantile < 1.0, "clip-quantile", "must be in (0, 1)")
         _check(self.clip_lr > 0, "clip-lr", "must be > 0")
@@ -496,6 +525,8 @@ def _cross_check(parts: dict, where: str) -> None:
         missing = [need for need, ok in needs.items() if not ok]
         if missing:
             raise ConfigError(f"{where}: cohort-engine = true needs " + "; ".join(missing))
+    if privacy.dp_mode != "none":
+        _private_run_checks(privacy, fed, where)
     if privacy.server_mechanism == "dp-ftrl":
         needs = {
             "cohort-engine = true": fed.cohort_engine,
@@ -538,6 +569,34 @@ def _cross_check(parts: dict, where: str) -> None:
                 f"{where}: dp-mode = client cannot use strategy = fedprox: the proximal term's "
                 "gradient would bypass per-sample clipping; use fedavg, fedadam or fedyogi"
             )
+
+
+def _private_run_checks(privacy, fed, where: str) -> None:
+    """What a DP run may not do, because its guarantee would then not cover what it releases."""
+    if fed.checkpoint_every > 1:
+        raise ConfigError(
+            f"{where}: checkpoint-every = {fed.checkpoint_every} under dp-mode = {privacy.dp_mode}: a crash between "
+            "checkpoints would lose released rounds from the privacy ledger and re-run them with fresh noise; "
+            "set checkpoint-every = 1"
+        )
+    if privacy.dp_mode == "server" and privacy.accountant == "prv":
+        raise ConfigError(f"{where}: accountant = prv is Opacus' DP-SGD accountant; server DP uses rdp or pld")
+    if privacy.dp_mode == "client" and privacy.accountant == "pld":
+        raise ConfigError(f"{where}: client DP-SGD ledgers use Opacus' rdp or prv accountant; set accountant = rdp")
+    if (
+        privacy.accountant == "pld"
+        and privacy.dp_mode == "server"
+        and not (fed.cohort_engine and (fed.user_sampling == "poisson" or privacy.server_mechanism == "dp-ftrl"))
+    ):
+        raise ConfigError(
+            f"{where}: accountant = pld accounts Poisson sampling and DP-FTRL (cohort-engine = true with "
+            "user-sampling = poisson, or server-mechanism = dp-ftrl); fixed-size sampling is accounted with rdp"
+        )
+    if 0 < privacy.max_epsilon < privacy.target_epsilon:
+        raise ConfigError(
+            f"{where}: max-epsilon {privacy.max_epsilon:g} is below target-epsilon {privacy.target_epsilon:g}: the run "
+            "would stop before its planned rounds; lower target-epsilon instead"
+        )
 
 
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")

@@ -162,15 +162,18 @@ def evaluate_by_group(
     device: str = "cpu",
     rerank: Reranker | None = None,
     stats: ItemStatistics | None = None,
+    users: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, dict]]:
-    """`evaluate` on every user, and from the same lists each group's metrics and the gaps between
-    groups (`groups`: attribute -> (U,) label per user, see common.user_groups)."""
+    """`evaluate` on every user (or on `users`), and from the same lists each group's metrics and the
+    gaps between groups (`groups`: attribute -> (U,) label per user, see common.user_groups)."""
     stats = stats if stats is not None else ItemStatistics.from_data(data)
+    if users is not None:
+        groups = {attribute: labels[users] for attribute, labels in groups.items()}
     ranks, tops = ranked_lists(
         score_fn,
         data,
         split,
-        None,
+        users,
         max_len=max_len,
         top_k=top_k,
         mask_seen=mask_seen,

@@ -77,9 +77,11 @@ def local_train(
     limits: DeviceLimits = DeviceLimits(),
     expected_rounds: float = 1.0,
     reproducible_dp_noise: bool = False,
+    reference_samples: int = 0,
 ) -> LocalResult:
     """`reproducible_dp_noise`: DP noise and sampling from the run seed (simulation only); by
-    default they come from OS entropy, secret from the server that knows the seed."""
+    default they come from OS entropy, secret from the server that knows the seed.
+    `reference_samples`: client DP plans with this public size, never the client's own count."""
     if not limits.train:
         return LocalResult(None, {"declined": 1, "num-examples": 0})
     seed = client_seed(config.train.seed, server_round, client)
@@ -90,8 +92,9 @@ def local_train(
         noise_seed = dp_seed(reproducible=reproducible_dp_noise, derived=seed)
         ledger = ledger or PrivacyLedger(config.privacy.accountant)
         return _private_local_train(
-            config, local, model, seed, noise_seed, ledger, limits, expected_rounds, reproducible_dp_noise
-        )
+            config, local, model, seed, noise_seed, ledger, limits, expected_rounds, reproducible_dp_noise,
+            reference_samples,
+        )  # fmt: skip
     dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
     if len(dataset) == 0:
         raise DataError(f"client {client}: no training windows (histories too short)")
@@ -128,7 +131,10 @@ def _private_local_train(
     limits: DeviceLimits,
     expected_rounds: float,
     reproducible: bool,
+    reference_samples: int,
 ) -> LocalResult:
+    """DP-SGD on the client's windows. The reply carries nothing that depends on its data but the
+    noised weights (`common.privacy.releases.reply_fields`): equal weight, no loss, the plan public."""
     # Opacus only where DP-SGD runs: a device without it starts a second faster
     from common.privacy.dpsgd import dp_windows, plan_round, train_private
 
@@ -136,15 +142,21 @@ def _private_local_train(
     dataset, unit = dp_windows(local, config)
     if len(dataset) == 0:
         raise DataError("no training windows (histories too short)")
-    plan = plan_round(config, len(dataset), unit, expected_rounds)
+    reference = config.privacy.dp_reference_samples or reference_samples
+    if reference <= 0:
+        raise DataError(
+            "client DP needs the public size its plan assumes: set dp-reference-samples (the server sends "
+            "users per client when it knows the population)"
+        )
+    plan = plan_round(config, reference, unit, expected_rounds)
     spent = ledger.epsilon(delta)
-    cap = effective_max_epsilon(config.privacy.max_epsilon, limits.max_epsilon)
+    cap = effective_max_epsilon(config.privacy.cap, limits.max_epsilon)
     after = ledger.projected(
         noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
     ).epsilon(delta)
     if cap > 0 and after > cap:
         return LocalResult(None, {"declined": 1, "epsilon": spent, "num-examples": 0})
-    loss, steps = train_private(
+    train_private(
         model,
         dataset,
         plan,
@@ -157,13 +169,9 @@ def _private_local_train(
     return LocalResult(
         model.arrays(),
         {
-            "train-loss": loss,
-            "num-examples": len(dataset),
+            "num-examples": 1,  # every device weighs the same: its count would be a release
             "unit-weight": 1,
             "epsilon": ledger.epsilon(delta),
-            "dp-steps": steps,
-            "noise-multiplier": plan.noise_multiplier,
-            "sample-rate": plan.sample_rate,
             "user-level": int(unit == "user"),
             "dp-noise-reproducible": int(reproducible),
         },

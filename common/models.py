@@ -14,7 +14,9 @@ a fixed buffer (`feature_index`, public catalogue metadata, never user data): it
 weights a client sends (`arrays()`), only the feature embeddings are.
 
 Every model passes `ModuleValidator.validate(model, strict=True)`: RNNs use Opacus' DP layers,
-attention is built from `nn.Linear` + `scaled_dot_product_attention`.
+attention is built from `nn.Linear` + `scaled_dot_product_attention`. Dropout is keyed per batch
+row when the cohort engine asks (`common.keyed_dropout`): one user's masks never depend on who else
+is in the batch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from common.keyed_dropout import KeyedDropout, attention
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,7 @@ class RNNRecommender(SequenceRecommender):
 
         drop_opacus_root_handler(load=False)
         rnn = DPLSTM if config.arch == "lstm" else DPGRU
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = KeyedDropout(config.dropout)
         self.rnn = rnn(
             config.emb_dim,
             config.hidden_dim,
@@ -268,6 +272,8 @@ class RNNRecommender(SequenceRecommender):
             batch_first=True,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
+        if self.rnn.dropout_layer is not None:  # Opacus' dropout between layers, keyed per row too
+            self.rnn.dropout_layer = KeyedDropout(config.dropout)
         self.project = nn.Linear(config.hidden_dim, config.emb_dim)
         self._init_weights()
 
@@ -292,9 +298,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.num_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.num_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.num_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, self.dropout, self.training)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, D)  # (B, T, D)
         return self.proj(y)
 
@@ -304,7 +308,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.emb_dim, 4 * config.emb_dim)
         self.down = nn.Linear(4 * config.emb_dim, config.emb_dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = KeyedDropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(F.gelu(self.up(x))))
@@ -319,7 +323,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_ff = nn.LayerNorm(config.emb_dim)
         self.ff = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = KeyedDropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.ln_attn(x), mask))
@@ -340,7 +344,7 @@ class OriginalBlock(nn.Module):
         self.q, self.kv, self.proj = nn.Linear(D, D), nn.Linear(D, 2 * D), nn.Linear(D, D)
         self.ln_ff = nn.LayerNorm(D, eps=1e-8)
         self.up, self.down = nn.Linear(D, D), nn.Linear(D, D)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = KeyedDropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
@@ -348,9 +352,7 @@ class OriginalBlock(nn.Module):
         h = self.ln_attn(x)  # (B, T, D)
         q = self.q(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k, v = (part.view(B, T, nh, hs).transpose(1, 2) for part in self.kv(x).split(D, dim=2))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, self.attn_dropout, self.training)  # (B, nh, T, hs)
         x = self.ln_ff(h + self.proj(y.transpose(1, 2).reshape(B, T, D)))  # (B, T, D)
         return x + self.dropout(self.down(self.dropout(F.relu(self.up(x)))))
 
@@ -364,7 +366,7 @@ class SASRec(SequenceRecommender):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.pos_emb = nn.Embedding(config.max_len, config.emb_dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = KeyedDropout(config.dropout)
         self.blocks = nn.ModuleList(BLOCKS[config.block](config) for _ in range(config.num_layers))
         self.ln_out = nn.LayerNorm(config.emb_dim)
         self._init_weights()

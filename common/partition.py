@@ -1,7 +1,9 @@
 """Split users over federated clients: one user per client, or K silos (IID or Dirichlet non-IID).
 
 A partition is a list of user indices (rows of `SequenceData`). Holdout users (non-members for
-privacy audits) are removed first and never belong to any client. Everything is a pure function
+privacy audits) are removed first and never belong to any client; then the public cohort (users
+who consented to share their histories: the server validates, and may pretrain, on them; never in
+a DP population, never in test). Everything is a pure function
 of (data, settings, seed), memoised per process, so thousands of simulated client calls share
 one split instead of re-splitting the dataset each call.
 """
@@ -23,6 +25,7 @@ from common.data.sequences import SequenceData
 class Partitioning:
     clients: tuple[np.ndarray, ...]  # user indices of each client
     holdout: np.ndarray  # users kept out of training (audit non-members)
+    public: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the public cohort
     canary_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rows of included canaries
 
     @property
@@ -64,7 +67,9 @@ def partition_users(data: SequenceData, fed: FederationSettings, seed: int) -> P
     rng = np.random.default_rng(seed)
     users = rng.permutation(data.num_users)
     num_holdout = int(round(fed.holdout_fraction * data.num_users))
-    holdout, members = np.sort(users[:num_holdout]), np.sort(users[num_holdout:])
+    num_public = int(round(fed.public_fraction * data.num_users))
+    holdout, public = np.sort(users[:num_holdout]), np.sort(users[num_holdout : num_holdout + num_public])
+    members = np.sort(users[num_holdout + num_public :])
     if fed.partition == "user":
         clients = [np.array([u]) for u in members]
     else:
@@ -81,7 +86,7 @@ def partition_users(data: SequenceData, fed: FederationSettings, seed: int) -> P
     else:
         for j, u in enumerate(canary_users):
             clients[j % len(clients)] = np.append(clients[j % len(clients)], u)
-    return Partitioning(tuple(clients), holdout, canary_users)
+    return Partitioning(tuple(clients), holdout, public, canary_users)
 
 
 def run_canaries(num_items: int, fed: FederationSettings, seed: int) -> CanarySet:

@@ -27,6 +27,7 @@ class CohortPlan:
     num_users: int  # one-user clients the hosts simulate (keys 0..num_users-1)
     hosts: list[int]  # node ids of the SuperNodes that host simulated devices
     devices: dict[int, int]  # client key -> node id of real devices (deployment)
+    population: int = 0  # what Poisson's rate is set against (0: the keys known now)
 
     @property
     def keys(self) -> np.ndarray:
@@ -39,8 +40,8 @@ class CohortPlan:
         if self.config.privacy.dp_mode == "server" and self.config.privacy.server_mechanism == "dp-ftrl":
             return self.ftrl_users(server_round)
         rng = randomness.secret_rng() if secret else np.random.default_rng([self.config.train.seed, server_round])
-        if fed.user_sampling == "poisson":
-            q = min(1.0, fed.clients_per_round / len(keys))
+        if fed.user_sampling == "poisson":  # q is fixed by the population, not by who is connected now
+            q = min(1.0, fed.clients_per_round / (self.population or len(keys)))
             return keys[rng.random(len(keys)) < q]
         return np.sort(rng.choice(keys, size=min(fed.clients_per_round, len(keys)), replace=False))
 

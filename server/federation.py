@@ -22,6 +22,7 @@ from common.evaluation import evaluate, evaluate_by_group, model_scores
 from common.fake_users import simulated_devices
 from common.item_stats import ItemStatistics
 from common.partition import cached_partitioning
+from common.privacy.releases import releasable_summary
 from common.reranking import reranker_for
 from common.training import model_for
 from common.user_groups import user_groups_for
@@ -43,23 +44,45 @@ def resolve_run_dir(config: RunConfig) -> Path:
 
 def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: CohortPlan | None = None):
     """evaluate(arrays, split) on the server's copy of the validation / test targets, or, with
-    `federated-evaluation`, by the clients on their own held-out items (the server only sums)."""
+    `federated-evaluation`, by the clients on their own held-out items (the server only sums).
+    With a public cohort, its users are the ones validated on (and left out of `all_users`)."""
     if config.federation.federated_evaluation:
         return _federated_evaluator(config, grid, plan)
-    users = None
-    if config.federation.eval_users and config.federation.eval_users < data.num_users:
-        users = np.random.default_rng(config.train.seed).choice(
-            data.num_users, config.federation.eval_users, replace=False
+    public = public_users(config)
+    pool = public if len(public) else np.arange(data.num_users)
+    users = None if len(public) == 0 else pool
+    if config.federation.eval_users and config.federation.eval_users < len(pool):
+        users = np.sort(
+            np.random.default_rng(config.train.seed).choice(pool, config.federation.eval_users, replace=False)
         )
+    protected = np.setdiff1d(np.arange(data.num_users), public) if len(public) else None
     model = model_for(config, data.num_items, item_ids=data.item_ids)
     options = _evaluation_options(config, data)
 
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
         model.load_arrays(arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays)
         model.eval()
-        return evaluate(model_scores(model), data, split, users=None if all_users else users, **options)
+        return evaluate(model_scores(model), data, split, users=protected if all_users else users, **options)
 
     return evaluate_arrays
+
+
+def public_users(config: RunConfig) -> np.ndarray:
+    """Rows of the public cohort (users who consented to share their histories), or none."""
+    if config.federation.public_fraction <= 0 or config.data.catalogue_path:
+        return np.zeros(0, dtype=np.int64)
+    return cached_partitioning(config.data, config.federation, config.train.seed).public
+
+
+def round_validator(config: RunConfig, evaluate_arrays):
+    """What validates each round's model, or None. Under DP only public data may choose the released
+    round (`common.privacy.releases`): the public cohort's validation items, else nothing (the last
+    round is released)."""
+    if config.privacy.dp_mode == "none":
+        return evaluate_arrays
+    if len(public_users(config)) and not config.federation.federated_evaluation:
+        return evaluate_arrays
+    return None
 
 
 def _evaluation_options(config: RunConfig, data) -> dict:
@@ -80,7 +103,11 @@ def grouped_test_metrics(config: RunConfig, data, arrays, groups: dict, source: 
     model = model_for(config, data.num_items, item_ids=data.item_ids)
     model.load_arrays(arrays)
     model.eval()
-    test, by_group = evaluate_by_group(model_scores(model), data, "test", groups, **_evaluation_options(config, data))
+    public = public_users(config)
+    users = np.setdiff1d(np.arange(data.num_users), public) if len(public) else None  # the public cohort: never test
+    test, by_group = evaluate_by_group(
+        model_scores(model), data, "test", groups, users=users, **_evaluation_options(config, data)
+    )
     return test, {"split": "test", "source": source, "attributes": by_group}
 
 
@@ -192,15 +219,18 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
             "fedseqrec: %s",
             f"{simulated} simulated devices on {len(hosts)} nodes" if hosts else f"{len(keys)} clients",
         )
-    population = len(plan.keys) if plan is not None else len(keys)
-    # <= 1 / users, as the literature asks (a server without data counts its clients instead)
-    delta = config.privacy.delta or 1.0 / (catalogue.num_users or population)
+    population, members = dp_population(config, plan, keys)
+    if plan is not None:
+        plan.population = population  # Poisson's q = expected cohort / it, whoever is connected
+    delta = config.privacy.delta or 1.0 / members  # <= 1 / users, as the literature asks
     tracker = PrivacyTracker(config, population, delta, state.privacy)
     strategy = tracker.wrap(build_strategy(config))
     if state.strategy:
         load_strategy_state(strategy, state.strategy)
     expected_rounds = config.federation.num_server_rounds * min(1.0, config.federation.clients_per_round / population)
     round_config = {"run-dir": str(run_dir), "delta": delta, "expected-rounds": expected_rounds}
+    if config.privacy.dp_mode == "client":  # the public size each client's DP plan assumes
+        round_config["reference-samples"] = -(-members // population)
     evaluate_arrays = make_evaluator(config, data, grid, plan)
     state = run_rounds(
         grid,
@@ -208,7 +238,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         strategy,
         state,
         run_dir,
-        evaluate_arrays,
+        round_validator(config, evaluate_arrays),
         keys,
         round_config,
         tracker,
@@ -216,21 +246,20 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     )
 
     best_arrays = state.best.get("arrays", state.arrays)
-    if config.federation.federated_evaluation:  # the clients rank; the server sees means only
-        test, by_group = evaluate_arrays(best_arrays, "test", all_users=True), None
-    else:
-        test, by_group = grouped_test_metrics(config, data, best_arrays, *groups)
-    validation = evaluate_arrays(best_arrays, "validation", all_users=True)
+    released_round = state.best.get("round", state.round)
+    test, by_group, validation = _final_metrics(config, data, groups, evaluate_arrays, best_arrays, plan)
     model = model_for(config, catalogue.num_items, item_ids=catalogue.item_ids)
     model.load_arrays(best_arrays)
-    save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=flat, best_round=state.best.get("round"))
+    save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=flat, best_round=released_round)
     summary = {
         "rounds": state.round,
-        "best_round": state.best.get("round"),
+        "best_round": released_round,
+        "selection": "validation" if "round" in state.best else "last round",
         "validation": validation,
         "test": test,
         "metrics_by_group": by_group,
-        "num_users": catalogue.num_users or population,
+        "num_users": members,
+        "public_users": len(public_users(config)),
         "num_items": catalogue.num_items,
         "failed_clients": sum(r["failed"] for r in state.history),
         "late_replies": sum(r.get("late", 0) for r in state.history),
@@ -253,11 +282,16 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
             state.history,
             population,
             delta,
-            catalogue.num_users or population,
+            members,
             stopped_early=state.stopped_early,
+            released_round=released_round,
         )
+    summary = releasable_summary({k: v for k, v in summary.items() if v is not None}, config)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_reports(run_dir, state.history, config.train.top_k)
+    if test is None:
+        log(INFO, "fedseqrec: done; test metrics withheld (DP run on real devices) -> %s", run_dir)
+        return summary
     log(
         INFO,
         "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s",
@@ -268,3 +302,45 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         run_dir,
     )
     return summary
+
+
+def _final_metrics(config: RunConfig, data, groups, evaluate_arrays, arrays, plan) -> tuple:
+    """(test, test by group, validation) of the released model. Under DP a deployment's devices do not
+    send their unnoised test means (it would be a release outside the claim): withheld (None)."""
+    if config.federation.federated_evaluation:  # the clients rank; the server sees means only
+        if config.privacy.dp_mode != "none" and plan is not None and not plan.hosts:
+            return None, None, None
+        return (
+            evaluate_arrays(arrays, "test", all_users=True),
+            None,
+            evaluate_arrays(arrays, "validation", all_users=True),
+        )
+    test, by_group = grouped_test_metrics(config, data, arrays, *groups)
+    public = len(public_users(config)) > 0
+    validation = evaluate_arrays(arrays, "validation", all_users=not public)  # the public cohort's, when there is one
+    return test, by_group, validation
+
+
+def dp_population(config: RunConfig, plan: CohortPlan | None, keys: dict[int, int]) -> tuple[int, int]:
+    """(clients a DP guarantee is set against, users among them: delta's denominator).
+
+    The declared population-floor; else the simulated devices, or the clients of the server's own
+    partition. Real devices with a server that holds no data must declare it: the devices that
+    answered the first call are not the population (they come and go)."""
+    fed = config.federation
+    if fed.population_floor:
+        return fed.population_floor, fed.population_floor
+    if plan is not None and plan.hosts:
+        return plan.num_users, plan.num_users
+    if not config.data.catalogue_path:
+        partitioning = cached_partitioning(config.data, fed, config.train.seed)
+        members = sum(len(client) for client in partitioning.clients)
+        return partitioning.num_clients, members
+    if config.privacy.dp_mode != "none":
+        raise ConfigError(
+            f"dp-mode = {config.privacy.dp_mode} with real devices and a server without data: set population-floor "
+            "to the number of users the guarantee is for (delta = 1 / it); the devices connected now are not the "
+            "population"
+        )
+    population = len(plan.keys) if plan is not None else len(keys)
+    return population, population

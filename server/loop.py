@@ -25,6 +25,7 @@ from common.config import RunConfig
 from common.errors import CheckpointError
 from common.federated import client_seed
 from common.privacy import randomness
+from common.privacy.releases import releasable_row
 from common.stop_request import take_stop_request
 from server.reply_checks import reply_problem
 from server.run_state import RunState
@@ -282,7 +283,10 @@ def run_rounds(
     """Rounds state.round + 1 .. num-server-rounds; checkpoint after each. `privacy` (a
     server.privacy.PrivacyTracker) may stop the run before a round that would exceed the budget
     and records epsilon after each round. `cohort` (a server.cohort.CohortPlan) samples users
-    and hands their chunks to the nodes that host them."""
+    and hands their chunks to the nodes that host them. `evaluate_fn` (None: nothing validates, the
+    last round is released) scores the model on a schedule and keeps the best; under DP only on
+    public data (`server.federation.round_validator`). Under DP each row keeps only the fields the
+    run may release (`common.privacy.releases`)."""
     fed = config.federation
     available = len(cohort.keys) if cohort is not None else len(keys)
     log(
@@ -305,9 +309,9 @@ def run_rounds(
             log(INFO, "fedseqrec: stopping before round %s: stop requested (%s)", server_round, requested)
             state.stopped_early = f"stop requested before round {server_round}: {requested}"
             break
-        if privacy is not None and not privacy.allows(server_round):
-            log(INFO, "fedseqrec: stopping before round %s: it would exceed max-epsilon", server_round)
-            state.stopped_early = f"max-epsilon reached before round {server_round}"
+        if privacy is not None and not privacy.allows(server_round, _sampled_from(keys, cohort)):
+            log(INFO, "fedseqrec: stopping before round %s: it would exceed %s", server_round, privacy.cap_name)
+            state.stopped_early = f"{privacy.cap_name} reached before round {server_round}"
             break
         round_start = time.perf_counter()
         keys, known_nodes = _rediscover(grid, keys, known_nodes, cohort, timeout)
@@ -354,7 +358,8 @@ def run_rounds(
             if cohort is not None and privacy is not None and privacy.mode == "server"
             else None
         )
-        refuse = privacy.refuses if privacy is not None else None
+        sampled_from = _sampled_from(keys, cohort)
+        refuse = (lambda arrived, n=sampled_from: privacy.refuses(arrived, n)) if privacy is not None else None
         for attempt in range(1, fed.round_retries + 2):
             if attempt > 1:  # the same users and seeds again, once crashed nodes have had time to return
                 time.sleep(fed.retry_wait)
@@ -413,9 +418,12 @@ def run_rounds(
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
         if privacy is not None:
-            row.update(privacy.record(server_round, per_client, arrived=0 if "skipped" in stats else stats["replied"]))
+            arrived = 0 if "skipped" in stats else stats["replied"]
+            row.update(privacy.record(server_round, per_client, arrived=arrived, sampled_from=sampled_from))
             state.privacy = privacy.state_dict()
-        if server_round % fed.eval_every_rounds == 0 or server_round == fed.num_server_rounds:
+        if evaluate_fn is not None and (
+            server_round % fed.eval_every_rounds == 0 or server_round == fed.num_server_rounds
+        ):
             row["validation"] = evaluate_fn(arrays, "validation")
             if row["validation"][key] > state.best.get("metric", float("-inf")):
                 state.best = {
@@ -425,6 +433,7 @@ def run_rounds(
                 }
         row["seconds"] = time.perf_counter() - round_start
         state.round, state.arrays = server_round, arrays_to_torch(arrays)
+        row = releasable_row(row, config)
         state.history.append(row)
         state.strategy = strategy_state(strategy)
         if server_round % fed.checkpoint_every == 0 or server_round == fed.num_server_rounds:
@@ -444,6 +453,12 @@ def _rediscover(grid: Grid, keys: dict[int, int], known_nodes: set, cohort, time
         cohort.hosts, cohort.devices = hosts or cohort.hosts, found or cohort.devices
     log(INFO, "fedseqrec: nodes changed; %d clients, %d hosts identified", len(found or keys), len(hosts))
     return found or keys, nodes
+
+
+def _sampled_from(keys: dict[int, int], cohort) -> int:
+    """How many clients this round's sample is drawn from: the simulated users, or the devices
+    identified now (fixed-size rounds are booked with it; devices come and go)."""
+    return len(cohort.keys) if cohort is not None else len(keys)
 
 
 def _present(key: int, keys: dict[int, int], cohort) -> bool:

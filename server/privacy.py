@@ -37,14 +37,26 @@ from common.privacy.server_accounting import (
 )
 from server.cohort_noise import AdaptiveClip, GaussianRoundNoise, TreeRoundNoise, update_noise_multiplier
 
+# The calibration picks z to 0.1% from above, so a planned run ends a hair under its target; this
+# slack only absorbs the accountant's float noise between calibration and booking (never a round).
+CAP_SLACK = 1e-9
+
 
 class PrivacyTracker:
+    """The run's privacy state: the noise multiplier, the ledger of released rounds, the budget cap.
+
+    `population` is what a guarantee is set against: the simulated users, the users in the server's
+    data, or the declared `population-floor` (delta = 1 / it; under Poisson sampling q = expected
+    cohort / it, whoever is connected). Fixed-size rounds are booked with the devices they really
+    sampled from (`sampled_from`)."""
+
     def __init__(self, config: RunConfig, population: int, delta: float, state: dict | None = None):
         self.config, self.population, self.delta = config, population, delta
         self.mode = config.privacy.dp_mode
         self.cohort = config.federation.cohort_engine  # noise on the users' clipped sum, added here
         self.sampling = config.federation.user_sampling if self.cohort else "fixed"
         self.sampled = min(config.federation.clients_per_round, population)  # expected, under Poisson
+        self.accountant = config.privacy.accountant if self.mode == "server" else "rdp"
         state = state or {}
         self.epsilon_by_round: dict[int, float] = {int(k): v for k, v in state.get("epsilon_by_round", {}).items()}
         self.events: list[list[float]] = state.get("events", [])  # server mode: [z_effective, m, N] per round
@@ -60,22 +72,7 @@ class PrivacyTracker:
             population, fed.clients_per_round, fed.num_server_rounds, privacy.max_participations
         )
         self._next_round = len(self.epsilon_by_round) + 1
-        self.noise_multiplier = privacy.noise_multiplier
-        if self.mode == "server" and privacy.target_epsilon > 0:
-            self.noise_multiplier = (
-                dpftrl_noise_for(
-                    privacy.target_epsilon, rounds_in_tree=self.rounds_in_tree, trees=self.cap, delta=delta
-                )
-                if self.ftrl
-                else dpfedavg_noise_for(
-                    privacy.target_epsilon,
-                    num_sampled=self.sampled,
-                    population=population,
-                    rounds=fed.num_server_rounds,
-                    delta=delta,
-                    sampling=self.sampling,
-                )
-            )
+        self.noise_multiplier, self.planned_rounds = self._noise_multiplier(state)
         self.tree = TreeRoundNoise(state.get("trees")) if self.ftrl else None
         self.round_noise = self.tree or GaussianRoundNoise()
         # Adaptive clipping on the cohort engine: the count's noise takes a share of the accounted z.
@@ -95,6 +92,42 @@ class PrivacyTracker:
             else self.noise_multiplier
         )
         self.clip_by_round: dict[int, float] = {int(k): v for k, v in state.get("clip_by_round", {}).items()}
+
+    def _noise_multiplier(self, state: dict) -> tuple[float, int]:
+        """(z, the rounds it was planned for). With a target epsilon, z is the smallest that keeps the
+        rounds already released plus the rest of the run within it: a resume with more rounds plans
+        the remaining rounds with what is left of the budget, never the whole budget again."""
+        privacy, rounds = self.config.privacy, self.config.federation.num_server_rounds
+        if self.mode != "server" or privacy.target_epsilon <= 0:
+            return privacy.noise_multiplier, rounds
+        if "noise_multiplier" in state and state.get("planned_rounds") == rounds:
+            return float(state["noise_multiplier"]), rounds  # the same plan: the same z, so a resume replays
+        if self.ftrl:
+            z = dpftrl_noise_for(
+                privacy.target_epsilon,
+                rounds_in_tree=self.rounds_in_tree,
+                trees=self.cap,
+                delta=self.delta,
+                accountant=self.accountant,
+            )
+            return z, rounds
+        remaining = rounds - len(self.epsilon_by_round)
+        if remaining <= 0:
+            return float(state.get("noise_multiplier", privacy.noise_multiplier)), rounds
+        try:
+            z = dpfedavg_noise_for(
+                privacy.target_epsilon,
+                num_sampled=self.sampled,
+                population=self.population,
+                rounds=remaining,
+                delta=self.delta,
+                sampling=self.sampling,
+                accountant=self.accountant,
+                spent=[tuple(e) for e in self.events],
+            )
+        except ValueError:  # the budget is spent: the cap stops the run before its next round
+            z = float(state.get("noise_multiplier", privacy.noise_multiplier))
+        return z, rounds
 
     def wrap(self, strategy: Strategy) -> Strategy:
         if self.mode != "server" or self.cohort:  # the cohort engine clips on devices, noises in private_sum
@@ -134,13 +167,21 @@ class PrivacyTracker:
 
     def _server_epsilon(self, events: list[list[float]]) -> float:
         if self.ftrl:
-            return dpftrl_epsilon(self.noise_multiplier, self.tree.trees, delta=self.delta)
-        return dpfedavg_epsilon_events([tuple(e) for e in events], delta=self.delta, sampling=self.sampling)
+            return dpftrl_epsilon(self.noise_multiplier, self.tree.trees, delta=self.delta, accountant=self.accountant)
+        return dpfedavg_epsilon_events(
+            [tuple(e) for e in events], delta=self.delta, sampling=self.sampling, accountant=self.accountant
+        )
 
-    def _round_event(self, arrived: int) -> list[float]:
-        if self.cohort:  # noise z C on the sum itself: the same multiplier however many arrive
+    def _round_event(self, arrived: int, sampled_from: int | None = None) -> list[float]:
+        """[z, m, N] as booked: Poisson rounds at q = m / population whoever is connected; fixed-size
+        rounds with the N devices they really sampled from (more or fewer than at the start)."""
+        if self.cohort and self.sampling == "poisson":
             return [self.noise_multiplier, self.sampled, self.population]
-        return [self.noise_multiplier * arrived / self.sampled, self.sampled, self.population]
+        n = int(sampled_from or self.population)
+        m = min(self.sampled, n)
+        if self.cohort:  # noise z C on the sum itself: the same multiplier however many arrive
+            return [self.noise_multiplier, m, n]
+        return [self.noise_multiplier * arrived / self.sampled, m, n]
 
     def private_sum(self, replies: list[Message], global_arrays: ArrayRecord, server_round: int) -> list[Message]:
         """Cohort engine, server mode: the clipped users' sum + N(0, (z C)^2), over the expected cohort
@@ -154,11 +195,10 @@ class PrivacyTracker:
         start = global_arrays.to_numpy_ndarrays()
         names = list(global_arrays.keys())
         total = [np.zeros_like(a, dtype=np.float64) for a in start]
-        users, loss = 0, 0.0
+        users = 0
         for reply in replies:
             n = int(reply.content["metrics"]["num-examples"])
             users += n
-            loss += float(reply.content["metrics"].get("train-loss", 0.0)) * n
             for acc, mean, base in zip(total, reply.content["arrays"].to_numpy_ndarrays(), start):
                 acc += (mean.astype(np.float64) - base) * n  # this node's users' clipped sum
         clip = self.clip
@@ -182,20 +222,21 @@ class PrivacyTracker:
         combined.content = RecordDict(
             {
                 "arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in noisy.items()}),
-                "metrics": MetricRecord({"num-examples": 1, "unit-weight": 1, "train-loss": loss / max(users, 1)}),
+                "metrics": MetricRecord({"num-examples": 1, "unit-weight": 1}),
             }
         )
         return [combined]
 
-    def epsilon_after(self, arrived: int) -> float:
+    def epsilon_after(self, arrived: int, sampled_from: int | None = None) -> float:
         """Server mode: the run's epsilon if a round with `arrived` contributing clients were released."""
         if self.ftrl:
             return (
-                dpftrl_epsilon(self.noise_multiplier, self._trees_after(), delta=self.delta)
+                dpftrl_epsilon(self.noise_multiplier, self._trees_after(), delta=self.delta, accountant=self.accountant)
                 if arrived
                 else self._server_epsilon(self.events)
             )
-        return self._server_epsilon(self.events + [self._round_event(arrived)] if arrived else self.events)
+        after = self.events + [self._round_event(arrived, sampled_from)] if arrived else self.events
+        return self._server_epsilon(after)
 
     def _trees_after(self) -> list[list[int]]:
         """DP-FTRL's trees if the next round were released."""
@@ -210,33 +251,39 @@ class PrivacyTracker:
         return trees
 
     def _cap(self) -> float:
-        return self.config.privacy.max_epsilon if self.mode == "server" else 0.0
+        return self.config.privacy.cap if self.mode == "server" else 0.0
 
-    def allows(self, server_round: int) -> bool:
-        """False when even a round in which every sampled client replies would pass max-epsilon."""
+    @property
+    def cap_name(self) -> str:
+        return "max-epsilon" if self.config.privacy.max_epsilon else "target-epsilon"
+
+    def allows(self, server_round: int, sampled_from: int | None = None) -> bool:
+        """False when even a round in which every sampled client replies would pass the cap."""
         self._next_round = server_round
-        return self._cap() <= 0 or self.epsilon_after(self.sampled) <= self._cap()
+        return self._cap() <= 0 or self.epsilon_after(self.sampled, sampled_from) <= self._cap() * (1 + CAP_SLACK)
 
-    def refuses(self, arrived: int) -> str | None:
+    def refuses(self, arrived: int, sampled_from: int | None = None) -> str | None:
         """Why a round with `arrived` contributing clients must not be aggregated (None: it may)."""
         cap = self._cap()
         if cap <= 0 or not arrived:
             return None
-        epsilon = self.epsilon_after(arrived)
-        if epsilon <= cap:
+        epsilon = self.epsilon_after(arrived, sampled_from)
+        if epsilon <= cap * (1 + CAP_SLACK):
             return None
         return (
             f"{arrived} of {self.sampled} sampled clients replied; releasing that round would spend "
-            f"epsilon {epsilon:.3f} > max-epsilon {cap:g} (delta {self.delta:.2e})"
+            f"epsilon {epsilon:.3f} > {self.cap_name} {cap:g} (delta {self.delta:.2e})"
         )
 
-    def record(self, server_round: int, per_client: dict[int, dict], arrived: int) -> dict:
+    def record(
+        self, server_round: int, per_client: dict[int, dict], arrived: int, sampled_from: int | None = None
+    ) -> dict:
         """Book a released round: `arrived` clients' updates were aggregated (server mode)."""
         if self.mode == "none":
             return {}
         if self.mode == "server":
             if arrived:
-                self.events.append(self._round_event(arrived))
+                self.events.append(self._round_event(arrived, sampled_from))
                 if self.ftrl:
                     self.tree.book()
             epsilon = self._server_epsilon(self.events)
@@ -265,6 +312,9 @@ class PrivacyTracker:
             "declined": self.declined,
             "sampling": self.sampling,
             "mechanism": self.mechanism,
+            "noise_multiplier": self.noise_multiplier,
+            "planned_rounds": self.planned_rounds,
+            "accountant": self.accountant,
             **(
                 {"trees": self.tree.trees, "rounds_in_tree": self.rounds_in_tree, "max_participations": self.cap}
                 if self.ftrl

@@ -17,6 +17,7 @@ from common.config import RunConfig
 from common.plots import plot_curves
 from common.privacy import randomness
 from common.privacy.mechanism import client_dpsgd_facts, server_facts
+from common.privacy.releases import release_table
 from server.privacy import PrivacyTracker
 
 UNIT_TEXT = {
@@ -47,6 +48,7 @@ def write_privacy_report(
     delta: float,
     num_users: int,
     stopped_early: str | None = None,
+    released_round: int | None = None,
 ) -> dict:
     privacy = config.privacy
     server = privacy.dp_mode == "server"
@@ -80,14 +82,17 @@ def write_privacy_report(
         "noise_randomness": source,
         "noise_randomness_note": randomness.DESCRIPTION[source],
         "accountant": (
-            "dp-accounting RDP, SingleEpochTreeAggregation(z, tree lengths) per pass, replace-with-zero"
+            f"dp-accounting {tracker.accountant.upper()}, SingleEpochTreeAggregation(z, tree lengths) per pass, "
+            "replace-with-zero"
             if tracker.ftrl
-            else "dp-accounting RDP, PoissonSampled(q, Gaussian(z)) per round, add/remove"
+            else f"dp-accounting {tracker.accountant.upper()}, PoissonSampled(q, Gaussian(z)) per round, add/remove"
             if server and tracker.sampling == "poisson"
-            else "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round, replace-one"
+            else "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round (N: the clients "
+            "sampled from that round), replace-one"
             if server
             else f"Opacus {privacy.accountant.upper()}, add/remove one sample"
         ),
+        "accountant_name": tracker.accountant if server else f"opacus-{privacy.accountant}",
         "noise_multiplier": (
             tracker.noise_multiplier
             if server
@@ -132,6 +137,21 @@ def write_privacy_report(
         "users": num_users,
         "rounds": len(history),
         "max_epsilon": privacy.max_epsilon or None,
+        "epsilon_cap": privacy.cap or None,
+        "epsilon_cap_note": _cap_note(privacy),
+        "population": population,
+        "population_note": (
+            "declared population-floor"
+            if config.federation.population_floor
+            else "the simulated users, or the clients of the server's own partition"
+        ),
+        "released_round": released_round,
+        "selection": (
+            "the public cohort's validation (public data; costs no privacy)"
+            if config.federation.public_fraction > 0 and not config.federation.federated_evaluation
+            else "the last round (no selection on protected users' data)"
+        ),
+        "releases": release_table(config),
         "secure_mode": privacy.secure_mode,
         "epsilon": by_round[-1]["epsilon"] if by_round else 0.0,
         "epsilon_by_round": by_round,
@@ -171,6 +191,17 @@ def write_privacy_report(
     }
 
 
+def _cap_note(privacy) -> str:
+    if privacy.max_epsilon and privacy.target_epsilon and privacy.max_epsilon > privacy.target_epsilon:
+        return (
+            f"max-epsilon {privacy.max_epsilon:g} raises the cap above target-epsilon {privacy.target_epsilon:g}: "
+            "the user asked for it"
+        )
+    if privacy.cap:
+        return f"no round is released past {privacy.cap:g}"
+    return "no cap (neither target-epsilon nor max-epsilon is set)"
+
+
 def _markdown(report: dict, population: int, sampled: int) -> str:
     lines = ["# Privacy report", ""]
     if report["noise_randomness"] == randomness.REPRODUCIBLE:
@@ -203,6 +234,8 @@ def _markdown(report: dict, population: int, sampled: int) -> str:
             f"update noise multiplier {detail['update_noise_multiplier']:.3f}, final C "
             f"{detail['final_clipping_norm']:.4f} ({detail['note']})"
         )
+    lines.append(f"- Cap: {report['epsilon_cap_note']}")
+    lines.append(f"- Released model: round {report['released_round']}, chosen by {report['selection']}")
     if report.get("stopped_early"):
         lines.append(f"- Stopped early: {report['stopped_early']}")
     if "per_client_epsilon" in report:
@@ -214,6 +247,11 @@ def _markdown(report: dict, population: int, sampled: int) -> str:
         lines.append(
             f"- Clients by unit: {report['clients_by_unit']}; by noise source: {report['clients_by_noise_randomness']}"
         )
-    lines += ["", "| round | epsilon |", "|---|---|"]
+    lines += ["", "## What this run releases", ""]
+    for section, rows in report["releases"].items():
+        lines += [f"### {section.replace('_', ' ')}", "", "| name | class | why |", "|---|---|---|"]
+        lines += [f"| `{r['name']}` | {r['kind']} | {r['why']} |" for r in rows]
+        lines.append("")
+    lines += ["## Epsilon per round", "", "| round | epsilon |", "|---|---|"]
     lines += [f"| {r['round']} | {r['epsilon']:.4f} |" for r in report["epsilon_by_round"]]
     return "\n".join(lines) + "\n"

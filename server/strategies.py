@@ -36,7 +36,7 @@ def build_strategy(config: RunConfig) -> Strategy:
         min_evaluate_nodes=1,
         min_available_nodes=1,
         # DP-FedAvg's sensitivity bound needs equal weights; every reply carries unit-weight = 1.
-        weighted_by_key="unit-weight" if config.privacy.dp_mode == "server" else "num-examples",
+        weighted_by_key="unit-weight" if config.privacy.dp_mode != "none" else "num-examples",
     )
     if fed.strategy == "fedavg":
         return FedAvg(**common)

@@ -157,6 +157,7 @@ def dp_config(**extra) -> RunConfig:
             "local-lr": 0.001,
             "noise-multiplier": 1.0,
             "delta": 1e-3,
+            "dp-reference-samples": 40,  # the public size each client's plan assumes
             **extra,
         }
     )
@@ -181,8 +182,9 @@ def test_client_at_its_budget_declines_and_spends_nothing(client_data):
 
 
 def test_target_epsilon_holds_when_batches_do_not_divide_the_samples(client_data):
-    # 40 users / batch 9: Opacus takes ceil(40 / 9) = 5 Poisson batches per epoch at rate 1/5;
-    # planning round(40 / 9) = 4 steps at rate 9/40 overshot the target.
+    # reference 40 / batch 9: round(40 / 9) = 4 Poisson batches per epoch at rate exactly 1/4, and
+    # Opacus' sampler runs those 4 (its own length would be int(1 / 0.25) = 4 too, but int(1 / (1/k))
+    # can drop one for other k): the ledger books what ran, and the target holds.
     config = dp_config(**{"batch-size": 9, "target-epsilon": 2.0, "noise-multiplier": 0.0, "local-epochs": 2})
     arrays = build_model(ModelConfig("sasrec", client_data.num_items, 10, 8, num_layers=1)).arrays()
     ledger = PrivacyLedger("rdp")
@@ -190,9 +192,25 @@ def test_target_epsilon_holds_when_batches_do_not_divide_the_samples(client_data
         result = local_train(
             config, client_data, arrays, server_round=server_round, client=0, ledger=ledger, expected_rounds=3
         )
-    assert result.metrics["sample-rate"] == pytest.approx(1 / 5)
-    assert result.metrics["dp-steps"] == 2 * 5
+    ((z, rate, steps),) = ledger.history
+    assert rate == pytest.approx(1 / 4) and steps == 3 * 2 * 4
     assert 1.9 < result.metrics["epsilon"] <= 2.0
+
+
+def test_a_client_dp_reply_is_the_same_with_one_window_more_or_less(client_data):
+    """Add/remove one window: the plan (rate, steps, divisor, noise) and every reply field but the
+    noised weights must not move, or the reply itself releases the window (issue 29, hole 2)."""
+    arrays = build_model(ModelConfig("sasrec", client_data.num_items, 10, 8, num_layers=1)).arrays()
+    fewer = client_data.subset(np.arange(client_data.num_users - 1))  # train-windows last: one window less
+    config = dp_config(**{"target-epsilon": 2.0, "noise-multiplier": 0.0})
+    replies, ledgers = [], []
+    for data in (client_data, fewer):
+        ledger = PrivacyLedger("rdp")
+        replies.append(local_train(config, data, arrays, server_round=1, client=0, ledger=ledger).metrics)
+        ledgers.append(ledger.history)
+    assert replies[0] == replies[1] and ledgers[0] == ledgers[1]
+    assert set(replies[0]) <= {"num-examples", "unit-weight", "epsilon", "user-level", "dp-noise-reproducible"}
+    assert replies[0]["num-examples"] == 1
 
 
 def test_device_owner_limits_override_the_run(client_data):
@@ -271,12 +289,13 @@ def test_grouped_rounds_compose_like_rounds_one_by_one():
     import dp_accounting
     from dp_accounting import rdp
 
-    from common.privacy.server_accounting import ORDERS, round_event
+    from common.privacy.accountants.rdp import ORDERS, dp_event
+    from common.privacy.server_accounting import round_event
 
     events = [(1.0, 10, 100)] * 5 + [(0.7, 8, 100)] + [(1.0, 10, 100)] * 3
     one_by_one = rdp.RdpAccountant(ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     for z, m, n in events:
-        one_by_one.compose(round_event(z, m, n))
+        one_by_one.compose(dp_event(round_event(z, m, n)))
     assert dpfedavg_epsilon_events(events, delta=1e-4) == pytest.approx(one_by_one.get_epsilon(1e-4), rel=1e-9)
 
 

@@ -54,7 +54,9 @@ def _device_round(reproducible: bool) -> dict[str, torch.Tensor]:
     config = RunConfig.from_flat(TINY)
     data = load_sequence_data(config.data)
     start = model_for(config, data.num_items).arrays()
-    result = local_train(config, data, start, server_round=3, client=7, reproducible_dp_noise=reproducible)
+    result = local_train(
+        config, data, start, server_round=3, client=7, reproducible_dp_noise=reproducible, reference_samples=16
+    )
     return result.arrays
 
 
@@ -94,7 +96,7 @@ def test_sensitivity_comes_from_the_adjacency_in_one_place():
     with pytest.raises(ValueError, match="adjacency"):
         sum_sensitivity("swap-two", 1.0)
     event = round_event(1.2, 10, 100)  # the run's accounting
-    assert event.event.noise_multiplier == pytest.approx(1.2 / 2)
+    assert event.noise == pytest.approx(1.2 / 2) and event.adjacency == REPLACE_ONE
     # the calibration reads the same accounting: its noise lands on the target, not on half of it
     z = dpfedavg_noise_for(4.0, num_sampled=10, population=100, rounds=20, delta=1e-4)
     eps = dpfedavg_epsilon(noise_multiplier=z, num_sampled=10, population=100, rounds=20, delta=1e-4)

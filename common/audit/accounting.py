@@ -1,72 +1,55 @@
 """Recompute a run's epsilon with other methods, from the mechanism history it recorded.
 
-Client mode: each client's Opacus ledger [(z, q, steps)] is replayed with Google's dp-accounting,
-as `PoissonSampledDpEvent(q, GaussianDpEvent(z))` self-composed `steps` times: RDP (on Opacus'
-orders, to compare like with like) and PLD (the tighter figure). Failures: the two RDP
-implementations disagreeing by more than 1% (relative), the recorded epsilon disagreeing with
-the recomputation, or PLD above RDP (impossible for the same mechanism).
+Every figure comes through the one accountant interface (`common.privacy.accountants`), and each
+mode is checked by a second, independent implementation behind it ("independent-rdp": closed-form
+RDP written apart from dp-accounting and Opacus).
+
+Client mode: each client's Opacus ledger [(z, q, steps)] is replayed as Poisson-sampled Gaussian
+steps with Opacus' RDP, dp-accounting's RDP and PLD, and the independent RDP. Failures: the RDP
+implementations disagreeing by more than 1% (relative), the recorded epsilon disagreeing with the
+recomputation, or PLD above RDP (impossible for the same mechanism).
 
 Server mode: the recorded rounds [z_effective, m, N] are replayed through the run's accountant
-(the recorded figure must be what it gives), and checked against an independent lower bound:
-the exact epsilon of concrete neighbouring datasets under the noise and sampling that were run
-(`common.audit.worst_pair`, no accountant library). A claim below that bound is wrong whatever
-the method; the true epsilon lies between the bound and a correct claim.
+(the recorded figure must be what it gives) and through the independent RDP (an upper bound on the
+true epsilon: a claim above it books releases that did not happen or the wrong ones), and checked
+against an independent lower bound: the exact epsilon of concrete neighbouring datasets under the
+noise and sampling that were run (`common.audit.worst_pair`, no accountant library). A claim below
+that bound is wrong whatever the method; the true epsilon lies between the two bounds.
 """
 
 from __future__ import annotations
 
 import math
 
-import dp_accounting
-from dp_accounting import pld, rdp
-from opacus.accountants import RDPAccountant
-
 from common.audit.worst_pair import epsilon_lower_bound
+from common.privacy.accountants import PoissonGaussian, create_accountant
 from common.privacy.mechanism import ADD_OR_REMOVE_ONE, REPLACE_ONE, REPLACE_WITH_ZERO
 from common.privacy.server_accounting import dpfedavg_epsilon_events, dpftrl_epsilon
 from common.privacy.tree_aggregation import prefix_nodes
 
-# Opacus' default RDP orders: the same grid on both sides makes the comparison like for like.
-OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 RDP_TOLERANCE = 0.01  # relative
 LOWER_BOUND_SLACK = 1e-3  # relative: the lower bound's grid is exact to far better than this
-PLD_DISCRETIZATION = 1e-3  # dp-accounting PLD grid (smaller = tighter, slower)
 
 
-def _poisson_history_event(history: list[tuple[float, float, int]]) -> dp_accounting.DpEvent:
-    return dp_accounting.ComposedDpEvent(
-        [
-            dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(float(q), dp_accounting.GaussianDpEvent(float(z))), int(steps)
-            )
-            for z, q, steps in history
-            if steps > 0
-        ]
-    )
+def _ledger_epsilon(name: str, history: list[tuple[float, float, int]], delta: float) -> float:
+    accountant = create_accountant(name, [(PoissonGaussian(float(z), float(q)), int(s)) for z, q, s in history])
+    return accountant.get_epsilon(delta)
 
 
 def opacus_rdp_epsilon(history: list[tuple[float, float, int]], *, delta: float) -> float:
-    if not history:
-        return 0.0
-    accountant = RDPAccountant()
-    accountant.history = [(float(z), float(q), int(s)) for z, q, s in history]
-    return float(accountant.get_epsilon(delta=delta, alphas=OPACUS_ORDERS))
+    return _ledger_epsilon("opacus-rdp", history, delta)
 
 
 def poisson_rdp_epsilon(history: list[tuple[float, float, int]], *, delta: float) -> float:
-    if not history:
-        return 0.0
-    accountant = rdp.RdpAccountant(OPACUS_ORDERS)
-    accountant.compose(_poisson_history_event(history))
-    return float(accountant.get_epsilon(delta))
+    return _ledger_epsilon("rdp", history, delta)
 
 
 def poisson_pld_epsilon(history: list[tuple[float, float, int]], *, delta: float) -> float:
-    if not history:
-        return 0.0
-    accountant = pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
-    accountant.compose(_poisson_history_event(history))
-    return float(accountant.get_epsilon(delta))
+    return _ledger_epsilon("pld", history, delta)
+
+
+def independent_rdp_epsilon(history: list[tuple[float, float, int]], *, delta: float) -> float:
+    return _ledger_epsilon("independent-rdp", history, delta)
 
 
 def gaussian_delta(epsilon: float, noise_multiplier: float) -> float:
@@ -102,10 +85,16 @@ def audit_client_ledgers(ledgers: dict[str, list], *, delta: float, recorded: fl
             "opacus_rdp": opacus_rdp_epsilon(history, delta=delta),
             "dp_accounting_rdp": poisson_rdp_epsilon(history, delta=delta),
             "dp_accounting_pld": poisson_pld_epsilon(history, delta=delta),
+            "independent_rdp": independent_rdp_epsilon(history, delta=delta),
         }
         if _relative_gap(row["opacus_rdp"], row["dp_accounting_rdp"]) > RDP_TOLERANCE:
             failures.append(
                 f"client {name}: Opacus RDP {row['opacus_rdp']:.4f} and dp-accounting RDP "
+                f"{row['dp_accounting_rdp']:.4f} disagree by more than {RDP_TOLERANCE:.0%}"
+            )
+        if _relative_gap(row["independent_rdp"], row["dp_accounting_rdp"]) > RDP_TOLERANCE:
+            failures.append(
+                f"client {name}: the independent RDP {row['independent_rdp']:.4f} and dp-accounting RDP "
                 f"{row['dp_accounting_rdp']:.4f} disagree by more than {RDP_TOLERANCE:.0%}"
             )
         if row["dp_accounting_pld"] > row["dp_accounting_rdp"] * (1 + RDP_TOLERANCE):
@@ -116,7 +105,7 @@ def audit_client_ledgers(ledgers: dict[str, list], *, delta: float, recorded: fl
         rows.append(row)
     worst = {
         key: max((r[key] for r in rows), default=0.0)
-        for key in ("opacus_rdp", "dp_accounting_rdp", "dp_accounting_pld")
+        for key in ("opacus_rdp", "dp_accounting_rdp", "dp_accounting_pld", "independent_rdp")
     }
     if accountant == "rdp" and rows and _relative_gap(worst["opacus_rdp"], recorded) > RDP_TOLERANCE:
         failures.append(
@@ -131,18 +120,26 @@ def audit_client_ledgers(ledgers: dict[str, list], *, delta: float, recorded: fl
         "clients": rows,
         "epsilon": worst,
         "failures": failures,
-        "method": "dp-accounting PoissonSampled(q, Gaussian(z)) x steps per ledger entry; RDP on Opacus' "
-        "orders, PLD with discretization " + str(PLD_DISCRETIZATION),
+        "method": "PoissonSampled(q, Gaussian(z)) x steps per ledger entry through common.privacy.accountants: "
+        "Opacus RDP, dp-accounting RDP and PLD, and the independent closed-form RDP",
     }
 
 
 def audit_server_events(
-    events: list, *, delta: float, recorded: float, adjacency: str | None, sampling: str = "fixed"
+    events: list,
+    *,
+    delta: float,
+    recorded: float,
+    adjacency: str | None,
+    sampling: str = "fixed",
+    accountant: str = "rdp",
 ) -> dict:
-    """Server mode: the recorded epsilon against a replay of the run's accountant and against an
-    independent lower bound (`common.audit.worst_pair`) that a correct claim can never be under."""
+    """Server mode: the recorded epsilon against a replay of the run's accountant, the independent
+    RDP upper bound, and an independent lower bound (`common.audit.worst_pair`) that a correct claim
+    can never be under."""
     events = [(float(z), float(m), int(n)) for z, m, n in events]
-    replayed = dpfedavg_epsilon_events(events, delta=delta, sampling=sampling)
+    replayed = dpfedavg_epsilon_events(events, delta=delta, sampling=sampling, accountant=accountant)
+    upper = dpfedavg_epsilon_events(events, delta=delta, sampling=sampling, accountant="independent-rdp")
     # The adjacency this sampling is analysed under, decided here again (not read from the run).
     expected = ADD_OR_REMOVE_ONE if sampling == "poisson" else REPLACE_ONE
     lower = epsilon_lower_bound(events, delta=delta, adjacency=expected)
@@ -163,18 +160,28 @@ def audit_server_events(
             "pair of neighbouring datasets for the noise and sampling that were run: the run's "
             "accounting understates what was spent (wrong sensitivity, adjacency or method)"
         )
+    if recorded > upper * (1 + RDP_TOLERANCE):
+        failures.append(
+            f"recorded epsilon {recorded:.4f} is above {upper:.4f}, the independent RDP bound for the rounds "
+            "recorded: the claim and the rounds it says it released do not match"
+        )
     return {
         "mode": "server",
         "delta": delta,
         "recorded_epsilon": recorded,
         "rounds": len(events),
-        "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
+        "epsilon": {
+            "replayed_run_accountant": replayed,
+            "independent_upper_bound": upper,
+            "independent_lower_bound": lower,
+        },
         "failures": failures,
-        "method": "Replay: the run's dp-accounting RDP (fixed: SampledWithoutReplacement, replace-one, z / 2; "
-        "poisson: PoissonSampled, add/remove, z) on the recorded rounds [z_eff, m, N]. Independent: "
-        "exact epsilon (privacy-loss distribution on a "
-        "grid, rounded down) of concrete replace-one neighbouring datasets under the mechanism as run "
-        "(common/audit/worst_pair.py); the true epsilon lies between the two.",
+        "method": f"Replay: the run's accountant ({accountant}; fixed: SampledWithoutReplacement, replace-one, z / 2; "
+        "poisson: PoissonSampled, add/remove, z) on the recorded rounds [z_eff, m, N]. Independent upper bound: "
+        "closed-form RDP written apart from dp-accounting (common/privacy/accountants/independent.py). "
+        "Independent lower bound: exact epsilon (privacy-loss distribution on a grid, rounded down) of concrete "
+        "neighbouring datasets under the mechanism as run (common/audit/worst_pair.py); the true epsilon lies "
+        "between the two bounds.",
     }
 
 
@@ -196,11 +203,18 @@ def ftrl_lower_bound(noise_multiplier: float, trees: list[list[int]], *, delta: 
 
 
 def audit_ftrl_trees(
-    trees: list[list[int]], *, noise_multiplier: float, delta: float, recorded: float, adjacency: str | None
+    trees: list[list[int]],
+    *,
+    noise_multiplier: float,
+    delta: float,
+    recorded: float,
+    adjacency: str | None,
+    accountant: str = "rdp",
 ) -> dict:
     """DP-FTRL: the recorded epsilon against the run's accountant replayed on its trees and against the
     exact epsilon of a concrete pair (`ftrl_lower_bound`)."""
-    replayed = dpftrl_epsilon(noise_multiplier, trees, delta=delta)
+    replayed = dpftrl_epsilon(noise_multiplier, trees, delta=delta, accountant=accountant)
+    upper = dpftrl_epsilon(noise_multiplier, trees, delta=delta, accountant="independent-rdp")
     lower = ftrl_lower_bound(noise_multiplier, trees, delta=delta)
     failures = []
     if adjacency != REPLACE_WITH_ZERO:
@@ -218,13 +232,22 @@ def audit_ftrl_trees(
             f"recorded epsilon {recorded:.4f} is below {lower:.4f}, the exact epsilon of a concrete "
             "pair of neighbouring datasets for the trees that were run: the accounting understates"
         )
+    if recorded > upper * (1 + RDP_TOLERANCE):
+        failures.append(
+            f"recorded epsilon {recorded:.4f} is above {upper:.4f}, the independent RDP bound for the trees "
+            "recorded: the claim and the rounds it says it released do not match"
+        )
     return {
         "mode": "server",
         "mechanism": "dp-ftrl",
         "delta": delta,
         "recorded_epsilon": recorded,
         "rounds": sum(sum(t) for t in trees),
-        "epsilon": {"replayed_run_accountant": replayed, "independent_lower_bound": lower},
+        "epsilon": {
+            "replayed_run_accountant": replayed,
+            "independent_upper_bound": upper,
+            "independent_lower_bound": lower,
+        },
         "failures": failures,
         "method": "Replay: dp-accounting RDP, SingleEpochTreeAggregation(z, tree lengths) per pass, "
         "replace-with-zero. Independent: exact epsilon of the Gaussian mechanism for a concrete pair "

@@ -120,8 +120,8 @@ def markdown(report: dict) -> str:
         if proven:
             some = next(iter(proven.values()))
             lines.append(
-                f"\nEpsilon each attack proves (95% over all {some['thresholds']} thresholds together, "
-                "Clopper-Pearson on both rates, Bonferroni): "
+                f"\nEpsilon each attack proves ({some['confidence']:.1%} each over all {some['thresholds']} "
+                "thresholds, 95% over both attacks together; Clopper-Pearson on both rates, Bonferroni): "
                 + ", ".join(f"{name} **{found['epsilon']:.3f}**" for name, found in proven.items())
                 + (
                     f" vs claimed {mia['dp_bound']['epsilon']:.3f}; this, not the bootstrap columns, decides "
@@ -183,7 +183,8 @@ def summary_lines(report: dict) -> list[str]:
         attacks = mia["attacks"].items()
         proven = {k: a["epsilon_lower_bound"]["epsilon"] for k, a in attacks if "epsilon_lower_bound" in a}
         if proven:
-            lines.append("  membership epsilon >= (95%): " + ", ".join(f"{k} {v:.3f}" for k, v in proven.items()))
+            found = ", ".join(f"{k} {v:.3f}" for k, v in proven.items())
+            lines.append(f"  membership epsilon >= (95% over both attacks): {found}")
     can = report["canaries"]
     if "epsilon_lower_bound" in can:
         lines.append(

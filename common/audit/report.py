@@ -24,6 +24,7 @@ from common.data.load import load_sequence_data
 from common.errors import FedSeqRecError
 from common.partition import partition_users, run_canaries
 from common.privacy.randomness import REPRODUCIBLE
+from common.privacy.releases import unlisted
 
 EXPOSURE_CANDIDATES = 1000
 
@@ -67,8 +68,9 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
             delta=privacy["delta"],
             recorded=privacy["epsilon"],
             adjacency=privacy.get("adjacency"),
+            accountant=privacy.get("accountant_name", "rdp"),
         )
-        section["failures"] += randomness_failures(run_dir, config, privacy)
+        section["failures"] += randomness_failures(run_dir, config, privacy) + release_failures(run_dir, privacy)
         return section
     if privacy["dp_mode"] == "server":
         section = audit_server_events(
@@ -77,8 +79,9 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
             recorded=privacy["epsilon"],
             adjacency=privacy.get("adjacency"),
             sampling=privacy.get("sampling_kind", "fixed"),
+            accountant=privacy.get("accountant_name", "rdp"),
         )
-        section["failures"] += randomness_failures(run_dir, config, privacy)
+        section["failures"] += randomness_failures(run_dir, config, privacy) + release_failures(run_dir, privacy)
         return section
     ledgers = {
         p.parent.name: json.loads(p.read_text())["history"]
@@ -89,8 +92,17 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
     section = audit_client_ledgers(
         ledgers, delta=privacy["delta"], recorded=privacy["epsilon"], accountant=config.privacy.accountant
     )
-    section["failures"] += randomness_failures(run_dir, config, privacy)
+    section["failures"] += randomness_failures(run_dir, config, privacy) + release_failures(run_dir, privacy)
     return section
+
+
+def release_failures(run_dir: Path, privacy: dict) -> list[str]:
+    """Everything in the run folder must be in privacy.json's release list (covered, public or
+    simulation-only); anything else was released outside the claim."""
+    table = privacy.get("releases")
+    if table is None:
+        return ["privacy.json has no release list: what this run wrote is not classified (a run from before it)"]
+    return [f"released outside the claim: {problem}" for problem in unlisted(run_dir, table)]
 
 
 def randomness_failures(run_dir: Path, config: RunConfig, privacy: dict) -> list[str]:
@@ -139,7 +151,7 @@ def membership_section(model, config: RunConfig, data, partition, privacy, users
             if found["epsilon"] > privacy["epsilon"]:
                 at = found["at"]
                 result["failures"].append(
-                    f"membership ({name}): epsilon >= {found['epsilon']:.3f} at 95% over "
+                    f"membership ({name}): epsilon >= {found['epsilon']:.3f} at {found['confidence']:.1%} over "
                     f"{found['thresholds']} thresholds ({at['true_positives']}/{result['members']} members "
                     f"and {at['false_positives']}/{result['nonmembers']} non-members flagged) but the run "
                     f"claims ({privacy['epsilon']:.3g}, {privacy['delta']:.2g})-DP"

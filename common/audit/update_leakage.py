@@ -95,6 +95,7 @@ def update_leakage(
             "loss": "ce",
             "strategy": "fedavg" if config.federation.strategy == "fedprox" else config.federation.strategy,
             "delta": config.privacy.delta or 1e-5,
+            "dp-reference-samples": 1,  # one user alone, one window: its plan as a one-window client's
         }
     )
     generator = torch.Generator().manual_seed(seed)

@@ -4,24 +4,30 @@ One DP sample is one training window. When every user contributes one window (cr
 `train-windows = last`) that is one user, so the guarantee is user-level for this client's
 updates; otherwise windows are cut disjoint (each interaction in exactly one sample) and the
 guarantee is event-level (one interaction).
+
+The plan (sample rate, steps, the divisor of the noisy gradient sum, the noise multiplier) comes
+from public numbers only: `dp-reference-samples`, the size every client is planned as if it held,
+never its true count. Under add/remove adjacency one window more or less must not change anything
+but the noised weights, so a plan read off the client's own count (Opacus' default: rate 1 / its
+batches, divisor its expected batch) would itself release that count.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants.utils import get_noise_multiplier
-from torch.utils.data import DataLoader, TensorDataset
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import TensorDataset
 
 from common.augmentation import augmentation_for, maybe_augmented
 from common.config import RunConfig
 from common.data.sequences import SequenceData, training_windows
 from common.privacy import grad_samplers  # noqa: F401  (the models' per-sample-gradient rules)
+from common.privacy.accountants import PoissonGaussian, calibrate, create_accountant
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.mechanism import dpsgd_unit
 from common.training import StepOptions, train_epoch
@@ -30,9 +36,10 @@ from common.training import StepOptions, train_epoch
 @dataclass(frozen=True)
 class DPPlan:
     noise_multiplier: float
-    sample_rate: float  # Poisson rate: expected batch / number of samples
+    sample_rate: float  # Poisson rate: 1 / batches per epoch of the reference size
     steps: int  # optimiser steps this round
     unit: str  # "user" or "event"
+    expected_batch: float = 1.0  # the divisor of each step's noisy sum: reference samples x rate
 
 
 def dp_windows(local: SequenceData, config: RunConfig) -> tuple[TensorDataset, str]:
@@ -47,26 +54,26 @@ def dp_windows_of(sequences: list[np.ndarray], config: RunConfig) -> tuple[Tenso
     )
 
 
-def plan_round(config: RunConfig, num_samples: int, unit: str, expected_rounds: float) -> DPPlan:
-    """Noise, rate and steps for one round. With a target epsilon, the noise is the smallest that
-    keeps epsilon within target over `expected_rounds` participations."""
+def plan_round(config: RunConfig, reference_samples: int, unit: str, expected_rounds: float) -> DPPlan:
+    """Noise, rate and steps for one round, from public numbers only (`reference_samples`: the size
+    the plan assumes, not the client's). With a target epsilon, the noise is the smallest that keeps
+    epsilon within target over `expected_rounds` participations."""
     privacy, fed = config.privacy, config.federation
-    # Exactly what Opacus does with a DataLoader of this batch size: rate 1 / len(loader) and
-    # len(loader) Poisson batches per epoch. A rate of batch / samples with round(1 / rate) steps
-    # planned fewer steps than Opacus takes whenever samples % batch != 0, overshooting the target.
-    batches_per_epoch = max(1, math.ceil(num_samples / config.train.batch_size))
+    # k Poisson batches per epoch at rate exactly 1 / k, as Opacus' sampler runs them (its length is
+    # set to k below, so float rounding of 1 / (1 / k) cannot drop a step the ledger books).
+    batches_per_epoch = max(1, round(reference_samples / config.train.batch_size))
     sample_rate = 1.0 / batches_per_epoch
     steps = fed.local_epochs * batches_per_epoch
     noise = privacy.noise_multiplier
     if privacy.target_epsilon > 0:
-        noise = get_noise_multiplier(
+        total = int(steps * max(1.0, expected_rounds))
+        noise = calibrate(
+            lambda: create_accountant(f"opacus-{privacy.accountant}"),
+            lambda z: [(PoissonGaussian(z, sample_rate), total)],
             target_epsilon=privacy.target_epsilon,
-            target_delta=privacy.delta,
-            sample_rate=sample_rate,
-            steps=int(steps * max(1.0, expected_rounds)),
-            accountant=privacy.accountant,
+            delta=privacy.delta,
         )
-    return DPPlan(float(noise), sample_rate, steps, unit)
+    return DPPlan(float(noise), sample_rate, steps, unit, expected_batch=reference_samples * sample_rate)
 
 
 class _TimeBudget:
@@ -104,7 +111,8 @@ def train_private(
     privacy = config.privacy
     generator = None if privacy.secure_mode else torch.Generator().manual_seed(noise_seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr)
-    loader = DataLoader(dataset, batch_size=config.train.batch_size, generator=generator)
+    loader = DPDataLoader(dataset, sample_rate=plan.sample_rate, generator=generator)
+    loader.batch_sampler.steps = round(1 / plan.sample_rate)  # the plan's k batches per epoch, exactly
     if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:  # the ledger must record Opacus' real rate
         raise RuntimeError(f"DP plan rate {plan.sample_rate} != Opacus rate {1.0 / len(loader)}")
     engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=privacy.secure_mode)
@@ -114,10 +122,12 @@ def train_private(
         data_loader=loader,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,  # the loader above already samples at the plan's rate
         grad_sample_mode=privacy.opacus_mode,
         noise_generator=generator,
     )
+    # Opacus divides by the client's own expected batch (its count x rate): a public divisor instead
+    private_optimizer.expected_batch_size = plan.expected_batch
     options = StepOptions(loss="ce", per_sample_grads=True)
     # Augmentation acts on each Poisson-sampled example alone (common/augmentation.py): every example
     # still yields one clipped gradient, so the sample rate, steps and noise accounted are unchanged.

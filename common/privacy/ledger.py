@@ -1,8 +1,8 @@
 """A client's DP-SGD privacy ledger: every (noise, sample rate, steps) it ever spent.
 
 Plain data, saved after every round (JSON), so epsilon composes over all rounds the client took
-part in and survives restarts. Epsilon is computed by Opacus' accountant named in the ledger
-(RDP or PRV) from the whole history, never per round.
+part in and survives restarts. Epsilon is computed from the whole history, never per round, by
+Opacus' accountant named in the ledger (RDP or PRV) through `common.privacy.accountants`.
 """
 
 from __future__ import annotations
@@ -29,15 +29,10 @@ class PrivacyLedger:
     def epsilon(self, delta: float) -> float:
         if not self.history:
             return 0.0
-        from opacus.accountants import create_accountant  # only where epsilon is asked for (startup time)
+        from common.privacy.accountants import PoissonGaussian, create_accountant
 
-        from common.logs import drop_opacus_root_handler
-
-        drop_opacus_root_handler(load=False)
-
-        accountant = create_accountant(self.accountant)
-        accountant.history = [tuple(entry) for entry in self.history]
-        return float(accountant.get_epsilon(delta=delta))
+        steps = [(PoissonGaussian(float(z), float(q)), int(s)) for z, q, s in self.history]
+        return create_accountant(f"opacus-{self.accountant}", steps).get_epsilon(delta)
 
     def projected(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> PrivacyLedger:
         copy = PrivacyLedger(self.accountant, list(self.history))

@@ -1,0 +1,45 @@
+"""Privacy-loss distributions (Koskela et al. 2020; Doroshenko et al. 2022) through dp-accounting.
+
+Tighter than RDP for the same releases (the shipped user-level recipe: 7.12 against 8.00), so the
+same epsilon buys less noise. dp-accounting's PLD has no fixed-size-without-replacement analysis:
+such runs are accounted with RDP. Tree aggregation for one unit in one round of a pass is the
+Gaussian mechanism with sensitivity sqrt(depth) (the nodes over its leaf), so it enters as
+Gaussian(z / sqrt(depth)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+from dp_accounting import pld
+
+from common.privacy.accountants.base import Accountant
+from common.privacy.accountants.events import Gaussian, PoissonGaussian, TreeGaussian
+from common.privacy.tree_aggregation import tree_depth
+
+DISCRETIZATION = 1e-4  # loss grid; each step of it rounds pessimistically, so smaller is tighter and slower
+
+
+def pld_event(event) -> dp_accounting.DpEvent:
+    if isinstance(event, TreeGaussian):
+        depth = tree_depth(max(event.tree_lengths))
+        return dp_accounting.GaussianDpEvent(event.noise / math.sqrt(depth))
+    gaussian = dp_accounting.GaussianDpEvent(event.noise)
+    if isinstance(event, PoissonGaussian) and event.rate < 1:
+        return dp_accounting.PoissonSampledDpEvent(event.rate, gaussian)
+    return gaussian
+
+
+class PldAccountant(Accountant):
+    name = "pld"
+    supported = (Gaussian, PoissonGaussian, TreeGaussian)
+
+    def _epsilon(self, delta: float) -> float:
+        accountant = pld.PLDAccountant(
+            neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+            value_discretization_interval=DISCRETIZATION,
+        )
+        for event, count in self.history:
+            accountant.compose(pld_event(event), count=count)
+        return accountant.get_epsilon(delta)
