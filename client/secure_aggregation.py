@@ -6,10 +6,16 @@ a `num_examples` count); our handler speaks named arrays and metrics. This mod r
 messages through `secaggplus_mod` and translates at the boundary, so the handler is the same one
 that plain rounds use. A device that trains nobody this round (0 users) sends the global weights
 with weight 0: it still has to take part in the masking.
+
+What leaves in the clear is only the weight (Flower's protocol needs it unmasked: 1 for a device's
+one user, 0 when it declined, both public); every other number rides inside the masked vector, so
+the server learns only sums. The clipped flag (adaptive clipping's count) is one more masked array;
+the train loss is not sent at all.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
@@ -17,6 +23,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 ARRAY_NAMES = "array-names"  # as server.secure_aggregation sends it
+CLIPPED_SHARE = "clipped-share"  # the masked extra array: share of the node's users whose update was clipped
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
@@ -39,11 +46,14 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message
         metrics = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
         trained = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord(start)
         weight = int(metrics.get("num-examples", 0)) if "arrays" in reply.content else 0
+        clipped_share = float(metrics.get("clipped", 0)) / max(weight, 1)
         fitres = FitRes(
             Status(Code.OK, ""),
-            ndarrays_to_parameters([trained[name].numpy() for name in names]),
+            ndarrays_to_parameters(
+                [trained[name].numpy() for name in names] + [np.array([clipped_share], dtype=np.float32)]
+            ),
             weight,
-            {k: v for k, v in metrics.items() if k != "num-examples"},
+            {},  # nothing else in the clear
         )
         reply.content = compat.fitres_to_recorddict(fitres, keep_input=True)
         return reply

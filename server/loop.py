@@ -213,7 +213,7 @@ def secure_train_round(
     configs = {
         node: {**dict(config), "server-round": server_round, **(per_node or {}).get(node, {})} for node in node_ids
     }
-    mean, per_client, failed = secure_mean(grid, run_config, server_round, arrays, configs, timeout)
+    mean, per_client, failed, clipped_share = secure_mean(grid, run_config, server_round, arrays, configs, timeout)
     users = sum(int(m.get("num-examples", 0)) for m in per_client.values())
     stats = {
         "sampled": len(node_ids),
@@ -226,27 +226,14 @@ def secure_train_round(
     }
     if mean is None or users == 0:
         return None, stats, per_client
-    loss = sum(float(m.get("train-loss", 0.0)) * int(m["num-examples"]) for m in per_client.values()) / users
+    # The server learns only sums: the mean update, the weights (users), the share of clipped users.
+    metrics = {"num-examples": users, "unit-weight": 1, "clipped": int(round(clipped_share * users))}
     reply = Message(
-        content=RecordDict(
-            {
-                "arrays": mean,
-                "metrics": MetricRecord(
-                    {
-                        "num-examples": users,
-                        "unit-weight": 1,
-                        "train-loss": loss,
-                        "clipped": sum(int(m.get("clipped", 0)) for m in per_client.values()),
-                    }
-                ),
-            }
-        ),
+        content=RecordDict({"arrays": mean, "metrics": MetricRecord(metrics)}),
         dst_node_id=0,
         message_type=MessageType.TRAIN,
     )
     new_arrays = _aggregate(strategy, server_round, [reply], len(per_client), stats, refuse, combine, min_replies)
-    if new_arrays is not None:
-        stats.setdefault("train-loss", loss)
     return new_arrays, stats, per_client
 
 

@@ -4,9 +4,11 @@ Flower 1.42 offers SecAgg+ as a workflow of its legacy API (`SecAggPlusWorkflow`
 `secaggplus_mod` on the clients). We run it for one round at a time inside our own round loop:
 a small legacy strategy hands the workflow this round's nodes and their configs, the nodes mask
 their quantised replies pairwise, and the workflow unmasks only the weighted mean (weights = the
-users each node trained). Nothing of a single node's reply is ever seen by the server, so
-updates are clipped on the devices (the cohort engine), and DP noise, if any, is added to the
-sum afterwards (`server.privacy.PrivacyTracker.release`).
+users each node trained). Nothing of a single node's reply is ever seen by the server but its
+weight (public: 1 user per device, 0 when it declined), so updates are clipped on the devices (the
+cohort engine), and DP noise, if any, is added to the sum afterwards
+(`server.privacy.PrivacyTracker.private_sum`). The masked vector carries one more array than the
+model: the share of clipped users, so that adaptive clipping's count is a sum too.
 """
 
 from __future__ import annotations
@@ -63,9 +65,9 @@ class _OneRound(LegacyStrategy):
 
 def secure_mean(
     grid: Grid, config: RunConfig, server_round: int, arrays: ArrayRecord, configs: dict[int, dict], timeout: float
-) -> tuple[ArrayRecord | None, dict[int, dict], int]:
-    """(mean of the nodes' replies weighted by their users, node id -> its metrics, failures) of one
-    SecAgg+ round over the nodes in `configs` (node id -> its config entries)."""
+) -> tuple[ArrayRecord | None, dict[int, dict], int, float]:
+    """(mean of the nodes' replies weighted by their users, node id -> its clear-text weight, failures,
+    the clipped share of the round's users) of one SecAgg+ round over the nodes in `configs`."""
     run_id = grid.run.run_id
     context = Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     fed = config.federation
@@ -90,15 +92,14 @@ def secure_mean(
     )
     workflow(grid, legacy)
     if not strategy.results:
-        return None, {}, len(configs)
-    mean = legacy.state.array_records[MAIN_PARAMS_RECORD]
+        return None, {}, len(configs), 0.0
+    mean = list(legacy.state.array_records[MAIN_PARAMS_RECORD].values())
     named = ArrayRecord(
         {
             name: Array(value.numpy().astype(arrays[name].numpy().dtype).reshape(arrays[name].shape))
-            for name, value in zip(names, mean.values())
+            for name, value in zip(names, mean)
         }
     )
-    metrics = {
-        proxy.node_id: {**fitres.metrics, "num-examples": fitres.num_examples} for proxy, fitres in strategy.results
-    }
-    return named, metrics, len(strategy.failures)
+    clipped_share = float(mean[len(names)].numpy().reshape(-1)[0])  # the masked extra array (client side)
+    weights = {proxy.node_id: {"num-examples": fitres.num_examples} for proxy, fitres in strategy.results}
+    return named, weights, len(strategy.failures), clipped_share
