@@ -43,19 +43,25 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message
             }
         )
         reply = call_next(legacy, ctx)
-        metrics = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
-        trained = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord(start)
-        weight = int(metrics.get("num-examples", 0)) if "arrays" in reply.content else 0
-        clipped_share = float(metrics.get("clipped", 0)) / max(weight, 1)
-        fitres = FitRes(
-            Status(Code.OK, ""),
-            ndarrays_to_parameters(
-                [trained[name].numpy() for name in names] + [np.array([clipped_share], dtype=np.float32)]
-            ),
-            weight,
-            {},  # nothing else in the clear
-        )
+        fitres = to_fitres(reply, names, start)
         reply.content = compat.fitres_to_recorddict(fitres, keep_input=True)
         return reply
 
     return secaggplus_mod(msg, context, train_in_our_format)
+
+
+def to_fitres(reply: Message, names: list[str], start: dict) -> FitRes:
+    """Our handler's reply as the legacy FitRes SecAgg+ masks: the weights and the share of clipped
+    users as masked arrays, the weight (users) in the clear, nothing else."""
+    metrics = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
+    trained = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord(start)
+    weight = int(metrics.get("num-examples", 0)) if "arrays" in reply.content else 0
+    clipped_share = float(metrics.get("clipped", 0)) / max(weight, 1)
+    return FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters(
+            [trained[name].numpy() for name in names] + [np.array([clipped_share], dtype=np.float32)]
+        ),
+        weight,
+        {},  # nothing else in the clear
+    )

@@ -261,14 +261,14 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         "num_users": members,
         "public_users": len(public_users(config)),
         "num_items": catalogue.num_items,
-        "failed_clients": sum(r["failed"] for r in state.history),
+        "failed_clients": sum(r.get("failed", 0) for r in state.history),
         "late_replies": sum(r.get("late", 0) for r in state.history),
         "invalid_replies": sum(r.get("invalid", 0) for r in state.history),
         "skipped_rounds": [r["round"] for r in state.history if "skipped" in r],
-        "declined_clients": sum(r["declined"] for r in state.history),
+        "declined_clients": sum(r.get("declined", 0) for r in state.history),
         "wall_seconds_this_process": time.perf_counter() - started,
         "identify_seconds": identify_seconds,
-        "round_seconds_total": sum(r["seconds"] for r in state.history),
+        "round_seconds_total": sum(r.get("seconds", 0.0) for r in state.history),
     }
     if state.stopped_early:
         summary["stopped_early"] = state.stopped_early

@@ -215,6 +215,8 @@ def secure_train_round(
     }
     mean, per_client, failed, clipped_share = secure_mean(grid, run_config, server_round, arrays, configs, timeout)
     users = sum(int(m.get("num-examples", 0)) for m in per_client.values())
+    for weights in per_client.values():  # a host's weight is its users (the cohort engine counts them)
+        weights["users"] = weights["num-examples"]
     stats = {
         "sampled": len(node_ids),
         "replied": len(per_client),
@@ -364,6 +366,9 @@ def run_rounds(
                 grid, strategy, server_round, arrays, node_ids, this_round, order, per_node, config, timeout,
                 refuse, combine,
             )  # fmt: skip
+            # the replies aggregated (nodes), before the cohort engine counts its users: what the ledger
+            # books, and only when the round was released
+            arrived = stats["replied"] if new_arrays is not None else 0
             if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
                 replied, rejected, fakes = (
                     sum(int(m.get(key, 0)) for m in per_client.values())
@@ -405,7 +410,6 @@ def run_rounds(
             arrays = new_arrays
         row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
         if privacy is not None:
-            arrived = 0 if "skipped" in stats else stats["replied"]
             row.update(privacy.record(server_round, per_client, arrived=arrived, sampled_from=sampled_from))
             state.privacy = privacy.state_dict()
         if evaluate_fn is not None and (
@@ -514,13 +518,15 @@ class Progress:
         per_round = (time.perf_counter() - self.started) / max(done, 1)
         eta = per_round * (self.total - row["round"])
         val = row.get("validation", {}).get(key)
-        parts = [
-            f"fedseqrec: round {row['round']}/{self.total}",
-            f"clients {row['replied']} ok, {row['failed']} failed, {row['declined']} declined"
-            + "".join(f", {row[k]} {k}" for k in ("late", "invalid") if row.get(k)),
-            f"loss {row.get('train-loss', float('nan')):.4f}",
-            f"{per_round:.1f} s/round, ETA {_duration(eta)}",
-        ]
+        parts = [f"fedseqrec: round {row['round']}/{self.total}"]
+        if "replied" in row:  # under DP with Poisson sampling the cohort's size is not released
+            parts.append(
+                f"clients {row['replied']} ok, {row['failed']} failed, {row['declined']} declined"
+                + "".join(f", {row[k]} {k}" for k in ("late", "invalid") if row.get(k))
+            )
+        if "train-loss" in row:  # not released under DP
+            parts.append(f"loss {row['train-loss']:.4f}")
+        parts.append(f"{per_round:.1f} s/round, ETA {_duration(eta)}")
         if val is not None:
             self.best = val if self.best is None else max(self.best, val)
             parts.append(f"val {key} {val:.4f} (best {self.best:.4f})")
