@@ -286,7 +286,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
             stopped_early=state.stopped_early,
             released_round=released_round,
         )
-    summary = releasable_summary({k: v for k, v in summary.items() if v is not None}, config)
+    if test is None:  # withheld under DP on real devices (`_final_metrics`): not written at all
+        summary = {k: v for k, v in summary.items() if k not in ("test", "validation", "metrics_by_group")}
+    summary = releasable_summary(summary, config)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_reports(run_dir, state.history, config.train.top_k)
     if test is None:

@@ -112,6 +112,7 @@ def test_secagg_with_user_level_dp(devices, tmp_path):
         "dp-mode": "server",
         "noise-multiplier": 0.5,
         "clipping-norm": 1.0,
+        "population-floor": DEVICES,  # the server holds no data: the guarantee's population is declared
     }
     log = devices.run(extra, tmp_path / "run")
     assert "Secure aggregation commencing" in log.read_text(errors="replace")
