@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from common.augmentation import augmentation_for, maybe_augmented
 from common.checkpoint import save_model
@@ -31,6 +30,7 @@ from common.training import (
     window_loader,
 )
 from common.user_groups import user_groups_for
+from simulations.console import TrainingProgress
 
 
 def peak_rss_mb() -> float:
@@ -83,6 +83,7 @@ def train_centralized(
     epoch = 0
     interrupted = False
     stopped_by = ""
+    progress = TrainingProgress(train.epochs, key, enabled=show_progress)
     try:
         for epoch in range(1, train.epochs + 1):
             loader = window_loader(dataset, train.batch_size, train.seed + epoch)
@@ -90,11 +91,9 @@ def train_centralized(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             epoch_start = time.perf_counter()
-            with tqdm(
-                total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress, leave=False
-            ) as bar:
-                batches = maybe_augmented(loader, augmentation, [train.seed, epoch])
-                loss, _ = train_epoch(model, batches, optimizer, options, train.device, progress=bar)
+            bar = progress.start_epoch(epoch, len(loader))
+            batches = maybe_augmented(loader, augmentation, [train.seed, epoch])
+            loss, _ = train_epoch(model, batches, optimizer, options, train.device, progress=bar)
             train_seconds += time.perf_counter() - epoch_start
             row = {"epoch": epoch, "loss": loss, "lr": lr}
             if epoch % train.eval_every == 0 or epoch == train.epochs:
@@ -109,12 +108,7 @@ def train_centralized(
             history.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
-            if show_progress:
-                val = row.get("validation", {}).get(key)
-                print(
-                    f"epoch {epoch}: loss {loss:.4f}" + (f"  val {key} {val:.4f}" if val is not None else ""),
-                    flush=True,
-                )
+            progress.end_epoch(row)
             if stale >= train.patience:
                 break
             if on_validation is not None and "validation" in row and on_validation(epoch, row["validation"][key]):
@@ -122,6 +116,8 @@ def train_centralized(
                 break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learned, report on the best epoch
         interrupted = True  # the caller says so (`fedseqrec train` prints one line)
+    finally:
+        progress.close()  # the progress line stays on screen, ended, above what follows
     log.close()
     if best_state is None:
         raise KeyboardInterrupt("stopped before the first validation: nothing to report")

@@ -108,7 +108,7 @@ def _epochs_logged(out: Path) -> int:
 def _cmd_federate(args: argparse.Namespace) -> int:
     from simulations.federate import federate
 
-    return federate(args.run_config, args.cpus_per_client, args.out_dir, args.set)
+    return federate(args.run_config, args.cpus_per_client, args.out_dir, args.set, verbose=args.verbose)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -336,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run folder (default: the run config's out-dir, else runs/<timestamp>); "
         "the same folder resumes after its last checkpoint",
+    )
+    federate.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Flower's and Ray's records on the console (always in RUN_DIR/federate.log)",
     )
     federate.set_defaults(handler=_cmd_federate)
 
