@@ -20,6 +20,7 @@ from common.item_stats import ItemStatistics
 from common.outputs import make_output_dir
 from common.plots import plot_curves
 from common.reranking import reranker_for
+from common.run_inputs import record_inputs
 from common.training import (
     StepOptions,
     lr_factor,
@@ -56,6 +57,7 @@ def train_centralized(
     data = load_sequence_data(data_cfg)  # bad data stops here, before the results folder exists
     groups, groups_source = user_groups_for(config, data)  # ... and so does a bad users file
     make_output_dir(out_dir, "--out")
+    record_inputs(out_dir, config)  # where each input file was, with its sha256 (export, audit, ... use it)
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
 

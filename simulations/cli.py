@@ -263,6 +263,7 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         noise_multiplier=args.noise_multiplier,
         max_epsilon=args.max_epsilon,
+        history_file=Path(args.history),
     )
     losses = report["validation_loss"]
     line = (

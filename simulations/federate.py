@@ -36,6 +36,7 @@ from common.data.load import check_item_features, load_sequence_data
 from common.errors import ConfigError, FedSeqRecError
 from common.outputs import check_output_dir
 from common.partition import partition_users
+from common.run_inputs import read_inputs, recorded_config
 from common.user_groups import read_users_file
 from simulations.processes import (
     VENV_BIN,
@@ -87,6 +88,25 @@ def init_model_path(init_model: str) -> Path:
     return path
 
 
+# Run-config keys that say where an input file is (resumable: server/run_state.py); `data` is not one:
+# it also names which dataset.
+_LOCATION_KEYS = ("data-dir", "users-file", "item-metadata", "init-model")
+
+
+def resumed_inputs(run_dir: Path, config: RunConfig, overrides: dict) -> RunConfig:
+    """A resume (the run folder has inputs.json): each input where the run recorded it, checked against
+    its fingerprint (a changed file stops here, in one line), and those locations in `overrides`, so
+    that the ServerApp and the clients need no environment either."""
+    if read_inputs(run_dir) is None:
+        return config
+    pinned = recorded_config(run_dir, config)
+    before, after = config.to_flat(), pinned.to_flat()
+    for key in _LOCATION_KEYS:
+        if after[key] != before[key]:
+            overrides[key] = after[key]
+    return RunConfig.from_flat({**before, **{k: after[k] for k in _LOCATION_KEYS}}, where=f"{run_dir} inputs.json")
+
+
 def checkpoint_round(run_dir: Path) -> int:
     """The last round the run folder's checkpoint holds (0 when there is none)."""
     path = Path(run_dir) / "checkpoint.pt"
@@ -127,6 +147,7 @@ def federate(
     config, overrides = resolve_config(run_config_file, extra, where)
     run_dir = run_folder(config.federation.out_dir)
     check_output_dir(run_dir, "out-dir")  # before any process starts
+    config = resumed_inputs(run_dir, config, overrides)  # a resume reads what the run read, where it was
     if config.data.users_file and config.train.user_groups == "auto":
         read_users_file(config.data.users_file)  # a bad users file stops here, not in the ServerApp
     check_item_features(config.data)  # so does a feature name the metadata does not have
