@@ -173,6 +173,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from common.report import write_report
+
+    out = write_report([Path(r) for r in args.run_dirs], Path(args.out) if args.out else None)
+    print(out)
+    return 0
+
+
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from simulations.ensemble import run_ensemble
 
@@ -399,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for model.onnx, items.json, metadata.json")
     export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantization)")
     export.set_defaults(handler=_cmd_export)
+
+    report = commands.add_parser(
+        "report",
+        help="one self-contained HTML page of finished runs: config and inputs, curves, test metrics and groups, "
+        "privacy statement, audit; several runs side by side",
+    )
+    report.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="out-dirs of finished runs (train or federate)")
+    report.add_argument(
+        "--out", default=None, help="the HTML file (default: RUN_DIR/report.html; ./fedseqrec-report.html for several)"
+    )
+    report.set_defaults(handler=_cmd_report)
 
     ensemble = commands.add_parser(
         "ensemble", help="fuse trained runs' scores at ranking time; choose on validation, report test once"
