@@ -178,6 +178,9 @@ def federate(
                     federation.close()
                     raise
                 federation.close()  # the SuperLink outlives a completed run
+                if code == 0:
+                    page = shlex.join(["fedseqrec", "report", str(run_dir)])
+                    print(f"fedseqrec: every result on one page: {page}", flush=True)
                 return code
             except KeyboardInterrupt:
                 federation.stop()

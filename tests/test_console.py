@@ -218,6 +218,7 @@ def test_federate_on_a_terminal_shows_one_progress_line_and_logs_flower_records(
     assert "\n" not in shown.split(ERASE_LINE + "round 1/4")[1].split(ERASE_LINE + "round 4/4")[0]  # in place
     assert "val ndcg@10" not in draws[0] and "(round 2, best" in draws[2]  # the last validation figure stays
     assert "fedseqrec: round" not in shown and "fedseqrec: done; test ndcg@10" in shown
+    assert f"fedseqrec: every result on one page: fedseqrec report {out}" in shown
     assert not [word for word in PER_ROUND if word in shown], shown
     logged = (out / LOG_FILE).read_text()
     assert logged.count("configure_train: Sampled 2 nodes") == 4 and "aggregate_train: Received" in logged
