@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def fingerprint(path: Path) -> dict:
     found = {"path": str(path), "size": stat.st_size, "sha256": digest.hexdigest()}
     try:  # a cache that cannot be written only costs the hash next time
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{id(found)}.tmp")
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(found))
         tmp.replace(cached)
     except OSError:
@@ -104,6 +105,11 @@ def record_inputs(run_dir: Path, config: RunConfig) -> dict:
         for name, entry in previous["inputs"].items():
             if name in current and not same_file(entry, current[name]):
                 raise DataError(_changed(name, entry, current[name], run_dir, config))
+            if name in INPUTS and name not in current:  # e.g. a users file that was there is gone
+                raise DataError(
+                    f"{entry['path']}: the {INPUTS[name][0]} that {run_dir} read before is not there now; put it "
+                    f"back, or point {_where(name, config)} at a copy, to resume the run"
+                )
     first = previous.get("first_recorded", previous.get("recorded")) if previous is not None else None
     entries = {name: {"setting": INPUTS[name][1], **found} for name, found in current.items()}
     return write_inputs(run_dir, entries, first)

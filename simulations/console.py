@@ -22,9 +22,10 @@ ERASE_LINE = "\r\x1b[K"  # to the line's start, erase to its end (VT100; every t
 class LiveLine:
     """One line that updates in place on a terminal; `print` puts permanent lines above it."""
 
-    def __init__(self, stream: TextIO | None = None, tty: bool | None = None):
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None, width: int | None = None):
         self.stream = stream or sys.stdout
         self.tty = _isatty(self.stream) if tty is None else tty
+        self.width = width  # columns; None: the terminal's, asked at each draw (it may be resized)
         self.text = ""  # the progress line as last drawn ("" = none on screen)
 
     def show(self, text: str) -> None:
@@ -32,7 +33,7 @@ class LiveLine:
         if not self.tty:
             return
         self.text = text
-        self.stream.write(ERASE_LINE + _fit(text, shutil.get_terminal_size((120, 24)).columns))
+        self.stream.write(ERASE_LINE + _fit(text, self._columns()))
         self.stream.flush()
 
     def print(self, line: str) -> None:
@@ -41,8 +42,11 @@ class LiveLine:
             self.stream.write(ERASE_LINE)
         self.stream.write(line + "\n")
         if self.tty and self.text:
-            self.stream.write(_fit(self.text, shutil.get_terminal_size((120, 24)).columns))
+            self.stream.write(_fit(self.text, self._columns()))
         self.stream.flush()
+
+    def _columns(self) -> int:
+        return self.width or shutil.get_terminal_size((120, 24)).columns
 
     def close(self) -> None:
         """Leave the progress line on screen as it was last drawn, and end it."""

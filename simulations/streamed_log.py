@@ -90,9 +90,15 @@ class StreamedLog:
     (common/logs.py)."""
 
     def __init__(
-        self, out: TextIO | None = None, *, log_file: Path | None = None, verbose: bool = False, tty: bool | None = None
+        self,
+        out: TextIO | None = None,
+        *,
+        log_file: Path | None = None,
+        verbose: bool = False,
+        tty: bool | None = None,
+        width: int | None = None,
     ):
-        self.console = LiveLine(out or sys.stdout, tty)
+        self.console = LiveLine(out or sys.stdout, tty, width)
         self.log_path = Path(log_file) if log_file else None
         self._log: TextIO | None = None
         self.verbose = verbose

@@ -66,7 +66,7 @@ def _states(shown: str) -> list[str]:
 
 def _follow(tmp_path: Path, *, tty: bool, verbose: bool = False) -> tuple[str, StreamedLog]:
     out = io.StringIO()
-    log = StreamedLog(out, log_file=tmp_path / LOG_FILE, verbose=verbose, tty=tty)
+    log = StreamedLog(out, log_file=tmp_path / LOG_FILE, verbose=verbose, tty=tty, width=400)
     log.follow(io.StringIO(STREAM))
     return out.getvalue(), log
 
@@ -122,7 +122,7 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place(tmp_path):
 
 def test_a_permanent_line_goes_above_the_progress_line():
     out = io.StringIO()
-    line = LiveLine(out, tty=True)
+    line = LiveLine(out, tty=True, width=80)
     line.show("round 1/9")
     line.print("WARNING: a warning")
     line.show("round 2/9")
@@ -131,6 +131,9 @@ def test_a_permanent_line_goes_above_the_progress_line():
     plain = io.StringIO()
     LiveLine(plain, tty=False).show("never drawn")
     assert plain.getvalue() == ""
+    narrow = io.StringIO()
+    LiveLine(narrow, tty=True, width=12).show("round 10/600  1.2 s/round")  # cut to the terminal's width
+    assert narrow.getvalue() == f"{ERASE_LINE}round 10..."  # width - 1 characters
 
 
 def test_training_progress_in_place_and_plain():
@@ -138,7 +141,7 @@ def test_training_progress_in_place_and_plain():
     outputs = {}
     for tty in (True, False):
         out = io.StringIO()
-        progress = TrainingProgress(4, "ndcg@10", line=LiveLine(out, tty=tty), redraw=0.0)
+        progress = TrainingProgress(4, "ndcg@10", line=LiveLine(out, tty=tty, width=400), redraw=0.0)
         for row in rows:
             bar = progress.start_epoch(row["epoch"], 3)
             for _ in range(3):

@@ -163,6 +163,10 @@ def test_a_resume_reads_its_inputs_where_the_run_found_them(env, monkeypatch, ca
     # where the data lives does not decide the results: the checkpoint's fingerprint allows the resume
     assert config_fingerprint(pinned.to_flat()) == config_fingerprint(config.to_flat())
     record_inputs(run, pinned)  # what the resumed ServerApp does: the same content, accepted
+    (folder / "users.dat").rename(env / "users.dat")
+    with pytest.raises(DataError, match="the users file that .* read before is not there now"):
+        record_inputs(run, pinned)
+    (env / "users.dat").rename(folder / "users.dat")
     with open(folder / "ratings.dat", "a") as handle:
         handle.write("1::1::4::1\n")
     with pytest.raises(DataError, match="the interactions file changed since"):
