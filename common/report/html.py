@@ -415,8 +415,9 @@ def _privacy(runs: list[RunData]) -> str:
                 "this guarantee does not hold against anyone who knows the seed.</p>"
             )
         if mode in PROTECTS:
-            html += _table(
-                "<th></th>", [("protects a user from", [PROTECTS[mode][0]]), ("trusts", [PROTECTS[mode][1]])]
+            html += (
+                f"<table><tbody><tr><th>protects a user from</th><td>{escape(PROTECTS[mode][0])}</td></tr>"
+                f"<tr><th>trusts</th><td>{escape(PROTECTS[mode][1])}</td></tr></tbody></table>"
             )
         facts = [(label, [privacy.get(key)]) for key, label in PRIVACY_FACTS if privacy.get(key) not in (None, "")]
         html += _table("<th>this run</th>", facts)
