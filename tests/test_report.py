@@ -123,7 +123,7 @@ def test_one_run_writes_into_its_folder(runs, capsys):
         ("damaged", "not a JSON line"),
         ("out-is-a-folder", "is a folder"),
         ("out-folder-missing", "does not exist"),
-        ("out-not-writable", "writ"),  # "not writable", or as root "cannot write the report"
+        ("out-not-writable", "cannot write the report"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, case, needle):

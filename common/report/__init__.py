@@ -27,7 +27,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     out = Path(out) if out is not None else default_output(run_dirs) if run_dirs else Path(REPORT_FILE)
     check_output_file(out)
     page = render(gather(run_dirs), version=_version())
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp = _temporary(out)
     try:
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(out)
@@ -45,7 +45,18 @@ def check_output_file(out: Path) -> None:
     if not folder.is_dir():
         raise OutputError(f"--out {out}: the folder {folder} does not exist; create it or choose another file")
     if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise OutputError(f"--out {out}: not writable; choose another file")
+        raise OutputError(f"--out {out}: cannot write the report (no permission); choose another file")
+    probe = _temporary(out)
+    try:  # root passes access() on a read-only file system: only a write tells
+        probe.write_bytes(b"")
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot write the report ({exc.strerror or exc}); choose another file") from exc
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _temporary(out: Path) -> Path:
+    return out.with_name(f".{out.name}.tmp{os.getpid()}")
 
 
 def _version() -> str:
