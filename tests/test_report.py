@@ -73,11 +73,15 @@ def _make_runs(base: Path) -> tuple[Path, Path, Path]:
         "rounds": 3,
         "noise_randomness": "secret",
         "epsilon_by_round": [{"round": r["round"], "epsilon": r["epsilon"]} for r in rows],
-        "releases": [
-            {"release": "model.pt", "status": "covered", "why": "released by the mechanism"},
-            {"release": "summary.json test metrics", "status": "simulation-only", "why": "raw test data"},
-            {"release": "item catalogue", "status": "public", "why": "catalogue metadata"},
-        ],
+        "releases": {  # the shape privacy.json gives it: groups of {name, kind, why}
+            "files": [
+                {"name": "model.pt", "kind": "covered", "why": "released by the mechanism"},
+                {"name": "*.json", "kind": "public", "why": "settings and accounting"},
+                {"name": "metrics.jsonl", "kind": "public", "why": "listed fields only"},
+            ],
+            "summary": [{"name": "test", "kind": "simulation-only", "why": "the simulator's copy of test items"}],
+            "round_log": [{"name": "epsilon", "kind": "public", "why": "the ledger"}],
+        },
     }
     (dp / "privacy.json").write_text(json.dumps(privacy))
     for name in ("audit.json", "audit.md"):
@@ -102,7 +106,12 @@ def test_the_page_has_every_section_and_is_self_contained(runs, tmp_path, capsys
     assert page.count('<svg class="plot"') >= 5  # ndcg, hr, loss, epsilon, groups
     record = json.loads((runs[0] / "inputs.json").read_text())["inputs"]["interactions"]
     assert record["sha256"] in page and record["path"] in page
-    assert "(4.5, 0.025)-DP" in page and "simulation-only" in page and "No differential privacy" in page
+    assert "(4.5, 0.025)-DP" in page and "No differential privacy" in page
+    # each section under its class, from the release list; what the list does not name says so
+    test_section = page[page.index('id="test"') : page.index('id="groups"')]
+    assert "summary.json &#x27;test&#x27;: <strong>simulation-only</strong>" in test_section
+    groups_section = page[page.index('id="groups"') : page.index('id="privacy"')]
+    assert "summary.json &#x27;metrics_by_group&#x27;: not in the release list" in groups_section
     assert "No audit check failed" in page and "data:image/png;base64," in page  # the audit's ROC plot
 
 
@@ -216,6 +225,8 @@ def test_every_section_and_plot_renders_in_a_headless_browser(runs, tmp_path):
         assert images and all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
         releases = browser.find_elements("css selector", "table.releases tr.covered")
         assert len(releases) == 1 and releases[0].is_displayed()
+        badges = browser.find_elements("css selector", ".release-classes li.simulation-only")
+        assert badges and all(b.is_displayed() for b in badges)
         errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
         assert errors == []
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fnmatch
 import json
 import math
 from html import escape
@@ -63,6 +64,17 @@ TRAINED_KEYS = {
     ),
 }  # fmt: skip
 
+# The files and fields each section shows, by the groups of privacy.json's release list.
+SECTION_SOURCES = {
+    "trained": [("files", "config.json"), ("summary", "num_users"), ("summary", "num_items"), ("summary", "rounds")],
+    "inputs": [("files", "inputs.json")],
+    "curves": [("files", "metrics.jsonl"), ("round_log", "validation"), ("round_log", "epsilon")],
+    "test": [("summary", "test")],
+    "groups": [("summary", "metrics_by_group")],
+    "privacy": [("files", "privacy.json")],
+    "audit": [("files", "audit.json")],
+}
+GROUP_FILES = {"summary": "summary.json", "round_log": "metrics.jsonl"}
 CENTRALIZED_ONLY = ("epochs", "lr", "lr-schedule", "lr-warmup-epochs", "patience", "eval-every")
 
 CSS = """
@@ -76,6 +88,7 @@ text-align:left;vertical-align:top}th{background:#f2f2f2}td.num{text-align:right
 .fail{background:#f8d7da;border:1px solid #d48a93;padding:.5em .8em}.ok{color:#1b6e20}
 code,pre{font-family:monospace;font-size:.9em}pre{background:#f7f7f7;padding:.6em;overflow-x:auto}
 .covered{background:#e3f3e4}.public{background:#eef}.simulation-only{background:#fff3cd}
+.unlisted{background:#f8d7da}.release-classes ul{margin:.2em 0}
 details{margin:.5em 0}summary{cursor:pointer;color:#235}.run{margin-top:1.2em}
 """
 
@@ -83,15 +96,16 @@ details{margin:.5em 0}summary{cursor:pointer;color:#235}.run{margin-top:1.2em}
 def render(runs: list[RunData], *, version: str = "") -> str:
     """The whole page as one string."""
     labels = ", ".join(r.label for r in runs)
-    sections = [
-        _section("trained", "What was trained, and on what", _trained(runs)),
-        _section("inputs", "Inputs", _inputs(runs)),
-        _section("curves", "Curves", _curves(runs)),
-        _section("test", "Test metrics", _test(runs)),
-        _section("groups", "User groups", _groups(runs)),
-        _section("privacy", "Privacy", _privacy(runs)),
-        _section("audit", "Audit", _audit(runs)),
+    parts = [
+        ("trained", "What was trained, and on what", _trained),
+        ("inputs", "Inputs", _inputs),
+        ("curves", "Curves", _curves),
+        ("test", "Test metrics", _test),
+        ("groups", "User groups", _groups),
+        ("privacy", "Privacy", _privacy),
+        ("audit", "Audit", _audit),
     ]
+    sections = [_section(ident, title, _classes(runs, ident) + build(runs)) for ident, title, build in parts]
     made = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -446,8 +460,50 @@ def _privacy(runs: list[RunData]) -> str:
     return html
 
 
+def _classes(runs: list[RunData], section: str) -> str:
+    """Under each section's title, for each run whose privacy.json lists its releases: the class
+    (covered, public, simulation-only) of every file and field the section shows."""
+    html = ""
+    for i, run in enumerate(runs):
+        releases = (run.privacy or {}).get("releases")
+        if not isinstance(releases, dict):
+            continue
+        items = []
+        for group, name in SECTION_SOURCES[section]:
+            row = _release_row(releases, group, name)
+            what = name if group == "files" else f"{GROUP_FILES.get(group, group)} '{name}'"
+            if row is None:
+                items.append(f'<li class="unlisted">{escape(what)}: not in the release list</li>')
+            else:
+                kind = str(row.get("kind", ""))
+                items.append(
+                    f'<li class="{escape(kind)}">{escape(what)}: <strong>{escape(kind)}</strong> '
+                    f"({escape(str(row.get('why', '')))})</li>"
+                )
+        html += (
+            f'<div class="release-classes note">{_swatch(i)}{escape(run.label)}, release classes:'
+            f"<ul>{''.join(items)}</ul></div>"
+        )
+    return html
+
+
+def _release_row(releases: dict, group: str, name: str) -> dict | None:
+    rows = releases.get(group)
+    if not isinstance(rows, list):
+        return None
+    for row in rows:
+        if isinstance(row, dict) and (
+            row.get("name") == name or (group == "files" and fnmatch.fnmatch(name, str(row.get("name", ""))))
+        ):
+            return row
+    return None
+
+
 def _releases(releases) -> str:
-    """privacy.json's releases, whatever their shape: a list of records, or name -> status."""
+    """privacy.json's releases, whatever their shape: groups of records (one table each), a list of
+    records, or name -> status."""
+    if isinstance(releases, dict) and all(isinstance(v, list) for v in releases.values()):
+        return "".join(f"<h5>{escape(str(group))}</h5>{_releases(rows)}" for group, rows in releases.items())
     if isinstance(releases, dict):
         releases = [{"release": k, **(v if isinstance(v, dict) else {"status": v})} for k, v in releases.items()]
     if not isinstance(releases, list) or not all(isinstance(r, dict) for r in releases):
