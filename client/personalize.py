@@ -17,6 +17,7 @@ from common.config import RunConfig
 from common.errors import ConfigError, DataError
 from common.personalization import DPBudget, FineTuning, fine_tune
 from common.privacy.ledger import PrivacyLedger
+from common.run_inputs import fingerprint, read_inputs, write_inputs
 
 LEDGER_FILE = "privacy_ledger.json"  # the file a SuperNode keeps in its state dir (client/app.py)
 
@@ -47,6 +48,7 @@ def personalize(
     state_dir: Path | None = None,
     noise_multiplier: float | None = None,
     max_epsilon: float = 0.0,
+    history_file: Path | None = None,
 ) -> dict:
     run_dir, out = Path(run_dir), Path(out)
     checkpoint = run_dir / "model.pt"
@@ -90,4 +92,16 @@ def personalize(
     run_metadata = {k: v for k, v in metadata.items() if k != "run_config"}
     save_model(out / "model.pt", tuned, item_ids, run_config=flat, personalized=report, **run_metadata)
     (out / "personalization.json").write_text(json.dumps(report, indent=2))
+    _record_inputs(run_dir, out, checkpoint, history_file)
     return report
+
+
+def _record_inputs(run_dir: Path, out: Path, checkpoint: Path, history_file: Path | None) -> None:
+    """OUT/inputs.json: the global model and the history read here, and the run's own inputs carried
+    over, so that `fedseqrec export OUT` finds the run's training data as `export RUN_DIR` does."""
+    record = read_inputs(run_dir)
+    inputs = dict(record["inputs"]) if record is not None else {}
+    inputs["global_model"] = {"setting": "RUN_DIR", **fingerprint(checkpoint)}
+    if history_file is not None:
+        inputs["history"] = {"setting": "--history", **fingerprint(history_file)}
+    write_inputs(out, inputs)

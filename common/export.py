@@ -251,13 +251,17 @@ def privacy_summary(run_dir: Path) -> dict | None:
     return {key: report.get(key) for key in keys}
 
 
-def training_item_counts(run_config: dict, item_ids: np.ndarray) -> np.ndarray:
-    """(N + 1,) counts of each item in the run's training parts, indexed like the model."""
+def training_item_counts(run_config: dict, item_ids: np.ndarray, run_dir: Path | None = None) -> np.ndarray:
+    """(N + 1,) counts of each item in the run's training parts, indexed like the model; the data found
+    where the run recorded it (RUN_DIR/inputs.json), else where its config and the environment point."""
     from common.config import RunConfig
     from common.data.files import MOVIELENS, resolve_interactions
     from common.data.load import load_sequence_data
+    from common.run_inputs import recorded_config
 
     config = RunConfig.from_flat(run_config, where="the run's run_config")
+    if run_dir is not None:
+        config = recorded_config(run_dir, config, inputs=("interactions",))
     if config.data.data in MOVIELENS:  # an export never downloads: fail fast if the data is not here
         resolve_interactions(config.data.data, config.data.data_dir, download=False)
     data = load_sequence_data(config.data)
@@ -267,7 +271,7 @@ def training_item_counts(run_config: dict, item_ids: np.ndarray) -> np.ndarray:
 
 
 def _popularity(
-    metadata: dict, item_ids: np.ndarray, item_counts: np.ndarray | None, dp: bool
+    metadata: dict, item_ids: np.ndarray, item_counts: np.ndarray | None, dp: bool, run_dir: Path | None = None
 ) -> tuple[list[int] | None, str]:
     """The popularity vector for empty histories, and where it came from."""
     if item_counts is not None:
@@ -283,7 +287,7 @@ def _popularity(
     if not run_config:
         return None, "none: model.pt has no run_config to find its training data"
     try:
-        counts = training_item_counts(run_config, item_ids)
+        counts = training_item_counts(run_config, item_ids, run_dir)
     except FedSeqRecError as exc:
         return None, f"none: training data unavailable ({exc})"
     return [int(c) for c in counts], "training item counts (train parts of leave-one-out)"
@@ -305,7 +309,7 @@ def export_run(
     privacy = privacy_summary(run_dir)
     run_config = run_metadata.get("run_config", {})
     dp = privacy is not None or run_config.get("dp-mode", "none") != "none"
-    popularity, popularity_source = _popularity(run_metadata, item_ids, item_counts, dp)
+    popularity, popularity_source = _popularity(run_metadata, item_ids, item_counts, dp, run_dir)
 
     final_dir = out_dir
     with staged_output(final_dir, "--out") as out_dir:  # nothing appears unless every file is written

@@ -24,6 +24,7 @@ from common.item_stats import ItemStatistics
 from common.partition import cached_partitioning
 from common.privacy.releases import releasable_summary
 from common.reranking import reranker_for
+from common.run_inputs import record_inputs
 from common.training import model_for
 from common.user_groups import user_groups_for
 from common.warm_start import warm_start
@@ -177,6 +178,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = config.to_flat()
     (run_dir / "config.json").write_text(json.dumps(flat, indent=2))
+    record_inputs(run_dir, config)  # where each input file was, with its sha256; a resume must read the same
     started = time.perf_counter()
     # A server with a catalogue only never reads interactions (federated evaluation does the ranking).
     data = None if config.data.catalogue_path else cached_sequence_data(config.data)

@@ -14,8 +14,9 @@ from common.checkpoint import atomic_torch_save, read_torch_file
 from common.errors import CheckpointError, ConfigError
 
 CHECKPOINT = "checkpoint.pt"
-# Keys that may change between a run and its resumption without changing its results.
-_RESUMABLE_KEYS = {"num-server-rounds", "out-dir"}
+# Keys that may change between a run and its resumption without changing its results. Where an input
+# file lives is one of them: what it holds is checked against the run's inputs.json (common/run_inputs.py).
+_RESUMABLE_KEYS = {"num-server-rounds", "out-dir", "data-dir", "users-file", "item-metadata", "init-model"}
 
 
 def config_fingerprint(flat: dict) -> str:

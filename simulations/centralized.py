@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from common.augmentation import augmentation_for, maybe_augmented
 from common.checkpoint import save_model
@@ -21,6 +20,7 @@ from common.item_stats import ItemStatistics
 from common.outputs import make_output_dir
 from common.plots import plot_curves
 from common.reranking import reranker_for
+from common.run_inputs import record_inputs
 from common.training import (
     StepOptions,
     lr_factor,
@@ -31,6 +31,7 @@ from common.training import (
     window_loader,
 )
 from common.user_groups import user_groups_for
+from simulations.console import TrainingProgress
 
 
 def peak_rss_mb() -> float:
@@ -56,6 +57,7 @@ def train_centralized(
     data = load_sequence_data(data_cfg)  # bad data stops here, before the results folder exists
     groups, groups_source = user_groups_for(config, data)  # ... and so does a bad users file
     make_output_dir(out_dir, "--out")
+    record_inputs(out_dir, config)  # where each input file was, with its sha256 (export, audit, ... use it)
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
 
@@ -83,6 +85,7 @@ def train_centralized(
     epoch = 0
     interrupted = False
     stopped_by = ""
+    progress = TrainingProgress(train.epochs, key, enabled=show_progress)
     try:
         for epoch in range(1, train.epochs + 1):
             loader = window_loader(dataset, train.batch_size, train.seed + epoch)
@@ -90,11 +93,9 @@ def train_centralized(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             epoch_start = time.perf_counter()
-            with tqdm(
-                total=len(loader), desc=f"epoch {epoch}/{train.epochs}", disable=not show_progress, leave=False
-            ) as bar:
-                batches = maybe_augmented(loader, augmentation, [train.seed, epoch])
-                loss, _ = train_epoch(model, batches, optimizer, options, train.device, progress=bar)
+            bar = progress.start_epoch(epoch, len(loader))
+            batches = maybe_augmented(loader, augmentation, [train.seed, epoch])
+            loss, _ = train_epoch(model, batches, optimizer, options, train.device, progress=bar)
             train_seconds += time.perf_counter() - epoch_start
             row = {"epoch": epoch, "loss": loss, "lr": lr}
             if epoch % train.eval_every == 0 or epoch == train.epochs:
@@ -109,12 +110,7 @@ def train_centralized(
             history.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
-            if show_progress:
-                val = row.get("validation", {}).get(key)
-                print(
-                    f"epoch {epoch}: loss {loss:.4f}" + (f"  val {key} {val:.4f}" if val is not None else ""),
-                    flush=True,
-                )
+            progress.end_epoch(row)
             if stale >= train.patience:
                 break
             if on_validation is not None and "validation" in row and on_validation(epoch, row["validation"][key]):
@@ -122,6 +118,8 @@ def train_centralized(
                 break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was learned, report on the best epoch
         interrupted = True  # the caller says so (`fedseqrec train` prints one line)
+    finally:
+        progress.close()  # the progress line stays on screen, ended, above what follows
     log.close()
     if best_state is None:
         raise KeyboardInterrupt("stopped before the first validation: nothing to report")

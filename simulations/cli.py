@@ -108,7 +108,7 @@ def _epochs_logged(out: Path) -> int:
 def _cmd_federate(args: argparse.Namespace) -> int:
     from simulations.federate import federate
 
-    return federate(args.run_config, args.cpus_per_client, args.out_dir, args.set)
+    return federate(args.run_config, args.cpus_per_client, args.out_dir, args.set, verbose=args.verbose)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -170,6 +170,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"{path}  ({path.stat().st_size:,} bytes)")
     metadata = json.loads((Path(args.out) / "metadata.json").read_text())
     print(f"popularity fallback: {metadata['popularity']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from common.report import write_report
+
+    out = write_report([Path(r) for r in args.run_dirs], Path(args.out) if args.out else None)
+    print(out)
     return 0
 
 
@@ -263,6 +271,7 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         noise_multiplier=args.noise_multiplier,
         max_epsilon=args.max_epsilon,
+        history_file=Path(args.history),
     )
     losses = report["validation_loss"]
     line = (
@@ -337,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder (default: the run config's out-dir, else runs/<timestamp>); "
         "the same folder resumes after its last checkpoint",
     )
+    federate.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Flower's and Ray's records on the console (always in RUN_DIR/federate.log)",
+    )
     federate.set_defaults(handler=_cmd_federate)
 
     tune = commands.add_parser(
@@ -393,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for model.onnx, items.json, metadata.json")
     export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantization)")
     export.set_defaults(handler=_cmd_export)
+
+    report = commands.add_parser(
+        "report",
+        help="one self-contained HTML page of finished runs: config and inputs, curves, test metrics and groups, "
+        "privacy statement, audit; several runs side by side",
+    )
+    report.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="out-dirs of finished runs (train or federate)")
+    report.add_argument(
+        "--out", default=None, help="the HTML file (default: RUN_DIR/report.html; ./fedseqrec-report.html for several)"
+    )
+    report.set_defaults(handler=_cmd_report)
 
     ensemble = commands.add_parser(
         "ensemble", help="fuse trained runs' scores at ranking time; choose on validation, report test once"

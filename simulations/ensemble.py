@@ -21,6 +21,7 @@ from common.data.load import load_sequence_data
 from common.ensemble import METHODS, EnsembleScores, ensemble_scores
 from common.errors import DataError
 from common.evaluation import evaluate, model_scores
+from common.run_inputs import read_inputs, recorded_config
 
 # Data settings that decide users, items and splits: members must agree on them.
 _DATA_KEYS = ("data", "min-item-count", "min-user-count", "user-col", "item-col", "time-col")
@@ -53,10 +54,28 @@ def load_members(run_dirs: list[Path]) -> tuple[list, np.ndarray, RunConfig]:
     return models, first_ids, RunConfig.from_flat(first_flat, where=f"{run_dirs[0]}/model.pt run_config")
 
 
+def check_same_data(run_dirs: list[Path]) -> None:
+    """Members that recorded their interactions file (inputs.json) must have read the same content."""
+    first = None
+    for run_dir in run_dirs:
+        record = read_inputs(run_dir)
+        entry = (record or {}).get("inputs", {}).get("interactions")
+        if entry is None:
+            continue
+        if first is None:
+            first = (run_dir, entry)
+        elif entry["sha256"] != first[1]["sha256"]:
+            raise DataError(
+                f"{run_dir}: trained on {entry['path']} (sha256 {entry['sha256'][:12]}...), {first[0]} on "
+                f"{first[1]['path']} (sha256 {first[1]['sha256'][:12]}...); members must share their data"
+            )
+
+
 def run_ensemble(run_dirs: list[Path], out_dir: Path, *, export: bool = False, top_k: int = 10) -> dict:
     run_dirs = [Path(r) for r in run_dirs]
     models, item_ids, config = load_members(run_dirs)
-    data = load_sequence_data(config.data)
+    check_same_data(run_dirs)
+    data = load_sequence_data(recorded_config(run_dirs[0], config, inputs=("interactions",)).data)
     if not np.array_equal(data.item_ids, item_ids):
         raise DataError(f"{config.data.data}: its item catalogue differs from the members'; is it the same data?")
     kwargs = dict(top_k=top_k, mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size)

@@ -3,7 +3,8 @@
 It starts `flower-superlink --simulation` on a free port with a private FLWR_HOME (no runtime
 `uv sync`, no telemetry, the venv's Flower binaries on PATH), runs `flwr run <project> --stream`
 with `--federation-config num_supernodes=<one per client, or the cohort engine's hosts>`, and
-streams its log. The run folder is always fixed here (`--out-dir`, else the
+follows its log (simulations/streamed_log.py): one progress line on the console, every record in
+RUN_DIR/federate.log. The run folder is always fixed here (`--out-dir`, else the
 run config's `out-dir`, else `runs/<timestamp>`; relative to the current directory) and passed
 to the ServerApp, so that the same command with the same `--out-dir` resumes after the last
 checkpoint.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -30,13 +30,13 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import TextIO
 
 from common.config import RunConfig, parse_settings, read_toml
 from common.data.load import check_item_features, load_sequence_data
 from common.errors import ConfigError, FedSeqRecError
 from common.outputs import check_output_dir
 from common.partition import partition_users
+from common.run_inputs import read_inputs, recorded_config
 from common.user_groups import read_users_file
 from simulations.processes import (
     VENV_BIN,
@@ -53,6 +53,7 @@ from simulations.processes import (
     write_toml,
 )
 from simulations.simulate import num_supernodes
+from simulations.streamed_log import LOG_FILE, StreamedLog
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedseqrec-local"
@@ -87,6 +88,25 @@ def init_model_path(init_model: str) -> Path:
     return path
 
 
+# Run-config keys that say where an input file is (resumable: server/run_state.py); `data` is not one:
+# it also names which dataset.
+_LOCATION_KEYS = ("data-dir", "users-file", "item-metadata", "init-model")
+
+
+def resumed_inputs(run_dir: Path, config: RunConfig, overrides: dict) -> RunConfig:
+    """A resume (the run folder has inputs.json): each input where the run recorded it, checked against
+    its fingerprint (a changed file stops here, in one line), and those locations in `overrides`, so
+    that the ServerApp and the clients need no environment either."""
+    if read_inputs(run_dir) is None:
+        return config
+    pinned = recorded_config(run_dir, config)
+    before, after = config.to_flat(), pinned.to_flat()
+    for key in _LOCATION_KEYS:
+        if after[key] != before[key]:
+            overrides[key] = after[key]
+    return RunConfig.from_flat({**before, **{k: after[k] for k in _LOCATION_KEYS}}, where=f"{run_dir} inputs.json")
+
+
 def checkpoint_round(run_dir: Path) -> int:
     """The last round the run folder's checkpoint holds (0 when there is none)."""
     path = Path(run_dir) / "checkpoint.pt"
@@ -110,7 +130,11 @@ def stopped_line(who: str, how: str, run_dir: Path, total_rounds: int, resume: s
 
 
 def federate(
-    run_config_file: str | None, cpus_per_client: float = 1.0, out_dir: str | None = None, settings: list[str] = ()
+    run_config_file: str | None,
+    cpus_per_client: float = 1.0,
+    out_dir: str | None = None,
+    settings: list[str] = (),
+    verbose: bool = False,
 ) -> int:
     """Run the federation; 0 when it completed, 130/143 when stopped by SIGINT/SIGTERM, else 1 or flwr's code.
 
@@ -123,6 +147,7 @@ def federate(
     config, overrides = resolve_config(run_config_file, extra, where)
     run_dir = run_folder(config.federation.out_dir)
     check_output_dir(run_dir, "out-dir")  # before any process starts
+    config = resumed_inputs(run_dir, config, overrides)  # a resume reads what the run read, where it was
     if config.data.users_file and config.train.user_groups == "auto":
         read_users_file(config.data.users_file)  # a bad users file stops here, not in the ServerApp
     check_item_features(config.data)  # so does a feature name the metadata does not have
@@ -141,7 +166,7 @@ def federate(
 
     become_subreaper()  # orphans of the processes started below stay in this process's tree
     with StopSignals() as signals:
-        federation = LocalFederation(run_dir)
+        federation = LocalFederation(run_dir, verbose=verbose)
         try:
             try:
                 try:
@@ -153,6 +178,9 @@ def federate(
                     federation.close()
                     raise
                 federation.close()  # the SuperLink outlives a completed run
+                if code == 0:
+                    page = shlex.join(["fedseqrec", "report", str(run_dir)])
+                    print(f"fedseqrec: every result on one page: {page}", flush=True)
                 return code
             except KeyboardInterrupt:
                 federation.stop()
@@ -171,12 +199,12 @@ def federate(
 class LocalFederation:
     """A private simulation SuperLink and `flwr run --stream` against it, every process tracked."""
 
-    def __init__(self, run_dir: Path, *, stop_grace: float = 5.0, serverapp_grace: float = 20.0):
+    def __init__(self, run_dir: Path, *, stop_grace: float = 5.0, serverapp_grace: float = 20.0, verbose: bool = False):
         self.run_dir = Path(run_dir)
         self.home = Path(tempfile.mkdtemp(prefix="fedseqrec-flwr-"))  # FLWR_HOME: connection, installed app
         self.env = flower_env(self.home)
         self.tracker = ProcessTracker()
-        self.log = StreamedLog()
+        self.log = StreamedLog(log_file=self.run_dir / LOG_FILE, verbose=verbose)
         self.stop_grace, self.serverapp_grace = stop_grace, serverapp_grace
         self._reader: threading.Thread | None = None
 
@@ -196,8 +224,8 @@ class LocalFederation:
             federation_config,
         ]
         print(
-            f"fedseqrec: {nodes} SuperNodes on a local SuperLink ({self.run_dir / 'superlink.log'}); run folder "
-            f"{self.run_dir}; Ctrl-C stops, the same command resumes",
+            f"fedseqrec: {nodes} SuperNodes on a local SuperLink; run folder {self.run_dir} (its log: {LOG_FILE}); "
+            "Ctrl-C stops, the same command resumes",
             flush=True,
         )
         proc = self.tracker.start(
@@ -222,7 +250,7 @@ class LocalFederation:
         if status.get("status") != "finished:completed":
             print(
                 f"fedseqrec: error: run {self.log.run_id} ended as {status.get('status') or 'unknown'}: "
-                f"{status.get('status-details', '')}; see the log above and {self.run_dir / 'superlink.log'}",
+                f"{status.get('status-details', '')}; see {self.run_dir / LOG_FILE} and superlink.log there",
                 file=sys.stderr,
                 flush=True,
             )
@@ -283,7 +311,7 @@ class LocalFederation:
 
     def stop(self) -> None:
         """Flower's stop for the run, then the ServerApp's process alone, then every other process."""
-        self.log.echo = False  # the user asked to stop: the one line that follows is the last output
+        self.log.quiet()  # the user asked to stop: the one line that follows is the last output
         if "superlink" in self.tracker.started and self.tracker.started["superlink"].poll() is None:
             run_ids = (
                 [self.log.run_id]
@@ -300,7 +328,7 @@ class LocalFederation:
         remove_partial_files(self.run_dir)
 
     def kill(self) -> None:
-        self.log.echo = False
+        self.log.quiet()
         self.tracker.kill()
         wait_gone(self.tracker.processes(), 5.0)
         self.tracker.reap()
@@ -320,36 +348,3 @@ def _healthy(port: int) -> bool:
             return response.status == 200
     except OSError:
         return False
-
-
-# --------------------------------------------------------------------------------------------
-# The streamed log
-
-_ROUND = re.compile(r"fedseqrec: round (\d+)/(\d+)")
-_RUN_ID = re.compile(r"Successfully started run (\d+)")
-
-
-class StreamedLog:
-    """Echo `flwr run --stream` output; note the run id and the last round seen. (Each record
-    arrives once: the apps take away the root handler Opacus installs, see common/logs.py.)"""
-
-    def __init__(self, out: TextIO | None = None):
-        self.out = out
-        self.echo = True
-        self.run_id: int | None = None
-        self.round = 0
-
-    def follow(self, stream: TextIO) -> None:
-        for line in stream:
-            self.feed(line.rstrip("\n"))
-
-    def feed(self, line: str) -> None:
-        if started := _RUN_ID.search(line):
-            self.run_id = int(started.group(1))
-        self._note_round(line)
-        if self.echo:
-            print(line, file=self.out or sys.stdout, flush=True)
-
-    def _note_round(self, message: str) -> None:
-        if found := _ROUND.search(message):
-            self.round = max(self.round, int(found.group(1)))

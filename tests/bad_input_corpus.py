@@ -202,6 +202,21 @@ def export_to_unwritable(tmp: Path, assets: Assets) -> list[str]:
     return ["export", str(assets.export.parent / "run"), "--out", str(unwritable_folder())]
 
 
+def report_of_a_folder_that_is_no_run(tmp: Path, assets: Assets) -> list[str]:
+    _write(tmp, "notes/readme.txt", "not a run")
+    return ["report", str(tmp / "notes"), "--out", str(tmp / "report.html")]
+
+
+def report_of_an_older_run(tmp: Path, assets: Assets) -> list[str]:
+    _write(tmp, "run/config.json", json.dumps({"data": "synthetic"}))  # no summary.json nor metrics.json
+    _write(tmp, "run/metrics.jsonl", json.dumps({"round": 1}) + "\n")
+    return ["report", str(tmp / "run"), "--out", str(tmp / "report.html")]
+
+
+def report_to_unwritable(tmp: Path, assets: Assets) -> list[str]:
+    return ["report", str(assets.export.parent / "run"), "--out", str(unwritable_folder().parent / "report.html")]
+
+
 def truncated_model_pt(tmp: Path, assets: Assets) -> list[str]:
     data = (assets.export.parent / "run" / "model.pt").read_bytes()
     _write(tmp, "run/model.pt", data[: len(data) // 2])
@@ -568,6 +583,32 @@ CASES = [
         export_into_existing,
         "no model file",
         "out",
+    ),
+    Case(
+        "cli-report-not-a-run",
+        CLI,
+        "`report` of a folder that holds no run",
+        "pass the out-dir of a finished run",
+        report_of_a_folder_that_is_no_run,
+        "no config.json, so not a fedseqrec run folder",
+        "report.html",
+    ),
+    Case(
+        "cli-report-older-run",
+        CLI,
+        "`report` of an unfinished run, or one an older version wrote (no summary.json)",
+        "finish the run, or run it again with this version",
+        report_of_an_older_run,
+        "no summary.json (a federation) or metrics.json (a training)",
+        "report.html",
+    ),
+    Case(
+        "cli-report-unwritable-out",
+        CLI,
+        "`report --out` in a folder that cannot be written",
+        "choose another file",
+        report_to_unwritable,
+        "cannot write the report",
     ),
     Case(
         "cli-federate-out-dir-is-a-file",

@@ -125,6 +125,27 @@ def _run(run_config: dict, cache: Path, timeout: float = 600, **kwargs) -> str:
     return out
 
 
+# --- each log record printed once (common/logs.py): no second handler on the root logger
+
+# A record printed again by a root handler that logging.basicConfig installed: its default format
+# (absl's first log call) or Opacus' (on import).
+_ROOT_HANDLER_LINE = re.compile(
+    r"(?:^|\s)(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]+:"  # basicConfig's default (absl), also after Ray's prefix
+    r"|\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:[A-Z]+:",  # Opacus' format
+    re.M,
+)
+_ROUND_LINE = re.compile(r"fedseqrec: round (\d+)/\d+ ")
+
+
+def assert_each_record_once(output: str) -> None:
+    """Every `fedseqrec: round N/T` line of a run's output once, and no record repeated by a root handler."""
+    repeated = _ROOT_HANDLER_LINE.findall(output)
+    assert not repeated, f"records printed again by a root handler: {repeated[:3]}"
+    rounds = _ROUND_LINE.findall(output)
+    assert rounds, "no round line in the output"
+    assert len(rounds) == len(set(rounds)), f"round lines repeated: {rounds}"
+
+
 # --- an independent oracle for DP accounting
 
 

@@ -17,7 +17,7 @@ from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.models import ModelConfig, build_model
 from common.training import model_for
-from tests.conftest import COHORT, _kill_after_round, _reply, _run
+from tests.conftest import COHORT, _kill_after_round, _reply, _run, assert_each_record_once
 
 SMALL = ModelConfig("sasrec", 40, max_len=12, emb_dim=16, num_layers=1, dropout=0.0)
 
@@ -162,11 +162,13 @@ def _rows(out):
 @pytest.fixture(scope="module")
 def cohort_run(cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort") / "two-nodes"
-    _run({**COHORT, "cohort-nodes": 2, "out-dir": str(out)}, cache, num_supernodes=2)
+    log = _run({**COHORT, "cohort-nodes": 2, "out-dir": str(out)}, cache, num_supernodes=2)
+    (out.parent / "output.txt").write_text(log)
     return out
 
 
 def test_cohort_run_learns_and_counts_users(cohort_run):
+    assert_each_record_once((cohort_run.parent / "output.txt").read_text())
     rows = _rows(cohort_run)
     assert [r["sampled"] for r in rows] == [60] * 6 and all(r["replied"] == 60 for r in rows)
     assert all(r["nodes"] == 2 for r in rows)
@@ -382,7 +384,7 @@ def test_user_level_dp_fedavg_on_the_cohort_engine_end_to_end(cache, tmp_path):
     from simulations.cli import main
 
     out = tmp_path / "dp-cohort"
-    _run(
+    log = _run(
         {
             **COHORT,
             "dp-mode": "server",
@@ -396,6 +398,7 @@ def test_user_level_dp_fedavg_on_the_cohort_engine_end_to_end(cache, tmp_path):
         cache,
         num_supernodes=2,
     )
+    assert_each_record_once(log)  # absl's first log call (Poisson accounting) once added a root handler
     report = json.loads((out / "privacy.json").read_text())
     assert report["adjacency"] == "add/remove" and report["sampling_kind"] == "poisson"
     assert report["noise_randomness"] == "secret" and "cohort engine" in report["mechanism"]

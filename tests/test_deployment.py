@@ -21,6 +21,7 @@ from simulations.credentials import make_node_keys
 from simulations.deployment_data import write_node_files
 from simulations.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
 from simulations.processes import VENV_BIN, free_port
+from tests.conftest import assert_each_record_once
 
 pytestmark = pytest.mark.slow
 
@@ -141,6 +142,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
 
     for name in ("supernode-0", "supernode-1", "flwr-run"):
         assert (logs / f"{name}.log").stat().st_size > 0
+    assert_each_record_once((logs / "flwr-run.log").read_text(errors="replace"))
 
 
 def _tail(logs: Path, lines: int = 40) -> str:

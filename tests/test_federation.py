@@ -19,7 +19,7 @@ from common.data.load import load_sequence_data
 from common.evaluation import evaluate, model_scores
 from common.partition import partition_users
 from common.training import model_for
-from tests.conftest import ROOT, SIM_CONFIG, _kill_after_round, _run
+from tests.conftest import ROOT, SIM_CONFIG, _kill_after_round, _run, assert_each_record_once
 
 
 def _arrays(path: Path) -> dict[str, torch.Tensor]:
@@ -112,7 +112,8 @@ def test_dirichlet_partitions_are_skewed_compared_with_iid(synthetic_data):
 
 
 def test_simulated_federation_improves_validation_ndcg(finished_run, cache, monkeypatch):
-    out, _ = finished_run
+    out, log = finished_run
+    assert_each_record_once(log)
     monkeypatch.setenv("FEDSEQREC_CACHE", str(cache))
     config = RunConfig.from_flat(SIM_CONFIG)
     data = load_sequence_data(config.data)

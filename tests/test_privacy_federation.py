@@ -8,13 +8,13 @@ import pytest
 
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.server_accounting import dpfedavg_epsilon
-from tests.conftest import SIM_CONFIG, _run
+from tests.conftest import SIM_CONFIG, _run, assert_each_record_once
 
 
 def test_server_side_dp_run_reports_epsilon_and_stops_at_budget(cache, tmp_path):
     out = tmp_path / "dp-server"
     cap = dpfedavg_epsilon(noise_multiplier=0.8, num_sampled=30, population=120, rounds=3, delta=1 / 120) + 1e-6
-    _run(
+    log = _run(
         {
             **SIM_CONFIG,
             "dp-mode": "server",
@@ -29,6 +29,7 @@ def test_server_side_dp_run_reports_epsilon_and_stops_at_budget(cache, tmp_path)
         cache,
         num_supernodes=120,
     )
+    assert_each_record_once(log)
     report = json.loads((out / "privacy.json").read_text())
     assert report["rounds"] == 3 and report["unit_of_privacy"].startswith("client")
     assert report["delta"] == pytest.approx(1 / 120)
@@ -43,7 +44,7 @@ def test_server_side_dp_run_reports_epsilon_and_stops_at_budget(cache, tmp_path)
 
 def test_client_side_dp_run_keeps_ledgers_that_compose_over_rounds(cache, tmp_path):
     out = tmp_path / "dp-client"
-    _run(
+    log = _run(
         {
             **SIM_CONFIG,
             "dp-mode": "client",
@@ -54,6 +55,7 @@ def test_client_side_dp_run_keeps_ledgers_that_compose_over_rounds(cache, tmp_pa
         },
         cache,
     )
+    assert_each_record_once(log)
     report = json.loads((out / "privacy.json").read_text())
     eps = [r["epsilon"] for r in report["epsilon_by_round"]]
     assert len(eps) == 3 and eps[0] < eps[1] < eps[2]

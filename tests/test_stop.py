@@ -213,6 +213,9 @@ def test_ctrl_c_stops_every_process_and_the_same_command_resumes(tmp_path):
         assert not [line for line in stdout.splitlines() if ROOT_LOG_LINE.match(line)]  # each record once
         shown = re.findall(rf"fedseqrec: round (\d+)/{ROUNDS}", stdout)
         assert len(shown) == len(set(shown))
+        # not a terminal: plain lines, one per evaluated round; Flower's per-round records in the log file
+        assert "\r" not in stdout and "configure_train" not in stdout and "aggregate_train" not in stdout
+        assert "configure_train: Sampled 3 nodes" in (out / "federate.log").read_text()
 
         # The same command resumes; a second Ctrl-C during the clean stop kills everything at once.
         second = Command(argv, tmp_path, env, "second")

@@ -25,6 +25,7 @@ from common.errors import FedSeqRecError
 from common.partition import partition_users, run_canaries
 from common.privacy.randomness import REPRODUCIBLE
 from common.privacy.releases import unlisted
+from common.run_inputs import recorded_config
 
 EXPOSURE_CANDIDATES = 1000
 
@@ -221,6 +222,7 @@ def compute_audit(
     """Every section of the audit of a finished run, as plain data (rendered by common.audit.render)."""
     run_dir = Path(run_dir)
     model, config, privacy = load_run(run_dir)
+    config = recorded_config(run_dir, config)  # each input file where the run read it (inputs.json), checked
     data = load_sequence_data(config.data)
     partition = partition_users(data, config.federation, config.train.seed)
     rng = np.random.default_rng(seed)
