@@ -72,6 +72,7 @@ class PrivacyTracker:
             population, fed.clients_per_round, fed.num_server_rounds, privacy.max_participations
         )
         self._next_round = len(self.epsilon_by_round) + 1
+        self._epsilon_memo: dict[tuple, float] = {}
         self.noise_multiplier, self.planned_rounds = self._noise_multiplier(state)
         self.tree = TreeRoundNoise(state.get("trees")) if self.ftrl else None
         self.round_noise = self.tree or GaussianRoundNoise()
@@ -166,6 +167,12 @@ class PrivacyTracker:
         return {"clipping-norm": self.clip, **({"rounds-in-tree": self.rounds_in_tree} if self.ftrl else {})}
 
     def _server_epsilon(self, events: list[list[float]]) -> float:
+        key = tuple(tuple(e) for e in events)
+        if key not in self._epsilon_memo:  # the same ledger is asked for before and after a round
+            self._epsilon_memo[key] = self._compute_epsilon(events)
+        return self._epsilon_memo[key]
+
+    def _compute_epsilon(self, events: list[list[float]]) -> float:
         if self.ftrl:
             return dpftrl_epsilon(self.noise_multiplier, self.tree.trees, delta=self.delta, accountant=self.accountant)
         return dpfedavg_epsilon_events(

@@ -18,7 +18,10 @@ from common.privacy.accountants.base import Accountant
 from common.privacy.accountants.events import Gaussian, PoissonGaussian, TreeGaussian
 from common.privacy.tree_aggregation import tree_depth
 
-DISCRETIZATION = 1e-4  # loss grid; each step of it rounds pessimistically, so smaller is tighter and slower
+# The loss grid. dp-accounting rounds pessimistically at each step, so a coarser grid only ever
+# overstates epsilon; at 1e-3 the shipped recipe's figure is the same to four digits as at 1e-4,
+# at a tenth of the time (0.3 s against 2.6 s for 120 rounds).
+DISCRETIZATION = 1e-3
 
 
 def pld_event(event) -> dp_accounting.DpEvent:
