@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
+from common import ghost_clipping
 from common.models import SequenceRecommender
 
 
@@ -79,15 +80,14 @@ def cohort_update(
         zeros = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
         per_user = {k: v.unsqueeze(0)[:0] for k, v in zeros.items()} if keep_users else None
         return CohortResult(zeros, 0, 0.0, per_user=per_user)
-    plain = (
-        recipe.clip <= 0
-        and recipe.drop_above <= 0
-        and recipe.row_clip <= 0
-        and recipe.scale == 1.0
-        and not recipe.touched_rows
-    )
-    if recipe.steps == 1 and recipe.optimizer == "sgd" and plain and not keep_users:
+    # Nothing but the optional clip needs each user's own update:
+    summed = recipe.drop_above <= 0 and recipe.row_clip <= 0 and recipe.scale == 1.0 and not recipe.touched_rows
+    one_sgd_step = recipe.steps == 1 and recipe.optimizer == "sgd" and summed and not keep_users
+    if one_sgd_step and recipe.clip <= 0:
         return _one_sgd_step(model, inputs, targets, recipe.lr)
+    if one_sgd_step and ghost_clipping.supports(model):  # clipped: each user's gradient norm, no weight copies
+        step = ghost_clipping.clipped_one_step(model, inputs, targets, recipe.lr, recipe.clip, user_loss)
+        return CohortResult(step.update_sum, len(inputs), step.loss_sum, step.clipped)
     return _stacked(model, inputs, targets, recipe, keep_users)
 
 
