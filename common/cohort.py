@@ -9,6 +9,7 @@ what a server learns from a secure aggregation of those devices.
 
 One SGD step without clipping has a cheaper exact form: the sum of the users' updates is -lr
 times the gradient of the sum of their losses at the global weights, one batched backward pass.
+With clipping too (user-level DP), `common.ghost_clipping` clips from each user's gradient norm.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from common import ghost_clipping
 from common.models import SequenceRecommender
+from common.window_loss import users_loss_sum
 
 
 @dataclass(frozen=True)
@@ -86,22 +88,19 @@ def cohort_update(
     if one_sgd_step and recipe.clip <= 0:
         return _one_sgd_step(model, inputs, targets, recipe.lr)
     if one_sgd_step and ghost_clipping.supports(model):  # clipped: each user's gradient norm, no weight copies
-        step = ghost_clipping.clipped_one_step(model, inputs, targets, recipe.lr, recipe.clip, user_loss)
+        step = ghost_clipping.clipped_one_step(model, inputs, targets, recipe.lr, recipe.clip)
         return CohortResult(step.update_sum, len(inputs), step.loss_sum, step.clipped)
     return _stacked(model, inputs, targets, recipe, keep_users)
 
 
 def _one_sgd_step(model, inputs, targets, lr: float) -> CohortResult:
-    U, W, T = inputs.shape
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
-    # Every user has W windows, so the sum of the users' mean losses is U x the mean over all windows,
-    # and its gradient is the sum of the users' gradients.
-    total = U * user_loss(model, params, inputs.reshape(U * W, T), targets.reshape(U * W, T))
+    total = users_loss_sum(model, inputs, targets)  # its gradient is the sum of the users' gradients
     total.backward()
     update = {k: -lr * p.grad.detach() for k, p in params.items()}
     model.zero_grad(set_to_none=True)
-    return CohortResult(update, U, float(total.detach()))
+    return CohortResult(update, len(inputs), float(total.detach()))
 
 
 def _stacked(model, inputs, targets, recipe: LocalRecipe, keep_users: bool = False) -> CohortResult:

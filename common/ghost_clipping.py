@@ -14,11 +14,19 @@ k. Its squared norm needs no per-user gradient (Goodfellow 2015; Li et al. 2022 
 
     ||sum_k g_k a_k^T||^2 = sum_{k,l} (a_k . a_l)(g_k . g_l)        (Gram form, cost K^2 (in + out))
 
-or it is materialised, K in out, whichever is cheaper for the layer. Embedding rows are the same
-with a_k a one-hot row, layer norms and biases are small enough to materialise. The item table is
-used twice (input embedding and tied output scorer), the feature table too: their norm is the norm
-of the SUM of both uses' gradients, cross terms included. Then the clipped sum reuses the stored a
-and g with each user's g scaled by w_u (book-keeping, Bu et al. 2023): no second backward pass.
+or the user's gradient is materialised (cost K in out) and kept, so that the clipped sum is a
+weighted sum of it; the cheaper way is taken layer by layer (the Gram form for the item table, the
+materialised gradient for the small linear maps). Embedding rows are the same with a_k a one-hot
+row; layer norms and biases are small enough to materialise. The scorer sees only the positions
+with a target, as in the non-private path (`common.window_loss`): users are sorted by their number
+of targets, so that the users of one length are one (users, length, .) block of the packed rows
+and their Grams one batched product, with no padding. The item table is used twice (input
+embedding and tied output scorer), the feature table too: their norm is the norm of the SUM of
+both uses' gradients, cross terms included. The clipped sum then reuses the stored a and g, each
+user's rows scaled by w_u (book-keeping, Bu et al. 2023): no second backward pass.
+
+Measured at ML-1M shapes (simulations/bench_dp_round.py, NOTES-ghost.md): a DP round ~1.2-1.3x the
+non-private one, where the vmap path took ~3x (SASRec) and ~9x (GRU).
 
 Exact, not an approximation: the tests compare it with the `vmap` path on every model. Several local
 steps, Adam, or any of the server's simulated checks need the per-user weights, and stay there; so
@@ -42,6 +50,7 @@ from common.models import (
     count_matrix_fits,
     feature_counts,
 )
+from common.window_loss import users_loss_sum
 
 
 @dataclass
@@ -53,11 +62,25 @@ class ClippedStep:
 
 @dataclass
 class _Rows:
-    """A weight's per-user gradient sum_k g[u, k] a[u, k]^T, in rows offset.. of the weight."""
+    """A weight's per-user gradient sum_k g_k a_k^T over the user's rows k, in rows offset.. of the
+    weight. Rows are packed user after user: user u has lengths[u] of them."""
 
-    a: torch.Tensor  # (U, K, cols)
-    g: torch.Tensor  # (U, K, rows used)
+    a: torch.Tensor  # (P, cols)
+    g: torch.Tensor  # (P, rows used)
+    lengths: torch.Tensor  # (U,) rows per user, sum P
     offset: int = 0
+
+    def blocks(self):
+        """(first user, last user + 1, a (users, n, cols), g (users, n, rows)) for each run of users
+        with the same number of rows n > 0."""
+        values, counts = torch.unique_consecutive(self.lengths, return_counts=True)
+        user, row = 0, 0
+        for n, users in zip(values.tolist(), counts.tolist()):
+            size = n * users
+            if n > 0:
+                a, g = self.a[row : row + size], self.g[row : row + size]
+                yield user, user + users, a.view(users, n, -1), g.view(users, n, -1)
+            user, row = user + users, row + size
 
 
 @dataclass
@@ -69,9 +92,6 @@ class _Lookup:
     padding_idx: int | None
 
 
-# A per-user gradient given whole: (U, *weight shape).
-_Dense = torch.Tensor
-
 _LAYERS = (nn.Linear, nn.Embedding, nn.LayerNorm, TiedItemScorer, FeaturedTiedScorer)
 
 # How a per-user squared norm is taken: "cheaper" picks, layer by layer, the Gram form or the
@@ -79,6 +99,7 @@ _LAYERS = (nn.Linear, nn.Embedding, nn.LayerNorm, TiedItemScorer, FeaturedTiedSc
 # all three, so every form stays exact whatever the model's sizes make the cost model pick).
 FORM = "cheaper"
 SMALL_WEIGHT = 1 << 16  # elements; a weight with several uses below it: each user's gradient materialised
+KEEP_DENSE = 1 << 23  # elements (32 MB); materialised per-user gradients up to this size are kept for the sum
 
 
 def supports(model: SequenceRecommender) -> bool:
@@ -93,11 +114,14 @@ def supports(model: SequenceRecommender) -> bool:
 
 
 def clipped_one_step(
-    model: SequenceRecommender, inputs: torch.Tensor, targets: torch.Tensor, lr: float, clip: float, loss_fn
+    model: SequenceRecommender, inputs: torch.Tensor, targets: torch.Tensor, lr: float, clip: float
 ) -> ClippedStep:
     """U users' one-step SGD updates from the model's weights, each clipped to `clip`; inputs/targets
-    (U, W, T). `loss_fn(model, params, inputs, targets)` is the mean loss of windows (B, T)."""
-    U, W, T = inputs.shape
+    (U, W, T)."""
+    U = len(inputs)
+    scored = (targets > 0).flatten(1).sum(1)  # (U,) each user's scored positions
+    order = torch.argsort(scored, stable=True)  # a sum does not depend on the users' order
+    inputs, targets, scored = inputs[order], targets[order], scored[order]
     calls: list[tuple[nn.Module, tuple, torch.Tensor]] = []
     hooks = [
         m.register_forward_hook(lambda mod, args, out: calls.append((mod, args, out)))
@@ -106,18 +130,19 @@ def clipped_one_step(
     ]
     try:
         params = dict(model.named_parameters())
-        total = U * loss_fn(model, params, inputs.reshape(U * W, T), targets.reshape(U * W, T))
+        total = users_loss_sum(model, inputs, targets)
     finally:
         for hook in hooks:
             hook.remove()
     # Gradients of the layers' outputs only: autograd computes no weight gradient on the way.
     output_grads = torch.autograd.grad(total, [out for _, _, out in calls], allow_unused=True)
     with torch.no_grad():
-        uses = _uses(model, calls, output_grads, U)
+        uses = _uses(model, calls, output_grads, U, scored)
         names = {id(p): name for name, p in params.items()}
         squared = torch.zeros(U, dtype=total.dtype)
         for key, parts in uses.items():
-            squared += _squared_norm(parts, params[names[key]].shape)
+            norms, uses[key] = _squared_norm(parts, params[names[key]].shape)
+            squared += norms
         norms = lr * squared.clamp(min=0).sqrt()  # (U,) each user's update norm
         scale = (clip / norms.clamp(min=1e-12)).clamp(max=1.0)  # (U,)
         update = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -129,8 +154,9 @@ def clipped_one_step(
     return ClippedStep(update, float(total.detach()), int((scale < 1).sum()))
 
 
-def _uses(model, calls, output_grads, U: int) -> dict[int, list]:
-    """id(parameter) -> each use's per-user gradient, from the recorded layer calls."""
+def _uses(model, calls, output_grads, U: int, scored: torch.Tensor) -> dict[int, list]:
+    """id(parameter) -> each use's per-user gradient, from the recorded layer calls; `scored` (U,):
+    each user's rows of the scorer's packed input."""
     by_layer: dict[nn.Module, tuple[list, list]] = {}
     for (module, args, out), g in zip(calls, output_grads):
         inputs, grads = by_layer.setdefault(module, ([], []))
@@ -143,16 +169,18 @@ def _uses(model, calls, output_grads, U: int) -> dict[int, list]:
 
     for module, (inputs, grads) in by_layer.items():
         if isinstance(module, (TiedItemScorer, FeaturedTiedScorer)):
-            hidden = _positions([args[-1] for args in inputs], U, model.item_emb.weight.shape[1])  # (U, K, D)
-            g = _positions(grads, U, model.config.num_items)  # (U, K, N)
-            add(module.weight, _Rows(hidden, g, offset=1))  # scores use rows 1..N
+            (args,), (g,) = inputs, grads  # one call: (M, D) packed states -> (M, N) scores
+            hidden = args[-1]
+            add(module.weight, _Rows(hidden, g, scored, offset=1))  # scores use rows 1..N
             if isinstance(module, FeaturedTiedScorer):
                 # table = E[1:] + counts @ F: F's gradient is counts^T (G^T H) = (G counts)^T H.
                 counts = feature_counts(model.feature_index[1:], module.feature_weight.shape[0], g.dtype)  # (N, V+1)
-                add(module.feature_weight, _Rows(hidden, g @ counts))
+                add(module.feature_weight, _Rows(hidden, g @ counts, scored))
         elif isinstance(module, nn.Linear):
+            a = _positions([args[0] for args in inputs], U, module.in_features)  # (U, K, in)
             g = _positions(grads, U, module.out_features)  # (U, K, out)
-            add(module.weight, _Rows(_positions([args[0] for args in inputs], U, module.in_features), g))
+            lengths = torch.full((U,), a.shape[1])
+            add(module.weight, _Rows(a.flatten(0, 1), g.flatten(0, 1), lengths))
             if module.bias is not None:
                 add(module.bias, g.sum(1))
         elif isinstance(module, nn.Embedding):
@@ -175,23 +203,31 @@ def _positions(tensors: list[torch.Tensor], U: int, width: int | None = None) ->
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # one call: a view, no copy
 
 
-def _squared_norm(parts: list, shape: torch.Size) -> torch.Tensor:
-    """(U,) squared norm of each user's gradient of one parameter: the sum of its uses' gradients."""
+def _squared_norm(parts: list, shape: torch.Size) -> tuple[torch.Tensor, list]:
+    """(U,) squared norm of each user's gradient of one parameter (the sum of its uses' gradients),
+    and its uses again: a per-user gradient materialised here replaces its use, and the clipped sum
+    is then a weighted sum of it instead of a product of the factors."""
     if len(parts) == 1:
         part = parts[0]
         if isinstance(part, _Rows) and _gram_for(_gram_is_cheaper(part)):
-            return _gram(part.a, part.a, part.g, part.g)
+            return _inner(part, part, shape), parts
         if isinstance(part, _Lookup) and _gram_for(_lookup_gram_is_cheaper(part, shape[0])):
-            return _lookup_inner(part, part)
-        return _dense(part, shape).flatten(1).pow(2).sum(1)
+            return _lookup_inner(part, part), parts
+        dense = _dense(part, shape)
+        return _squares(dense), [dense] if dense.numel() <= KEEP_DENSE else parts
     if not _gram_for(shape.numel() > SMALL_WEIGHT):  # a small weight (the feature table)
-        return sum(_dense(part, shape) for part in parts).flatten(1).pow(2).sum(1)
+        dense = sum(_dense(part, shape) for part in parts)
+        return _squares(dense), [dense] if dense.numel() <= KEEP_DENSE else parts
     # A large shared table (the item table: input lookup + tied scorer): every pair of uses.
     total = 0
     for i, p in enumerate(parts):
         for j, q in enumerate(parts[i:], start=i):
             total = total + (1 if i == j else 2) * _inner(p, q, shape)
-    return total
+    return total, parts
+
+
+def _squares(per_user: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(per_user, dim=tuple(range(1, per_user.dim()))).square()  # any strides
 
 
 def _gram_for(cheaper: bool) -> bool:
@@ -199,8 +235,15 @@ def _gram_for(cheaper: bool) -> bool:
 
 
 def _gram_is_cheaper(part: _Rows) -> bool:
-    K, cols, rows = part.a.shape[1], part.a.shape[2], part.g.shape[2]
-    return K * K * (cols + rows) < K * cols * rows + cols * rows
+    """Multiply-adds of the Gram form (and then of the clipped sum's product of the factors) against
+    materialising each user's gradient (kept, if small enough, for a weighted sum of it)."""
+    cols, rows, n = part.a.shape[1], part.g.shape[1], part.lengths.double()
+    factors = float(n.sum()) * cols * rows  # sum_u n_u cols rows: a product of the factors
+    users = len(n) * cols * rows  # every user's whole gradient once
+    gram = float((n * n).sum()) * (cols + rows) + factors
+    kept = users <= KEEP_DENSE
+    materialised = factors + (2 * users if kept else users + factors)
+    return gram < materialised
 
 
 def _lookup_gram_is_cheaper(part: _Lookup, rows: int) -> bool:
@@ -208,28 +251,31 @@ def _lookup_gram_is_cheaper(part: _Lookup, rows: int) -> bool:
     return K * K * (cols + 1) < rows * cols + K * cols
 
 
-def _gram(a1, a2, g1, g2) -> torch.Tensor:
-    """(U,) sum_{k,l} (a1_k . a2_l)(g1_k . g2_l)."""
-    return (torch.bmm(a1, a2.transpose(1, 2)) * torch.bmm(g1, g2.transpose(1, 2))).sum((1, 2))
-
-
 def _inner(p, q, shape: torch.Size) -> torch.Tensor:
     """(U,) inner product of two uses' per-user gradients of one weight."""
     if isinstance(p, _Lookup) and isinstance(q, _Rows):
         p, q = q, p
-    if isinstance(p, _Rows) and isinstance(q, _Rows) and p.offset == q.offset:
-        return _gram(p.a, q.a, p.g, q.g)
     if isinstance(p, _Lookup) and isinstance(q, _Lookup):
         return _lookup_inner(p, q)
+    if isinstance(p, _Rows) and q is p:
+        out = torch.zeros(len(p.lengths), dtype=p.a.dtype)
+        for first, last, a, g in p.blocks():  # sum_{k,l} (a_k . a_l)(g_k . g_l)
+            out[first:last] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+        return out
     if isinstance(p, _Rows) and isinstance(q, _Lookup):
         # <sum_k g_k a_k^T (rows offset..), sum_l e_{i_l} v_l^T> = sum_{k,l} g[k, i_l - offset] (a_k . v_l)
-        rows = p.g.shape[2]
+        rows = p.g.shape[1]
         local = q.index - p.offset  # (U, L) the lookup's rows in the scorer's numbering
         inside = (local >= 0) & (local < rows)
         if q.padding_idx is not None:
             inside &= q.index != q.padding_idx
-        picked = torch.gather(p.g, 2, local.clamp(0, rows - 1).unsqueeze(1).expand(-1, p.g.shape[1], -1))  # (U, K, L)
-        return (picked * torch.bmm(p.a, q.g.transpose(1, 2)) * inside.unsqueeze(1)).sum((1, 2))
+        local = local.clamp(0, rows - 1)
+        out = torch.zeros(len(p.lengths), dtype=p.a.dtype)
+        for first, last, a, g in p.blocks():
+            picked = torch.gather(g, 2, local[first:last].unsqueeze(1).expand(-1, g.shape[1], -1))  # (users, n, L)
+            products = torch.bmm(a, q.g[first:last].transpose(1, 2))  # (users, n, L)
+            out[first:last] = (picked * products * inside[first:last].unsqueeze(1)).sum((1, 2))
+        return out
     return (_dense(p, shape) * _dense(q, shape)).flatten(1).sum(1)
 
 
@@ -246,11 +292,14 @@ def _dense(part, shape: torch.Size) -> torch.Tensor:
     if isinstance(part, torch.Tensor):
         return part
     if isinstance(part, _Rows):
-        U = len(part.a)
-        if part.offset == 0 and part.g.shape[2] == shape[0]:
-            return torch.bmm(part.g.transpose(1, 2), part.a)  # (U, rows, cols)
-        out = torch.zeros(U, *shape, dtype=part.a.dtype)
-        out[:, part.offset : part.offset + part.g.shape[2]] = torch.bmm(part.g.transpose(1, 2), part.a)
+        blocks = list(part.blocks())
+        if len(blocks) == 1 and blocks[0][:2] == (0, len(part.lengths)) and part.g.shape[1] == shape[0]:
+            _, _, a, g = blocks[0]
+            # (users, cols, rows), seen as (users, rows, cols): bmm runs several times faster this way round
+            return torch.bmm(a.transpose(1, 2), g).transpose(1, 2)
+        out = torch.zeros(len(part.lengths), *shape, dtype=part.a.dtype)
+        for first, last, a, g in blocks:
+            out[first:last, part.offset : part.offset + g.shape[2]] = torch.bmm(a.transpose(1, 2), g).transpose(1, 2)
         return out
     U, K, cols = part.g.shape
     out = torch.zeros(U * shape[0], cols, dtype=part.g.dtype)
@@ -263,17 +312,18 @@ def _dense(part, shape: torch.Size) -> torch.Tensor:
 def _add_weighted(grad: torch.Tensor, part, scale: torch.Tensor) -> None:
     """grad += sum_u scale_u x user u's gradient of this use."""
     if isinstance(part, torch.Tensor):
-        grad += torch.tensordot(scale, part, dims=1)
+        if part.dim() == 3 and part.transpose(1, 2).is_contiguous():  # a materialised product, turned
+            grad += torch.tensordot(scale, part.transpose(1, 2), dims=1).T
+        else:
+            grad += torch.tensordot(scale, part, dims=1)
     elif isinstance(part, _Rows):
-        U, K, cols = part.a.shape
-        rows = part.g.shape[2]
-        weights = scale.repeat_interleave(K).unsqueeze(1)  # (U K, 1)
-        a, g = part.a.reshape(U * K, cols), part.g.reshape(U * K, rows)
-        if cols <= rows:  # scale the thinner factor
+        weights = scale.repeat_interleave(part.lengths).unsqueeze(1)  # (P, 1)
+        a, g = part.a, part.g
+        if a.shape[1] <= g.shape[1]:  # scale the thinner factor
             a = a * weights
         else:
             g = g * weights
-        grad[part.offset : part.offset + rows] += g.T @ a
+        grad[part.offset : part.offset + g.shape[1]] += g.T @ a
     else:
         U, K, cols = part.g.shape
         values = part.g * scale.view(U, 1, 1)

@@ -48,7 +48,7 @@ def _windows(windows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     targets = torch.randint(1, ITEMS + 1, (USERS, windows, LENGTH), generator=generator)
     for u in range(USERS):
         inputs[u, :, : u + 1] = 0  # user u's history is u + 1 items shorter than the window
-        targets[u, :, :u] = 0
+        targets[u, :, : u + 1] = 0  # so no user has a target at the first position
     inputs[0, 0, -3:] = 7
     targets[1, 0, -1] = inputs[1, 0, -2]
     return inputs, targets
