@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
 from common import ghost_clipping
+from common.allocator import retain_freed_memory
 from common.models import SequenceRecommender
 from common.window_loss import users_loss_sum
 
@@ -78,6 +79,9 @@ def cohort_update(
     `keep_users`: also return each user's update (for an aggregation other than the sum).
 
     Dropout masks come from torch's global RNG: seed it before calling for a reproducible result."""
+    # Every chunk frees and re-allocates the same large (positions, items) score tensors: keep that
+    # memory in the heap instead of page-faulting it back in, zeroed, each time (~25% of a chunk).
+    retain_freed_memory()
     if len(inputs) == 0:
         zeros = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
         per_user = {k: v.unsqueeze(0)[:0] for k, v in zeros.items()} if keep_users else None
