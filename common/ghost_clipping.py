@@ -108,6 +108,11 @@ def supports(model: SequenceRecommender) -> bool:
         return False  # item_up's weight is also used outside its module (to_table_space)
     if model.has_features and not count_matrix_fits(model.config.num_items, model.config.num_features + 1):
         return False
+    for module in model.modules():  # layers whose gradient is not the plain one of their map
+        if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.scale_grad_by_freq):
+            return False
+        if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+            return False
     # An RNN registers its cells' weights once more under PyTorch's names: covered all the same.
     covered = {id(p) for m in model.modules() if isinstance(m, _LAYERS) for p in m.parameters(recurse=False)}
     return all(id(p) in covered for p in model.parameters())
@@ -141,8 +146,8 @@ def clipped_one_step(
         names = {id(p): name for name, p in params.items()}
         squared = torch.zeros(U, dtype=total.dtype)
         for key, parts in uses.items():
-            norms, uses[key] = _squared_norm(parts, params[names[key]].shape)
-            squared += norms
+            of_param, uses[key] = _squared_norm(parts, params[names[key]].shape)
+            squared += of_param
         norms = lr * squared.clamp(min=0).sqrt()  # (U,) each user's update norm
         scale = (clip / norms.clamp(min=1e-12)).clamp(max=1.0)  # (U,)
         update = {name: torch.zeros_like(p) for name, p in params.items()}
