@@ -6,7 +6,9 @@ so the next step page-faults the same memory back in, zero-filled (23% of a SASR
 `fill_` in a profile). Raising glibc's mmap and trim thresholds keeps the memory in the heap for
 reuse, as PyTorch's CUDA caching allocator does on GPUs: DP steps got ~15% faster on a quiet CPU
 and ~30% faster on a loaded one. Non-private steps got ~10% slower with it (single thread; fresh
-mmap pages come zeroed for free), so only DP training turns it on (BENCHMARKS.md). The heap is
+mmap pages come zeroed for free), so only DP training turns it on (BENCHMARKS.md), and the cohort
+engine, whose every chunk frees and re-allocates (positions x items) scores: its chunks took ~25%
+less CPU time with it (simulations/bench_cohort_compute.py, NOTES-ghost.md). The heap is
 handed back (`release_freed_memory`) after each pass over the data, so a long-lived process (a
 simulation worker) does not keep growing between passes.
 """

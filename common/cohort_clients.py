@@ -26,7 +26,7 @@ from common.data.sequences import SequenceData, training_windows
 from common.evaluation import model_scores, rank_targets
 from common.federated import LocalResult, client_seed
 from common.metrics import ranking_metrics
-from common.training import model_for
+from common.training import host_model
 
 
 def recipe_for(config: RunConfig, simulated: bool = False) -> LocalRecipe:
@@ -103,7 +103,7 @@ def train_chunks(
     an attacker's fake users (`common.fake_users`), trained with `attacker_recipe`. A user's identity
     (what seeds its randomness) is `identity_offset` + its row: rows of the population on a simulated
     host, the device's own key on a device."""
-    model = model_for(config, local.num_items, item_ids=local.item_ids)
+    model = host_model(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.train()
     recipes = (recipe_for(config, simulated), attacker_recipe(config, simulated))
@@ -154,7 +154,7 @@ def evaluate_users(
     config: RunConfig, local: SequenceData, rows: np.ndarray, global_arrays: dict[str, torch.Tensor], split: str
 ) -> dict:
     """Mean ranking metrics of `rows`' held-out item (validation or test), with their count."""
-    model = model_for(config, local.num_items, item_ids=local.item_ids)
+    model = host_model(config, local.num_items, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.eval()
     cut = 2 if split == "validation" else 1

@@ -97,13 +97,29 @@ class ProcessTracker:
     def snapshot(self) -> None:
         with self._lock:
             roots = list(self._seen.values()) + ([self._own] if self._own else [])
+        # One pass over the machine's process table for every root: `root.children(recursive=True)`
+        # makes one per root, ~25 passes every half second, a tenth of a core on a busy machine.
+        kids: dict[int, list[psutil.Process]] = {}
+        for proc in psutil.process_iter(["ppid"]):
+            kids.setdefault(proc.info["ppid"], []).append(proc)
         found = {}
         for root in roots:
             try:
-                for child in root.children(recursive=True):
-                    found[child.pid] = child
-            except psutil.NoSuchProcess:
+                if not root.is_running():  # gone, or its pid reused: its pid's children are not ours
+                    continue
+                born, stack = root.create_time(), [root.pid]
+            except psutil.Error:
                 continue
+            while stack:
+                for child in kids.get(stack.pop(), ()):
+                    try:
+                        # Older than the root: a reused pid, not a descendant (as psutil's children()).
+                        if child.pid in found or child.create_time() < born:
+                            continue
+                    except psutil.Error:
+                        continue
+                    found[child.pid] = child
+                    stack.append(child.pid)
         with self._lock:
             for pid, proc in found.items():
                 self._seen.setdefault(pid, proc)
