@@ -18,13 +18,13 @@ from client.local_data import client_key, cohort_data, is_simulated, load_local_
 from client.message_audit import message_audit_mod
 from client.participation import ftrl_own_slots
 from client.secure_aggregation import secure_aggregation_mod
-from common.cohort_clients import evaluate_users, train_chunks
 from common.config import RunConfig
+from common.data.fake_users import population_with_fakes
 from common.errors import DataError
-from common.fake_users import population_with_fakes
-from common.federated import DeviceLimits, local_train
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.releases import device_reply
+from common.training.cohort_clients import evaluate_users, train_chunks
+from common.training.federated import DeviceLimits, local_train
 
 # Opacus' known, harmless notices (the insecure-RNG default; the full-backward-hook notice that its
 # per-sample hooks raise); anything else still shows.

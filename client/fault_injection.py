@@ -8,7 +8,7 @@ honest update (reply - global = u):
 - sign-flip: global - s u; scale: global + s u; random: global + noise of s times u's norm;
 - promote (targeted item promotion with fake users): train on fake histories in which the target
   item follows every item, then boost the update by s (model replacement). On the cohort engine the
-  attacker instead adds fake one-user devices (`common.fake_users`, `common.cohort_clients`).
+  attacker instead adds fake one-user devices (`common.data.fake_users`, `common.training.cohort_clients`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 
 from client.local_data import client_key, is_simulated, load_local_data
 from common.config import RunConfig
-from common.fake_users import fake_users, profile_popularity
-from common.federated import local_train
-from common.partition import cached_partitioning
+from common.data.fake_users import fake_users, profile_popularity
+from common.data.partition import cached_partitioning
+from common.training.federated import local_train
 
 
 def dropped(seed: int, server_round: int, client: int, share: float) -> bool:

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
+from common.data.fake_users import population_with_fakes, simulated_devices
 from common.data.interactions import Columns, load_interactions
+from common.data.partition import cached_partitioning, cached_population
 from common.data.sequences import SequenceData, sequences_for_catalogue
 from common.errors import ConfigError, DataError
-from common.fake_users import population_with_fakes, simulated_devices
-from common.federated import DeviceLimits, check_local_data
 from common.node_config import check_node_keys, node_setting
 from common.outputs import check_output_dir
-from common.partition import cached_partitioning, cached_population
+from common.training.federated import DeviceLimits, check_local_data
 
 
 def read_catalogue(path: str | Path, whose: str) -> np.ndarray:
@@ -98,7 +98,7 @@ def cohort_data(config: RunConfig, node_config: dict, chunk_keys: list[int] | No
     one-user clients named by `chunk_keys`, on a device all of its own users.
 
     Under a simulated promotion attack, keys past the real users' are the attacker's fake users,
-    whose rows follow the real users' in the data (`common.fake_users.population_with_fakes`)."""
+    whose rows follow the real users' in the data (`common.data.fake_users.population_with_fakes`)."""
     if not is_simulated(node_config):
         local = load_local_data(config, node_config)
         return local, np.arange(local.num_users)

@@ -14,7 +14,7 @@ have none); and all occluded variants run as one batched onnxruntime call. Nothi
 is written anywhere or sent anywhere: it returns numbers to the caller.
 
 Re-ranking (`recommend(..., rerank=...)`) runs here too, in numpy, with the same rules as
-`common.reranking` (relevance min-max scaled within the candidates, one lambda): `mmr` trades
+`common.evaluation.reranking` (relevance min-max scaled within the candidates, one lambda): `mmr` trades
 relevance for dissimilarity to the items already chosen, where similarity is the cosine of the
 model's own item vectors (`item_vectors.npy`: the device has no co-occurrence counts, and needs
 none); `long-tail` boosts the items that hold the least popular 20% of the exported popularity.
@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from common.errors import ConfigError, DataError, brief
 
-FORMAT = "fedseqrec-ondevice/1"  # as written by common.export (which needs torch, so it is not imported)
+FORMAT = "fedseqrec-ondevice/1"  # as written by common.model.export (which needs torch, so it is not imported)
 METADATA_KEY = "fedseqrec"
 
 
@@ -56,7 +56,7 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 
 
 RERANKERS = ("none", "mmr", "long-tail")
-TAIL_SHARE = 0.2  # as common.item_stats: the long tail holds this share of the interactions
+TAIL_SHARE = 0.2  # as common.evaluation.item_stats: the long tail holds this share of the interactions
 
 
 class OnDeviceRecommender:
@@ -248,7 +248,7 @@ class Explanation:
 
 
 def relevance(scores: np.ndarray) -> np.ndarray:
-    """Scores min-max scaled to [0, 1] within the candidates (as common.reranking); non-finite: -1."""
+    """Scores min-max scaled to [0, 1] within the candidates (as common.evaluation.reranking); non-finite: -1."""
     scores = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(scores)
     if not finite.any():

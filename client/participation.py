@@ -13,7 +13,7 @@ import numpy as np
 
 from client.local_data import client_key, is_simulated
 from common.config import RunConfig
-from common.partition import cached_partitioning
+from common.data.partition import cached_partitioning
 from common.privacy import participation
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common.checkpoint import load_model, save_model
 from common.config import RunConfig
+from common.data.run_inputs import fingerprint, read_inputs, write_inputs
 from common.errors import ConfigError, DataError
-from common.personalization import DPBudget, FineTuning, fine_tune
+from common.model.checkpoint import load_model, save_model
 from common.privacy.ledger import PrivacyLedger
-from common.run_inputs import fingerprint, read_inputs, write_inputs
+from common.training.personalization import DPBudget, FineTuning, fine_tune
 
 LEDGER_FILE = "privacy_ledger.json"  # the file a SuperNode keeps in its state dir (client/app.py)
 

@@ -2,7 +2,7 @@
 
 The dataclass defaults below are the main job's settings; `pyproject.toml [tool.flwr.app.config]`
 (which Flower reads) lists the same values, checked key by key by a test. Other experiments,
-the centralized baseline included, are named TOML files under simulations/.
+the centralized baseline included, are named TOML files under simulations/configs/.
 
 Configuration flows one way: a flat mapping of kebab-case keys (Flower's `run_config`, a TOML
 file, or CLI flags) -> `RunConfig.from_flat` -> frozen dataclasses -> code. Unknown keys,
@@ -22,7 +22,8 @@ from typing import Any
 
 from common.errors import ConfigError
 
-AUGMENTATIONS = ("crop", "mask", "reorder", "substitute")  # sequence augmentation operators (common/augmentation.py)
+# sequence augmentation operators (common/training/augmentation.py)
+AUGMENTATIONS = ("crop", "mask", "reorder", "substitute")
 
 
 def augment_operators(text: str) -> tuple[str, ...]:
@@ -152,7 +153,7 @@ class TrainSettings:
     batch_size: int = 32
     lr: float = 1e-3
     # Centralized training's learning rate per epoch: a linear warm-up over lr-warmup-epochs, then
-    # constant, or cosine decay towards 0 at `epochs` (common.training.lr_factor).
+    # constant, or cosine decay towards 0 at `epochs` (common.training.step.lr_factor).
     lr_schedule: str = _choice("constant", "cosine")
     lr_warmup_epochs: int = 0
     weight_decay: float = 0.0
@@ -164,7 +165,7 @@ class TrainSettings:
     mask_seen: bool = True  # exclude items already in the user's history from rankings
     eval_batch_size: int = 512
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    # Sequence augmentation of training windows (common/augmentation.py), centrally and on devices:
+    # Sequence augmentation of training windows (common/training/augmentation.py), centrally and on devices:
     # a comma list of crop, mask, reorder, substitute ("" = off); each drawn window is augmented with
     # probability augment-prob by one operator picked at random.
     augment: str = ""

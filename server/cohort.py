@@ -3,7 +3,7 @@
 Users are sampled by identity each round (fixed-size without replacement, or Poisson with
 q = clients-per-round / users), seeded by (run seed, round) so that a resumed run replays. The
 sorted sample is cut every `cohort-chunk` users; chunk j goes to hosting SuperNode j mod H.
-Chunks, not nodes, fix the computation (`common.cohort_clients`), so the result does not depend
+Chunks, not nodes, fix the computation (`common.training.cohort_clients`), so the result does not depend
 on H. Real devices (nodes that identify with a client key) get their own users instead.
 """
 

@@ -14,20 +14,20 @@ from flwr.app import ArrayRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from common.checkpoint import save_model
 from common.config import RunConfig
+from common.data.fake_users import simulated_devices
 from common.data.load import cached_sequence_data
+from common.data.partition import cached_partitioning
+from common.data.run_inputs import record_inputs
 from common.errors import ConfigError, DataError
-from common.evaluation import evaluate, evaluate_by_group, model_scores
-from common.fake_users import simulated_devices
-from common.item_stats import ItemStatistics
-from common.partition import cached_partitioning
+from common.evaluation.item_stats import ItemStatistics
+from common.evaluation.ranking import evaluate, evaluate_by_group, model_scores
+from common.evaluation.reranking import reranker_for
+from common.evaluation.user_groups import user_groups_for
+from common.model.checkpoint import save_model
+from common.model.warm_start import warm_start
 from common.privacy.releases import releasable_summary
-from common.reranking import reranker_for
-from common.run_inputs import record_inputs
-from common.training import model_for
-from common.user_groups import user_groups_for
-from common.warm_start import warm_start
+from common.training.step import model_for
 from server.cohort import CohortPlan, federated_evaluate
 from server.loop import NODE_WAIT_SECONDS, discover_clients, run_rounds
 from server.privacy import PrivacyTracker

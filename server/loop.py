@@ -20,13 +20,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.checkpoint import atomic_write
 from common.config import RunConfig
 from common.errors import CheckpointError
-from common.federated import client_seed
+from common.model.checkpoint import atomic_write
 from common.privacy import randomness
 from common.privacy.releases import releasable_row
 from common.stop_request import take_stop_request
+from common.training.federated import client_seed
 from server.reply_checks import reply_problem
 from server.run_state import RunState
 from server.secure_aggregation import secure_mean

@@ -27,7 +27,6 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import RunConfig
-from common.federated import client_seed
 from common.privacy import participation, randomness
 from common.privacy.server_accounting import (
     dpfedavg_epsilon_events,
@@ -35,6 +34,7 @@ from common.privacy.server_accounting import (
     dpftrl_epsilon,
     dpftrl_noise_for,
 )
+from common.training.federated import client_seed
 from server.cohort_noise import AdaptiveClip, GaussianRoundNoise, TreeRoundNoise, update_noise_multiplier
 
 # The calibration picks z to 0.1% from above, so a planned run ends a hair under its target; this

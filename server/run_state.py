@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import atomic_torch_save, read_torch_file
 from common.errors import CheckpointError, ConfigError
+from common.model.checkpoint import atomic_torch_save, read_torch_file
 
 CHECKPOINT = "checkpoint.pt"
 # Keys that may change between a run and its resumption without changing its results. Where an input
-# file lives is one of them: what it holds is checked against the run's inputs.json (common/run_inputs.py).
+# file lives is one of them: what it holds is checked against the run's inputs.json (common/data/run_inputs.py).
 _RESUMABLE_KEYS = {"num-server-rounds", "out-dir", "data-dir", "users-file", "item-metadata", "init-model"}
 
 

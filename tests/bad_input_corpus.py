@@ -1,7 +1,7 @@
 """The bad-input corpus: files, flags and folders a user can get wrong, and the one line each must give.
 
 Each case writes its bad input into an empty folder and returns the `fedseqrec` command line that
-reads it. `tests/test_bad_input.py` runs every case through `simulations.cli.main` and checks the
+reads it. `tests/unit/test_bad_input.py` runs every case through `fedseqrec.cli.main` and checks the
 contract: exit code 2, exactly one stderr line `fedseqrec: error: ...` containing `expect`, no
 traceback, and the folder (with any output path in it) exactly as the case left it.
 `docs/bad-input.md` lists the corpus; regenerate its table with `python -m tests.bad_input_corpus`.
@@ -46,10 +46,10 @@ def build_assets(root: Path) -> Assets:
     import numpy as np
     import torch
 
-    from common.checkpoint import save_model
     from common.data.synthetic import synthetic_interactions
-    from common.export import export_run
-    from common.models import ModelConfig, build_model
+    from common.model.checkpoint import save_model
+    from common.model.export import export_run
+    from common.model.models import ModelConfig, build_model
 
     root.mkdir(parents=True, exist_ok=True)
     csv = root / "interactions.csv"
@@ -166,7 +166,7 @@ def _metadata(**changes):
     def change(folder: Path, assets: Assets) -> None:
         import onnx
 
-        from common.export import METADATA_KEY, _set_metadata
+        from common.model.export import METADATA_KEY, _set_metadata
 
         path = folder / "model.onnx"
         metadata = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}[METADATA_KEY])
@@ -979,7 +979,7 @@ def run_case(case: Case, tmp: Path, assets: Assets) -> tuple[int, str]:
     import contextlib
     import io
 
-    from simulations.cli import main
+    from fedseqrec.cli import main
 
     argv = case.build(tmp, assets)
     err = io.StringIO()

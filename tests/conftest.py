@@ -1,7 +1,7 @@
-"""Shared test set-up: the thread count, a preprocessing cache per test module, and the helpers
-that several test modules use (simulated runs in a child process, an independent DP oracle)."""
+"""Shared test set-up: the line between fast and slow tests, the thread count, a preprocessing cache
+per test module, and the helpers that several test modules use (simulated runs in a child process,
+an independent DP oracle)."""
 
-import inspect
 import json
 import math
 import os
@@ -16,26 +16,60 @@ import numpy as np
 import pytest
 import torch
 
-# Tests that run a whole simulated federation (through `_run` or `_kill_after_round` below, in the
-# test or in a fixture it uses) are marked slow here, so that `pytest -m "not slow"` is a quick run
-# for development; tests that start other real processes carry `@pytest.mark.slow` themselves.
-_SIMULATION_CALL = re.compile(r"(?<![\w.])(_run|_kill_after_round)\(")
+# Fast tests live in tests/unit/, end-to-end ones (whole simulated federations, loopback deployments,
+# Ctrl-C on real commands) in tests/e2e/: every test there is slow by its folder, so `pytest tests/unit`
+# (or `pytest -m "not slow"`) is the quick loop for development. The line is checked while the tests
+# run: a test outside tests/e2e/ that starts a Flower process or Flower's simulation engine (its Ray
+# processes, or tests/sim_runner.py) fails at once, naming the folder it belongs in; nothing is
+# inferred from a test's source, so renaming a helper cannot move a test from one side to the other.
+TESTS = Path(__file__).resolve().parent
+E2E = TESTS / "e2e"
+STARTS_FLOWER = {
+    "flower-superlink",
+    "flower-supernode",
+    "flower-simulation",
+    "flwr",
+    "flwr-serverapp",
+    "flwr-clientapp",
+    "gcs_server",  # Ray, which Flower's simulation engine starts
+    "raylet",
+    "sim_runner.py",
+}
+_current: pytest.Item | None = None  # the test being set up, run or torn down in this process
 
 
-def _runs_a_simulation(function) -> bool:
-    try:
-        source = inspect.getsource(function)
-    except (OSError, TypeError):
-        return False
-    return _SIMULATION_CALL.search(source) is not None
+def _in_e2e(item: pytest.Item) -> bool:
+    return E2E in Path(item.path).resolve().parents
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        functions = [getattr(item, "function", None)]
-        functions += [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
-        if any(_runs_a_simulation(f) for f in functions if f is not None and f.__module__ != __name__):
+        if _in_e2e(item):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    global _current
+    _current = item  # before its fixtures: a module-scoped fixture that starts a run counts too
+
+
+def _no_flower_outside_e2e(event: str, args: tuple) -> None:
+    """Audit hook: a fast test that starts a Flower or Ray process fails where it starts it."""
+    if event != "subprocess.Popen" or _current is None or _in_e2e(_current):
+        return
+    executable, argv = args[0], args[1]
+    argv = [argv] if isinstance(argv, str | bytes | os.PathLike) else list(argv or [])
+    names = {os.path.basename(os.fsdecode(a)) for a in [executable, *argv] if isinstance(a, str | bytes | os.PathLike)}
+    started = names & STARTS_FLOWER
+    if started:
+        raise RuntimeError(
+            f"{_current.nodeid} starts {sorted(started)[0]}: a test that starts Flower or a simulation belongs "
+            f"in tests/e2e/ (slow by its folder), not in the quick loop"
+        )
+
+
+sys.addaudithook(_no_flower_outside_e2e)
 
 
 # The tests use tiny models: one intra-op thread is fastest, and avoids oversubscribing small CI machines.

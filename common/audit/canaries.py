@@ -1,4 +1,4 @@
-"""What the final model reveals about the canary users (made by common.canaries).
+"""What the final model reveals about the canary users (made by common.data.canaries).
 
 A canary run inserts `canaries` random item sequences as extra users; each is included with
 probability 1/2, decided (like the sequences) by the run seed alone, so the audit regenerates

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from common.data.sequences import training_windows
-from common.models import SequenceRecommender
+from common.model.models import SequenceRecommender
 
 FPR_POINTS = (0.001, 0.01)
 ATTACKS = ("loss", "log_rank")

@@ -17,15 +17,15 @@ from common.audit.membership import membership_inference, sequence_scores
 from common.audit.messages import AUDIT_DIR, audit_messages
 from common.audit.render import write_audit_files
 from common.audit.update_leakage import update_leakage
-from common.canaries import make_canaries
-from common.checkpoint import load_model
 from common.config import RunConfig
+from common.data.canaries import make_canaries
 from common.data.load import load_sequence_data
+from common.data.partition import partition_users, run_canaries
+from common.data.run_inputs import recorded_config
 from common.errors import FedSeqRecError
-from common.partition import partition_users, run_canaries
+from common.model.checkpoint import load_model
 from common.privacy.randomness import REPRODUCIBLE
 from common.privacy.releases import unlisted
-from common.run_inputs import recorded_config
 
 EXPOSURE_CANDIDATES = 1000
 

@@ -21,8 +21,8 @@ import torch
 
 from common.config import RunConfig
 from common.data.sequences import SequenceData
-from common.federated import local_train
 from common.privacy.ledger import PrivacyLedger
+from common.training.federated import local_train
 
 ITEM_TABLE = "item_emb.weight"
 

@@ -23,14 +23,14 @@ from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from torch.utils.data import TensorDataset
 
-from common.augmentation import augmentation_for, maybe_augmented
 from common.config import RunConfig
 from common.data.sequences import SequenceData, training_windows
 from common.privacy import grad_samplers  # noqa: F401  (the models' per-sample-gradient rules)
 from common.privacy.accountants import PoissonGaussian, calibrate, create_accountant
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.mechanism import dpsgd_unit
-from common.training import StepOptions, train_epoch
+from common.training.augmentation import augmentation_for, maybe_augmented
+from common.training.step import StepOptions, train_epoch
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def train_private(
     # Opacus divides by the client's own expected batch (its count x rate): a public divisor instead
     private_optimizer.expected_batch_size = plan.expected_batch
     options = StepOptions(loss="ce", per_sample_grads=True)
-    # Augmentation acts on each Poisson-sampled example alone (common/augmentation.py): every example
+    # Augmentation acts on each Poisson-sampled example alone (common/training/augmentation.py): every example
     # still yields one clipped gradient, so the sample rate, steps and noise accounted are unchanged.
     augmentation = augmentation_for(config, model.config.num_items)
     augment_seed = config.train.seed if train_seed is None else train_seed

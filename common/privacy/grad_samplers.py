@@ -1,4 +1,4 @@
-"""Opacus per-sample-gradient rules for the models' own layers (`common.models`).
+"""Opacus per-sample-gradient rules for the models' own layers (`common.model.models`).
 
 Registered with Opacus when this module is imported, which `common.privacy.dpsgd` (and any code
 that builds a GradSampleModule) does; the models themselves never import Opacus, so a ClientApp
@@ -13,7 +13,7 @@ from opacus.grad_sample import register_grad_sampler
 from opacus.grad_sample.embedding import compute_embedding_grad_sample
 
 from common.logs import drop_opacus_root_handler
-from common.models import (
+from common.model.models import (
     FeaturedTiedScorer,
     ItemEmbedding,
     TiedItemScorer,

@@ -1,0 +1,73 @@
+"""Run the ServerApp and ClientApp in one process on Flower's simulation engine (Ray).
+
+`flwr run .` is the main road; this in-process launcher runs the very same apps with a given
+run config for tests and benchmarks, without a SuperLink. It uses Flower's internal
+`_run_simulation` (the engine that `flwr-simulation` itself calls).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+def num_supernodes(config) -> int:
+    """SuperNodes a simulation of `config` (a RunConfig) needs: the cohort engine's hosts, else one
+    per client of the partition."""
+    if config.federation.cohort_engine:
+        return config.federation.cohort_nodes
+    from common.data.load import load_sequence_data
+    from common.data.partition import partition_users
+
+    return partition_users(load_sequence_data(config.data), config.federation, config.train.seed).num_clients
+
+
+def simulate(
+    run_config: dict[str, Any],
+    num_supernodes: int,
+    *,
+    cpus_per_client: float = 1.0,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    client_app_attr: str = "client.app:app",
+) -> None:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from flwr.app import Context, RecordDict
+    from flwr.common.config import get_fused_config_from_dir
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    from common.config import RunConfig
+
+    RunConfig.from_flat(run_config)  # fail fast, before Ray starts
+    fused = get_fused_config_from_dir(PROJECT_DIR, run_config)
+    run = Run.create_empty(run_id=1)
+    run.override_config = dict(run_config)
+    run.federation_id = NOOP_FEDERATION_ID
+    run.primary_task_id = 1
+    # Messages are stamped with the sender's task identity; flwr-simulation sets it the same way.
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
+    init_args = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False, "log_to_driver": verbose}
+    result = _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        server_app_attr="server.app:app",
+        client_app_attr=client_app_attr,
+        backend_name="ray",
+        backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}, "init_args": init_args},
+        app_dir=str(PROJECT_DIR),
+        run=run,
+        server_app_context=context,
+        is_app=True,
+        verbose_logging=verbose,
+    )
+    if not getattr(result, "success", True):
+        raise RuntimeError("simulation failed; see the log above")

@@ -1,0 +1,1 @@
+"""Centralized baselines: one `fedseqrec train` per setting, and learning curves side by side."""

@@ -1,0 +1,1 @@
+"""Federations: cross-silo quality, time and memory, and the cohort engine's cross-device throughput."""

@@ -1,0 +1,1 @@
+"""Quality options: item features, augmentation, ensembles, beyond-accuracy metrics and re-ranking."""

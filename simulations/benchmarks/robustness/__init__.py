@@ -1,0 +1,1 @@
+"""Robustness: dropouts, attackers, item promotion, and SIGKILLs at random moments."""

@@ -1,0 +1,140 @@
+"""Crash drills on a loopback deployment of one-user devices: kill a process, recover, compare.
+
+Shared by `tests/e2e/test_loopback_devices.py` and `simulations/benchmarks/robustness/bench_crashes.py`. A drill's
+devices
+hold one user each and train without dropout, so the model an uninterrupted run must end with can be
+recomputed in this process from the devices' own files (`expected_model`): FedAvg over every user,
+round after round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from common.config import RunConfig
+
+# A drill's model and federation: small, and without dropout, so that the model an uninterrupted run
+# ends with is recomputed exactly (`expected_model`).
+DRILL_MODEL = {
+    "min-item-count": 1,
+    "model": "sasrec",
+    "emb-dim": 16,
+    "num-layers": 1,
+    "max-len": 20,
+    "dropout": 0.0,
+    "num-threads": 1,
+    "partition": "user",
+    "train-windows": "last",
+    "cohort-engine": True,
+    "local-optimizer": "sgd",
+    "local-lr": 1.0,
+    "strategy": "fedavg",
+    "seed": 11,
+}
+
+# Settings a drill's run needs on top of the model's: every device trains every round, and a round a
+# dead device misses is sent again, to the same users, until the device is back.
+RETRYING = {
+    "min-replies": 0,  # set to the number of devices by `retrying`
+    "round-deadline": 40.0,
+    "round-retries": 6,
+    "retry-wait": 5.0,
+}
+
+
+def retrying(devices: int, rounds: int) -> dict:
+    return {
+        **RETRYING,
+        "min-replies": devices,
+        "clients-per-round": devices,
+        "num-server-rounds": rounds,
+        "eval-every-rounds": rounds,  # one evaluation, at the end: fewer ClientApp processes per round
+    }
+
+
+def expected_model(run_config: Mapping, partition: Path, rounds: int) -> dict[str, torch.Tensor]:
+    """FedAvg over every device's users for `rounds` rounds, from the devices' files in `partition`."""
+    from client.local_data import load_local_data
+    from common.training.cohort_clients import train_chunks
+    from common.training.step import model_for
+
+    config = RunConfig.from_flat(dict(run_config), where="crash drill")
+    catalogue = Path(partition) / "catalogue.json"
+    arrays = model_for(config, len(json.loads(catalogue.read_text())) - 1).arrays()
+    files = sorted(Path(partition).glob("node-*.csv"))
+    for server_round in range(1, rounds + 1):
+        total, users = {k: torch.zeros_like(v) for k, v in arrays.items()}, 0
+        for node in files:
+            node_config = {"data-path": str(node), "catalogue-path": str(catalogue), "client-id": 0}
+            local = load_local_data(config, node_config)
+            result = train_chunks(config, local, [(0, np.arange(local.num_users))], arrays, server_round)
+            count = result.metrics["users"]
+            for k in total:
+                total[k] += (result.arrays[k] - arrays[k]) * count
+            users += count
+        arrays = {k: v + total[k] / users for k, v in arrays.items()}
+    return arrays
+
+
+def checkpoint_round(out: Path) -> int:
+    path = Path(out) / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    try:
+        return int(torch.load(path, weights_only=True)["round"])
+    except Exception:  # mid-replace by the ServerApp: look again
+        return 0
+
+
+def final_arrays(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(Path(out) / "checkpoint.pt", weights_only=True)["arrays"]
+
+
+def wait_for_round(deployment, proc, out: Path, round_: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while checkpoint_round(out) < round_:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before round {round_}; see {deployment.logs}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no checkpoint of round {round_} in {timeout} s")
+        time.sleep(0.2)
+
+
+def identified(deployment) -> int:
+    """How many runs so far have identified their clients (the ServerApp's first log line of a run)."""
+    log = deployment.logs / "flwr-run.log"
+    return log.read_text(errors="replace").count("clients available") if log.exists() else 0
+
+
+def is_clientapp(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE and "flwr-clientapp" in " ".join(proc.cmdline()[:2])
+    except psutil.Error:  # gone (or a zombie) between listing and looking
+        return False
+
+
+def wait_for_training(deployment, proc, client_id: int, runs_before: int, timeout: float = 600) -> None:
+    """Until the device's ClientApp is at work in a round of the run started after `runs_before` runs
+    had identified their clients (the run's first ClientApp answers the identity query: wait for a
+    second one)."""
+    deadline = time.monotonic() + timeout
+    supernode = psutil.Process(deployment.tracker.started[f"supernode-{client_id}"].pid)
+    seen: set[int] = set()
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before device {client_id} trained; see {deployment.logs}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"device {client_id} did not start training in {timeout} s")
+        if identified(deployment) > runs_before:
+            apps = [c for c in supernode.children(recursive=True) if is_clientapp(c)]
+            seen.update(c.pid for c in apps)
+            if apps and len(seen) >= 2:
+                return
+        time.sleep(0.1)

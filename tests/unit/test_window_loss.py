@@ -1,0 +1,62 @@
+"""The cohort's summed loss as the batched paths compute it, against the per-user definition."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.model.models import ModelConfig, build_model
+from common.training.cohort import user_loss
+from common.training.window_loss import users_loss_sum, weighted_cross_entropy
+
+CONFIG = ModelConfig("sasrec", 30, max_len=10, emb_dim=16, num_layers=1, dropout=0.0)
+
+
+def _windows(users: int = 5, windows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randint(1, 31, (users, windows, 10), generator=generator)
+    targets = torch.randint(1, 31, (users, windows, 10), generator=generator)
+    for u in range(users):
+        inputs[u, 0, : 2 + u] = 0  # windows of different lengths, none full
+        targets[u, 0, : 2 + u] = 0
+    targets[0, 1, 4] = 0  # a position without a target inside a window
+    targets[1, 1] = 0  # a window without any target adds nothing
+    return inputs, targets
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_loss_and_gradient_equal_the_sum_of_each_users_loss(features):
+    config = dataclasses.replace(CONFIG, num_features=4, feature_slots=2) if features else CONFIG
+    torch.manual_seed(0)
+    model = build_model(config)
+    if features:
+        index = torch.randint(0, 5, (31, 2))
+        index[0] = 0
+        model.set_item_features(index)
+    inputs, targets = _windows()
+    params = dict(model.named_parameters())
+    expected = sum(user_loss(model, params, x, y) for x, y in zip(inputs, targets))
+    expected_grads = torch.autograd.grad(expected, list(params.values()))
+    total = users_loss_sum(model, inputs, targets)
+    grads = torch.autograd.grad(total, list(params.values()))
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+    for name, g, e in zip(params, grads, expected_grads):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-7), name
+
+
+def test_weighted_cross_entropy_matches_torch_and_runs_backward_once():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 11, requires_grad=True)
+    items, weight = torch.randint(0, 11, (7,)), torch.rand(7)
+    weight[2] = 0.0
+    reference = (F.cross_entropy(logits, items, reduction="none") * weight).sum()
+    (expected,) = torch.autograd.grad(reference, logits)
+    loss = weighted_cross_entropy(logits * 1.0, items, weight)
+    assert float(loss) == pytest.approx(float(reference), rel=1e-6)
+    loss.backward(retain_graph=True)
+    assert torch.allclose(logits.grad, expected, atol=1e-7)
+    with pytest.raises(RuntimeError, match="backward runs once"):
+        loss.backward()
