@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from common.model.models import ModelConfig, build_model
-from common.training.cohort import LocalRecipe, _one_sgd_step, _stacked, cohort_update
 from common.training import ghost_clipping
+from common.training.cohort import LocalRecipe, _one_sgd_step, _stacked, cohort_update
 
 ITEMS, LENGTH, USERS = 40, 12, 8
 MODELS = {
