@@ -24,8 +24,8 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from common.model.keyed_dropout import per_row_keys
 from common.model.models import SequenceRecommender
-from common.training.allocator import retain_freed_memory
 from common.training import ghost_clipping
+from common.training.allocator import retain_freed_memory
 from common.training.window_loss import users_loss_sum
 
 
