@@ -245,8 +245,17 @@ class FederationSettings:
     holdout_fraction: float = 0.0  # users kept out of training, as non-members for audits
     # The public cohort: this share of users consented to share their histories. They are kept out of
     # the federation (and so of any DP population) and out of test; the server validates on them, so
-    # choosing the released round costs no privacy, and may pretrain on them (`fedseqrec pretrain`).
+    # choosing the released round costs no privacy, and pretrains on them (pretrain-epochs).
     public_fraction: float = 0.0
+    # An external public corpus (another service's users) mapped onto the catalogue by title and year:
+    # "ml-100k", or a folder with ML-100K's u.data and u.item. Used only to pretrain (pretrain-epochs).
+    public_corpus: str = ""
+    # > 0: before round 1 the server trains the model centrally on the public data (the public cohort's
+    # histories and the public corpus) for up to this many epochs, keeping the epoch best on the public
+    # cohort's validation; the federation fine-tunes it. Public data: it costs no epsilon.
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 1e-3
+    pretrain_batch_size: int = 64
     # The population a DP guarantee's delta and Poisson rate are set against (delta = 1 / it, q =
     # clients-per-round / it): 0 -> the simulated users, or the users in the server's data. Real devices
     # that come and go need it declared (a floor on the users who hold devices).
@@ -331,6 +340,19 @@ class FederationSettings:
             self.holdout_fraction + self.public_fraction < 1.0,
             "public-fraction",
             "public-fraction + holdout-fraction must leave users to train on (< 1)",
+        )
+        _check(0 <= self.pretrain_epochs <= 10_000, "pretrain-epochs", "must be in [0, 10000] (0 = no pretraining)")
+        _check(0 < self.pretrain_lr < 10 and math.isfinite(self.pretrain_lr), "pretrain-lr", "must be in (0, 10)")
+        _check(1 <= self.pretrain_batch_size <= 1 << 16, "pretrain-batch-size", "must be in [1, 65536]")
+        _check(
+            self.pretrain_epochs == 0 or self.public_fraction > 0 or bool(self.public_corpus),
+            "pretrain-epochs",
+            "needs public data to pretrain on: set public-fraction (an opt-in public cohort) and/or public-corpus",
+        )
+        _check(
+            not self.public_corpus or self.pretrain_epochs > 0,
+            "public-corpus",
+            "is used only to pretrain; set pretrain-epochs > 0",
         )
         _check(0 <= self.population_floor <= 10**9, "population-floor", "must be in [0, 1e9] (0 = the known users)")
         _check(self.canaries >= 0, "canaries", "must be >= 0")

@@ -30,6 +30,7 @@ from common.privacy.releases import releasable_summary
 from common.training.step import model_for
 from server.cohort import CohortPlan, federated_evaluate
 from server.loop import NODE_WAIT_SECONDS, discover_clients, run_rounds
+from server.pretraining import pretrained_arrays, public_only_comparison
 from server.privacy import PrivacyTracker
 from server.privacy_report import write_privacy_report
 from server.reports import write_reports
@@ -104,12 +105,17 @@ def grouped_test_metrics(config: RunConfig, data, arrays, groups: dict, source: 
     model = model_for(config, data.num_items, item_ids=data.item_ids)
     model.load_arrays(arrays)
     model.eval()
-    public = public_users(config)
-    users = np.setdiff1d(np.arange(data.num_users), public) if len(public) else None  # the public cohort: never test
+    users = test_users(config, data)
     test, by_group = evaluate_by_group(
         model_scores(model), data, "test", groups, users=users, **_evaluation_options(config, data)
     )
     return test, {"split": "test", "source": source, "attributes": by_group}
+
+
+def test_users(config: RunConfig, data) -> np.ndarray | None:
+    """The users whose test items score a run: all but the public cohort (None: every user)."""
+    public = public_users(config)
+    return np.setdiff1d(np.arange(data.num_users), public) if len(public) else None
 
 
 def _federated_evaluator(config: RunConfig, grid: Grid, plan: CohortPlan):
@@ -156,8 +162,18 @@ def server_catalogue(config: RunConfig, data=None) -> ServerCatalogue:
 INIT_MODEL_REPORT = "init-model.json"
 
 
-def _initial_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path) -> dict:
-    """Random weights (seeded), or with `init-model` a previous run's model fitted to this catalogue."""
+def _initial_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path, data=None) -> dict:
+    """Random weights (seeded), or with `init-model` a previous run's model fitted to this catalogue;
+    then, with `pretrain-epochs`, trained on the public data (`server.pretraining`)."""
+    arrays = _starting_arrays(config, catalogue, run_dir)
+    if not config.federation.pretrain_epochs:
+        return arrays
+    if data is None:
+        raise ConfigError("pretrain-epochs needs the server to hold the data (not a catalogue-path server)")
+    return pretrained_arrays(config, data, arrays, public_users(config), run_dir)
+
+
+def _starting_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path) -> dict:
     if not config.federation.init_model:
         return model_for(config, catalogue.num_items, item_ids=catalogue.item_ids).arrays()
     start = warm_start(config, catalogue.item_ids, config.federation.init_model)
@@ -188,7 +204,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     fingerprint = config_fingerprint(flat)
     state = RunState.load(run_dir, fingerprint)
     if state is None:
-        state = RunState(fingerprint=fingerprint, round=0, arrays=_initial_arrays(config, catalogue, run_dir))
+        state = RunState(fingerprint=fingerprint, round=0, arrays=_initial_arrays(config, catalogue, run_dir, data))
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
@@ -272,6 +288,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         "identify_seconds": identify_seconds,
         "round_seconds_total": sum(r.get("seconds", 0.0) for r in state.history),
     }
+    public_only = (
+        None if test is None else public_only_comparison(config, data, best_arrays, test_users(config, data), run_dir)
+    )
+    if public_only is not None:
+        summary["public_only"] = public_only
     if state.stopped_early:
         summary["stopped_early"] = state.stopped_early
     if (run_dir / INIT_MODEL_REPORT).exists():

@@ -151,6 +151,7 @@ def write_privacy_report(
             if config.federation.public_fraction > 0 and not config.federation.federated_evaluation
             else "the last round (no selection on protected users' data)"
         ),
+        "public_data": _public_data(config, run_dir),
         "releases": release_table(config),
         "secure_mode": privacy.secure_mode,
         "epsilon": by_round[-1]["epsilon"] if by_round else 0.0,
@@ -189,6 +190,31 @@ def write_privacy_report(
         "adjacency": facts.adjacency,
         "noise_randomness": source,
     }
+
+
+def _public_data(config, run_dir) -> dict:
+    """The public data the run used, each with why it is outside epsilon (named in every report)."""
+    fed = config.federation
+    used = {}
+    if fed.public_fraction > 0:
+        used["public_cohort"] = {
+            "share_of_users": fed.public_fraction,
+            "used_for": "validation" + (" and pretraining" if fed.pretrain_epochs else ""),
+            "why_outside_epsilon": "users who consented to share their histories: kept out of the DP population "
+            "and out of test",
+        }
+    if fed.public_corpus:
+        used["public_corpus"] = {
+            "name": fed.public_corpus,
+            "used_for": "pretraining",
+            "why_outside_epsilon": "another service's published users, not members of the protected population",
+        }
+    pretrain = Path(run_dir, "pretrain.json")
+    if pretrain.exists():
+        used["pretraining"] = {
+            key: value for key, value in json.loads(pretrain.read_text()).items() if key in ("sources", "epoch_kept")
+        }
+    return used
 
 
 def _cap_note(privacy) -> str:
@@ -236,6 +262,9 @@ def _markdown(report: dict, population: int, sampled: int) -> str:
         )
     lines.append(f"- Cap: {report['epsilon_cap_note']}")
     lines.append(f"- Released model: round {report['released_round']}, chosen by {report['selection']}")
+    for name, used in report.get("public_data", {}).items():
+        if "why_outside_epsilon" in used:
+            lines.append(f"- Public data, {name.replace('_', ' ')} ({used['used_for']}): {used['why_outside_epsilon']}")
     if report.get("stopped_early"):
         lines.append(f"- Stopped early: {report['stopped_early']}")
     if "per_client_epsilon" in report:

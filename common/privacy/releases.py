@@ -76,6 +76,8 @@ def run_files(config) -> list[Release]:
         _r("epsilon.png", PUBLIC, "epsilon per round, from the ledger"),
         _r("validation.png", PUBLIC, "the public cohort's validation curve (written only when there is one)"),
         _r("init-model.json", PUBLIC, "how a public init model was fitted to the catalogue"),
+        _r("public-model.pt", PUBLIC, "the model pretrained on public data only (public cohort, public corpus)"),
+        _r("pretrain.json", PUBLIC, "pretraining on public data: sources, sizes, loss and public validation"),
         _r("STOP", PUBLIC, "the operator's stop request"),
         _r(
             "*.log",
@@ -142,6 +144,12 @@ def summary_fields(config) -> dict[str, Release]:
         _r("skipped_rounds", PUBLIC, "rounds that released nothing (availability)"),
         _r("stopped_early", PUBLIC, "why the run ended early"),
         _r("init_model", PUBLIC, "the public init model's fit to the catalogue"),
+        _r(
+            "public_only",
+            SIMULATION_ONLY,
+            "the public-only (pretrained) model's test metrics and the released model's paired gain over it, "
+            "on the protected users' test items (the simulator's copy)",
+        ),
         _r("privacy", PUBLIC, "the privacy statement"),
         _r("wall_seconds_this_process", SIMULATION_ONLY, "the simulator's wall-clock"),
         _r("identify_seconds", SIMULATION_ONLY, "the simulator's wall-clock"),

@@ -59,3 +59,24 @@ def test_the_public_cohort_chooses_the_released_round_and_stays_out_of_test(cach
     best = max(rows, key=lambda row: row["validation"]["ndcg@10"])
     assert summary["best_round"] == best["round"] and summary["public_users"] == 20
     assert summary["num_users"] == 180  # the DP population: the public cohort is not in it
+
+
+def test_pretraining_on_the_public_cohort_is_public_and_the_report_shows_what_private_data_added(cache, tmp_path):
+    out = tmp_path / "pretrained"
+    _run({**DP_COHORT, "public-fraction": 0.1, "pretrain-epochs": 2, "out-dir": str(out)}, cache)
+    summary = json.loads((out / "summary.json").read_text())
+    privacy = json.loads((out / "privacy.json").read_text())
+    pretrain = json.loads((out / "pretrain.json").read_text())
+    assert pretrain["sources"]["public_cohort"]["users"] == 20 and pretrain["epochs_run"] == 2
+    assert privacy["public_data"]["public_cohort"]["used_for"] == "validation and pretraining"
+    public_only = summary["public_only"]
+    gain = public_only["released_minus_public_ndcg"]
+    assert gain["users"] == 180  # the protected users' test items, the same as the released model's
+    low, high = gain["interval_95"]
+    assert low <= gain["mean"] <= high
+    assert 0.0 <= public_only["test"]["ndcg@10"] <= 1.0
+    # the run started from the public model: round 0's weights are it, not a fresh initialisation
+    public = torch.load(out / "public-model.pt", weights_only=False)["arrays"]
+    fresh = torch.load(out / "model.pt", weights_only=False)["arrays"]
+    assert any(not torch.equal(public[k], fresh[k]) for k in public)  # DP rounds moved it
+    assert unlisted(out, privacy["releases"]) == []

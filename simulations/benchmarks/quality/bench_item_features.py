@@ -28,6 +28,7 @@ import numpy as np
 from common.config import RunConfig
 from common.data.load import load_sequence_data
 from common.evaluation.metrics import ranking_metrics
+from common.evaluation.paired import paired_gain
 from common.evaluation.ranking import model_scores, rank_targets
 from common.model.checkpoint import load_model
 
@@ -59,13 +60,9 @@ def ranks_on_test(run_dir: Path):
     return ranks, targets, data, config
 
 
-def paired_bootstrap(base: np.ndarray, featured: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
+def paired_bootstrap(base: np.ndarray, featured: np.ndarray) -> list[float]:
     """95% interval of mean(featured - base) NDCG@K over resampled users."""
-    gain = lambda r: np.where(r < K, 1.0 / np.log2(r + 2.0), 0.0)  # noqa: E731
-    diff = gain(featured) - gain(base)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(1)
-    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+    return paired_gain(base, featured, K)["interval_95"]
 
 
 def compare(base_dir: Path, featured_dir: Path, cold: int, key: str = "item-features") -> dict:
