@@ -465,6 +465,11 @@ class PrivacySettings:
     clip_quantile: float = 0.5
     clip_lr: float = 0.2
     clip_count_stddev: float = 0.0  # noise on the count of unclipped users; 0 -> expected cohort / 20
+    # A projection, not a guarantee: > 0 trains on the real users with the noise a population of this
+    # many users would need at the same expected cohort (q = cohort / it, delta = 1 / it), what Apple's
+    # pfl-research calls a noise cohort. Its epsilon is for that population, not for this run's users;
+    # every report labels the run a projection. Server DP with Poisson sampling on the cohort engine.
+    simulated_population: int = 0
 
     @property
     def cap(self) -> float:
@@ -483,6 +488,7 @@ class PrivacySettings:
         _check(0.0 < self.clip_quantile < 1.0, "clip-quantile", "must be in (0, 1)")
         _check(self.clip_lr > 0, "clip-lr", "must be > 0")
         _check(self.clip_count_stddev >= 0, "clip-count-stddev", "must be >= 0 (0 = expected cohort / 20)")
+        _check(0 <= self.simulated_population <= 10**10, "simulated-population", "must be in [0, 1e10] (0 = none)")
 
 
 _GROUPS = {
@@ -614,6 +620,13 @@ def _private_run_checks(privacy, fed, where: str) -> None:
         raise ConfigError(
             f"{where}: accountant = pld accounts Poisson sampling and DP-FTRL (cohort-engine = true with "
             "user-sampling = poisson, or server-mechanism = dp-ftrl); fixed-size sampling is accounted with rdp"
+        )
+    if privacy.simulated_population and not (
+        privacy.dp_mode == "server" and fed.cohort_engine and fed.user_sampling == "poisson"
+    ):
+        raise ConfigError(
+            f"{where}: simulated-population projects DP-FedAvg with Poisson sampling to a larger population; "
+            "it needs dp-mode = server, cohort-engine = true and user-sampling = poisson"
         )
     if 0 < privacy.max_epsilon < privacy.target_epsilon:
         raise ConfigError(

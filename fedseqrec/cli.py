@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.config import RunConfig, read_toml
 from common.errors import ConfigError, FedSeqRecError
+from fedseqrec.arg_types import bounded
 
 _TRAIN_GROUPS = ("data", "model", "train")
 
@@ -312,6 +313,36 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan_privacy(args: argparse.Namespace) -> int:
+    from common.privacy.planner import plan_privacy
+
+    if args.cohort > args.population:
+        raise ConfigError(
+            f"--cohort {args.cohort:g} is more than --population {args.population}: a round samples users"
+        )
+    plan = plan_privacy(
+        population=args.population,
+        cohort=args.cohort,
+        rounds=args.rounds,
+        epsilon=args.epsilon,
+        delta=args.delta,
+        accountant=args.accountant,
+    )
+    if args.json:
+        print(json.dumps(plan.as_dict(), indent=2))
+        return 0
+    print(
+        f"user-level DP-FedAvg, Poisson sampling (add/remove one user), {plan.accountant} accounting:\n"
+        f"  population {plan.population:,}, expected cohort {plan.cohort:,.0f} (q = {plan.sampling_rate:.4g}), "
+        f"{plan.rounds} rounds, epsilon {plan.epsilon:g}, delta {plan.delta:.3g}\n"
+        f"  noise multiplier z = {plan.noise_multiplier:.4f} (epsilon booked: {plan.epsilon_spent:.4f})\n"
+        f"  noise std per coordinate of the round's average: {plan.noise_on_average:.3g} C "
+        f"(z C / cohort; C = clipping-norm)\n"
+        f"  rounds each user takes part in, on average: {plan.participations:.1f}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedseqrec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -496,6 +527,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-epsilon", type=float, default=0.0, help="client-DP runs: the device owner's epsilon cap (0 = run's)"
     )
     personalize.set_defaults(handler=_cmd_personalize)
+
+    plan = commands.add_parser(
+        "plan-privacy", help="the noise a user-level DP recipe needs: z, the noise on the average, participations"
+    )
+    plan.add_argument("--population", type=bounded(int, 1, 10**10), required=True, help="users the guarantee is for")
+    plan.add_argument("--cohort", type=bounded(float, 0, low_open=True), required=True, help="expected users/round")
+    plan.add_argument("--rounds", type=bounded(int, 1, 10**7), required=True, help="rounds the model trains")
+    plan.add_argument("--epsilon", type=bounded(float, 0, 1000, low_open=True), required=True, help="the target")
+    plan.add_argument(
+        "--delta", type=bounded(float, 0, 1, high_open=True), default=0.0, help="default 0: 1 / population"
+    )
+    plan.add_argument("--accountant", choices=("rdp", "pld"), default="rdp", help="default rdp; pld is tighter")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=_cmd_plan_privacy)
 
     config = commands.add_parser("config", help="list every run-config key with its default")
     config.set_defaults(handler=_cmd_config)

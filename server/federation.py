@@ -240,8 +240,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     population, members = dp_population(config, plan, keys)
     if plan is not None:
         plan.population = population  # Poisson's q = expected cohort / it, whoever is connected
-    delta = config.privacy.delta or 1.0 / members  # <= 1 / users, as the literature asks
-    tracker = PrivacyTracker(config, population, delta, state.privacy)
+    accounted, accounted_users = accounted_population(config, population, members)
+    delta = config.privacy.delta or 1.0 / accounted_users  # <= 1 / users, as the literature asks
+    tracker = PrivacyTracker(config, accounted, delta, state.privacy)
     strategy = tracker.wrap(build_strategy(config))
     if state.strategy:
         load_strategy_state(strategy, state.strategy)
@@ -303,7 +304,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
             config,
             tracker,
             state.history,
-            population,
+            accounted,
             delta,
             members,
             stopped_early=state.stopped_early,
@@ -344,6 +345,20 @@ def _final_metrics(config: RunConfig, data, groups, evaluate_arrays, arrays, pla
     public = len(public_users(config)) > 0
     validation = evaluate_arrays(arrays, "validation", all_users=not public)  # the public cohort's, when there is one
     return test, by_group, validation
+
+
+def accounted_population(config: RunConfig, population: int, members: int) -> tuple[int, int]:
+    """(population, users) the accountant and delta are set against: the real ones, or with
+    `simulated-population` the projected population's (the noise it would need at the same cohort)."""
+    projected = config.privacy.simulated_population
+    if not projected:
+        return population, members
+    if projected < population:
+        raise ConfigError(
+            f"simulated-population = {projected:,} is smaller than the {population:,} users this run trains on; "
+            "a projection is to a larger population (or set it to 0)"
+        )
+    return projected, projected
 
 
 def dp_population(config: RunConfig, plan: CohortPlan | None, keys: dict[int, int]) -> tuple[int, int]:

@@ -152,6 +152,7 @@ def write_privacy_report(
             else "the last round (no selection on protected users' data)"
         ),
         "public_data": _public_data(config, run_dir),
+        **_projection(config, num_users),
         "releases": release_table(config),
         "secure_mode": privacy.secure_mode,
         "epsilon": by_round[-1]["epsilon"] if by_round else 0.0,
@@ -184,11 +185,28 @@ def write_privacy_report(
             title=f"privacy spent (delta = {delta:.1e}, {privacy.dp_mode}-side DP, {facts.adjacency})",
         )
     return {
+        **({"projection": report["projection"]["note"]} if "projection" in report else {}),
         "epsilon": report["epsilon"],
         "delta": delta,
         "unit": report["unit"],
         "adjacency": facts.adjacency,
         "noise_randomness": source,
+    }
+
+
+def _projection(config, num_users: int) -> dict:
+    """simulated-population: the label every report of a projection carries."""
+    projected = config.privacy.simulated_population
+    if not projected:
+        return {}
+    return {
+        "projection": {
+            "simulated_population": projected,
+            "trained_on_users": num_users,
+            "note": f"A PROJECTION, not a guarantee for this run: the model trained on {num_users:,} users with the "
+            f"noise a population of {projected:,} would need at the same expected cohort; the epsilon is for that "
+            "population (q = cohort / it, delta = 1 / it), not for the users this run trained on",
+        }
     }
 
 
@@ -261,6 +279,8 @@ def _markdown(report: dict, population: int, sampled: int) -> str:
             f"{detail['final_clipping_norm']:.4f} ({detail['note']})"
         )
     lines.append(f"- Cap: {report['epsilon_cap_note']}")
+    if "projection" in report:
+        lines.insert(1, f"\n**{report['projection']['note']}.**\n")
     lines.append(f"- Released model: round {report['released_round']}, chosen by {report['selection']}")
     for name, used in report.get("public_data", {}).items():
         if "why_outside_epsilon" in used:
