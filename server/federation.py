@@ -189,13 +189,70 @@ def _starting_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Pat
     return start.arrays
 
 
+@dataclass
+class Setup:
+    """What the rounds start from: the run folder, the server's data, and the run's state."""
+
+    run_dir: Path
+    flat: dict
+    data: object  # SequenceData, or None for a server with a catalogue only
+    catalogue: ServerCatalogue
+    groups: tuple | None  # user groups for the final fairness report
+    state: RunState
+
+
+@dataclass
+class Clients:
+    """Who answered the identification call, and the cohort plan over them (if any)."""
+
+    keys: dict[int, int]
+    hosts: list[int]
+    plan: CohortPlan | None
+    identify_seconds: float
+
+
+@dataclass
+class Accounting:
+    """The population a DP guarantee is set against, delta, and the tracker that books the rounds."""
+
+    population: int  # clients the sampling is over
+    members: int  # users among them
+    accounted: int  # the population the accountant uses (a projection's, with simulated-population)
+    delta: float
+    tracker: PrivacyTracker
+
+
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -> dict:
-    run_dir = Path(run_dir) if run_dir else resolve_run_dir(config)
+    """Set up or resume, identify the clients, plan the privacy, run the rounds, release and report."""
+    started = time.perf_counter()
+    setup = _set_up(config, Path(run_dir) if run_dir else resolve_run_dir(config))
+    clients = _identify(grid, config)
+    accounting = _account(config, clients, setup.state.privacy)
+    strategy = accounting.tracker.wrap(build_strategy(config))
+    if setup.state.strategy:
+        load_strategy_state(strategy, setup.state.strategy)
+    evaluate_arrays = make_evaluator(config, setup.data, grid, clients.plan)
+    state = run_rounds(
+        grid,
+        config,
+        strategy,
+        setup.state,
+        setup.run_dir,
+        round_validator(config, evaluate_arrays),
+        clients.keys,
+        _round_config(config, setup.run_dir, accounting),
+        accounting.tracker,
+        cohort=clients.plan if config.federation.cohort_engine else None,
+    )
+    return _release(config, setup, clients, accounting, state, evaluate_arrays, started)
+
+
+def _set_up(config: RunConfig, run_dir: Path) -> Setup:
+    """The run folder with its config and inputs, the server's data, and a new or resumed state."""
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = config.to_flat()
     (run_dir / "config.json").write_text(json.dumps(flat, indent=2))
     record_inputs(run_dir, config)  # where each input file was, with its sha256; a resume must read the same
-    started = time.perf_counter()
     # A server with a catalogue only never reads interactions (federated evaluation does the ranking).
     data = None if config.data.catalogue_path else cached_sequence_data(config.data)
     catalogue = server_catalogue(config, data)
@@ -208,6 +265,12 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         log(INFO, "fedseqrec: new run in %s", run_dir)
     else:
         log(INFO, "fedseqrec: resuming %s after round %d", run_dir, state.round)
+    return Setup(run_dir, flat, data, catalogue, groups, state)
+
+
+def _identify(grid: Grid, config: RunConfig) -> Clients:
+    """The clients that answer, and on the cohort engine (or with federated evaluation) the plan of
+    which node hosts which simulated device."""
     identify_started = time.perf_counter()
     keys, hosts = discover_clients(grid, timeout=3600.0, wait=NODE_WAIT_SECONDS)
     identify_seconds = time.perf_counter() - identify_started
@@ -215,61 +278,65 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         raise RuntimeError(f"no client identified itself within {NODE_WAIT_SECONDS:.0f} s; check the SuperNodes' logs")
     plan = None
     if config.federation.cohort_engine or config.federation.federated_evaluation:
-        # simulated devices: the partition's one-user clients, and a simulated promotion attack's fake
-        # users, which register like any device (the server cannot tell); real devices: none
-        simulated = 0
-        if hosts:
-            real = cached_partitioning(config.data, config.federation, config.train.seed).num_clients
-            simulated = simulated_devices(config, real)
-        plan = CohortPlan(config, simulated, hosts, keys)
-        if config.federation.user_trim_beta and not hosts:
-            raise ConfigError(
-                "user-trim-beta is the simulated hosts' trimmed mean of their devices; real devices reply one "
-                "by one, and the cohort engine's server averages them (set user-trim-beta = 0)"
-            )
-        if config.federation.max_row_norm and not hosts:
-            raise ConfigError(
-                "max-row-norm is applied device by device on the simulated hosts; the server does not clip "
-                "real devices' rows yet (set max-row-norm = 0)"
-            )
-        log(
-            INFO,
-            "fedseqrec: %s",
-            f"{simulated} simulated devices on {len(hosts)} nodes" if hosts else f"{len(keys)} clients",
+        plan = _cohort_plan(config, keys, hosts)
+    return Clients(keys, hosts, plan, identify_seconds)
+
+
+def _cohort_plan(config: RunConfig, keys: dict[int, int], hosts: list[int]) -> CohortPlan:
+    # simulated devices: the partition's one-user clients, and a simulated promotion attack's fake
+    # users, which register like any device (the server cannot tell); real devices: none
+    simulated = 0
+    if hosts:
+        real = cached_partitioning(config.data, config.federation, config.train.seed).num_clients
+        simulated = simulated_devices(config, real)
+    plan = CohortPlan(config, simulated, hosts, keys)
+    if config.federation.user_trim_beta and not hosts:
+        raise ConfigError(
+            "user-trim-beta is the simulated hosts' trimmed mean of their devices; real devices reply one "
+            "by one, and the cohort engine's server averages them (set user-trim-beta = 0)"
         )
-    population, members = dp_population(config, plan, keys)
-    if plan is not None:
-        plan.population = population  # Poisson's q = expected cohort / it, whoever is connected
+    if config.federation.max_row_norm and not hosts:
+        raise ConfigError(
+            "max-row-norm is applied device by device on the simulated hosts; the server does not clip "
+            "real devices' rows yet (set max-row-norm = 0)"
+        )
+    log(
+        INFO,
+        "fedseqrec: %s",
+        f"{simulated} simulated devices on {len(hosts)} nodes" if hosts else f"{len(keys)} clients",
+    )
+    return plan
+
+
+def _account(config: RunConfig, clients: Clients, ledger: dict | None) -> Accounting:
+    """The population and delta of the guarantee, and the tracker (resumed from `ledger`, the state's)."""
+    population, members = dp_population(config, clients.plan, clients.keys)
+    if clients.plan is not None:
+        clients.plan.population = population  # Poisson's q = expected cohort / it, whoever is connected
     accounted, accounted_users = accounted_population(config, population, members)
     delta = config.privacy.delta or 1.0 / accounted_users  # <= 1 / users, as the literature asks
-    tracker = PrivacyTracker(config, accounted, delta, state.privacy)
-    strategy = tracker.wrap(build_strategy(config))
-    if state.strategy:
-        load_strategy_state(strategy, state.strategy)
-    expected_rounds = config.federation.num_server_rounds * min(1.0, config.federation.clients_per_round / population)
-    round_config = {"run-dir": str(run_dir), "delta": delta, "expected-rounds": expected_rounds}
-    if config.privacy.dp_mode == "client":  # the public size each client's DP plan assumes
-        round_config["reference-samples"] = -(-members // population)
-    evaluate_arrays = make_evaluator(config, data, grid, plan)
-    state = run_rounds(
-        grid,
-        config,
-        strategy,
-        state,
-        run_dir,
-        round_validator(config, evaluate_arrays),
-        keys,
-        round_config,
-        tracker,
-        cohort=plan if config.federation.cohort_engine else None,
-    )
+    return Accounting(population, members, accounted, delta, PrivacyTracker(config, accounted, delta, ledger))
 
+
+def _round_config(config: RunConfig, run_dir: Path, accounting: Accounting) -> dict:
+    """What every round's message carries besides the model (public values)."""
+    fed = config.federation
+    expected_rounds = fed.num_server_rounds * min(1.0, fed.clients_per_round / accounting.population)
+    round_config = {"run-dir": str(run_dir), "delta": accounting.delta, "expected-rounds": expected_rounds}
+    if config.privacy.dp_mode == "client":  # the public size each client's DP plan assumes
+        round_config["reference-samples"] = -(-accounting.members // accounting.population)
+    return round_config
+
+
+def _release(config, setup: Setup, clients: Clients, accounting: Accounting, state, evaluate_arrays, started) -> dict:
+    """The released model, its metrics (and the public-only model's), the privacy report and summary."""
+    run_dir, data, catalogue = setup.run_dir, setup.data, setup.catalogue
     best_arrays = state.best.get("arrays", state.arrays)
     released_round = state.best.get("round", state.round)
-    test, by_group, validation = _final_metrics(config, data, groups, evaluate_arrays, best_arrays, plan)
+    test, by_group, validation = _final_metrics(config, data, setup.groups, evaluate_arrays, best_arrays, clients.plan)
     model = model_for(config, catalogue.num_items, item_ids=catalogue.item_ids)
     model.load_arrays(best_arrays)
-    save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=flat, best_round=released_round)
+    save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=setup.flat, best_round=released_round)
     summary = {
         "rounds": state.round,
         "best_round": released_round,
@@ -277,7 +344,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         "validation": validation,
         "test": test,
         "metrics_by_group": by_group,
-        "num_users": members,
+        "num_users": accounting.members,
         "public_users": len(public_users(config)),
         "num_items": catalogue.num_items,
         "failed_clients": sum(r.get("failed", 0) for r in state.history),
@@ -286,7 +353,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         "skipped_rounds": [r["round"] for r in state.history if "skipped" in r],
         "declined_clients": sum(r.get("declined", 0) for r in state.history),
         "wall_seconds_this_process": time.perf_counter() - started,
-        "identify_seconds": identify_seconds,
+        "identify_seconds": clients.identify_seconds,
         "round_seconds_total": sum(r.get("seconds", 0.0) for r in state.history),
     }
     public_only = (
@@ -302,11 +369,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
         summary["privacy"] = write_privacy_report(
             run_dir,
             config,
-            tracker,
+            accounting.tracker,
             state.history,
-            accounted,
-            delta,
-            members,
+            accounting.accounted,
+            accounting.delta,
+            accounting.members,
             stopped_early=state.stopped_early,
             released_round=released_round,
         )
@@ -318,14 +385,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path | None = None) -
     if test is None:
         log(INFO, "fedseqrec: done; test metrics withheld (DP run on real devices) -> %s", run_dir)
         return summary
+    k = config.train.top_k
     log(
         INFO,
         "fedseqrec: done; test ndcg@%d %.4f  hr@%d %.4f  -> %s",
-        config.train.top_k,
-        test[f"ndcg@{config.train.top_k}"],
-        config.train.top_k,
-        test[f"hr@{config.train.top_k}"],
-        run_dir,
+        *(k, test[f"ndcg@{k}"], k, test[f"hr@{k}"], run_dir),
     )
     return summary
 

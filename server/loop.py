@@ -276,117 +276,160 @@ def run_rounds(
     last round is released) scores the model on a schedule and keeps the best; under DP only on
     public data (`server.federation.round_validator`). Under DP each row keeps only the fields the
     run may release (`common.privacy.releases`)."""
-    fed = config.federation
-    available = len(cohort.keys) if cohort is not None else len(keys)
-    log(
-        INFO,
-        "fedseqrec: %d clients available, %d per round%s",
-        available,
-        min(fed.clients_per_round, available),
-        f" ({fed.user_sampling} sampling, cohort engine on {len(cohort.hosts)} nodes)" if cohort is not None else "",
-    )
-    key = f"ndcg@{config.train.top_k}"
-    known_nodes = set(grid.get_node_ids())
-    arrays = ArrayRecord(state.arrays)
-    # Server-DP noise and client sampling come from OS entropy unless the run asked to replay them;
-    # runs without server DP have no guarantee resting on them and stay reproducible.
-    reproducible = config.privacy.dp_mode != "server" or config.privacy.reproducible_dp_noise
-    progress = Progress(fed.num_server_rounds, state.round, state.best.get("metric"))
-    for server_round in range(state.round + 1, fed.num_server_rounds + 1):
-        requested = take_stop_request(run_dir)
-        if requested is not None:
-            log(INFO, "fedseqrec: stopping before round %s: stop requested (%s)", server_round, requested)
-            state.stopped_early = f"stop requested before round {server_round}: {requested}"
-            break
-        if privacy is not None and not privacy.allows(server_round, _sampled_from(keys, cohort)):
-            log(INFO, "fedseqrec: stopping before round %s: it would exceed %s", server_round, privacy.cap_name)
-            state.stopped_early = f"{privacy.cap_name} reached before round {server_round}"
-            break
-        round_start = time.perf_counter()
-        keys, known_nodes = _rediscover(grid, keys, known_nodes, cohort, timeout)
-        _warm_up_server_lr(strategy, config, server_round)
-        # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
-        derived = client_seed(config.train.seed, server_round, -1)
-        randomness.seed_numpy_global(reproducible=reproducible, derived=derived)
-        if cohort is not None:
-            users = cohort.sample(server_round, secret=not reproducible)
-            if len(users) == 0 and cohort.schedule_over(server_round):
-                log(
-                    INFO,
-                    "fedseqrec: stopping before round %s: every user has joined its max-participations trees (DP-FTRL)",
-                    server_round,
-                )
-                state.stopped_early = f"DP-FTRL participation cap reached before round {server_round}"
+    loop = RoundLoop(grid, config, strategy, state, run_dir, evaluate_fn, keys, round_config, privacy, timeout, cohort)
+    return loop.run()
+
+
+class RoundLoop:
+    """`run_rounds`, phase by phase: whether to stop, whom to sample, the round's attempts (retries),
+    counting the users who replied, and what the round leaves behind (ledger, validation, checkpoint)."""
+
+    def __init__(
+        self, grid, config, strategy, state, run_dir, evaluate_fn, keys, round_config, privacy, timeout, cohort
+    ):
+        self.grid, self.config, self.strategy, self.state = grid, config, strategy, state
+        self.run_dir, self.evaluate_fn, self.keys, self.round_config = run_dir, evaluate_fn, keys, round_config
+        self.privacy, self.timeout, self.cohort = privacy, timeout, cohort
+        self.fed = config.federation
+        self.key = f"ndcg@{config.train.top_k}"
+        self.known_nodes = set(grid.get_node_ids())
+        self.arrays = ArrayRecord(state.arrays)
+        # Server-DP noise and client sampling come from OS entropy unless the run asked to replay them;
+        # runs without server DP have no guarantee resting on them and stay reproducible.
+        self.reproducible = config.privacy.dp_mode != "server" or config.privacy.reproducible_dp_noise
+        self.progress = Progress(self.fed.num_server_rounds, state.round, state.best.get("metric"))
+
+    def run(self) -> RunState:
+        self._announce()
+        for server_round in range(self.state.round + 1, self.fed.num_server_rounds + 1):
+            stop = self._stop_reason(server_round)
+            if stop is not None:
+                log(INFO, "fedseqrec: stopping before round %s: %s", server_round, stop[0])
+                self.state.stopped_early = stop[1]
+                break
+            round_start = time.perf_counter()
+            self.keys, self.known_nodes = _rediscover(self.grid, self.keys, self.known_nodes, self.cohort, self.timeout)
+            _warm_up_server_lr(self.strategy, self.config, server_round)
+            # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
+            derived = client_seed(self.config.train.seed, server_round, -1)
+            randomness.seed_numpy_global(reproducible=self.reproducible, derived=derived)
+            users = self._sample(server_round)
+            if users is None:
                 break
             if len(users) == 0:  # a Poisson draw can be empty: nothing to train, nothing to release
-                log(WARNING, "fedseqrec: round %s sampled no user; nothing trained", server_round)
-                state.round = server_round
-                state.history.append(
-                    {
-                        "round": server_round,
-                        "sampled": 0,
-                        "replied": 0,
-                        "failed": 0,
-                        "declined": 0,
-                        "train-seconds": 0.0,
-                        "seconds": 0.0,
-                    }
-                )
+                self._empty_round(server_round)
                 continue
-        else:
-            users = np.array(
-                sample_clients(
-                    list(keys), fed.clients_per_round, config.train.seed, server_round, secret=not reproducible
-                )
+            sampled_from = _sampled_from(self.keys, self.cohort)
+            new_arrays, stats, per_client = self._attempts(server_round, users, derived, sampled_from)
+            if "refused" in stats:  # nothing of this round is aggregated, released or checkpointed
+                log(WARNING, "fedseqrec: round %d not aggregated and the run stops: %s", server_round, stats["refused"])
+                self.state.stopped_early = f"round {server_round} not released: {stats['refused']}"
+                break
+            if "skipped" in stats:  # nothing aggregated or released; the next round starts from the same model
+                retried = f" after {stats['attempts']} attempts" if stats["attempts"] > 1 else ""
+                log(WARNING, "fedseqrec: round %d skipped%s: %s", server_round, retried, stats["skipped"])
+            # the replies aggregated (nodes), before the cohort engine counts its users: what the ledger
+            # books, and only when the round was released
+            arrived = stats.pop("arrived")
+            if new_arrays is not None:
+                self.arrays = new_arrays
+            row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
+            self._finish_round(server_round, row, per_client, arrived, sampled_from, round_start)
+        return self.state
+
+    def _announce(self) -> None:
+        available = len(self.cohort.keys) if self.cohort is not None else len(self.keys)
+        engine = self.cohort is not None
+        population = (self.cohort.population or available) if engine else available
+        # the length of a recipe that transfers between datasets: rounds each user's own data gets
+        participations = self.fed.num_server_rounds * min(1.0, self.fed.clients_per_round / max(population, 1))
+        log(
+            INFO,
+            "fedseqrec: %d clients available, %d per round%s; %d rounds: %.1f participations per client",
+            available,
+            min(self.fed.clients_per_round, available),
+            f" ({self.fed.user_sampling} sampling, cohort engine on {len(self.cohort.hosts)} nodes)" if engine else "",
+            self.fed.num_server_rounds,
+            participations,
+        )
+
+    def _stop_reason(self, server_round: int) -> tuple[str, str] | None:
+        """(what the log says, what the state records) when the run must stop before this round."""
+        requested = take_stop_request(self.run_dir)
+        if requested is not None:
+            return f"stop requested ({requested})", f"stop requested before round {server_round}: {requested}"
+        privacy = self.privacy
+        if privacy is not None and not privacy.allows(server_round, _sampled_from(self.keys, self.cohort)):
+            return f"it would exceed {privacy.cap_name}", f"{privacy.cap_name} reached before round {server_round}"
+        return None
+
+    def _sample(self, server_round: int) -> np.ndarray | None:
+        """This round's users (cohort engine) or client keys; None when DP-FTRL's schedule is over."""
+        secret = not self.reproducible
+        if self.cohort is None:
+            keys = list(self.keys)
+            return np.array(
+                sample_clients(keys, self.fed.clients_per_round, self.config.train.seed, server_round, secret)
             )
+        users = self.cohort.sample(server_round, secret=secret)
+        if len(users) == 0 and self.cohort.schedule_over(server_round):
+            log(
+                INFO,
+                "fedseqrec: stopping before round %s: every user has joined its max-participations trees (DP-FTRL)",
+                server_round,
+            )
+            self.state.stopped_early = f"DP-FTRL participation cap reached before round {server_round}"
+            return None
+        return users
+
+    def _empty_round(self, server_round: int) -> None:
+        log(WARNING, "fedseqrec: round %s sampled no user; nothing trained", server_round)
+        self.state.round = server_round
+        self.state.history.append(
+            {
+                "round": server_round,
+                "sampled": 0,
+                "replied": 0,
+                "failed": 0,
+                "declined": 0,
+                "train-seconds": 0.0,
+                "seconds": 0.0,
+            }
+        )
+
+    def _attempts(self, server_round: int, users: np.ndarray, derived: int, sampled_from: int):
+        """Send the round, and again (the same users and seeds) while it is short and retries are left."""
+        privacy, fed = self.privacy, self.fed
         this_round = ConfigRecord(
-            {**round_config, **(privacy.round_config(server_round) if privacy is not None else {})}
+            {**self.round_config, **(privacy.round_config(server_round) if privacy is not None else {})}
         )
         combine = (
-            (lambda replies, start=arrays, r=server_round: privacy.private_sum(replies, start, r))
-            if cohort is not None and privacy is not None and privacy.mode == "server"
+            (lambda replies, start=self.arrays, r=server_round: privacy.private_sum(replies, start, r))
+            if self.cohort is not None and privacy is not None and privacy.mode == "server"
             else None
         )
-        sampled_from = _sampled_from(keys, cohort)
         refuse = (lambda arrived, n=sampled_from: privacy.refuses(arrived, n)) if privacy is not None else None
         for attempt in range(1, fed.round_retries + 2):
             if attempt > 1:  # the same users and seeds again, once crashed nodes have had time to return
                 time.sleep(fed.retry_wait)
-                keys, known_nodes = _rediscover(grid, keys, known_nodes, cohort, timeout)
-                randomness.seed_numpy_global(reproducible=reproducible, derived=derived)
-            absent = [int(u) for u in users if not _present(int(u), keys, cohort)]
+                self.keys, self.known_nodes = _rediscover(
+                    self.grid, self.keys, self.known_nodes, self.cohort, self.timeout
+                )
+                randomness.seed_numpy_global(reproducible=self.reproducible, derived=derived)
+            absent = [int(u) for u in users if not _present(int(u), self.keys, self.cohort)]
             present = np.array([u for u in users if int(u) not in absent], dtype=np.int64)
-            if cohort is not None:
-                per_node = cohort.assign(present)
+            if self.cohort is not None:
+                per_node = self.cohort.assign(present)
                 node_ids, order = sorted(per_node), {node: i for i, node in enumerate(sorted(per_node))}
             else:
                 per_node = None
-                node_ids, order = [keys[int(c)] for c in present], {node: key for key, node in keys.items()}
+                node_ids, order = [self.keys[int(c)] for c in present], {node: key for key, node in self.keys.items()}
             new_arrays, stats, per_client = _train_attempt(
-                grid, strategy, server_round, arrays, node_ids, this_round, order, per_node, config, timeout,
-                refuse, combine,
+                self.grid, self.strategy, server_round, self.arrays, node_ids, this_round, order, per_node,
+                self.config, self.timeout, refuse, combine,
             )  # fmt: skip
-            # the replies aggregated (nodes), before the cohort engine counts its users: what the ledger
-            # books, and only when the round was released
-            arrived = stats["replied"] if new_arrays is not None else 0
-            if cohort is not None and cohort.hosts:  # count simulated users, not the nodes that computed them
-                replied, rejected, fakes = (
-                    sum(int(m.get(key, 0)) for m in per_client.values())
-                    for key in ("users", "rejected-users", "fake-users")
-                )
-                stats.update(
-                    {
-                        "nodes": len(node_ids),
-                        "sampled": len(users),
-                        "replied": replied,
-                        "failed": len(users) - replied - rejected,
-                        "invalid": stats.get("invalid", 0) + rejected,  # over max-update-norm, device by device
-                    }
-                )
-                if fakes:  # simulated attack bookkeeping (a real server cannot tell fake users apart)
-                    stats["fake-users"] = fakes
-            elif absent:  # sampled, but their node is gone: counted as failed
-                stats.update({"sampled": len(users), "failed": stats["failed"] + len(absent)})
+            stats["arrived"] = stats["replied"] if new_arrays is not None else 0
+            self._count_users(stats, users, absent, node_ids, per_client)
             stats["attempts"] = attempt
             if "skipped" not in stats or attempt > fed.round_retries:
                 break
@@ -399,39 +442,55 @@ def run_rounds(
                 fed.retry_wait,
                 stats["skipped"],
             )
-        if "refused" in stats:  # nothing of this round is aggregated, released or checkpointed
-            log(WARNING, "fedseqrec: round %d not aggregated and the run stops: %s", server_round, stats["refused"])
-            state.stopped_early = f"round {server_round} not released: {stats['refused']}"
-            break
-        if "skipped" in stats:  # nothing aggregated or released; the next round starts from the same model
-            retried = f" after {stats['attempts']} attempts" if stats["attempts"] > 1 else ""
-            log(WARNING, "fedseqrec: round %d skipped%s: %s", server_round, retried, stats["skipped"])
-        if new_arrays is not None:
-            arrays = new_arrays
-        row = {"round": server_round, **stats, "train-seconds": time.perf_counter() - round_start}
-        if privacy is not None:
-            row.update(privacy.record(server_round, per_client, arrived=arrived, sampled_from=sampled_from))
-            state.privacy = privacy.state_dict()
-        if evaluate_fn is not None and (
+        return new_arrays, stats, per_client
+
+    def _count_users(self, stats: dict, users, absent: list[int], node_ids: list[int], per_client: dict) -> None:
+        """On simulated hosts: count users, not the nodes that computed them; elsewhere a sampled
+        client whose node is gone counts as failed."""
+        if self.cohort is not None and self.cohort.hosts:
+            replied, rejected, fakes = (
+                sum(int(m.get(key, 0)) for m in per_client.values())
+                for key in ("users", "rejected-users", "fake-users")
+            )
+            stats.update(
+                {
+                    "nodes": len(node_ids),
+                    "sampled": len(users),
+                    "replied": replied,
+                    "failed": len(users) - replied - rejected,
+                    "invalid": stats.get("invalid", 0) + rejected,  # over max-update-norm, device by device
+                }
+            )
+            if fakes:  # simulated attack bookkeeping (a real server cannot tell fake users apart)
+                stats["fake-users"] = fakes
+        elif absent:
+            stats.update({"sampled": len(users), "failed": stats["failed"] + len(absent)})
+
+    def _finish_round(self, server_round, row, per_client, arrived, sampled_from, round_start) -> None:
+        """The ledger, validation on schedule, the released row, the checkpoint and the progress line."""
+        state, fed = self.state, self.fed
+        if self.privacy is not None:
+            row.update(self.privacy.record(server_round, per_client, arrived=arrived, sampled_from=sampled_from))
+            state.privacy = self.privacy.state_dict()
+        if self.evaluate_fn is not None and (
             server_round % fed.eval_every_rounds == 0 or server_round == fed.num_server_rounds
         ):
-            row["validation"] = evaluate_fn(arrays, "validation")
-            if row["validation"][key] > state.best.get("metric", float("-inf")):
+            row["validation"] = self.evaluate_fn(self.arrays, "validation")
+            if row["validation"][self.key] > state.best.get("metric", float("-inf")):
                 state.best = {
                     "round": server_round,
-                    "metric": row["validation"][key],
-                    "arrays": arrays_to_torch(arrays),
+                    "metric": row["validation"][self.key],
+                    "arrays": arrays_to_torch(self.arrays),
                 }
         row["seconds"] = time.perf_counter() - round_start
-        state.round, state.arrays = server_round, arrays_to_torch(arrays)
-        row = releasable_row(row, config)
+        state.round, state.arrays = server_round, arrays_to_torch(self.arrays)
+        row = releasable_row(row, self.config)
         state.history.append(row)
-        state.strategy = strategy_state(strategy)
+        state.strategy = strategy_state(self.strategy)
         if server_round % fed.checkpoint_every == 0 or server_round == fed.num_server_rounds:
-            state.save(run_dir)
-            write_jsonl(Path(run_dir) / "metrics.jsonl", state.history)  # always matches the checkpoint
-        log(INFO, "%s", progress.line(row, key))
-    return state
+            state.save(self.run_dir)
+            write_jsonl(Path(self.run_dir) / "metrics.jsonl", state.history)  # always matches the checkpoint
+        log(INFO, "%s", self.progress.line(row, self.key))
 
 
 def _rediscover(grid: Grid, keys: dict[int, int], known_nodes: set, cohort, timeout: float):

@@ -59,17 +59,7 @@ def write_privacy_report(
     source = noise_source(tracker)
     by_round = [{"round": r, "epsilon": e} for r, e in sorted(tracker.epsilon_by_round.items())]
     report = {
-        "mechanism": (
-            "DP-FTRL, each user clips its update on its device, tree-aggregated Gaussian noise on the "
-            "running sum with restarts every pass (Kairouz et al. 2021), cohort engine"
-            if tracker.ftrl
-            else "DP-FedAvg, each user clips its update on its device, Gaussian noise on the cohort's sum "
-            "(McMahan et al. 2018), cohort engine"
-            if server and tracker.cohort
-            else "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)"
-            if server
-            else "DP-SGD on each client (Opacus), per-client ledgers"
-        ),
+        "mechanism": _mechanism_text(tracker, server),
         "sampling_kind": ("none (dp-ftrl)" if tracker.ftrl else tracker.sampling) if server else "poisson",
         "server_mechanism": tracker.mechanism if server else None,
         "dp_mode": privacy.dp_mode,
@@ -81,17 +71,7 @@ def write_privacy_report(
         "delta": delta,
         "noise_randomness": source,
         "noise_randomness_note": randomness.DESCRIPTION[source],
-        "accountant": (
-            f"dp-accounting {tracker.accountant.upper()}, SingleEpochTreeAggregation(z, tree lengths) per pass, "
-            "replace-with-zero"
-            if tracker.ftrl
-            else f"dp-accounting {tracker.accountant.upper()}, PoissonSampled(q, Gaussian(z)) per round, add/remove"
-            if server and tracker.sampling == "poisson"
-            else "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round (N: the clients "
-            "sampled from that round), replace-one"
-            if server
-            else f"Opacus {privacy.accountant.upper()}, add/remove one sample"
-        ),
+        "accountant": _accountant_text(tracker, server, privacy.accountant),
         "accountant_name": tracker.accountant if server else f"opacus-{privacy.accountant}",
         "noise_multiplier": (
             tracker.noise_multiplier
@@ -103,32 +83,7 @@ def write_privacy_report(
         "target_epsilon": privacy.target_epsilon or None,
         "clipping_norm": privacy.clipping_norm if server else privacy.max_grad_norm,
         "adaptive_clipping": privacy.adaptive_clipping if server else None,
-        **(
-            {
-                "adaptive_clipping_detail": {
-                    "quantile": privacy.clip_quantile,
-                    "clip_lr": privacy.clip_lr,
-                    "count_stddev": tracker.adaptive.count_stddev,
-                    "update_noise_multiplier": tracker.update_multiplier,
-                    "final_clipping_norm": tracker.adaptive.clip,
-                    "note": "the accounted z covers the update and the clip count together: 1/z^2 = 1/z_update^2 + "
-                    "1/(2 count_stddev)^2",
-                }
-            }
-            if server and tracker.adaptive
-            else {}
-        ),
-        **(
-            {
-                "dp_ftrl": {
-                    "trees": tracker.tree.trees,
-                    "rounds_in_tree": tracker.rounds_in_tree,
-                    "max_participations": tracker.cap,
-                }
-            }
-            if tracker.ftrl
-            else {}
-        ),
+        **_server_details(tracker, privacy, server),
         "sampling_rate": (
             tracker.sampled / population if server else "per client: 1 / its batches per epoch (Poisson)"
         ),
@@ -162,18 +117,7 @@ def write_privacy_report(
         "stopped_early": stopped_early,
     }
     if not server:
-        eps = np.array(list(tracker.client_epsilon.values()) or [0.0])
-        report["per_client_epsilon"] = {
-            "clients_trained": len(tracker.client_epsilon),
-            "min": float(eps.min()),
-            "median": float(np.median(eps)),
-            "mean": float(eps.mean()),
-            "p90": float(np.quantile(eps, 0.9)),
-            "max": float(eps.max()),
-        }
-        report["epsilon_note"] = "run epsilon = the largest epsilon any client has spent"
-        report["clients_by_unit"] = dict(Counter(tracker.client_unit.values()))
-        report["clients_by_noise_randomness"] = dict(Counter(tracker.client_noise.values()))
+        report.update(_client_epsilons(tracker))
     Path(run_dir, "privacy.json").write_text(json.dumps(report, indent=2))
     Path(run_dir, "privacy.md").write_text(_markdown(report, population, tracker.sampled))
     if by_round:
@@ -191,6 +135,78 @@ def write_privacy_report(
         "unit": report["unit"],
         "adjacency": facts.adjacency,
         "noise_randomness": source,
+    }
+
+
+def _mechanism_text(tracker: PrivacyTracker, server: bool) -> str:
+    if tracker.ftrl:
+        return (
+            "DP-FTRL, each user clips its update on its device, tree-aggregated Gaussian noise on the "
+            "running sum with restarts every pass (Kairouz et al. 2021), cohort engine"
+        )
+    if server and tracker.cohort:
+        return (
+            "DP-FedAvg, each user clips its update on its device, Gaussian noise on the cohort's sum "
+            "(McMahan et al. 2018), cohort engine"
+        )
+    if server:
+        return "DP-FedAvg, server-side clipping + Gaussian noise (McMahan et al. 2018)"
+    return "DP-SGD on each client (Opacus), per-client ledgers"
+
+
+def _accountant_text(tracker: PrivacyTracker, server: bool, client_accountant: str) -> str:
+    if tracker.ftrl:
+        return (
+            f"dp-accounting {tracker.accountant.upper()}, SingleEpochTreeAggregation(z, tree lengths) per pass, "
+            "replace-with-zero"
+        )
+    if server and tracker.sampling == "poisson":
+        return f"dp-accounting {tracker.accountant.upper()}, PoissonSampled(q, Gaussian(z)) per round, add/remove"
+    if server:
+        return (
+            "dp-accounting RDP, SampledWithoutReplacement(N, m, Gaussian(z / 2)) per round (N: the clients "
+            "sampled from that round), replace-one"
+        )
+    return f"Opacus {client_accountant.upper()}, add/remove one sample"
+
+
+def _server_details(tracker: PrivacyTracker, privacy, server: bool) -> dict:
+    """Adaptive clipping's and DP-FTRL's parameters, when the run used them."""
+    details = {}
+    if server and tracker.adaptive:
+        details["adaptive_clipping_detail"] = {
+            "quantile": privacy.clip_quantile,
+            "clip_lr": privacy.clip_lr,
+            "count_stddev": tracker.adaptive.count_stddev,
+            "update_noise_multiplier": tracker.update_multiplier,
+            "final_clipping_norm": tracker.adaptive.clip,
+            "note": "the accounted z covers the update and the clip count together: 1/z^2 = 1/z_update^2 + "
+            "1/(2 count_stddev)^2",
+        }
+    if tracker.ftrl:
+        details["dp_ftrl"] = {
+            "trees": tracker.tree.trees,
+            "rounds_in_tree": tracker.rounds_in_tree,
+            "max_participations": tracker.cap,
+        }
+    return details
+
+
+def _client_epsilons(tracker: PrivacyTracker) -> dict:
+    """Client mode: the spread of the clients' own ledgers (the run's epsilon is their largest)."""
+    eps = np.array(list(tracker.client_epsilon.values()) or [0.0])
+    return {
+        "per_client_epsilon": {
+            "clients_trained": len(tracker.client_epsilon),
+            "min": float(eps.min()),
+            "median": float(np.median(eps)),
+            "mean": float(eps.mean()),
+            "p90": float(np.quantile(eps, 0.9)),
+            "max": float(eps.max()),
+        },
+        "epsilon_note": "run epsilon = the largest epsilon any client has spent",
+        "clients_by_unit": dict(Counter(tracker.client_unit.values())),
+        "clients_by_noise_randomness": dict(Counter(tracker.client_noise.values())),
     }
 
 

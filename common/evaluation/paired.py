@@ -19,10 +19,10 @@ def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
 def paired_gain(base_ranks: np.ndarray, new_ranks: np.ndarray, k: int, draws: int = 2000, seed: int = 0) -> dict:
     """Mean NDCG@k of `new` minus `base` over the same users, with its 95% bootstrap interval."""
     base_ranks, new_ranks = np.asarray(base_ranks), np.asarray(new_ranks)
-    if base_ranks.shape != new_ranks.shape or base_ranks.ndim != 1 or len(base_ranks) == 0:
-        raise ValueError(
-            f"paired ranks must be two equal, non-empty 1-D arrays, got {base_ranks.shape} and {new_ranks.shape}"
-        )
+    if base_ranks.shape != new_ranks.shape or base_ranks.ndim != 1:
+        raise ValueError(f"paired ranks must be two equal 1-D arrays, got {base_ranks.shape} and {new_ranks.shape}")
+    if len(base_ranks) == 0:  # no users in this group: nothing to compare
+        return {"mean": float("nan"), "interval_95": [float("nan"), float("nan")], "users": 0}
     diff = ndcg_per_user(new_ranks, k) - ndcg_per_user(base_ranks, k)
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(1)
