@@ -80,3 +80,21 @@ def test_pretraining_on_the_public_cohort_is_public_and_the_report_shows_what_pr
     fresh = torch.load(out / "model.pt", weights_only=False)["arrays"]
     assert any(not torch.equal(public[k], fresh[k]) for k in public)  # DP rounds moved it
     assert unlisted(out, privacy["releases"]) == []
+
+
+def test_a_population_projection_is_labelled_in_every_report_and_books_the_projected_population(cache, tmp_path):
+    real, projected = tmp_path / "real", tmp_path / "projected"
+    settings = {**DP_COHORT, "num-server-rounds": 2, "noise-multiplier": 0.0, "target-epsilon": 4.0}
+    _run({**settings, "out-dir": str(real)}, cache)
+    _run({**settings, "simulated-population": 20_000, "out-dir": str(projected)}, cache)
+    reports = [json.loads((run / "privacy.json").read_text()) for run in (real, projected)]
+    assert (
+        "projection" not in reports[0]
+        and "projection" not in json.loads((real / "summary.json").read_text())["privacy"]
+    )
+    note = reports[1]["projection"]["note"]
+    assert "PROJECTION" in note and reports[1]["projection"]["trained_on_users"] == 200
+    assert reports[1]["clients"] == 20_000 and reports[1]["delta"] == pytest.approx(1 / 20_000)
+    assert reports[1]["noise_multiplier"] < reports[0]["noise_multiplier"]  # the same epsilon, q 100x smaller
+    assert note in (projected / "privacy.md").read_text()
+    assert json.loads((projected / "summary.json").read_text())["privacy"]["projection"] == note
