@@ -82,7 +82,14 @@ def update_leakage(
 ) -> dict:
     """Precision / recall of the item-set reconstruction for each user in `users` and each setting."""
     # One user's update, computed offline with the run's local recipe (one user alone: no cohort needed).
-    one_user = {"cohort-engine": False, "user-sampling": "fixed", "server-mechanism": "dp-fedavg"}
+    # (no accountant or population of the run's: these offline updates are never accounted)
+    one_user = {
+        "cohort-engine": False,
+        "user-sampling": "fixed",
+        "server-mechanism": "dp-fedavg",
+        "accountant": "rdp",
+        "simulated-population": 0,
+    }
     plain = config.replace(**{"dp-mode": "none", **one_user})
     client_dp = config.replace(
         **{

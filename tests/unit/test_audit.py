@@ -194,6 +194,25 @@ def test_update_reveals_the_users_items_without_dp():
     assert result["settings"]["client_dp"]["recall"] < plain["recall"] / 2
 
 
+def test_update_leakage_runs_on_a_pld_projection_run_like_the_private_recipe():
+    from common.audit.update_leakage import update_leakage
+
+    private = {
+        "partition": "user",
+        "cohort-engine": True,
+        "user-sampling": "poisson",
+        "dp-mode": "server",
+        "train-windows": "last",
+    }
+    config = RunConfig.from_flat({**TINY, **private, "accountant": "pld", "simulated-population": 10_000})
+    data = load_sequence_data(config.data)
+    arrays = model_for(config, data.num_items).arrays()
+    result = update_leakage(
+        config, data, arrays, np.arange(2), noise_multiplier=1.0, clipping_norm=1.0, max_grad_norm=1.0
+    )
+    assert set(result["settings"]) == {"no_dp", "client_dp", "server_dp"}
+
+
 # --- 5. messages -----------------------------------------------------------------------------
 
 
