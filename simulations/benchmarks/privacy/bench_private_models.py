@@ -14,6 +14,7 @@ the public-only model and popularity as lines.
         tradeoff --out runs/private --epsilons 8 4 2 1
     ... bench_private_models populations --out runs/private --sizes 60000 600000
     ... bench_private_models table --out runs/private      # the rows as a Markdown table
+    ... bench_private_models audit --out runs/private      # audit every run again
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def table(out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("tradeoff", "populations", "table"):
+    for name in ("tradeoff", "populations", "table", "audit"):
         sub = commands.add_parser(name)
         sub.add_argument("--out", type=Path, required=True)
         sub.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 4.0, 2.0, 1.0])
@@ -192,6 +193,14 @@ def main() -> None:
         sub.add_argument("--set", nargs="*", default=[], help="extra run-config key=value (TOML values)")
     args = parser.parse_args()
     if args.command == "table":
+        print(table(args.out))
+        return
+    if args.command == "audit":  # audit every non-projection run again (e.g. after an audit fix)
+        rows = _results(args.out)
+        for row in rows:
+            if not row["simulated_population"]:
+                row["audit"] = _audit(Path(row["run_dir"]))
+        (args.out / "private-models.json").write_text(json.dumps(rows, indent=2))
         print(table(args.out))
         return
     import tomllib
