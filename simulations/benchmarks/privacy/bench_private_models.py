@@ -88,6 +88,7 @@ def _row(run_dir: Path, epsilon: float, population: int, wall: float | None, aud
         "gain_over_public_only": public_only.get("released_minus_public_ndcg"),
         "epsilon": privacy["epsilon"],
         "delta": privacy["delta"],
+        "population": privacy["clients"],  # the DP population (the public cohort is not in it), or the projection's
         "noise_multiplier": privacy["noise_multiplier"],
         "accountant": privacy["accountant_name"],
         "projection": privacy.get("projection", {}).get("note"),
@@ -152,11 +153,42 @@ def plot(out: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("epsilon (user-level, delta = 1/N)")
     ax.set_ylabel(f"test NDCG@{K}")
-    ax.set_title("ML-1M, 6,040 one-user devices")
+    ax.set_title("ML-1M: 5,738 protected one-user devices (+ 302 public)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "private-tradeoff.png", dpi=110)
+    plt.close(fig)
+
+
+def _population(row: dict) -> int:
+    if "population" in row:
+        return row["population"]
+    return json.loads((Path(row["run_dir"]) / "privacy.json").read_text())["clients"]
+
+
+def plot_populations(out: Path) -> None:
+    """NDCG@10 at epsilon 8 against the population: the real run and the projections."""
+    import matplotlib.pyplot as plt
+
+    import common.plots  # noqa: F401  (the Agg backend)
+
+    rows = [r for r in _results(out) if r["target_epsilon"] == 8.0]
+    if len(rows) < 2:
+        return
+    rows.sort(key=_population)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([_population(r) for r in rows], [r["test"][f"ndcg@{K}"] for r in rows], "o-", label="epsilon 8")
+    ax.axhline(MAIN_JOB_TEST_NDCG, color="black", lw=1, label="non-private main job")
+    ax.axhline(0.95 * MAIN_JOB_TEST_NDCG, color="black", ls=":", lw=1, label="0.95x the main job")
+    ax.set_xscale("log")
+    ax.set_xlabel("population (users; beyond the real 5,738: projections)")
+    ax.set_ylabel(f"test NDCG@{K}")
+    ax.set_title("The noise a population needs, at the same cohort (~1,000)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "private-populations.png", dpi=110)
     plt.close(fig)
 
 
@@ -171,7 +203,7 @@ def table(out: Path) -> str:
         low, high = gain.get("interval_95", [float("nan")] * 2)
         audit = r["audit"]
         lines.append(
-            f"| {r['epsilon']:.2f} | {r['simulated_population'] or 6040:,}{' (projection)' if r['projection'] else ''} "
+            f"| {r['epsilon']:.2f} | {_population(r):,}{' (projection)' if r['projection'] else ''} "
             f"| **{test[f'ndcg@{K}']:.4f}** | {r['fraction_of_main_job']:.2f} | {test[f'hr@{K}']:.4f} "
             f"| {test.get(f'coverage@{K}', float('nan')):.3f} | {test.get(f'long-tail@{K}', float('nan')):.3f} "
             f"| {(r['public_only_test'] or {}).get(f'ndcg@{K}', float('nan')):.4f} "
@@ -193,6 +225,8 @@ def main() -> None:
         sub.add_argument("--set", nargs="*", default=[], help="extra run-config key=value (TOML values)")
     args = parser.parse_args()
     if args.command == "table":
+        plot(args.out)
+        plot_populations(args.out)
         print(table(args.out))
         return
     if args.command == "audit":  # audit every non-projection run again (e.g. after an audit fix)
