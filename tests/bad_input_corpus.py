@@ -241,6 +241,7 @@ def federate_into_a_file(tmp: Path, assets: Assets) -> list[str]:
 def export_into_existing(tmp: Path, assets: Assets) -> list[str]:
     """An export folder that already holds a model: a failed export must leave it as it was."""
     shutil.copytree(assets.export, tmp / "out")
+    (tmp / "no-run").mkdir()  # a folder, but no run in it: found after the arguments are parsed
     return ["export", str(tmp / "no-run"), "--out", str(tmp / "out")]
 
 
@@ -625,7 +626,7 @@ CASES = [
         "`federate --cpus-per-client 0`",
         "give each simulated client at least one CPU",
         lambda tmp, a: ["federate", "--cpus-per-client", "0", "--out-dir", str(tmp / "out")],
-        "--cpus-per-client 0: must be > 0",
+        "argument --cpus-per-client: expected an integer in [1, 4,096], got '0'",
         "out",
     ),
     Case(
@@ -668,7 +669,7 @@ CASES = [
         "`partition --nodes 0`",
         "pass --nodes >= 1",
         lambda tmp, a: ["partition", "--nodes", "0", "--data", str(a.csv), "--out", str(tmp / "out")],
-        "--nodes 0: a deployment needs at least 1 node",
+        "argument --nodes: expected an integer in [1, 1,000,000], got '0'",
         "out",
     ),
     Case(
@@ -686,7 +687,7 @@ CASES = [
         "`recommend -k -1`",
         "pass -k >= 1",
         recommend(_history(), "-k", "-1"),
-        "-k -1: the number of items to recommend must be >= 1",
+        "argument -k: expected an integer in [1, 1,000,000], got '-1'",
     ),
     Case(
         "cli-k-not-a-number",
@@ -694,7 +695,7 @@ CASES = [
         "`recommend -k ten`",
         "pass an integer",
         recommend(_history(), "-k", "ten"),
-        "invalid int value: 'ten'",
+        "argument -k: expected an integer in [1, 1,000,000], got 'ten'",
     ),
     Case(
         "cli-threads-negative",
@@ -702,7 +703,7 @@ CASES = [
         "`recommend --threads -1`",
         "pass 0 or more",
         recommend(_history(), "--threads", "-1"),
-        "--threads -1: must be >= 0",
+        "argument --threads: expected an integer in [0, 4,096], got '-1'",
     ),
     Case(
         "cli-unknown-flag",
@@ -837,7 +838,7 @@ CASES = [
         "--model names a file that does not exist",
         "fix the path",
         recommend(_history(), model=lambda tmp, a: tmp / "model.onnx"),
-        "no model file",
+        "model.onnx: no such file or folder; pass the folder written by `fedseqrec export",
     ),
     Case(
         "model-items-json-corrupt",
