@@ -632,12 +632,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedseqrec.crash import CRASH_EXIT, crash_line, one_line
+
+    command = None
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         return args.handler(args)
     except FedSeqRecError as exc:
-        print(f"fedseqrec: error: {exc}", file=sys.stderr)
+        print(one_line(f"fedseqrec: error: {exc}"), file=sys.stderr)
         return 2
+    except Exception as exc:  # the last guard: a bug, never bad input (that is a FedSeqRecError above)
+        print(crash_line(exc, argv, command), file=sys.stderr, flush=True)
+        return CRASH_EXIT
 
 
 if __name__ == "__main__":
