@@ -17,6 +17,7 @@ from common.data.run_inputs import fingerprint, read_inputs, write_inputs
 from common.errors import ConfigError, DataError
 from common.model.checkpoint import load_model, save_model
 from common.privacy.ledger import PrivacyLedger
+from common.run_files import PrivacyFile, read_json
 from common.training.personalization import DPBudget, FineTuning, fine_tune
 
 LEDGER_FILE = "privacy_ledger.json"  # the file a SuperNode keeps in its state dir (client/app.py)
@@ -33,7 +34,7 @@ def _run_delta(run_dir: Path, config: RunConfig) -> float:
     """The delta the run's epsilons are stated at (its privacy report), else its configured one."""
     path = run_dir / "privacy.json"
     if path.exists():
-        return float(json.loads(path.read_text())["delta"])
+        return float(read_json(path, PrivacyFile, what="privacy report")["delta"])
     if config.privacy.delta > 0:
         return config.privacy.delta
     raise DataError(f"{run_dir}: no privacy.json and no delta in its config; cannot state the fine-tuning's epsilon")

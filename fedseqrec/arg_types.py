@@ -23,21 +23,20 @@ def quoted(text: str) -> str:
     return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
 
 
-def _number(value) -> str:
-    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+def _describe(kind: type, low, high, low_open: bool, high_open: bool) -> str:
+    def number(value) -> str:  # an integer bound in full (4294967295, not 4.29497e+09)
+        return str(int(value)) if kind is int else f"{value:g}"
 
-
-def _describe(low, high, low_open: bool, high_open: bool) -> str:
     if high is None:
-        return f"{'>' if low_open else '>='} {_number(low)}"
-    return f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
+        return f"{'>' if low_open else '>='} {number(low)}"
+    return f"in {'(' if low_open else '['}{number(low)}, {number(high)}{')' if high_open else ']'}"
 
 
 def bounded(
     kind: type, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False
 ) -> Callable[[str], int | float]:
     """An argparse `type` for `kind` (int or float) values between `low` and `high` (None: no bound)."""
-    domain = _describe(low, high, low_open, high_open)
+    domain = _describe(kind, low, high, low_open, high_open)
     name = "an integer" if kind is int else "a finite number"
 
     def parse(text: str):
@@ -95,7 +94,7 @@ def run_dir(flag: str = "RUN_DIR") -> Callable[[str], str]:
         if not path.exists():
             raise ArgumentError(f"{flag} {path}: no such run folder; pass the out-dir of a finished run")
         if not path.is_dir():
-            raise ArgumentError(f"{flag} {path}: is a file, not a run folder; pass the out-dir of a finished run")
+            raise ArgumentError(f"{flag} {path}: is a file, not a folder; pass the out-dir of a finished run")
         return text
 
     return parse

@@ -176,11 +176,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from common.model.export import export_run
+    from common.run_files import ExportMetadata, read_json
 
     paths = export_run(Path(args.run_dir), Path(args.out), int8=args.int8)
     for path in paths:
         print(f"{path}  ({path.stat().st_size:,} bytes)")
-    metadata = json.loads((Path(args.out) / "metadata.json").read_text())
+    metadata = read_json(Path(args.out) / "metadata.json", ExportMetadata, what="export metadata")
     print(f"popularity fallback: {metadata['popularity']}", file=sys.stderr)
     return 0
 

@@ -71,7 +71,7 @@ def test_every_number_and_path_argument_of_every_command_is_typed():
     [
         (
             ["recommend", "--model", "tests", "--history", "pyproject.toml", "-k", "nan"],
-            "expected an integer in [1, 1,000,000]",
+            "expected an integer in [1, 1000000]",
         ),
         (["personalize", "tests", "--history", "pyproject.toml", "--out", "{tmp}/o", "--lr", "inf"], "--lr"),
         (["tune", "--out", "o", "--timeout", "-1"], "--timeout"),
@@ -97,7 +97,7 @@ def test_path_types_name_the_flag(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(FedSeqRecError, match="--out .*: is a file, not a folder"):
         output_dir("--out")(str(tmp_path / "f"))
-    with pytest.raises(FedSeqRecError, match="RUN_DIR .*: is a file, not a run folder"):
+    with pytest.raises(FedSeqRecError, match="RUN_DIR .*: is a file, not a folder"):
         run_dir()(str(tmp_path / "f"))
     with pytest.raises(FedSeqRecError, match="--history .*: is a folder"):
         existing_file("--history")(str(tmp_path))
