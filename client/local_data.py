@@ -32,8 +32,9 @@ def read_catalogue(path: str | Path, whose: str) -> np.ndarray:
     todo = "it must be the JSON list of original item IDs that `fedseqrec partition` writes"
     try:
         blob = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:  # ValueError: JSON syntax, or bytes that are not UTF-8
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON syntax, or bytes that are not UTF-8
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[:80]
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else reason
         raise DataError(f"{whose} {path}: cannot read the item catalogue ({reason}); {todo}") from exc
     if not isinstance(blob, list) or len(blob) < 2 or not all(type(i) is int for i in blob):
         raise DataError(f"{whose} {path}: not a list of at least two integer item IDs; {todo}")

@@ -45,18 +45,52 @@ class PrivacyFile(_Open):
     noise_multiplier: NonNegative | None = None
     rounds: Count | None = None
     adjacency: str | None = None
-    server_events: list[dict[str, Any]] | None = None
+    server_events: list[list[float]] | None = None  # one list of numbers per accounting event
     epsilon_by_round: list[dict[str, Any]] | None = None
+
+
+Figures = dict[str, float | None]  # metric -> value (ndcg@10, hr@10, ...)
+
+
+class _Baseline(_Open):
+    test: Figures | None = None
+    validation: Figures | None = None
+
+
+class _GroupAttribute(_Open):
+    groups: dict[str, dict[str, float | str | None]] = {}
+
+
+class _MetricsByGroup(_Open):
+    source: str | None = None
+    attributes: dict[str, _GroupAttribute] | None = None
 
 
 class SummaryFile(_Open):
     """RUN_DIR/summary.json of a federation (and metrics.json of a training, which has the same figures)."""
 
-    test: dict[str, float | None] | None = None
-    validation: dict[str, float | None] | None = None
+    test: Figures | None = None
+    validation: Figures | None = None
     best_round: int | None = None
     best_epoch: int | None = None
     rounds: Count | None = None
+    epochs_run: Count | None = None
+    num_users: Count | None = None
+    num_items: Count | None = None
+    stopped_by: str | None = None
+    stopped_early: bool | str | None = None
+    popularity_baseline: _Baseline | None = None
+    metrics_by_group: _MetricsByGroup | None = None
+    init_model: dict[str, Any] | None = None
+
+
+class RoundRow(_Open):
+    """One line of RUN_DIR/metrics.jsonl: a round (federation) or an epoch (training)."""
+
+    round: int | None = None
+    epoch: int | None = None
+    validation: Figures | None = None
+    test: Figures | None = None
 
 
 class InputEntry(_Open):

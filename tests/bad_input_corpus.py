@@ -1473,6 +1473,79 @@ CASES += [
 ]
 
 
+def _items_json(content: str | bytes):
+    def change(folder: Path, assets: Assets) -> None:
+        data = content.encode() if isinstance(content, str) else content
+        (folder / "items.json").write_bytes(data)
+
+    return change
+
+
+# Found by the fuzzer (tests/unit/test_fuzz_bad_input.py): each was an internal error before its fix.
+FOUND_BY_FUZZER = [
+    Case(
+        "model-items-json-utf16",
+        MODEL,
+        "items.json saved as UTF-16",
+        "copy the items.json of the same export again",
+        recommend(_history(), model=broken_export(_items_json('{"item_ids": [-1]}'.encode("utf-16")))),
+        "items.json: unreadable item mapping ('utf-8' codec can't decode byte 0xff",
+    ),
+    Case(
+        "model-items-json-repeated-ids",
+        MODEL,
+        "items.json listing one item ID for every index",
+        "copy the items.json of the same export",
+        recommend(_history(), model=broken_export(_items_json(json.dumps({"item_ids": [0] * 13})))),
+        "items.json: an item ID is listed twice",
+    ),
+    Case(
+        "model-items-json-popularity-not-a-list",
+        MODEL,
+        "items.json whose popularity is one number",
+        "copy the items.json of the same export",
+        recommend(
+            _history(),
+            model=broken_export(_items_json(json.dumps({"item_ids": [-1] + list(range(100, 112)), "popularity": 0}))),
+        ),
+        "items.json: popularity has shape (), expected (13,)",
+    ),
+    Case(
+        "node-catalogue-nested",
+        NODE,
+        "catalogue.json nested 2,000 lists deep",
+        "use the list `fedseqrec partition` wrote",
+        device('data-path="{csv}" catalogue-path="{tmp}/cat.json" client-id=1', ("cat.json", "[" * 2000 + "]" * 2000)),
+        "cannot read the item catalogue (nested too deeply)",
+    ),
+    Case(
+        "run-metrics-json-groups-wrong-type",
+        RUN,
+        "metrics.json whose metrics_by_group is a number",
+        "copy the run folder again",
+        damaged_run("metrics.json", json.dumps({"test": {"ndcg@10": 0.1}, "metrics_by_group": 10**30}), "report"),
+        "metrics.json: run file: field 'metrics_by_group': input should be a valid dictionary",
+    ),
+    Case(
+        "run-metrics-jsonl-deep",
+        RUN,
+        "metrics.jsonl with a line nested 5,000 lists deep",
+        "copy the run folder again",
+        damaged_run("metrics.jsonl", NESTED + "\n", "report"),
+        "metrics.jsonl:1: not a JSON line (nested too deeply)",
+    ),
+    Case(
+        "run-metrics-jsonl-wrong-type",
+        RUN,
+        "metrics.jsonl with a validation figure that is text",
+        "copy the run folder again",
+        damaged_run("metrics.jsonl", json.dumps({"epoch": 1, "validation": {"ndcg@10": "good"}}) + "\n", "report"),
+        "metrics.jsonl:1: round row: field 'validation.ndcg@10': input should be a valid number",
+    ),
+]
+CASES += FOUND_BY_FUZZER
+
+
 def run_case(case: Case, tmp: Path, assets: Assets) -> tuple[int, str]:
     """Build the case in `tmp` and run it in this process; (exit code, stderr)."""
     import contextlib

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import FedSeqRecError, brief
-from common.run_files import JSON_OBJECT, SCHEMAS, read_json
+from common.run_files import JSON_OBJECT, SCHEMAS, RoundRow, check_json, read_json
 
 AUDIT_PLOTS = ("roc.png", "canary-scores.png")
 
@@ -134,6 +134,7 @@ def _jsonl(path: Path) -> list[dict] | None:
             raise FedSeqRecError(
                 f"{path}:{number}: not a JSON object (one round or epoch per line); the run folder is damaged"
             )
+        check_json(row, f"{path}:{number}", RoundRow, what="round row")
         rows.append(row)
     return rows
 
