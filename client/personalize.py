@@ -16,6 +16,7 @@ from common.config import RunConfig
 from common.data.run_inputs import fingerprint, read_inputs, write_inputs
 from common.errors import ConfigError, DataError
 from common.model.checkpoint import load_model, save_model
+from common.outputs import staged_output
 from common.privacy.ledger import PrivacyLedger
 from common.run_files import PrivacyFile, read_json
 from common.training.personalization import DPBudget, FineTuning, fine_tune
@@ -89,11 +90,11 @@ def personalize(
             "sent_anywhere": False,
         }
     )
-    out.mkdir(parents=True, exist_ok=True)
     run_metadata = {k: v for k, v in metadata.items() if k != "run_config"}
-    save_model(out / "model.pt", tuned, item_ids, run_config=flat, personalized=report, **run_metadata)
-    (out / "personalization.json").write_text(json.dumps(report, indent=2))
-    _record_inputs(run_dir, out, checkpoint, history_file)
+    with staged_output(out, "--out") as stage:  # OUT appears whole (model, report, inputs), or stays as it was
+        save_model(stage / "model.pt", tuned, item_ids, run_config=flat, personalized=report, **run_metadata)
+        (stage / "personalization.json").write_text(json.dumps(report, indent=2))
+        _record_inputs(run_dir, stage, checkpoint, history_file)
     return report
 
 
