@@ -39,7 +39,7 @@ class PrivacyFile(_Open):
     """RUN_DIR/privacy.json (server/privacy_report.py writes it)."""
 
     dp_mode: str
-    unit_of_privacy: str
+    unit_of_privacy: str | None = None
     delta: Probability
     epsilon: NonNegative
     noise_multiplier: NonNegative | None = None
@@ -66,6 +66,12 @@ class _MetricsByGroup(_Open):
     attributes: dict[str, _GroupAttribute] | None = None
 
 
+class AuditedPrivacyFile(PrivacyFile):
+    """privacy.json as the audit reads it: the unit of privacy decides which bound applies."""
+
+    unit_of_privacy: str
+
+
 class SummaryFile(_Open):
     """RUN_DIR/summary.json of a federation (and metrics.json of a training, which has the same figures)."""
 
@@ -79,7 +85,8 @@ class SummaryFile(_Open):
     num_items: Count | None = None
     stopped_by: str | None = None
     stopped_early: bool | str | None = None
-    popularity_baseline: _Baseline | None = None
+    # Absent, or an object: the report reads it with .get(key, {}), which a null would break.
+    popularity_baseline: _Baseline = None  # type: ignore[assignment]
     metrics_by_group: _MetricsByGroup | None = None
     init_model: dict[str, Any] | None = None
 

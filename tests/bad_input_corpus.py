@@ -1542,6 +1542,14 @@ FOUND_BY_FUZZER = [
         damaged_run("metrics.jsonl", json.dumps({"epoch": 1, "validation": {"ndcg@10": "good"}}) + "\n", "report"),
         "metrics.jsonl:1: round row: field 'validation.ndcg@10': input should be a valid number",
     ),
+    Case(
+        "run-metrics-json-baseline-null",
+        RUN,
+        "metrics.json whose popularity_baseline is null",
+        "copy the run folder again",
+        damaged_run("metrics.json", json.dumps({"test": {"ndcg@10": 0.1}, "popularity_baseline": None}), "report"),
+        "metrics.json: run file: field 'popularity_baseline': input should be a valid dictionary",
+    ),
 ]
 CASES += FOUND_BY_FUZZER
 

@@ -25,7 +25,7 @@ from common.errors import FedSeqRecError
 from common.model.checkpoint import load_model
 from common.privacy.randomness import REPRODUCIBLE
 from common.privacy.releases import unlisted
-from common.run_files import CONFIG_FILE, LedgerFile, PrivacyFile, read_json
+from common.run_files import CONFIG_FILE, AuditedPrivacyFile, LedgerFile, read_json
 
 EXPOSURE_CANDIDATES = 1000
 
@@ -44,7 +44,7 @@ def load_run(run_dir: Path):
         raise FedSeqRecError(f"{run_dir}: model.pt has no run_config and there is no config.json")
     config = RunConfig.from_flat(flat, where=f"{run_dir} run config")
     privacy = (
-        read_json(run_dir / "privacy.json", PrivacyFile, what="privacy report")
+        read_json(run_dir / "privacy.json", AuditedPrivacyFile, what="privacy report")
         if (run_dir / "privacy.json").exists()
         else None
     )

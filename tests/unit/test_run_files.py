@@ -8,7 +8,7 @@ import json
 import pytest
 
 from common.errors import DataError
-from common.run_files import CONFIG_FILE, InputsFile, PrivacyFile, check_sqlite, read_json
+from common.run_files import CONFIG_FILE, AuditedPrivacyFile, InputsFile, PrivacyFile, check_sqlite, read_json
 
 GOOD_PRIVACY = {"dp_mode": "server", "unit_of_privacy": "user", "delta": 1e-5, "epsilon": 2.5, "extra": [1]}
 
@@ -33,7 +33,7 @@ def test_a_damaged_privacy_report_is_one_line(content, expect, tmp_path):
     path = tmp_path / "privacy.json"
     path.write_bytes(content)
     with pytest.raises(DataError) as refused:
-        read_json(path, PrivacyFile, what="privacy report")
+        read_json(path, AuditedPrivacyFile, what="privacy report")
     message = str(refused.value)
     assert message.startswith(f"{path}: privacy report") and expect in message and "\n" not in message
     assert len(message) < 400 and message.endswith("or run the command again")
