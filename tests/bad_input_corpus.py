@@ -1210,6 +1210,29 @@ CASES += [
         "out",
     ),
     Case(
+        "tune-choices-refused-together",
+        STUDY,
+        "a [search] space whose choices are valid alone but collide (user-col and item-col both `uid`)",
+        "narrow the space so every combination is valid",
+        lambda tmp, a: [
+            "tune",
+            "--config",
+            str(
+                _write(
+                    tmp,
+                    "tune.toml",
+                    'data = "synthetic"\nepochs = 1\n[search]\nuser-col = { choices = ["user_id", "uid"] }\n'
+                    'item-col = { choices = ["item_id", "uid"] }\n',
+                )
+            ),
+            "--out",
+            str(tmp / "study"),
+        ],
+        "[search] values valid alone are refused together (user-col = 'uid', item-col = 'uid'): user-col and "
+        "item-col both name column 'uid'",
+        "study",
+    ),
+    Case(
         "cli-ensemble-out-is-a-file",
         CLI,
         "`ensemble --out` names an existing file",
