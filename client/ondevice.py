@@ -192,8 +192,10 @@ class OnDeviceRecommender:
                 )
             try:
                 vectors = np.load(path, allow_pickle=False).astype(np.float32)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: unreadable item vectors ({exc}); copy the file of the same export") from exc
+            except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+                reason = brief(exc) or type(exc).__name__
+                todo = "copy the file of the same export"
+                raise DataError(f"{path}: unreadable item vectors ({reason}); {todo}") from exc
             if vectors.ndim != 2 or len(vectors) != self.num_items + 1:
                 raise DataError(f"{path}: shape {vectors.shape}, expected ({self.num_items + 1}, D)")
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -1504,6 +1504,10 @@ def _items_json(content: str | bytes):
     return change
 
 
+def _items_vectors_empty():
+    return lambda folder, assets: (folder / "item_vectors.npy").write_bytes(b"")
+
+
 # Found by the fuzzer (tests/unit/test_fuzz_bad_input.py): each was an internal error before its fix.
 FOUND_BY_FUZZER = [
     Case(
@@ -1564,6 +1568,14 @@ FOUND_BY_FUZZER = [
         "copy the run folder again",
         damaged_run("metrics.jsonl", json.dumps({"epoch": 1, "validation": {"ndcg@10": "good"}}) + "\n", "report"),
         "metrics.jsonl:1: round row: field 'validation.ndcg@10': input should be a valid number",
+    ),
+    Case(
+        "model-item-vectors-empty",
+        MODEL,
+        "item_vectors.npy emptied (mmr re-ranking reads it)",
+        "copy the file of the same export",
+        recommend(_history(), "--rerank", "mmr", model=broken_export(_items_vectors_empty())),
+        "item_vectors.npy: unreadable item vectors (",
     ),
     Case(
         "run-metrics-json-baseline-null",

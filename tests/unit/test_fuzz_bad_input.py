@@ -196,6 +196,7 @@ TARGETS = {  # a file the project reads -> the command that reads it first
     "trained/inputs.json": "ensemble",
     "trained/privacy.json": "export",
     "export/items.json": "recommend",
+    "export/item_vectors.npy": "recommend",  # read by mmr re-ranking
     "catalogue.json": "check-device",
     "history.csv": "recommend",
     "run.toml": "train",
@@ -255,7 +256,8 @@ def command_for(name: str, tmp: Path, assets) -> tuple[list[str], Path | None]:
     if command == "export":
         return ["export", str(tmp / "trained"), "--out", str(out)], out
     if command == "recommend":
-        return ["recommend", "--model", str(tmp / "export"), "--history", str(tmp / "history.csv")], None
+        rerank = ["--rerank", "mmr"] if name.endswith(".npy") else []
+        return ["recommend", "--model", str(tmp / "export"), "--history", str(tmp / "history.csv"), *rerank], None
     if command == "check-device":
         node = f'data-path="{tmp / "device.csv"}" catalogue-path="{tmp / "catalogue.json"}" client-id=1'
         return ["check-device", "--node-config", node], None

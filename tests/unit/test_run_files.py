@@ -94,3 +94,12 @@ def test_a_damaged_preprocessing_cache_is_built_again(tmp_path, monkeypatch):
     entries[0].with_suffix(".json").write_text("{")
     again = load_sequence_data(settings)
     assert again.num_items == first.num_items and again.report == first.report
+
+
+def test_a_damaged_federation_checkpoint_is_one_line(tmp_path):
+    from fedseqrec.federate import checkpoint_round
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DataError, match="checkpoint.pt: not a readable checkpoint, truncated or corrupt"):
+        checkpoint_round(tmp_path)
+    assert checkpoint_round(tmp_path / "none") == 0
