@@ -9,6 +9,7 @@ model index order, index 0 = padding), so the device's data never has to leave i
 from __future__ import annotations
 
 import json
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,11 +32,15 @@ def read_catalogue(path: str | Path, whose: str) -> np.ndarray:
     todo = "it must be the JSON list of original item IDs that `fedseqrec partition` writes"
     try:
         blob = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:  # ValueError: JSON syntax, or bytes that are not UTF-8
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON syntax, or bytes that are not UTF-8
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[:80]
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else reason
         raise DataError(f"{whose} {path}: cannot read the item catalogue ({reason}); {todo}") from exc
     if not isinstance(blob, list) or len(blob) < 2 or not all(type(i) is int for i in blob):
         raise DataError(f"{whose} {path}: not a list of at least two integer item IDs; {todo}")
+    if len(set(blob[1:])) < len(blob) - 1:  # index 0 is the padding; each item has one index
+        twice = next(i for i, n in Counter(blob[1:]).items() if n > 1)
+        raise DataError(f"{whose} {path}: item ID {str(twice)[:20]} is listed twice; {todo}")
     return np.asarray(blob, dtype=np.int64)
 
 

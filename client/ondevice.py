@@ -105,7 +105,7 @@ class OnDeviceRecommender:
             raise DataError(f"{path}: no '{METADATA_KEY}' metadata; export the model with `fedseqrec export`")
         try:
             metadata = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DataError(f"{path}: unreadable '{METADATA_KEY}' metadata ({exc})") from exc
         reexport = "export the run again with this version's `fedseqrec export RUN_DIR --out DIR`"
         if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
@@ -192,8 +192,10 @@ class OnDeviceRecommender:
                 )
             try:
                 vectors = np.load(path, allow_pickle=False).astype(np.float32)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: unreadable item vectors ({exc}); copy the file of the same export") from exc
+            except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+                reason = brief(exc) or type(exc).__name__
+                todo = "copy the file of the same export"
+                raise DataError(f"{path}: unreadable item vectors ({reason}); {todo}") from exc
             if vectors.ndim != 2 or len(vectors) != self.num_items + 1:
                 raise DataError(f"{path}: shape {vectors.shape}, expected ({self.num_items + 1}, D)")
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -315,9 +317,10 @@ def _read_items(path: Path, num_items: int) -> tuple[np.ndarray, np.ndarray | No
         )
     try:
         blob = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8 text
+        reason = " ".join(str(exc).split())[:100] if not isinstance(exc, RecursionError) else "nested too deeply"
         raise DataError(
-            f"{path}: unreadable item mapping ({exc}); copy the items.json of the same export again"
+            f"{path}: unreadable item mapping ({reason}); copy the items.json of the same export again"
         ) from exc
     if not isinstance(blob, dict) or not isinstance(blob.get("item_ids"), list):
         raise DataError(f"{path}: no 'item_ids' list; copy the items.json written by the same export as the model")
@@ -332,11 +335,18 @@ def _read_items(path: Path, num_items: int) -> tuple[np.ndarray, np.ndarray | No
             f"{path}: {len(item_ids)} item IDs for a model of {num_items} items + padding; copy the items.json "
             "of the same export as the model"
         )
+    if len(np.unique(item_ids[1:])) < num_items:  # each model index is one item: a repeat maps two to one
+        raise DataError(f"{path}: an item ID is listed twice; copy the items.json of the same export as the model")
     popularity = blob.get("popularity")
     if popularity is not None:
-        popularity = np.asarray(popularity, dtype=np.float64)  # (N + 1,)
+        try:
+            popularity = np.asarray(popularity, dtype=np.float64)  # (N + 1,)
+        except (TypeError, ValueError) as exc:
+            raise DataError(
+                f"{path}: popularity is not a list of numbers; copy the items.json of the same export"
+            ) from exc
         if popularity.shape != item_ids.shape:
-            raise DataError(f"{path}: popularity has {len(popularity)} entries, expected {len(item_ids)}")
+            raise DataError(f"{path}: popularity has shape {popularity.shape}, expected ({len(item_ids)},)")
     return item_ids, popularity
 
 

@@ -16,7 +16,9 @@ from common.config import RunConfig
 from common.data.run_inputs import fingerprint, read_inputs, write_inputs
 from common.errors import ConfigError, DataError
 from common.model.checkpoint import load_model, save_model
+from common.outputs import staged_output
 from common.privacy.ledger import PrivacyLedger
+from common.run_files import PrivacyFile, read_json
 from common.training.personalization import DPBudget, FineTuning, fine_tune
 
 LEDGER_FILE = "privacy_ledger.json"  # the file a SuperNode keeps in its state dir (client/app.py)
@@ -33,7 +35,7 @@ def _run_delta(run_dir: Path, config: RunConfig) -> float:
     """The delta the run's epsilons are stated at (its privacy report), else its configured one."""
     path = run_dir / "privacy.json"
     if path.exists():
-        return float(json.loads(path.read_text())["delta"])
+        return float(read_json(path, PrivacyFile, what="privacy report")["delta"])
     if config.privacy.delta > 0:
         return config.privacy.delta
     raise DataError(f"{run_dir}: no privacy.json and no delta in its config; cannot state the fine-tuning's epsilon")
@@ -88,11 +90,11 @@ def personalize(
             "sent_anywhere": False,
         }
     )
-    out.mkdir(parents=True, exist_ok=True)
     run_metadata = {k: v for k, v in metadata.items() if k != "run_config"}
-    save_model(out / "model.pt", tuned, item_ids, run_config=flat, personalized=report, **run_metadata)
-    (out / "personalization.json").write_text(json.dumps(report, indent=2))
-    _record_inputs(run_dir, out, checkpoint, history_file)
+    with staged_output(out, "--out") as stage:  # OUT appears whole (model, report, inputs), or stays as it was
+        save_model(stage / "model.pt", tuned, item_ids, run_config=flat, personalized=report, **run_metadata)
+        (stage / "personalization.json").write_text(json.dumps(report, indent=2))
+        _record_inputs(run_dir, stage, checkpoint, history_file)
     return report
 
 

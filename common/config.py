@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config_domains import check_domains
 from common.errors import ConfigError
 
 # sequence augmentation operators (common/training/augmentation.py)
@@ -527,12 +528,18 @@ def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
                 pass
         if number is not None:
             if not math.isfinite(number):  # TOML and float() both accept inf and nan
-                raise ConfigError(f"{where}: config key '{key}': must be a finite number, got {value!r}")
+                raise ConfigError(f"{where}: config key '{key}': must be a finite number, got {_shown(value)}")
             return number
     elif kind is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{where}: key '{key}' must be {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{where}: key '{key}' must be {kind.__name__}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A refused value as an error quotes it: its repr, cut to a short prefix."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _cross_check(parts: dict, where: str) -> None:
@@ -696,6 +703,7 @@ class RunConfig:
     def from_flat(cls, values: Mapping[str, Any], where: str = "run config") -> RunConfig:
         known = cls.keys()
         grouped: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
+        coerced_values: dict[str, Any] = {}
         for key, value in values.items():
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
@@ -707,13 +715,14 @@ class RunConfig:
             choices = f.metadata.get("choices")
             if choices and coerced not in choices:
                 raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(choices)}; got {coerced!r}")
-            grouped[group][f.name] = coerced
+            grouped[group][f.name] = coerced_values[key] = coerced
         parts = {group: _GROUPS[group](**kwargs) for group, kwargs in grouped.items()}
         try:
             for part in parts.values():
                 part.validate()
         except ConfigError as exc:  # say where the bad value came from
             raise ConfigError(f"{where}: {exc}") from exc
+        check_domains(coerced_values, where)  # the outer range of every number; colliding columns
         _cross_check(parts, where)
         return cls(**parts)
 

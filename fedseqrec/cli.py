@@ -9,7 +9,20 @@ from pathlib import Path
 
 from common.config import RunConfig, read_toml
 from common.errors import ConfigError, FedSeqRecError
-from fedseqrec.arg_types import bounded
+from fedseqrec.arg_types import (
+    bounded,
+    existing_file,
+    existing_path,
+    not_a_file,
+    output_dir,
+    quoted,
+    run_dir,
+    short_name,
+)
+
+# Domains of the commands' own numbers (run-config keys have theirs in common/config_domains.py).
+_ID = bounded(int, -(2**63), 2**63 - 1)  # an original user ID: what a 64-bit ID column holds
+_SEED = bounded(int, 0, 2**32 - 1)  # numpy's and torch's seed range
 
 _TRAIN_GROUPS = ("data", "model", "train")
 
@@ -142,8 +155,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_partition(args: argparse.Namespace) -> int:
     from fedseqrec.deployment_data import write_node_files
 
-    if args.nodes < 1:
-        raise ConfigError(f"--nodes {args.nodes}: a deployment needs at least 1 node; pass --nodes N with N >= 1")
     written = write_node_files(
         RunConfig.from_flat(_flat_from_args(args), where="fedseqrec partition"), Path(args.out), args.nodes
     )
@@ -165,11 +176,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from common.model.export import export_run
+    from common.run_files import ExportMetadata, read_json
 
     paths = export_run(Path(args.run_dir), Path(args.out), int8=args.int8)
     for path in paths:
         print(f"{path}  ({path.stat().st_size:,} bytes)")
-    metadata = json.loads((Path(args.out) / "metadata.json").read_text())
+    metadata = read_json(Path(args.out) / "metadata.json", ExportMetadata, what="export metadata")
     print(f"popularity fallback: {metadata['popularity']}", file=sys.stderr)
     return 0
 
@@ -224,14 +236,8 @@ def _history_ids(path: Path, user: int | None) -> list[int]:
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from client.ondevice import OnDeviceRecommender, read_item_titles
 
-    if args.k < 1:
-        raise ConfigError(f"-k {args.k}: the number of items to recommend must be >= 1")
-    if args.threads < 0:
-        raise ConfigError(f"--threads {args.threads}: must be >= 0 (0 lets onnxruntime choose)")
     titles = read_item_titles(args.items_file) if args.items_file else {}
     recommender = OnDeviceRecommender.load(args.model, threads=args.threads)
-    if args.explain < 0:
-        raise FedSeqRecError(f"--explain must be a positive number of history items, got {args.explain}")
     history = _history_ids(Path(args.history), args.user)
     result = recommender.recommend(
         history, k=args.k, rerank=args.rerank, lam=args.rerank_lambda, candidates=args.rerank_candidates
@@ -298,7 +304,7 @@ def _cmd_check_device(args: argparse.Namespace) -> int:
         node_config = parse_config_args([args.node_config])
     except Exception as exc:  # flwr raises click.ClickException for a string that is not key=value TOML
         raise ConfigError(
-            f"--node-config {args.node_config!r}: not space-separated key=value pairs with TOML values; "
+            f"--node-config {quoted(args.node_config)}: not space-separated key=value pairs with TOML values; "
             'quote strings, e.g. data-path="/data/my.csv" client-id=17'
         ) from exc
     where = args.run_config or "run config"
@@ -349,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="centralized baseline on one interactions file")
     train.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a CSV/TSV/Parquet path")
-    train.add_argument("--out", required=True, help="results folder (metrics.json, model.pt, plots)")
+    train.add_argument(
+        "--out", required=True, type=output_dir("--out"), help="results folder (metrics.json, model.pt, plots)"
+    )
     train.add_argument("--config", help="TOML file of run-config keys (flags override it)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(train, _TRAIN_GROUPS)
@@ -370,10 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="run-config keys over the file's (TOML values; a bare word is a string), e.g. --set augment=all",
     )
-    federate.add_argument("--cpus-per-client", type=int, default=1)
+    federate.add_argument(
+        "--cpus-per-client", type=bounded(int, 1, 4096), default=1, help="CPUs given to each simulated client"
+    )
     federate.add_argument(
         "--out-dir",
         default=None,
+        type=output_dir("--out-dir"),
         help="run folder (default: the run config's out-dir, else runs/<timestamp>); "
         "the same folder resumes after its last checkpoint",
     )
@@ -392,21 +403,34 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--config", help="TOML of run-config keys; its [search] table is the search space")
     tune.add_argument("--space", help="TOML whose [search] table is the search space (default: --config's)")
     tune.add_argument("--mode", choices=["centralized", "federated"], default="centralized")
-    tune.add_argument("--trials", type=int, default=8, help="trials to add to the study (default: 8)")
     tune.add_argument(
-        "--out", required=True, help="study folder: study.db, trials/, trials.json, trials.png, best.json"
+        "--trials", type=bounded(int, 1, 100_000), default=8, help="trials to add to the study (default: 8)"
     )
-    tune.add_argument("--study-name", default="fedseqrec", help="the study's name in study.db (default: fedseqrec)")
+    tune.add_argument(
+        "--out",
+        required=True,
+        type=output_dir("--out"),
+        help="study folder: study.db, trials/, trials.json, trials.png, best.json",
+    )
+    tune.add_argument(
+        "--study-name",
+        default="fedseqrec",
+        type=short_name("--study-name"),
+        help="the study's name in study.db (default: fedseqrec)",
+    )
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to its end")
     tune.add_argument(
         "--prune-after",
-        type=int,
+        type=bounded(int, 1, 10**6),
         default=None,
         help="epochs (centralized) or rounds (federated) before a trial may be pruned "
         "(default: 2 epochs; a third of num-server-rounds)",
     )
     tune.add_argument(
-        "--timeout", type=float, default=0.0, help="seconds after which no new trial starts (default: no limit)"
+        "--timeout",
+        type=bounded(float, 0, 10.0**8),
+        default=0.0,
+        help="seconds after which no new trial starts (default: no limit)",
     )
     tune.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")
     _add_config_flags(tune, ("data", "model", "train", "federation", "privacy"))
@@ -414,28 +438,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     partition = commands.add_parser("partition", help="split a dataset into per-node files for a deployment")
     partition.add_argument("--data", default=None, help="ml-1m, ml-100k, synthetic, or a file path")
-    partition.add_argument("--nodes", type=int, required=True, help="number of SuperNodes")
-    partition.add_argument("--out", required=True, help="folder for node-<i>.csv and catalogue.json")
+    partition.add_argument("--nodes", type=bounded(int, 1, 10**6), required=True, help="number of SuperNodes")
+    partition.add_argument(
+        "--out", required=True, type=output_dir("--out"), help="folder for node-<i>.csv and catalogue.json"
+    )
     partition.add_argument("--config", help="TOML file of run-config keys")
     _add_config_flags(partition, ("data", "train"))
     partition.set_defaults(handler=_cmd_partition)
 
     audit = commands.add_parser("audit", help="privacy audit of a finished run (audit.json, audit.md, plots)")
-    audit.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt, config.json, privacy.json)")
+    audit.add_argument(
+        "run_dir", metavar="RUN_DIR", type=run_dir(), help="the run's out-dir (model.pt, config.json, privacy.json)"
+    )
     audit.add_argument("--strict", action="store_true", help="exit 1 when any audit check fails")
     audit.add_argument(
         "--canary-guesses",
-        type=int,
+        type=bounded(int, 0, 10**6),
         default=0,
         help="canaries guessed IN and OUT each (default: a quarter of the canaries)",
     )
-    audit.add_argument("--users", type=int, default=500, help="members and non-members each for membership inference")
-    audit.add_argument("--leakage-users", type=int, default=10, help="users whose updates are attacked offline")
+    audit.add_argument(
+        "--users",
+        type=bounded(int, 1, 10**7),
+        default=500,
+        help="members and non-members each for membership inference",
+    )
+    audit.add_argument(
+        "--leakage-users", type=bounded(int, 0, 10**5), default=10, help="users whose updates are attacked offline"
+    )
     audit.set_defaults(handler=_cmd_audit)
 
     export = commands.add_parser("export", help="the global model as ONNX (+ int8) for on-device recommendation")
-    export.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt, privacy.json)")
-    export.add_argument("--out", required=True, help="folder for model.onnx, items.json, metadata.json")
+    export.add_argument("run_dir", metavar="RUN_DIR", type=run_dir(), help="the run's out-dir (model.pt, privacy.json)")
+    export.add_argument(
+        "--out", required=True, type=output_dir("--out"), help="folder for model.onnx, items.json, metadata.json"
+    )
     export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantization)")
     export.set_defaults(handler=_cmd_export)
 
@@ -444,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one self-contained HTML page of finished runs: config and inputs, curves, test metrics and groups, "
         "privacy statement, audit; several runs side by side",
     )
-    report.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="out-dirs of finished runs (train or federate)")
+    report.add_argument(
+        "run_dirs", metavar="RUN_DIR", nargs="+", type=run_dir(), help="out-dirs of finished runs (train or federate)"
+    )
     report.add_argument(
         "--out", default=None, help="the HTML file (default: RUN_DIR/report.html; ./fedseqrec-report.html for several)"
     )
@@ -453,9 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = commands.add_parser(
         "ensemble", help="fuse trained runs' scores at ranking time; choose on validation, report test once"
     )
-    ensemble.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="out-dirs of finished runs (model.pt)")
-    ensemble.add_argument("--out", required=True, help="folder for ensemble.json (and export/ with --export)")
-    ensemble.add_argument("--top-k", type=int, default=10, help="K of the NDCG@K that chooses (default: 10)")
+    ensemble.add_argument(
+        "run_dirs", metavar="RUN_DIR", nargs="+", type=run_dir(), help="out-dirs of finished runs (model.pt)"
+    )
+    ensemble.add_argument(
+        "--out", required=True, type=output_dir("--out"), help="folder for ensemble.json (and export/ with --export)"
+    )
+    ensemble.add_argument(
+        "--top-k", type=bounded(int, 1, 10**6), default=10, help="K of the NDCG@K that chooses (default: 10)"
+    )
     ensemble.add_argument(
         "--export", action="store_true", help="if an ensemble wins on validation, write it as one ONNX graph"
     )
@@ -463,15 +508,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     recommend = commands.add_parser("recommend", help="top-k items for one history with an exported model")
     recommend.add_argument(
-        "--model", required=True, help="DIR/model.onnx or DIR/model.int8.onnx from export (DIR alone: model.onnx)"
+        "--model",
+        required=True,
+        type=existing_path("--model", "the folder written by `fedseqrec export RUN_DIR --out DIR`"),
+        help="DIR/model.onnx or DIR/model.int8.onnx from export (DIR alone: model.onnx)",
     )
-    recommend.add_argument("--history", required=True, help="CSV with user_id,item_id,timestamp")
-    recommend.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
-    recommend.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
-    recommend.add_argument("--items-file", default=None, help="MovieLens movies.dat or u.item, to print titles")
+    recommend.add_argument(
+        "--history", required=True, type=existing_file("--history"), help="CSV with user_id,item_id,timestamp"
+    )
+    recommend.add_argument("--user", type=_ID, default=None, help="the user whose rows to use (needed if several)")
+    recommend.add_argument("-k", type=bounded(int, 1, 10**6), default=10, help="number of items (default: 10)")
+    recommend.add_argument(
+        "--items-file",
+        default=None,
+        type=existing_file("--items-file", "item metadata file"),
+        help="MovieLens movies.dat or u.item, to print titles",
+    )
     recommend.add_argument(
         "--explain",
-        type=int,
+        type=bounded(int, 0, 1000),
         nargs="?",
         const=3,
         default=0,
@@ -486,12 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
         "or long-tail (exposure of the least popular items); default: none",
     )
     recommend.add_argument(
-        "--rerank-lambda", type=float, default=0.2, help="weight of the re-ranking goal, 0..1 (default: 0.2)"
+        "--rerank-lambda",
+        type=bounded(float, 0, 1),
+        default=0.2,
+        help="weight of the re-ranking goal, 0..1 (default: 0.2)",
     )
     recommend.add_argument(
-        "--rerank-candidates", type=int, default=100, help="model's best items re-ranked (default: 100)"
+        "--rerank-candidates",
+        type=bounded(int, 1, 10**6),
+        default=100,
+        help="model's best items re-ranked (default: 100)",
     )
-    recommend.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
+    recommend.add_argument(
+        "--threads", type=bounded(int, 0, 4096), default=1, help="onnxruntime intra-op threads (default: 1)"
+    )
     recommend.set_defaults(handler=_cmd_recommend)
 
     device = commands.add_parser(
@@ -504,27 +567,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="the string given to flower-supernode, e.g. "
         '\'data-path="/data/my.csv" catalogue-path="catalogue.json" client-id=17\'',
     )
-    device.add_argument("--run-config", default=None, help="the federation's run-config TOML (column names)")
+    device.add_argument(
+        "--run-config",
+        default=None,
+        type=existing_file("--run-config", "run-config TOML"),
+        help="the federation's run-config TOML (column names)",
+    )
     device.set_defaults(handler=_cmd_check_device)
 
     personalize = commands.add_parser(
         "personalize", help="fine-tune a run's model on one device's own history (never sent anywhere)"
     )
-    personalize.add_argument("run_dir", metavar="RUN_DIR", help="the run's out-dir (model.pt)")
-    personalize.add_argument("--history", required=True, help="CSV with user_id,item_id,timestamp")
-    personalize.add_argument("--user", type=int, default=None, help="the user whose rows to use (needed if several)")
-    personalize.add_argument("--out", required=True, help="folder for the personalised model.pt (then: export it)")
-    personalize.add_argument("--steps", type=int, default=20, help="most fine-tuning steps (DP: epochs); default 20")
-    personalize.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
-    personalize.add_argument("--seed", type=int, default=0, help="dropout draws (never DP noise)")
+    personalize.add_argument("run_dir", metavar="RUN_DIR", type=run_dir(), help="the run's out-dir (model.pt)")
     personalize.add_argument(
-        "--state-dir", default=None, help="client-DP runs: the device's state dir holding its privacy ledger"
+        "--history", required=True, type=existing_file("--history"), help="CSV with user_id,item_id,timestamp"
+    )
+    personalize.add_argument("--user", type=_ID, default=None, help="the user whose rows to use (needed if several)")
+    personalize.add_argument(
+        "--out", required=True, type=output_dir("--out"), help="folder for the personalised model.pt (then: export it)"
     )
     personalize.add_argument(
-        "--noise-multiplier", type=float, default=None, help="client-DP runs: DP-SGD noise (default: the run's)"
+        "--steps", type=bounded(int, 1, 10**5), default=20, help="most fine-tuning steps (DP: epochs); default 20"
     )
     personalize.add_argument(
-        "--max-epsilon", type=float, default=0.0, help="client-DP runs: the device owner's epsilon cap (0 = run's)"
+        "--lr", type=bounded(float, 0, 10, low_open=True), default=1e-3, help="Adam learning rate (default: 0.001)"
+    )
+    personalize.add_argument("--seed", type=_SEED, default=0, help="dropout draws (never DP noise)")
+    personalize.add_argument(
+        "--state-dir",
+        default=None,
+        type=not_a_file("--state-dir"),
+        help="client-DP runs: the device's state dir holding its privacy ledger",
+    )
+    personalize.add_argument(
+        "--noise-multiplier",
+        type=bounded(float, 0, 10**6),
+        default=None,
+        help="client-DP runs: DP-SGD noise (default: the run's)",
+    )
+    personalize.add_argument(
+        "--max-epsilon",
+        type=bounded(float, 0, 10**6),
+        default=0.0,
+        help="client-DP runs: the device owner's epsilon cap (0 = run's)",
     )
     personalize.set_defaults(handler=_cmd_personalize)
 
@@ -548,12 +633,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedseqrec.crash import CRASH_EXIT, crash_line, one_line
+
+    command = None
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         return args.handler(args)
     except FedSeqRecError as exc:
-        print(f"fedseqrec: error: {exc}", file=sys.stderr)
+        print(one_line(f"fedseqrec: error: {exc}"), file=sys.stderr)
         return 2
+    except Exception as exc:  # the last guard: a bug, never bad input (that is a FedSeqRecError above)
+        print(crash_line(exc, argv, command), file=sys.stderr, flush=True)
+        return CRASH_EXIT
 
 
 if __name__ == "__main__":

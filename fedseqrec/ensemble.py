@@ -22,6 +22,7 @@ from common.errors import DataError
 from common.evaluation.ranking import evaluate, model_scores
 from common.model.checkpoint import load_model
 from common.model.ensemble import METHODS, EnsembleScores, ensemble_scores
+from common.outputs import staged_output
 
 # Data settings that decide users, items and splits: members must agree on them.
 _DATA_KEYS = ("data", "min-item-count", "min-user-count", "user-col", "item-col", "time-col")
@@ -116,10 +117,12 @@ def run_ensemble(run_dirs: list[Path], out_dir: Path, *, export: bool = False, t
         "num_users": data.num_users,
         "num_items": data.num_items,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if export:
-        report["export"] = export_ensemble(models, pick, item_ids, out_dir / "export", report, ensemble_wins)
-    (out_dir / "ensemble.json").write_text(json.dumps(report, indent=2))
+    with staged_output(out_dir, "--out") as stage:  # out_dir appears whole, or stays as it was
+        if export:
+            report["export"] = export_ensemble(models, pick, item_ids, stage / "export", report, ensemble_wins)
+            if report["export"].get("path"):  # where the file will be, not where it was staged
+                report["export"]["path"] = str(Path(out_dir) / "export" / Path(report["export"]["path"]).name)
+        (stage / "ensemble.json").write_text(json.dumps(report, indent=2))
     return report
 
 

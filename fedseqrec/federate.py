@@ -35,7 +35,7 @@ from common.config import RunConfig, parse_settings, read_toml
 from common.data.load import check_item_features, load_sequence_data
 from common.data.partition import partition_users
 from common.data.run_inputs import read_inputs, recorded_config
-from common.errors import ConfigError, FedSeqRecError
+from common.errors import ConfigError, DataError, FedSeqRecError
 from common.evaluation.user_groups import read_users_file
 from common.outputs import check_output_dir
 from fedseqrec.processes import (
@@ -112,9 +112,13 @@ def checkpoint_round(run_dir: Path) -> int:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return 0
-    import torch
+    from common.model.checkpoint import read_torch_file
 
-    return int(torch.load(path, map_location="cpu", weights_only=True)["round"])
+    todo = "move it away to start the run afresh, or restore it from a copy"
+    blob = read_torch_file(path, "checkpoint", todo)  # a damaged file is one line, not a torch traceback
+    if not isinstance(blob.get("round"), int):
+        raise DataError(f"{path}: a checkpoint without its round number; {todo}")
+    return blob["round"]
 
 
 def stopped_line(who: str, how: str, run_dir: Path, total_rounds: int, resume: str, seen_round: int = 0) -> str:

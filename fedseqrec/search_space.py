@@ -16,6 +16,7 @@ run config would refuse (each endpoint and choice is checked against the base co
 from __future__ import annotations
 
 import difflib
+import itertools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,28 @@ def parse_search_space(table: Any, base: dict[str, Any], where: str) -> list[Par
                 RunConfig.from_flat({**base, param.key: value}, where=f"{where} [search] {param.key}")
             except ConfigError as exc:
                 raise ConfigError(f"{where}: [search] key '{param.key}': value {value!r} is refused ({exc})") from None
+    _check_corners(params, base, where)
     return params
+
+
+_CORNERS = 512  # combinations checked together; beyond, a refused one still fails only its own trial
+
+
+def _check_corners(params: list[Param], base: dict[str, Any], where: str) -> None:
+    """Values valid alone can be refused together (cohort-engine = true with dp-mode = "client"): every
+    trial drawing both would fail. Check each combination of the choices and range ends up front."""
+    keys = [p.key for p in params]
+    ends = [p.choices or (p.low, p.high) for p in params]
+    for combo in itertools.islice(itertools.product(*ends), _CORNERS):
+        try:
+            RunConfig.from_flat({**base, **dict(zip(keys, combo))}, where=where)
+        except ConfigError as exc:
+            shown = ", ".join(f"{k} = {v!r}"[:60] for k, v in zip(keys, combo))
+            reason = str(exc).removeprefix(f"{where}: ")
+            raise ConfigError(
+                f"{where}: [search] values valid alone are refused together ({shown}): {reason}; narrow the "
+                "space (or split it into two studies) so that every combination is a valid run config"
+            ) from None
 
 
 def _param(key: str, spec: Any, kind: str, where: str) -> Param:

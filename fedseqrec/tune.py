@@ -33,6 +33,7 @@ import numpy as np
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.outputs import make_output_dir
+from common.run_files import CONFIG_FILE, SummaryFile, check_sqlite, read_json
 from common.stop_request import request_stop, take_stop_request
 from fedseqrec.search_space import Param
 
@@ -84,6 +85,7 @@ def tune(base: dict[str, Any], params: list[Param], options: TuneOptions, log=_p
         "base": base,
         "space": [dataclasses.asdict(p) for p in params],
     }
+    check_sqlite(out / "study.db", "study database", "move it away to start a new study, or pick another --out")
     existing = optuna.study.get_all_study_names(storage)
     done_before = 0
     if options.study_name in existing:
@@ -195,7 +197,7 @@ class _Objective:
             pruned_at = watcher.finish()
         if not (run_dir / "summary.json").exists():
             raise FederationFailed(f"trial {trial.number}: the federation wrote no summary.json; see its log above")
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_json(run_dir / "summary.json", SummaryFile, what="trial summary")
         trial.set_user_attr("best_round", summary["best_round"])
         if pruned_at is not None:
             trial.set_user_attr("stopped_after_round", summary["rounds"])
@@ -316,11 +318,12 @@ def best_test(out: Path, number: int, run_dir: str) -> dict:
 
     cache = out / "best.json"
     if cache.exists():
-        stored = json.loads(cache.read_text())
-        if stored["trial"] == number:
+        stored = read_json(cache, what="best trial's figures", todo="remove it; it is computed again")
+        if stored.get("trial") == number and isinstance(stored.get("test"), dict):
             return stored["test"]
     folder = out / run_dir
-    config = RunConfig.from_flat(json.loads((folder / "config.json").read_text()), where=str(folder / "config.json"))
+    flat = read_json(folder / "config.json", CONFIG_FILE, what="trial's run config")
+    config = RunConfig.from_flat(flat, where=str(folder / "config.json"))
     model, _, _ = load_model(folder / "model.pt")
     data = load_sequence_data(config.data)
     test = evaluate(

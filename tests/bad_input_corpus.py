@@ -28,6 +28,7 @@ class Assets:
     csv: Path  # interactions of 30 users (user_id,item_id,timestamp)
     export: Path  # a folder written by `fedseqrec export`: model.onnx, items.json, metadata.json
     item_ids: list[int]  # the exported model's original item IDs (index 0 = padding)
+    trained: Path  # a finished `fedseqrec train` run folder (model.pt, config.json, metrics.json, inputs.json)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,12 @@ def build_assets(root: Path) -> Assets:
     model = build_model(ModelConfig(arch="gru", num_items=12, max_len=6, emb_dim=8, hidden_dim=8, num_layers=1))
     save_model(root / "run" / "model.pt", model.eval(), np.asarray(item_ids))
     export_run(root / "run", root / "export", item_counts=np.arange(13))
-    return Assets(csv, root / "export", item_ids)
+    from common.config import RunConfig
+    from fedseqrec.centralized import train_centralized
+
+    flat = {"data": str(csv), "model": "gru", "emb-dim": 8, "hidden-dim": 8, "num-layers": 1, "max-len": 8}
+    train_centralized(RunConfig.from_flat({**flat, "epochs": 1}), root / "trained", show_progress=False)
+    return Assets(csv, root / "export", item_ids, root / "trained")
 
 
 # --- builders ---------------------------------------------------------------------------------------
@@ -241,6 +247,7 @@ def federate_into_a_file(tmp: Path, assets: Assets) -> list[str]:
 def export_into_existing(tmp: Path, assets: Assets) -> list[str]:
     """An export folder that already holds a model: a failed export must leave it as it was."""
     shutil.copytree(assets.export, tmp / "out")
+    (tmp / "no-run").mkdir()  # a folder, but no run in it: found after the arguments are parsed
     return ["export", str(tmp / "no-run"), "--out", str(tmp / "out")]
 
 
@@ -625,7 +632,7 @@ CASES = [
         "`federate --cpus-per-client 0`",
         "give each simulated client at least one CPU",
         lambda tmp, a: ["federate", "--cpus-per-client", "0", "--out-dir", str(tmp / "out")],
-        "--cpus-per-client 0: must be > 0",
+        "argument --cpus-per-client: expected an integer in [1, 4096], got '0'",
         "out",
     ),
     Case(
@@ -668,7 +675,7 @@ CASES = [
         "`partition --nodes 0`",
         "pass --nodes >= 1",
         lambda tmp, a: ["partition", "--nodes", "0", "--data", str(a.csv), "--out", str(tmp / "out")],
-        "--nodes 0: a deployment needs at least 1 node",
+        "argument --nodes: expected an integer in [1, 1000000], got '0'",
         "out",
     ),
     Case(
@@ -686,7 +693,7 @@ CASES = [
         "`recommend -k -1`",
         "pass -k >= 1",
         recommend(_history(), "-k", "-1"),
-        "-k -1: the number of items to recommend must be >= 1",
+        "argument -k: expected an integer in [1, 1000000], got '-1'",
     ),
     Case(
         "cli-k-not-a-number",
@@ -694,7 +701,7 @@ CASES = [
         "`recommend -k ten`",
         "pass an integer",
         recommend(_history(), "-k", "ten"),
-        "invalid int value: 'ten'",
+        "argument -k: expected an integer in [1, 1000000], got 'ten'",
     ),
     Case(
         "cli-threads-negative",
@@ -702,7 +709,7 @@ CASES = [
         "`recommend --threads -1`",
         "pass 0 or more",
         recommend(_history(), "--threads", "-1"),
-        "--threads -1: must be >= 0",
+        "argument --threads: expected an integer in [0, 4096], got '-1'",
     ),
     Case(
         "cli-unknown-flag",
@@ -837,7 +844,7 @@ CASES = [
         "--model names a file that does not exist",
         "fix the path",
         recommend(_history(), model=lambda tmp, a: tmp / "model.onnx"),
-        "no model file",
+        "model.onnx: no such file or folder; pass the folder written by `fedseqrec export",
     ),
     Case(
         "model-items-json-corrupt",
@@ -972,6 +979,614 @@ CASES = [
         "not space-separated key=value pairs",
     ),
 ]
+
+
+# --- grown by issue 34: the classes a list had missed (numbers outside their domain, arguments that
+# collide, damaged files the project wrote itself, extreme contents), for every command -----------------
+
+RUN = "run folder (read back)"
+STUDY = "tuning study folder"
+
+
+def damaged_run(name: str, content: str | bytes, command: str) -> Callable[[Path, Assets], list[str]]:
+    """A copy of the finished run with one file replaced, read back by `command`."""
+
+    def build(tmp: Path, assets: Assets) -> list[str]:
+        run = tmp / "run"
+        shutil.copytree(assets.trained, run)
+        _write(run, name, content)
+        history = _write(tmp, "history.csv", _history("1,100,1\n1,101,2\n1,102,3\n1,103,4\n"))
+        return {
+            "report": ["report", str(run), "--out", str(tmp / "report.html")],
+            "export": ["export", str(run), "--out", str(tmp / "out")],
+            "audit": ["audit", str(run), "--users", "5", "--leakage-users", "0"],
+            "ensemble": ["ensemble", str(run), str(assets.trained), "--out", str(tmp / "out")],
+            "personalize": ["personalize", str(run), "--history", str(history), "--out", str(tmp / "out")],
+        }[command]
+
+    return build
+
+
+def with_run(command: str, *flags: str) -> Callable[[Path, Assets], list[str]]:
+    """`command` on the good finished run, with flags ({tmp}: the case's folder; {csv}: good data)."""
+
+    def build(tmp: Path, assets: Assets) -> list[str]:
+        history = _write(tmp, "history.csv", _history("1,100,1\n1,101,2\n1,102,3\n1,103,4\n"))
+        fill = {"tmp": tmp, "csv": assets.csv, "history": history, "run": assets.trained}
+        base = {
+            "personalize": ["personalize", str(assets.trained), "--history", str(history)],
+            "ensemble": ["ensemble", str(assets.trained), str(assets.trained)],
+            "audit": ["audit", str(assets.trained)],
+            "recommend": ["recommend", "--model", str(assets.export), "--history", str(history)],
+            "export": ["export", str(assets.trained)],
+            "report": ["report", str(assets.trained)],
+            "partition": ["partition", "--data", str(assets.csv)],
+            "train": [*TRAIN, "--data", str(assets.csv)],
+            "federate": ["federate"],
+            "tune": ["tune", "--data", str(assets.csv)],
+            "check-device": ["check-device"],
+        }[command]
+        return base + [flag.format(**fill) for flag in flags]
+
+    return build
+
+
+TUNE_TOML = 'data = "synthetic"\nepochs = 1\n[search]\nlr = { low = 1e-3, high = 3e-2, log = true }\n'
+
+
+def damaged_study(content: bytes) -> Callable[[Path, Assets], list[str]]:
+    """A tuning folder whose study.db is not what optuna wrote (cut short, emptied, overwritten)."""
+
+    def build(tmp: Path, assets: Assets) -> list[str]:
+        _write(tmp, "study/study.db", content)
+        config = _write(tmp, "tune.toml", TUNE_TOML)
+        return ["tune", "--config", str(config), "--out", str(tmp / "study"), "--trials", "1"]
+
+    return build
+
+
+NESTED = "[" * 5000 + "]" * 5000
+PRIVACY = {"dp_mode": "server", "unit_of_privacy": "user", "delta": 1e-5, "epsilon": 1.0}
+LONG = "x" * 5000
+
+CASES += [
+    # numbers outside their domain
+    Case(
+        "cli-seed-negative",
+        CLI,
+        "`personalize --seed -1`",
+        "give a seed in [0, 2^32 - 1]",
+        with_run("personalize", "--out", "{tmp}/out", "--seed", "-1"),
+        "argument --seed: expected an integer in [0, 4294967295], got '-1'",
+        "out",
+    ),
+    Case(
+        "cli-lr-infinite",
+        CLI,
+        "`personalize --lr inf`",
+        "give a finite learning rate in (0, 10]",
+        with_run("personalize", "--out", "{tmp}/out", "--lr", "inf"),
+        "argument --lr: expected a finite number in (0, 10], got 'inf'",
+        "out",
+    ),
+    Case(
+        "cli-steps-zero",
+        CLI,
+        "`personalize --steps 0`",
+        "give at least one step",
+        with_run("personalize", "--out", "{tmp}/out", "--steps", "0"),
+        "argument --steps: expected an integer in [1, 100000], got '0'",
+        "out",
+    ),
+    Case(
+        "cli-noise-nan",
+        CLI,
+        "`personalize --noise-multiplier nan`",
+        "give a finite number",
+        with_run("personalize", "--out", "{tmp}/out", "--noise-multiplier", "nan"),
+        "argument --noise-multiplier: expected a finite number in [0, 1e+06], got 'nan'",
+        "out",
+    ),
+    Case(
+        "cli-user-beyond-64-bit",
+        CLI,
+        "`recommend --user` of 30 digits",
+        "pass the user ID the file holds",
+        with_run("recommend", "--user", "9" * 30),
+        "argument --user: expected an integer in [-9223372036854775808, 9223372036854775807], got '9999",
+    ),
+    Case(
+        "cli-k-huge",
+        CLI,
+        "`recommend -k 1000000000000`",
+        "ask for fewer items",
+        with_run("recommend", "-k", "1000000000000"),
+        "argument -k: expected an integer in [1, 1000000]",
+    ),
+    Case(
+        "cli-rerank-lambda-nan",
+        CLI,
+        "`recommend --rerank-lambda nan`",
+        "give a weight in [0, 1]",
+        with_run("recommend", "--rerank", "mmr", "--rerank-lambda", "nan"),
+        "argument --rerank-lambda: expected a finite number in [0, 1], got 'nan'",
+    ),
+    Case(
+        "cli-explain-huge",
+        CLI,
+        "`recommend --explain 100000000`",
+        "explain with at most 1000 items",
+        with_run("recommend", "--explain", "100000000"),
+        "argument --explain: expected an integer in [0, 1000]",
+    ),
+    Case(
+        "cli-top-k-zero",
+        CLI,
+        "`ensemble --top-k 0`",
+        "give K >= 1",
+        with_run("ensemble", "--out", "{tmp}/out", "--top-k", "0"),
+        "argument --top-k: expected an integer in [1, 1000000], got '0'",
+        "out",
+    ),
+    Case(
+        "cli-audit-users-zero",
+        CLI,
+        "`audit --users 0`",
+        "give at least one user",
+        with_run("audit", "--users", "0"),
+        "argument --users: expected an integer in [1, 10000000], got '0'",
+    ),
+    Case(
+        "cli-tune-trials-zero",
+        CLI,
+        "`tune --trials 0`",
+        "ask for at least one trial",
+        with_run("tune", "--out", "{tmp}/out", "--trials", "0"),
+        "argument --trials: expected an integer in [1, 100000], got '0'",
+        "out",
+    ),
+    Case(
+        "cli-tune-timeout-infinite",
+        CLI,
+        "`tune --timeout inf`",
+        "give seconds, or 0 for no limit",
+        with_run("tune", "--out", "{tmp}/out", "--timeout", "inf"),
+        "argument --timeout: expected a finite number in [0, 1e+08], got 'inf'",
+        "out",
+    ),
+    Case(
+        "cli-nodes-huge",
+        CLI,
+        "`partition --nodes` of 31 digits",
+        "pass at most one node per user",
+        with_run("partition", "--out", "{tmp}/out", "--nodes", "1" + "0" * 30),
+        "argument --nodes: expected an integer in [1, 1000000]",
+        "out",
+    ),
+    Case(
+        "cli-seed-beyond-numpy",
+        CLI,
+        "`train --seed 2^70`",
+        "give a seed in [0, 2^32 - 1]",
+        with_run("train", "--out", "{tmp}/out", "--seed", str(2**70)),
+        "config key 'seed': must be in [0, 4,294,967,295], got 1180591620717411...",
+        "out",
+    ),
+    Case(
+        "toml-lr-huge",
+        TOML,
+        "`lr = 1e300`",
+        "give a learning rate in [0, 10]",
+        train_config("lr = 1e300\n"),
+        "config key 'lr': must be in [0, 10], got 1e+300",
+        "out",
+    ),
+    Case(
+        "toml-seed-negative",
+        TOML,
+        "`seed = -1`",
+        "give a seed in [0, 2^32 - 1]",
+        train_config("seed = -1\n"),
+        "config key 'seed': must be in [0, 4,294,967,295], got -1",
+        "out",
+    ),
+    # arguments that conflict or collide
+    Case(
+        "cli-one-column-two-roles",
+        CLI,
+        "`--user-col item_id` (the item column named for users)",
+        "name a different column for each role",
+        with_run("train", "--out", "{tmp}/out", "--user-col", "item_id"),
+        "user-col and item-col both name column 'item_id'; each role needs its own column",
+        "out",
+    ),
+    Case(
+        "toml-one-column-two-roles",
+        TOML,
+        '`time-col = "user_id"`',
+        "name a different column for each role",
+        train_config('time-col = "user_id"\n'),
+        "user-col and time-col both name column 'user_id'",
+        "out",
+    ),
+    Case(
+        "tune-choices-refused-together",
+        STUDY,
+        "a [search] space whose choices are valid alone but collide (user-col and item-col both `uid`)",
+        "narrow the space so every combination is valid",
+        lambda tmp, a: [
+            "tune",
+            "--config",
+            str(
+                _write(
+                    tmp,
+                    "tune.toml",
+                    'data = "synthetic"\nepochs = 1\n[search]\nuser-col = { choices = ["user_id", "uid"] }\n'
+                    'item-col = { choices = ["item_id", "uid"] }\n',
+                )
+            ),
+            "--out",
+            str(tmp / "study"),
+        ],
+        "[search] values valid alone are refused together (user-col = 'uid', item-col = 'uid'): user-col and "
+        "item-col both name column 'uid'",
+        "study",
+    ),
+    Case(
+        "cli-ensemble-out-is-a-file",
+        CLI,
+        "`ensemble --out` names an existing file",
+        "pass a folder path",
+        lambda tmp, a: [*with_run("ensemble")(tmp, a), "--out", str(_write(tmp, "out", "x"))],
+        "--out <dir>/out: is a file, not a folder",
+    ),
+    Case(
+        "cli-personalize-out-is-a-file",
+        CLI,
+        "`personalize --out` names an existing file",
+        "pass a folder path",
+        lambda tmp, a: [*with_run("personalize")(tmp, a), "--out", str(_write(tmp, "out", "x"))],
+        "--out <dir>/out: is a file, not a folder",
+    ),
+    Case(
+        "cli-tune-out-is-a-file",
+        CLI,
+        "`tune --out` names an existing file",
+        "pass a folder path",
+        lambda tmp, a: [*with_run("tune")(tmp, a), "--out", str(_write(tmp, "out", "x"))],
+        "--out <dir>/out: is a file, not a folder",
+    ),
+    Case(
+        "cli-run-dir-is-a-file",
+        CLI,
+        "`personalize RUN_DIR` names a file",
+        "pass the run's folder",
+        lambda tmp, a: [
+            "personalize",
+            str(_write(tmp, "model.pt", "x")),
+            "--history",
+            str(a.csv),
+            "--out",
+            str(tmp / "out"),
+        ],
+        "RUN_DIR <dir>/model.pt: is a file, not a folder",
+        "out",
+    ),
+    Case(
+        "cli-history-is-a-folder",
+        CLI,
+        "`recommend --history` names a folder",
+        "name the file inside it",
+        lambda tmp, a: ["recommend", "--model", str(a.export), "--history", str(tmp)],
+        "--history <dir>: is a folder; pass the file inside it",
+    ),
+    Case(
+        "cli-run-config-missing",
+        CLI,
+        "`check-device --run-config` names no file",
+        "fix the path",
+        with_run("check-device", "--node-config", "client-id=1", "--run-config", "{tmp}/none.toml"),
+        "--run-config <dir>/none.toml: run-config TOML not found; pass an existing file",
+    ),
+    # extreme contents
+    Case(
+        "cli-path-with-nul",
+        CLI,
+        "a path holding a NUL byte",
+        "pass a plain path",
+        lambda tmp, a: ["export", str(tmp / "run\0x"), "--out", str(tmp / "out")],
+        "a path cannot hold a NUL byte",
+        "out",
+    ),
+    Case(
+        "cli-path-too-long",
+        CLI,
+        "a path component of 300 characters",
+        "pass a shorter path",
+        lambda tmp, a: ["export", str(tmp / ("r" * 300)), "--out", str(tmp / "out")],
+        "path too long for the file system",
+        "out",
+    ),
+    Case(
+        "cli-study-name-huge",
+        CLI,
+        "`tune --study-name` of 5,000 characters",
+        "pass a short name",
+        with_run("tune", "--out", "{tmp}/out", "--study-name", LONG),
+        "--study-name 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...': expected a printable name",
+        "out",
+    ),
+    Case(
+        "toml-huge-value-quoted-short",
+        TOML,
+        "`lr` = a 5,000-character string",
+        "give a number",
+        train_config(f'lr = "{LONG}"\n'),
+        "key 'lr' must be float, got '" + "x" * 36 + "...",
+        "out",
+    ),
+    Case(
+        "node-catalogue-duplicate-ids",
+        NODE,
+        "catalogue.json lists an item twice",
+        "use the list `fedseqrec partition` wrote",
+        device('data-path="{csv}" catalogue-path="{tmp}/cat.json" client-id=1', ("cat.json", "[-1, 100, 101, 100]")),
+        "item ID 100 is listed twice",
+    ),
+    Case(
+        "node-config-huge-quoted-short",
+        NODE,
+        "a 5,000-character --node-config that is not key=value",
+        "quote strings",
+        device("client-id=" + "9" * 5000),
+        "--node-config 'client-id=" + "9" * 30 + "...'",
+    ),
+    # damaged files the project wrote itself
+    Case(
+        "run-config-json-truncated",
+        RUN,
+        "config.json cut short",
+        "copy the run folder again, or run it again",
+        damaged_run("config.json", '{"data": ', "report"),
+        "config.json: run file is not valid JSON (Expecting value at line 1, column 10)",
+    ),
+    Case(
+        "run-config-json-list",
+        RUN,
+        "config.json holds a list",
+        "copy the run folder again",
+        damaged_run("config.json", "[1, 2]", "report"),
+        "config.json: run file holds a list, not a JSON object",
+    ),
+    Case(
+        "run-config-json-deep",
+        RUN,
+        "config.json nested 5,000 levels deep",
+        "copy the run folder again",
+        damaged_run("config.json", NESTED, "report"),
+        "config.json: run file is nested too deeply",
+    ),
+    Case(
+        "run-metrics-json-latin1",
+        RUN,
+        "metrics.json with Latin-1 bytes",
+        "copy the run folder again",
+        damaged_run("metrics.json", b'{"test": "\xe9"}', "report"),
+        "metrics.json: run file is not UTF-8 text",
+    ),
+    Case(
+        "run-metrics-json-wrong-type",
+        RUN,
+        "metrics.json with a test figure that is a string",
+        "copy the run folder again",
+        damaged_run("metrics.json", '{"test": {"ndcg@10": "high"}}', "report"),
+        "metrics.json: run file: field 'test.ndcg@10': input should be a valid number",
+    ),
+    Case(
+        "run-metrics-jsonl-not-objects",
+        RUN,
+        "metrics.jsonl lines that are lists",
+        "copy the run folder again",
+        damaged_run("metrics.jsonl", "[1]\n", "report"),
+        "metrics.jsonl:1: not a JSON object",
+    ),
+    Case(
+        "run-privacy-json-list",
+        RUN,
+        "privacy.json holds a list",
+        "copy the run folder again",
+        damaged_run("privacy.json", "[]", "export"),
+        "privacy.json: privacy report holds a list, not a JSON object",
+        "out",
+    ),
+    Case(
+        "run-privacy-json-empty",
+        RUN,
+        "privacy.json emptied",
+        "copy the run folder again",
+        damaged_run("privacy.json", "", "audit"),
+        "privacy.json: privacy report is empty",
+    ),
+    Case(
+        "run-privacy-delta-out-of-range",
+        RUN,
+        "privacy.json with delta 2",
+        "copy the run folder again",
+        damaged_run("privacy.json", json.dumps({**PRIVACY, "delta": 2}), "audit"),
+        "privacy.json: privacy report: field 'delta': input should be less than or equal to 1, got 2",
+    ),
+    Case(
+        "run-privacy-duplicate-key",
+        RUN,
+        "privacy.json giving epsilon twice",
+        "copy the run folder again",
+        damaged_run("privacy.json", '{"epsilon": 1, "epsilon": 9}', "export"),
+        "privacy.json: privacy report is not valid: key 'epsilon' given twice",
+        "out",
+    ),
+    Case(
+        "run-privacy-missing-field",
+        RUN,
+        "privacy.json without delta",
+        "copy the run folder again",
+        damaged_run("privacy.json", json.dumps({k: v for k, v in PRIVACY.items() if k != "delta"}), "export"),
+        "privacy.json: privacy report: field 'delta': field required",
+        "out",
+    ),
+    Case(
+        "run-inputs-json-empty",
+        RUN,
+        "inputs.json emptied",
+        "remove it to use the run's config alone",
+        damaged_run("inputs.json", "", "ensemble"),
+        "inputs.json: record of the run's inputs is empty",
+        "out",
+    ),
+    Case(
+        "run-inputs-json-bad-digest",
+        RUN,
+        "inputs.json with a sha256 that is not one",
+        "remove it",
+        damaged_run("inputs.json", json.dumps({"inputs": {"interactions": {"path": "x", "sha256": "zz"}}}), "ensemble"),
+        "field 'inputs.interactions.sha256': string should match pattern",
+        "out",
+    ),
+    Case(
+        "run-model-pt-empty",
+        RUN,
+        "model.pt emptied",
+        "copy the run folder again, or train it again",
+        damaged_run("model.pt", b"", "personalize"),
+        "model.pt: not a readable model file, truncated or corrupt (EOFError)",
+        "out",
+    ),
+    Case(
+        "run-model-pt-json",
+        RUN,
+        "model.pt holding JSON text",
+        "copy the run folder again, or train it again",
+        damaged_run("model.pt", "{}", "export"),
+        "model.pt: not a readable model file",
+        "out",
+    ),
+    Case(
+        "study-db-not-sqlite",
+        STUDY,
+        "study.db overwritten with text",
+        "move it away, or pick another --out",
+        damaged_study(b"not a database\n"),
+        "study.db: the study database is not a SQLite database",
+    ),
+    Case(
+        "study-db-empty",
+        STUDY,
+        "study.db emptied",
+        "move it away, or pick another --out",
+        damaged_study(b""),
+        "study.db: the study database is empty",
+    ),
+    Case(
+        "study-db-truncated",
+        STUDY,
+        "study.db cut after its header",
+        "move it away, or pick another --out",
+        damaged_study(b"SQLite format 3\x00" + b"\x10\x00" + b"\x00" * 200),
+        "study.db: the study database is damaged",
+    ),
+]
+
+
+def _items_json(content: str | bytes):
+    def change(folder: Path, assets: Assets) -> None:
+        data = content.encode() if isinstance(content, str) else content
+        (folder / "items.json").write_bytes(data)
+
+    return change
+
+
+def _items_vectors_empty():
+    return lambda folder, assets: (folder / "item_vectors.npy").write_bytes(b"")
+
+
+# Found by the fuzzer (tests/unit/test_fuzz_bad_input.py): each was an internal error before its fix.
+FOUND_BY_FUZZER = [
+    Case(
+        "model-items-json-utf16",
+        MODEL,
+        "items.json saved as UTF-16",
+        "copy the items.json of the same export again",
+        recommend(_history(), model=broken_export(_items_json('{"item_ids": [-1]}'.encode("utf-16")))),
+        "items.json: unreadable item mapping ('utf-8' codec can't decode byte 0xff",
+    ),
+    Case(
+        "model-items-json-repeated-ids",
+        MODEL,
+        "items.json listing one item ID for every index",
+        "copy the items.json of the same export",
+        recommend(_history(), model=broken_export(_items_json(json.dumps({"item_ids": [0] * 13})))),
+        "items.json: an item ID is listed twice",
+    ),
+    Case(
+        "model-items-json-popularity-not-a-list",
+        MODEL,
+        "items.json whose popularity is one number",
+        "copy the items.json of the same export",
+        recommend(
+            _history(),
+            model=broken_export(_items_json(json.dumps({"item_ids": [-1] + list(range(100, 112)), "popularity": 0}))),
+        ),
+        "items.json: popularity has shape (), expected (13,)",
+    ),
+    Case(
+        "node-catalogue-nested",
+        NODE,
+        "catalogue.json nested 2,000 lists deep",
+        "use the list `fedseqrec partition` wrote",
+        device('data-path="{csv}" catalogue-path="{tmp}/cat.json" client-id=1', ("cat.json", "[" * 2000 + "]" * 2000)),
+        "cannot read the item catalogue (nested too deeply)",
+    ),
+    Case(
+        "run-metrics-json-groups-wrong-type",
+        RUN,
+        "metrics.json whose metrics_by_group is a number",
+        "copy the run folder again",
+        damaged_run("metrics.json", json.dumps({"test": {"ndcg@10": 0.1}, "metrics_by_group": 10**30}), "report"),
+        "metrics.json: run file: field 'metrics_by_group': input should be a valid dictionary",
+    ),
+    Case(
+        "run-metrics-jsonl-deep",
+        RUN,
+        "metrics.jsonl with a line nested 5,000 lists deep",
+        "copy the run folder again",
+        damaged_run("metrics.jsonl", NESTED + "\n", "report"),
+        "metrics.jsonl:1: not a JSON line (nested too deeply)",
+    ),
+    Case(
+        "run-metrics-jsonl-wrong-type",
+        RUN,
+        "metrics.jsonl with a validation figure that is text",
+        "copy the run folder again",
+        damaged_run("metrics.jsonl", json.dumps({"epoch": 1, "validation": {"ndcg@10": "good"}}) + "\n", "report"),
+        "metrics.jsonl:1: round row: field 'validation.ndcg@10': input should be a valid number",
+    ),
+    Case(
+        "model-item-vectors-empty",
+        MODEL,
+        "item_vectors.npy emptied (mmr re-ranking reads it)",
+        "copy the file of the same export",
+        recommend(_history(), "--rerank", "mmr", model=broken_export(_items_vectors_empty())),
+        "item_vectors.npy: unreadable item vectors (",
+    ),
+    Case(
+        "run-metrics-json-baseline-null",
+        RUN,
+        "metrics.json whose popularity_baseline is null",
+        "copy the run folder again",
+        damaged_run("metrics.json", json.dumps({"test": {"ndcg@10": 0.1}, "popularity_baseline": None}), "report"),
+        "metrics.json: run file: field 'popularity_baseline': input should be a valid dictionary",
+    ),
+]
+CASES += FOUND_BY_FUZZER
 
 
 def run_case(case: Case, tmp: Path, assets: Assets) -> tuple[int, str]:

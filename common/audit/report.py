@@ -5,7 +5,6 @@ non-zero on failures only with --strict)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from common.errors import FedSeqRecError
 from common.model.checkpoint import load_model
 from common.privacy.randomness import REPRODUCIBLE
 from common.privacy.releases import unlisted
+from common.run_files import CONFIG_FILE, AuditedPrivacyFile, LedgerFile, read_json
 
 EXPOSURE_CANDIDATES = 1000
 
@@ -39,11 +39,15 @@ def load_run(run_dir: Path):
     model, _, metadata = load_model(run_dir / "model.pt")
     flat = metadata.get("run_config")
     if flat is None and (run_dir / "config.json").exists():
-        flat = json.loads((run_dir / "config.json").read_text())
+        flat = read_json(run_dir / "config.json", CONFIG_FILE, what="run config")
     if flat is None:
         raise FedSeqRecError(f"{run_dir}: model.pt has no run_config and there is no config.json")
     config = RunConfig.from_flat(flat, where=f"{run_dir} run config")
-    privacy = json.loads((run_dir / "privacy.json").read_text()) if (run_dir / "privacy.json").exists() else None
+    privacy = (
+        read_json(run_dir / "privacy.json", AuditedPrivacyFile, what="privacy report")
+        if (run_dir / "privacy.json").exists()
+        else None
+    )
     return model, config, privacy
 
 
@@ -85,7 +89,7 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
         section["failures"] += randomness_failures(run_dir, config, privacy) + release_failures(run_dir, privacy)
         return section
     ledgers = {
-        p.parent.name: json.loads(p.read_text())["history"]
+        p.parent.name: read_json(p, LedgerFile, what="privacy ledger")["history"]
         for p in sorted((run_dir / "client-state").glob("client-*/privacy_ledger.json"))
     }
     if not ledgers:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import uuid
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -54,9 +55,12 @@ def load_sequence_data(settings: DataSettings, use_cache: bool = True) -> Sequen
     key = _cache_key(path, settings)
     cached = cache_dir() / "preprocessed" / f"{key}.npz"
     if use_cache and cached.exists():
-        data = SequenceData.load(cached)
-        data.report = json.loads(cached.with_suffix(".json").read_text())
-        return data
+        try:
+            data = SequenceData.load(cached)
+            data.report = json.loads(cached.with_suffix(".json").read_text())
+            return data
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged cache entry (a full disk, a copy cut short) is built again below
     if path is None:
         frame = synthetic_interactions(settings.synthetic_users, settings.synthetic_items, seed=0)
         source = f"synthetic({settings.synthetic_users} users, {settings.synthetic_items} items)"

@@ -29,6 +29,7 @@ from common.data.item_features import parse_feature_names
 from common.data.load import interactions_path, item_metadata_path
 from common.errors import DataError
 from common.evaluation.user_groups import users_file_for
+from common.run_files import InputsFile, read_json
 
 INPUTS_FILE = "inputs.json"
 VERSION = 1
@@ -130,15 +131,9 @@ def read_inputs(run_dir: Path) -> dict | None:
     path = Path(run_dir) / INPUTS_FILE
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-        if not isinstance(record.get("inputs"), dict):
-            raise ValueError("no 'inputs' table")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise DataError(
-            f"{path}: unreadable record of the run's inputs ({exc}); remove it to use the run's config alone"
-        ) from exc
-    return record
+    return read_json(
+        path, InputsFile, what="record of the run's inputs", todo="remove it to use the run's config alone"
+    )
 
 
 # --- coming back to a run

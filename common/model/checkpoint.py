@@ -72,7 +72,7 @@ def read_torch_file(path: Path, what: str, todo: str) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        reason = brief(exc)
+        reason = brief(exc) or type(exc).__name__  # torch's EOFError on an empty file has no text
         raise DataError(f"{path}: not a readable {what}, truncated or corrupt ({reason}); {todo}") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read the {what} ({exc.strerror or exc}); {todo}") from exc

@@ -29,6 +29,7 @@ from common.errors import DataError, FedSeqRecError
 from common.model.checkpoint import load_model
 from common.model.models import Block, SASRec, SequenceRecommender
 from common.outputs import check_output_dir, staged_output
+from common.run_files import PrivacyFile, read_json
 
 FORMAT = "fedseqrec-ondevice/1"
 OPSET = 17
@@ -229,10 +230,7 @@ def privacy_summary(run_dir: Path) -> dict | None:
     path = run_dir / "privacy.json"
     if not path.exists():
         return None
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable privacy report ({exc})") from exc
+    report = read_json(path, PrivacyFile, what="privacy report")
     keys = (
         "mechanism",
         "dp_mode",

@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import FedSeqRecError
+from common.errors import FedSeqRecError, brief
+from common.run_files import JSON_OBJECT, SCHEMAS, RoundRow, check_json, read_json
 
 AUDIT_PLOTS = ("roc.png", "canary-scores.png")
 
@@ -107,15 +108,10 @@ def read_run(run_dir: Path) -> RunData:
 
 
 def _json(path: Path):
+    """A run file checked against its schema (common/run_files.py); None when the run has none."""
     if not path.exists():
         return None
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FedSeqRecError(f"{path}: unreadable ({exc}); the run folder is damaged") from exc
-    if not isinstance(value, dict):
-        raise FedSeqRecError(f"{path}: not a JSON object; the run folder is damaged")
-    return value
+    return read_json(path, SCHEMAS.get(path.name, JSON_OBJECT), what="run file")
 
 
 def _jsonl(path: Path) -> list[dict] | None:
@@ -131,8 +127,14 @@ def _jsonl(path: Path) -> list[dict] | None:
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
-            raise FedSeqRecError(f"{path}:{number}: not a JSON line ({exc}); the run folder is damaged") from exc
+        except (ValueError, RecursionError) as exc:
+            reason = brief(exc, 60) if isinstance(exc, ValueError) else "nested too deeply"
+            raise FedSeqRecError(f"{path}:{number}: not a JSON line ({reason}); the run folder is damaged") from exc
+        if not isinstance(row, dict):
+            raise FedSeqRecError(
+                f"{path}:{number}: not a JSON object (one round or epoch per line); the run folder is damaged"
+            )
+        check_json(row, f"{path}:{number}", RoundRow, what="round row")
         rows.append(row)
     return rows
 

@@ -139,7 +139,7 @@ def test_members_of_different_catalogues_are_refused(runs, tmp_path, capsys):
     assert main(["ensemble", str(runs[0]), str(other), "--out", str(tmp_path / "x")]) == 2
     assert "item catalogue differs" in capsys.readouterr().err
     assert main(["ensemble", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
-    assert "no model file" in capsys.readouterr().err
+    assert "no such run folder" in capsys.readouterr().err
 
 
 def test_run_ensemble_without_a_winner_does_not_export(runs, tmp_path):

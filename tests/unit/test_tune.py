@@ -219,7 +219,7 @@ def test_prune_after_below_one_is_a_one_line_error(tmp_path, capsys):
     config.write_text(BASE + SPACE)
     args = ["tune", "--config", str(config), "--out", str(tmp_path / "s"), "--mode", "federated", "--prune-after", "0"]
     assert main(args) == 2
-    assert "--prune-after must be >= 1 (epochs, or rounds for federated trials)" in capsys.readouterr().err
+    assert "argument --prune-after: expected an integer in [1, 1000000], got '0'" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
