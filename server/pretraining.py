@@ -21,6 +21,7 @@ from flwr.common.logger import log
 from common.config import RunConfig
 from common.data.load import item_metadata_path
 from common.data.public_corpus import load_public_corpus
+from common.evaluation.metrics import ranking_metrics
 from common.evaluation.paired import paired_gain
 from common.evaluation.ranking import evaluate, model_scores, ranked_lists
 from common.model.checkpoint import load_model, save_model
@@ -131,7 +132,7 @@ def public_only_comparison(config: RunConfig, data, released: dict, users: np.nd
     options = dict(top_k=k, mask_seen=config.train.mask_seen, batch_size=config.train.eval_batch_size)
     base, _ = ranked_lists(model_scores(public_model), data, "test", users=users, **options)
     new, _ = ranked_lists(model_scores(model), data, "test", users=users, **options)
-    test = evaluate(model_scores(public_model), data, "test", users=users, **options)
+    test = ranking_metrics(base, k)  # from the ranks already computed: no second ranking pass
     return {
         "test": {key: test[key] for key in (f"ndcg@{k}", f"hr@{k}") if key in test},
         "released_minus_public_ndcg": paired_gain(base, new, k),

@@ -154,10 +154,16 @@ def plot(out: Path) -> None:
     ax.set_xlabel("epsilon (user-level, delta = 1/N)")
     ax.set_ylabel(f"test NDCG@{K}")
     ax.set_title("ML-1M: 5,738 protected one-user devices (+ 302 public)")
-    ax.legend(fontsize=8)
+    _save_plot(fig, ax, out / "private-tradeoff.png")
+
+
+def _save_plot(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "private-tradeoff.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -185,11 +191,7 @@ def plot_populations(out: Path) -> None:
     ax.set_xlabel("population (users; beyond the real 5,738: projections)")
     ax.set_ylabel(f"test NDCG@{K}")
     ax.set_title("The noise a population needs, at the same cohort (~1,000)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "private-populations.png", dpi=110)
-    plt.close(fig)
+    _save_plot(fig, ax, out / "private-populations.png")
 
 
 def table(out: Path) -> str:
