@@ -23,6 +23,7 @@ from common.data.fake_users import population_with_fakes
 from common.errors import DataError
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.releases import device_reply
+from common.recipes import cohort_training, local_training, ranking
 from common.training.cohort_clients import evaluate_users, train_chunks
 from common.training.federated import DeviceLimits, local_train
 
@@ -107,12 +108,11 @@ def _cohort_train(msg: Message, context: Context, config: RunConfig) -> Message:
         chunks, dropped = drop_cohort_users(config, round_config, chunks, server_round)
     simulated = is_simulated(context.node_config)
     result = train_chunks(
-        config,
+        cohort_training(config, local.num_items, simulated),
         local,
         chunks,
         msg.content["arrays"].to_torch_state_dict(),
         server_round,
-        simulated=simulated,
         fakes_from=_fakes_from(config) if simulated else None,
         # a device's users are seeded by its own identity; a host's by their rows in the population
         identity_offset=0 if simulated else client_key(context.node_config) << 20,
@@ -148,7 +148,7 @@ def train(msg: Message, context: Context) -> Message:
     # a device never takes seed-derived DP noise, whatever the server's config says
     reproducible = config.privacy.reproducible_dp_noise and is_simulated(context.node_config)
     result = local_train(
-        config,
+        local_training(config, local.num_items),
         local,
         msg.content["arrays"].to_torch_state_dict(),
         server_round=int(round_config["server-round"]),
@@ -178,6 +178,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         fakes_from = _fakes_from(config) if is_simulated(context.node_config) else None
         if fakes_from is not None:  # the attacker's fake users are not measured
             rows = rows[rows < fakes_from]
-        return _reply(msg, evaluate_users(config, local, rows, arrays, split))
-    local = load_local_data(config, context.node_config)
-    return _reply(msg, evaluate_users(config, local, np.arange(local.num_users), arrays, split))
+    else:
+        local = load_local_data(config, context.node_config)
+        rows = np.arange(local.num_users)
+    values = evaluate_users(config.model, config.data, ranking(config), config.train.seed, local, rows, arrays, split)
+    return _reply(msg, values)

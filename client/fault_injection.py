@@ -23,6 +23,7 @@ from client.local_data import client_key, is_simulated, load_local_data
 from common.config import RunConfig
 from common.data.fake_users import fake_users, profile_popularity
 from common.data.partition import cached_partitioning
+from common.recipes import local_training
 from common.training.federated import local_train
 
 
@@ -69,7 +70,7 @@ def fault_injection_mod(msg: Message, context: Context, call_next) -> Message:
     if fed.sim_attack == "promote":
         local = load_local_data(config, context.node_config)
         result = local_train(
-            config,
+            local_training(config, local.num_items),
             fake_users(local, fed.sim_target_item, seed, profile_popularity(fed, local)),
             global_arrays,
             server_round=server_round,

@@ -109,7 +109,7 @@ def cohort_data(config: RunConfig, node_config: dict, chunk_keys: list[int] | No
         return local, np.arange(local.num_users)
     partitioning = cached_partitioning(config.data, config.federation, config.train.seed)
     population, real = population_with_fakes(config.data, config.federation, config.train.seed)
-    devices = simulated_devices(config, partitioning.num_clients)
+    devices = simulated_devices(config.federation, partitioning.num_clients)
     keys = np.asarray(chunk_keys or [], dtype=np.int64)
     if len(keys) and (keys.min() < 0 or keys.max() >= devices):
         raise DataError(f"cohort users {keys.min()}..{keys.max()} outside the run's {devices} one-user clients")

@@ -18,6 +18,7 @@ from common.errors import ConfigError, DataError
 from common.model.checkpoint import load_model, save_model
 from common.outputs import staged_output
 from common.privacy.ledger import PrivacyLedger
+from common.recipes import local_training
 from common.run_files import PrivacyFile, read_json
 from common.training.personalization import DPBudget, FineTuning, fine_tune
 
@@ -77,7 +78,9 @@ def personalize(
         ledger = PrivacyLedger.load(Path(state_dir) / LEDGER_FILE, config.privacy.accountant)
         z = config.privacy.noise_multiplier if noise_multiplier is None else noise_multiplier
         dp = DPBudget(ledger, _run_delta(run_dir, config), z, max_epsilon)
-    tuned, report = fine_tune(model, history[:-1], int(history[-1]), config, settings, dp)
+    tuned, report = fine_tune(
+        model, history[:-1], int(history[-1]), local_training(config, model.config.num_items), settings, dp
+    )
     if dp is not None:
         dp.ledger.save(Path(state_dir) / LEDGER_FILE)  # the spend is durable before the model exists
     report.update(

@@ -61,10 +61,12 @@ def train_centralized(
     (out_dir / "preprocessing.json").write_text(json.dumps(data.report, indent=2))
     (out_dir / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
 
-    model = model_for(config, data.num_items, item_ids=data.item_ids).to(train.device)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids).to(
+        train.device
+    )
     dataset = window_dataset(data.train_sequences(), data_cfg.max_len, data_cfg.train_windows)
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    augmentation = augmentation_for(config, data.num_items)
+    augmentation = augmentation_for(config.train, data.num_items)
     options = StepOptions(
         loss=config.model.loss, num_negatives=config.model.num_negatives, reduction=config.model.loss_reduction
     )

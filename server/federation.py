@@ -58,7 +58,7 @@ def make_evaluator(config: RunConfig, data, grid: Grid | None = None, plan: Coho
             np.random.default_rng(config.train.seed).choice(pool, config.federation.eval_users, replace=False)
         )
     protected = np.setdiff1d(np.arange(data.num_users), public) if len(public) else None
-    model = model_for(config, data.num_items, item_ids=data.item_ids)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids)
     options = _evaluation_options(config, data)
 
     def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
@@ -102,7 +102,7 @@ def _evaluation_options(config: RunConfig, data) -> dict:
 def grouped_test_metrics(config: RunConfig, data, arrays, groups: dict, source: str) -> tuple[dict, dict]:
     """Test metrics of every user and, from the same lists, per user group (`user_groups_for`) with
     the gaps between groups; on the server's copy of the data."""
-    model = model_for(config, data.num_items, item_ids=data.item_ids)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids)
     model.load_arrays(arrays)
     model.eval()
     users = test_users(config, data)
@@ -175,8 +175,10 @@ def _initial_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path
 
 def _starting_arrays(config: RunConfig, catalogue: ServerCatalogue, run_dir: Path) -> dict:
     if not config.federation.init_model:
-        return model_for(config, catalogue.num_items, item_ids=catalogue.item_ids).arrays()
-    start = warm_start(config, catalogue.item_ids, config.federation.init_model)
+        return model_for(
+            config.model, config.data, catalogue.num_items, seed=config.train.seed, item_ids=catalogue.item_ids
+        ).arrays()
+    start = warm_start(config.model, config.data, config.train.seed, catalogue.item_ids, config.federation.init_model)
     (run_dir / INIT_MODEL_REPORT).write_text(json.dumps(start.report, indent=2))
     log(
         INFO,
@@ -288,7 +290,7 @@ def _cohort_plan(config: RunConfig, keys: dict[int, int], hosts: list[int]) -> C
     simulated = 0
     if hosts:
         real = cached_partitioning(config.data, config.federation, config.train.seed).num_clients
-        simulated = simulated_devices(config, real)
+        simulated = simulated_devices(config.federation, real)
     plan = CohortPlan(config, simulated, hosts, keys)
     if config.federation.user_trim_beta and not hosts:
         raise ConfigError(
@@ -334,7 +336,9 @@ def _release(config, setup: Setup, clients: Clients, accounting: Accounting, sta
     best_arrays = state.best.get("arrays", state.arrays)
     released_round = state.best.get("round", state.round)
     test, by_group, validation = _final_metrics(config, data, setup.groups, evaluate_arrays, best_arrays, clients.plan)
-    model = model_for(config, catalogue.num_items, item_ids=catalogue.item_ids)
+    model = model_for(
+        config.model, config.data, catalogue.num_items, seed=config.train.seed, item_ids=catalogue.item_ids
+    )
     model.load_arrays(best_arrays)
     save_model(run_dir / "model.pt", model, catalogue.item_ids, run_config=setup.flat, best_round=released_round)
     summary = {

@@ -76,7 +76,7 @@ def pretrained_arrays(config: RunConfig, data, arrays: dict, public: np.ndarray,
         if metadata.get("pretraining_key") == key:
             log(INFO, "fedseqrec: starting from the public model already in %s", run_dir)
             return kept.arrays()
-    model = model_for(config, data.num_items, item_ids=data.item_ids)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids)
     model.load_arrays(arrays)
     sequences, sources = public_sequences(config, data, public)
     validate = None
@@ -125,7 +125,7 @@ def public_only_comparison(config: RunConfig, data, released: dict, users: np.nd
     if not path.exists() or data is None:
         return None
     public_model, _, _ = load_model(path)
-    model = model_for(config, data.num_items, item_ids=data.item_ids)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids)
     model.load_arrays(released)
     model.eval()
     k = config.train.top_k

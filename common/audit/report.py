@@ -6,6 +6,7 @@ non-zero on failures only with --strict)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from common.audit.membership import membership_inference, sequence_scores
 from common.audit.messages import AUDIT_DIR, audit_messages
 from common.audit.render import write_audit_files
 from common.audit.update_leakage import update_leakage
-from common.config import RunConfig
+from common.config import FederationSettings, PrivacySettings, RunConfig
 from common.data.canaries import make_canaries
 from common.data.load import load_sequence_data
 from common.data.partition import partition_users, run_canaries
@@ -25,6 +26,7 @@ from common.errors import FedSeqRecError
 from common.model.checkpoint import load_model
 from common.privacy.randomness import REPRODUCIBLE
 from common.privacy.releases import unlisted
+from common.recipes import leakage_trainings
 from common.run_files import CONFIG_FILE, AuditedPrivacyFile, LedgerFile, read_json
 
 EXPOSURE_CANDIDATES = 1000
@@ -51,6 +53,16 @@ def load_run(run_dir: Path):
     return model, config, privacy
 
 
+@dataclass(frozen=True)
+class CanaryRun:
+    """What decides whether a run's DP claim covers a canary: its seed (which canaries it inserted),
+    its DP mode and its model context (a canary longer than one window is several DP samples)."""
+
+    seed: int
+    dp_mode: str
+    max_len: int
+
+
 def _mean_or_none(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
@@ -63,7 +75,8 @@ def _bound_applies_to_users(privacy: dict | None) -> bool:
     return privacy is not None and privacy["unit_of_privacy"].startswith(("user", "client"))
 
 
-def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -> dict:
+def accounting_section(run_dir: Path, settings: PrivacySettings, privacy: dict | None) -> dict:
+    """`settings`: the run's privacy settings; `privacy`: its privacy.json."""
     if privacy is None:
         return {"skipped": "not a DP run (no privacy.json)"}
     if privacy["dp_mode"] == "server" and "dp_ftrl" in privacy:
@@ -75,7 +88,7 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
             adjacency=privacy.get("adjacency"),
             accountant=privacy.get("accountant_name", "rdp"),
         )
-        section["failures"] += randomness_failures(run_dir, config, privacy) + release_failures(run_dir, privacy)
+        section["failures"] += randomness_failures(run_dir, settings, privacy) + release_failures(run_dir, privacy)
         return section
     if privacy["dp_mode"] == "server":
         section = audit_server_events(
@@ -86,7 +99,7 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
             sampling=privacy.get("sampling_kind", "fixed"),
             accountant=privacy.get("accountant_name", "rdp"),
         )
-        section["failures"] += randomness_failures(run_dir, config, privacy) + release_failures(run_dir, privacy)
+        section["failures"] += randomness_failures(run_dir, settings, privacy) + release_failures(run_dir, privacy)
         return section
     ledgers = {
         p.parent.name: read_json(p, LedgerFile, what="privacy ledger")["history"]
@@ -95,9 +108,9 @@ def accounting_section(run_dir: Path, config: RunConfig, privacy: dict | None) -
     if not ledgers:
         return {"skipped": "client-mode run without ledgers in RUN_DIR/client-state (deployed clients keep theirs)"}
     section = audit_client_ledgers(
-        ledgers, delta=privacy["delta"], recorded=privacy["epsilon"], accountant=config.privacy.accountant
+        ledgers, delta=privacy["delta"], recorded=privacy["epsilon"], accountant=settings.accountant
     )
-    section["failures"] += randomness_failures(run_dir, config, privacy) + release_failures(run_dir, privacy)
+    section["failures"] += randomness_failures(run_dir, settings, privacy) + release_failures(run_dir, privacy)
     return section
 
 
@@ -110,7 +123,7 @@ def release_failures(run_dir: Path, privacy: dict) -> list[str]:
     return [f"released outside the claim: {problem}" for problem in unlisted(run_dir, table)]
 
 
-def randomness_failures(run_dir: Path, config: RunConfig, privacy: dict) -> list[str]:
+def randomness_failures(run_dir: Path, settings: PrivacySettings, privacy: dict) -> list[str]:
     """A guarantee rests on noise the adversary cannot redo: a report must say where it came from,
     and a run whose noise was derived from the seed must say so where people read it."""
     source = privacy.get("noise_randomness")
@@ -120,7 +133,7 @@ def randomness_failures(run_dir: Path, config: RunConfig, privacy: dict) -> list
             "secret noise: its noise was derived from the run seed)"
         ]
     failures = []
-    if config.privacy.reproducible_dp_noise and config.privacy.dp_mode == "server" and source != REPRODUCIBLE:
+    if settings.reproducible_dp_noise and settings.dp_mode == "server" and source != REPRODUCIBLE:
         failures.append(f"the run config asked for reproducible-dp-noise but privacy.json says {source!r}")
     if source == REPRODUCIBLE:
         markdown = (run_dir / "privacy.md").read_text() if (run_dir / "privacy.md").exists() else ""
@@ -132,7 +145,7 @@ def randomness_failures(run_dir: Path, config: RunConfig, privacy: dict) -> list
     return failures
 
 
-def membership_section(model, config: RunConfig, data, partition, privacy, users: int, rng) -> dict:
+def membership_section(model, data, partition, privacy, users: int, rng) -> dict:
     if len(partition.holdout) == 0:
         return {"skipped": "the run kept no holdout users (holdout-fraction = 0): no non-members to compare"}
     members = np.concatenate(partition.clients)
@@ -164,11 +177,11 @@ def membership_section(model, config: RunConfig, data, partition, privacy, users
     return result
 
 
-def canary_section(model, config: RunConfig, data, privacy, k: int, seed: int) -> dict:
-    fed = config.federation
+def canary_section(model, fed: FederationSettings, run: CanaryRun, data, privacy, k: int, seed: int) -> dict:
+    """`fed`: the run's canary settings; `run`: what decides whether its DP claim covers a canary."""
     if fed.canaries == 0:
         return {"skipped": "the run inserted no canaries (canaries = 0)"}
-    canaries = run_canaries(data.num_items, fed, config.train.seed)
+    canaries = run_canaries(data.num_items, fed, run.seed)
     train = [s[:-2] for s in canaries.sequences]
     loss = sequence_scores(model, train)["loss"]
     delta = privacy["delta"] if privacy else 1.0 / data.num_users
@@ -189,7 +202,7 @@ def canary_section(model, config: RunConfig, data, privacy, k: int, seed: int) -
             "failures": [],
         }
     )
-    one_sample = config.privacy.dp_mode == "server" or fed.canary_length - 2 <= config.data.max_len + 1
+    one_sample = run.dp_mode == "server" or fed.canary_length - 2 <= run.max_len + 1
     result["dp_claim_covers_canary"] = privacy is not None and one_sample
     if result["dp_claim_covers_canary"] and result["epsilon_lower_bound"] > privacy["epsilon"]:
         result["failures"].append(
@@ -200,24 +213,19 @@ def canary_section(model, config: RunConfig, data, privacy, k: int, seed: int) -
     return result
 
 
-def leakage_section(model, config: RunConfig, data, partition, privacy, users: int, rng) -> dict:
+def leakage_section(model, trainings, data, partition, users: int, rng, *, noise: float, clip: float, seed: int):
+    """`trainings`: the run's local recipe without DP and with DP-SGD at `noise` (`leakage_trainings`)."""
     members = np.concatenate(partition.clients)
     members = members[members < data.num_users]
-    noise = (
-        privacy["noise_multiplier"]
-        if privacy and isinstance(privacy.get("noise_multiplier"), (int, float))
-        else config.privacy.noise_multiplier
-    )
+    sample = _sample(members, users, rng)
     return update_leakage(
-        config,
-        data,
-        model.arrays(),
-        _sample(members, users, rng),
-        noise_multiplier=float(noise),
-        clipping_norm=config.privacy.clipping_norm,
-        max_grad_norm=config.privacy.max_grad_norm,
-        seed=config.train.seed,
+        *trainings, data, model.arrays(), sample, noise_multiplier=noise, clipping_norm=clip, seed=seed
     )
+
+
+def _audited_noise(settings: PrivacySettings, privacy: dict | None) -> float:
+    recorded = privacy.get("noise_multiplier") if privacy else None
+    return float(recorded if isinstance(recorded, (int, float)) else settings.noise_multiplier)
 
 
 def compute_audit(
@@ -230,6 +238,11 @@ def compute_audit(
     data = load_sequence_data(config.data)
     partition = partition_users(data, config.federation, config.train.seed)
     rng = np.random.default_rng(seed)
+    canary_run = CanaryRun(seed=config.train.seed, dp_mode=config.privacy.dp_mode, max_len=config.data.max_len)
+    noise, clip = _audited_noise(config.privacy, privacy), config.privacy.clipping_norm
+    trainings = leakage_trainings(
+        config, data.num_items, noise_multiplier=noise, max_grad_norm=config.privacy.max_grad_norm
+    )
     report = {
         "run_dir": str(run_dir),
         "dp_mode": config.privacy.dp_mode,
@@ -238,10 +251,12 @@ def compute_audit(
         "unit_of_privacy": privacy["unit_of_privacy"] if privacy else None,
         "adjacency": privacy.get("adjacency") if privacy else None,
         "noise_randomness": privacy.get("noise_randomness") if privacy else None,
-        "accounting": accounting_section(run_dir, config, privacy),
-        "membership": membership_section(model, config, data, partition, privacy, users, rng),
-        "canaries": canary_section(model, config, data, privacy, canary_guesses, seed),
-        "update_leakage": leakage_section(model, config, data, partition, privacy, leakage_users, rng),
+        "accounting": accounting_section(run_dir, config.privacy, privacy),
+        "membership": membership_section(model, data, partition, privacy, users, rng),
+        "canaries": canary_section(model, config.federation, canary_run, data, privacy, canary_guesses, seed),
+        "update_leakage": leakage_section(
+            model, trainings, data, partition, leakage_users, rng, noise=noise, clip=clip, seed=config.train.seed
+        ),
     }
     arrays = {k: (list(v.shape), str(v.numpy().dtype)) for k, v in model.arrays().items()}
     report["messages"] = (

@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.config import RunConfig
 from common.data.sequences import SequenceData
 from common.privacy.ledger import PrivacyLedger
-from common.training.federated import local_train
+from common.training.federated import LocalTraining, local_train
 
 ITEM_TABLE = "item_emb.weight"
 
@@ -63,48 +62,30 @@ def clip_and_noise(
     }
 
 
-def _update(config: RunConfig, user_data: SequenceData, global_arrays: dict, user: int) -> dict[str, torch.Tensor]:
-    ledger = PrivacyLedger(config.privacy.accountant) if config.privacy.dp_mode == "client" else None
-    result = local_train(config, user_data, global_arrays, server_round=0, client=int(user), ledger=ledger)
+def _update(
+    training: LocalTraining, user_data: SequenceData, global_arrays: dict, user: int
+) -> dict[str, torch.Tensor]:
+    ledger = PrivacyLedger(training.privacy.accountant) if training.privacy.dp_mode == "client" else None
+    result = local_train(training, user_data, global_arrays, server_round=0, client=int(user), ledger=ledger)
     return {k: result.arrays[k].float() - global_arrays[k].float() for k in global_arrays}
 
 
 def update_leakage(
-    config: RunConfig,
+    plain: LocalTraining,
+    client_dp: LocalTraining,
     data: SequenceData,
     global_arrays: dict[str, torch.Tensor],
     users: np.ndarray,
     *,
     noise_multiplier: float,
     clipping_norm: float,
-    max_grad_norm: float,
     seed: int = 0,
 ) -> dict:
-    """Precision / recall of the item-set reconstruction for each user in `users` and each setting."""
-    # One user's update, computed offline with the run's local recipe (one user alone: no cohort needed).
-    # (no accountant or population of the run's: these offline updates are never accounted)
-    one_user = {
-        "cohort-engine": False,
-        "user-sampling": "fixed",
-        "server-mechanism": "dp-fedavg",
-        "accountant": "rdp",
-        "simulated-population": 0,
-    }
-    plain = config.replace(**{"dp-mode": "none", **one_user})
-    client_dp = config.replace(
-        **{
-            "dp-mode": "client",
-            **one_user,
-            "noise-multiplier": noise_multiplier,
-            "max-grad-norm": max_grad_norm,
-            "target-epsilon": 0.0,
-            "max-epsilon": 0.0,
-            "loss": "ce",
-            "strategy": "fedavg" if config.federation.strategy == "fedprox" else config.federation.strategy,
-            "delta": config.privacy.delta or 1e-5,
-            "dp-reference-samples": 1,  # one user alone, one window: its plan as a one-window client's
-        }
-    )
+    """Precision / recall of the item-set reconstruction for each user in `users` and each setting.
+
+    `plain` and `client_dp`: the run's local recipe for one user alone, without DP and with DP-SGD
+    at the audited noise (`common.recipes.leakage_trainings`); server DP is `plain`'s update clipped
+    to `clipping_norm` plus N(0, (zC)^2)."""
     generator = torch.Generator().manual_seed(seed)
     results = {name: {"precision": [], "recall": [], "predicted": []} for name in ("no_dp", "client_dp", "server_dp")}
     base_rate = []
@@ -131,7 +112,7 @@ def update_leakage(
         "users": len(users),
         "noise_multiplier": noise_multiplier,
         "clipping_norm": clipping_norm,
-        "max_grad_norm": max_grad_norm,
+        "max_grad_norm": client_dp.privacy.max_grad_norm,
         "settings": summary,
         "random_guess_precision": float(np.mean(base_rate)) if base_rate else 0.0,
         "note": "server_dp: the user's update clipped to C plus N(0, (zC)^2), i.e. its share of the noised "

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from common.config import DataSettings, FederationSettings, RunConfig
+from common.config import DataSettings, FederationSettings
 from common.data.load import append_users
 from common.data.partition import cached_population
 from common.data.sequences import SequenceData
@@ -87,6 +87,6 @@ def population_with_fakes(data: DataSettings, fed: FederationSettings, seed: int
     return append_users(population, np.array(histories, dtype=object), ids), population.num_users
 
 
-def simulated_devices(config: RunConfig, real: int) -> int:
+def simulated_devices(fed: FederationSettings, real: int) -> int:
     """One-user devices the cohort engine simulates: the real ones and the attacker's fake ones."""
-    return real + fake_user_count(config.federation, real)
+    return real + fake_user_count(fed, real)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.config import RunConfig
+from common.config import DataSettings, ModelSettings
 from common.errors import ConfigError, DataError
 from common.training.step import model_for
 
@@ -38,8 +38,11 @@ def _shape_fields(arch: str) -> tuple[str, ...]:
     return (*_SHAPE_FIELDS, "max_len") if arch == "sasrec" else ("arch", "emb_dim", "hidden_dim", "num_layers")
 
 
-def warm_start(config: RunConfig, item_ids: np.ndarray, path: str | Path) -> WarmStart:
-    """This run's initial weights from the model.pt at `path`, fitted to this run's catalogue `item_ids`."""
+def warm_start(
+    model: ModelSettings, data: DataSettings, seed: int, item_ids: np.ndarray, path: str | Path
+) -> WarmStart:
+    """This run's initial weights from the model.pt at `path`, fitted to this run's model and data
+    settings and its catalogue `item_ids`; `seed` initialises the rows of new items."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config key 'init-model': {path} is not a file; give the model.pt of a finished run")
@@ -48,7 +51,7 @@ def warm_start(config: RunConfig, item_ids: np.ndarray, path: str | Path) -> War
         old_config, old_arrays, old_ids = blob["model_config"], blob["arrays"], blob["item_ids"].numpy()
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise DataError(f"{path}: not a fedseqrec model.pt ({type(exc).__name__}: {exc})") from exc
-    new_model = model_for(config, len(item_ids) - 1, item_ids=item_ids)  # seeded: fresh rows equal a scratch run's
+    new_model = model_for(model, data, len(item_ids) - 1, seed=seed, item_ids=item_ids)  # fresh rows: a scratch run's
     new_config = new_model.config.__dict__
     differ = [
         f"{name} {old_config.get(name)!r} (model) != {new_config[name]!r} (run)"

@@ -23,13 +23,13 @@ from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from torch.utils.data import TensorDataset
 
-from common.config import RunConfig
-from common.data.sequences import SequenceData, training_windows
+from common.config import PrivacySettings
+from common.data.sequences import training_windows
 from common.privacy import grad_samplers  # noqa: F401  (the models' per-sample-gradient rules)
 from common.privacy.accountants import PoissonGaussian, calibrate, create_accountant
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.mechanism import dpsgd_unit
-from common.training.augmentation import augmentation_for, maybe_augmented
+from common.training.augmentation import Augmentation, maybe_augmented
 from common.training.step import StepOptions, train_epoch
 
 
@@ -42,28 +42,31 @@ class DPPlan:
     expected_batch: float = 1.0  # the divisor of each step's noisy sum: reference samples x rate
 
 
-def dp_windows(local: SequenceData, config: RunConfig) -> tuple[TensorDataset, str]:
-    return dp_windows_of(local.train_sequences(), config)
-
-
-def dp_windows_of(sequences: list[np.ndarray], config: RunConfig) -> tuple[TensorDataset, str]:
+def dp_windows(sequences: list[np.ndarray], max_len: int, train_windows: str) -> tuple[TensorDataset, str]:
     """DP samples (disjoint windows) of training sequences, and the unit of privacy they give."""
-    inputs, targets, owners = training_windows(sequences, config.data.max_len, config.data.train_windows, disjoint=True)
+    inputs, targets, owners = training_windows(sequences, max_len, train_windows, disjoint=True)
     return TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets)), dpsgd_unit(
         len(np.unique(owners)) == len(owners)
     )
 
 
-def plan_round(config: RunConfig, reference_samples: int, unit: str, expected_rounds: float) -> DPPlan:
+def plan_round(
+    privacy: PrivacySettings,
+    *,
+    batch_size: int,
+    local_epochs: int,
+    reference_samples: int,
+    unit: str,
+    expected_rounds: float,
+) -> DPPlan:
     """Noise, rate and steps for one round, from public numbers only (`reference_samples`: the size
     the plan assumes, not the client's). With a target epsilon, the noise is the smallest that keeps
     epsilon within target over `expected_rounds` participations."""
-    privacy, fed = config.privacy, config.federation
     # k Poisson batches per epoch at rate exactly 1 / k, as Opacus' sampler runs them (its length is
     # set to k below, so float rounding of 1 / (1 / k) cannot drop a step the ledger books).
-    batches_per_epoch = max(1, round(reference_samples / config.train.batch_size))
+    batches_per_epoch = max(1, round(reference_samples / batch_size))
     sample_rate = 1.0 / batches_per_epoch
-    steps = fed.local_epochs * batches_per_epoch
+    steps = local_epochs * batches_per_epoch
     noise = privacy.noise_multiplier
     if privacy.target_epsilon > 0:
         total = int(steps * max(1.0, expected_rounds))
@@ -95,22 +98,24 @@ def train_private(
     model: torch.nn.Module,
     dataset: TensorDataset,
     plan: DPPlan,
-    config: RunConfig,
+    privacy: PrivacySettings,
     *,
+    lr: float,
+    epochs: int,
+    augmentation: Augmentation | None,
     noise_seed: int,
+    train_seed: int,
     ledger: PrivacyLedger,
     max_seconds: float = 0.0,
-    train_seed: int | None = None,
 ) -> tuple[float, int]:
     """Run the planned DP-SGD steps, record them in the ledger; returns (mean loss, steps taken).
 
     `noise_seed` seeds both the Gaussian noise and the Poisson sampling: it must be secret from the
     server (`common.privacy.randomness.dp_seed`). Never None outside secure mode: Opacus would then
     draw from torch's global RNG, which training seeds from the run seed. `train_seed` seeds what
-    is not part of the guarantee (sequence augmentation; None: the run seed), never from the noise seed."""
-    privacy = config.privacy
+    is not part of the guarantee (sequence augmentation), never from the noise seed."""
     generator = None if privacy.secure_mode else torch.Generator().manual_seed(noise_seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.federation.local_lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DPDataLoader(dataset, sample_rate=plan.sample_rate, generator=generator)
     loader.batch_sampler.steps = round(1 / plan.sample_rate)  # the plan's k batches per epoch, exactly
     if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:  # the ledger must record Opacus' real rate
@@ -131,15 +136,13 @@ def train_private(
     options = StepOptions(loss="ce", per_sample_grads=True)
     # Augmentation acts on each Poisson-sampled example alone (common/training/augmentation.py): every example
     # still yields one clipped gradient, so the sample rate, steps and noise accounted are unchanged.
-    augmentation = augmentation_for(config, model.config.num_items)
-    augment_seed = config.train.seed if train_seed is None else train_seed
     losses, steps = [], 0
     started = time.monotonic()
-    for epoch in range(config.federation.local_epochs):
+    for epoch in range(epochs):
         remaining = max_seconds - (time.monotonic() - started) if max_seconds > 0 else 0.0
         if max_seconds > 0 and remaining <= 0:
             break
-        batches = _TimeBudget(maybe_augmented(private_loader, augmentation, [augment_seed, epoch]), remaining)
+        batches = _TimeBudget(maybe_augmented(private_loader, augmentation, [train_seed, epoch]), remaining)
         loss, _ = train_epoch(private_model, batches, private_optimizer, options)
         steps += batches.steps
         if not np.isnan(loss):

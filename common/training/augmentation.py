@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from common.config import AUGMENTATIONS as OPERATORS
-from common.config import augment_operators
+from common.config import TrainSettings, augment_operators
 from common.data.sequences import left_pad
 
 
@@ -53,9 +53,8 @@ class Augmentation:
             raise ValueError(f"operators must be a non-empty subset of {OPERATORS}; got {self.operators}")
 
 
-def augmentation_for(config, num_items: int) -> Augmentation | None:
-    """The run config's augmentation (`augment` and its rates), or None when it is off."""
-    train = config.train
+def augmentation_for(train: TrainSettings, num_items: int) -> Augmentation | None:
+    """The training settings' augmentation (`augment` and its rates), or None when it is off."""
     operators = augment_operators(train.augment)
     if not operators:
         return None

@@ -14,45 +14,42 @@ over the whole cohort, and (reply - global) x count is the sum a secure aggregat
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from common.config import RunConfig
+from common.config import DataSettings, ModelSettings
 from common.data.sequences import SequenceData, training_windows
 from common.evaluation.metrics import ranking_metrics
 from common.evaluation.ranking import model_scores, rank_targets
-from common.training.augmentation import Augmentation, augment_windows, augmentation_for
+from common.training.augmentation import Augmentation, augment_windows
 from common.training.cohort import LocalRecipe, cohort_update, trimmed_sum
 from common.training.federated import LocalResult, client_seed
 from common.training.step import host_model
 
 
-def recipe_for(config: RunConfig, simulated: bool = False) -> LocalRecipe:
-    """An honest device's local recipe; `simulated`: the host also applies the server's check of each
-    device's reply (max-update-norm), which a real device's reply meets at the server itself."""
-    fed = config.federation
-    # One training window per user, so a local epoch is one optimiser step. Under server-side DP
-    # each user clips its own whole update on its device.
-    clip = config.privacy.clipping_norm if config.privacy.dp_mode == "server" else 0.0
-    return LocalRecipe(
-        steps=fed.local_epochs,
-        optimizer=fed.local_optimizer,
-        lr=fed.local_lr,
-        clip=clip,
-        touched_rows=fed.local_item_rows == "touched",
-        drop_above=fed.max_update_norm if simulated else 0.0,
-        row_clip=fed.max_row_norm if simulated else 0.0,
-    )
+@dataclass(frozen=True)
+class CohortTraining:
+    """What a host needs to train its chunks' users, as plain values (from the run config at the
+    edge: `common.recipes.cohort_training`)."""
+
+    model: ModelSettings
+    data: DataSettings  # max-len and the item features the model is built with
+    seed: int  # the run seed: each user's dropout and augmentation key derive from it
+    honest: LocalRecipe
+    attacker: LocalRecipe  # a simulated attack's fake users (`common.data.fake_users`)
+    trim: float = 0.0  # user-trim-beta: the chunk is the whole round (checked by the config)
+    augmentation: Augmentation | None = None
 
 
-def attacker_recipe(config: RunConfig, simulated: bool = False) -> LocalRecipe:
-    """A fake user's recipe: the honest steps on its fake window, boosted by sim-attack-scale, never
-    clipped for DP; it knows the server's max-update-norm and stays just under it (a dropped reply
-    promotes nothing). `simulated`: the server's checks apply to it as to any device (max-row-norm)."""
-    bound = config.federation.max_update_norm
-    return replace(recipe_for(config, simulated), scale=config.federation.sim_attack_scale, clip=bound * (1 - 1e-4))
+@dataclass(frozen=True)
+class Ranking:
+    """How held-out items are ranked: the cut-off, whether seen items are masked, the batch size."""
+
+    top_k: int = 10
+    mask_seen: bool = True
+    batch_size: int = 512
 
 
 def user_windows(
@@ -88,29 +85,26 @@ def user_seeds(seed: int, server_round: int, identities: np.ndarray) -> np.ndarr
 
 
 def train_chunks(
-    config: RunConfig,
+    training: CohortTraining,
     local: SequenceData,
     chunks: list[tuple[int, np.ndarray]],
     global_arrays: dict[str, torch.Tensor],
     server_round: int,
-    simulated: bool = False,
     fakes_from: int | None = None,
     identity_offset: int = 0,
 ) -> LocalResult:
     """Users' local updates, chunk by chunk; `chunks` = [(chunk index, rows of `local`)].
 
-    `simulated`: the users are simulated devices (see `recipe_for`); rows from `fakes_from` on are
-    an attacker's fake users (`common.data.fake_users`), trained with `attacker_recipe`. A user's identity
+    Rows from `fakes_from` on are an attacker's fake users (`common.data.fake_users`), trained with
+    `training.attacker`. A user's identity
     (what seeds its randomness) is `identity_offset` + its row: rows of the population on a simulated
     host, the device's own key on a device."""
-    model = host_model(config, local.num_items, item_ids=local.item_ids)
+    model = host_model(training.model, training.data, local.num_items, seed=training.seed, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.train()
-    recipes = (recipe_for(config, simulated), attacker_recipe(config, simulated))
-    trim = config.federation.user_trim_beta  # the chunk is the whole round (checked by the config)
+    recipes, trim, augmentation = (training.honest, training.attacker), training.trim, training.augmentation
     names = dict(model.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in names.items()}
-    augmentation = augmentation_for(config, local.num_items)
     users, loss_sum, clipped, rejected, fakes = 0, 0.0, 0, 0, 0
     for _, rows in chunks:
         rows = np.asarray(rows, dtype=np.int64)
@@ -121,7 +115,7 @@ def train_chunks(
             if len(part) == 0:
                 continue
             # Dropout and augmentation from each user's own seed (never a DP noise source).
-            seeds = user_seeds(config.train.seed, server_round, identity_offset + part)
+            seeds = user_seeds(training.seed, server_round, identity_offset + part)
             inputs, targets, keys = user_windows(local, part, model.config.max_len, seeds, augmentation)
             result = cohort_update(model, inputs, targets, recipe, keep_users=trim > 0, keys=keys)
             if trim > 0:
@@ -151,10 +145,18 @@ def train_chunks(
 
 @torch.no_grad()
 def evaluate_users(
-    config: RunConfig, local: SequenceData, rows: np.ndarray, global_arrays: dict[str, torch.Tensor], split: str
+    model_settings: ModelSettings,
+    data: DataSettings,
+    ranking: Ranking,
+    seed: int,
+    local: SequenceData,
+    rows: np.ndarray,
+    global_arrays: dict[str, torch.Tensor],
+    split: str,
 ) -> dict:
-    """Mean ranking metrics of `rows`' held-out item (validation or test), with their count."""
-    model = host_model(config, local.num_items, item_ids=local.item_ids)
+    """Mean ranking metrics of `rows`' held-out item (validation or test), with their count. `seed`
+    initialises the host's model the first time (its weights are replaced by `global_arrays`)."""
+    model = host_model(model_settings, data, local.num_items, seed=seed, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
     model.eval()
     cut = 2 if split == "validation" else 1
@@ -165,8 +167,8 @@ def evaluate_users(
         histories,
         targets,
         num_items=local.num_items,
-        top_k=config.train.top_k,
-        mask_seen=config.train.mask_seen,
-        batch_size=config.train.eval_batch_size,
+        top_k=ranking.top_k,
+        mask_seen=ranking.mask_seen,
+        batch_size=ranking.batch_size,
     )
-    return {**ranking_metrics(ranks, config.train.top_k), "num-examples": len(rows)}
+    return {**ranking_metrics(ranks, ranking.top_k), "num-examples": len(rows)}

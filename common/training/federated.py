@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.config import RunConfig
+from common.config import DataSettings, ModelSettings, PrivacySettings
 from common.data.sequences import SequenceData
 from common.errors import DataError
 from common.node_config import node_setting
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
-from common.training.augmentation import augmentation_for, maybe_augmented
+from common.training.augmentation import Augmentation, maybe_augmented
 from common.training.step import StepOptions, model_for, train_epoch, window_dataset, window_loader
 
 
@@ -34,6 +34,22 @@ def client_seed(seed: int, server_round: int, client: int) -> int:
 class LocalResult:
     arrays: dict[str, torch.Tensor] | None  # None: the client declined (privacy budget, owner's choice)
     metrics: dict[str, float | int]
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """A client's local training values (from the run config at the edge: `common.recipes.local_training`)."""
+
+    model: ModelSettings
+    data: DataSettings  # max-len, training windows, the item features the model is built with
+    privacy: PrivacySettings  # dp-mode = client: DP-SGD's noise, clip, accountant, delta and cap
+    seed: int
+    epochs: int
+    optimizer: str  # "adam" or "sgd"
+    lr: float
+    weight_decay: float
+    batch_size: int
+    augmentation: Augmentation | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,7 @@ def check_local_data(local: SequenceData, where: str) -> None:
 
 
 def local_train(
-    config: RunConfig,
+    training: LocalTraining,
     local: SequenceData,
     global_arrays: dict[str, torch.Tensor],
     *,
@@ -84,36 +100,33 @@ def local_train(
     `reference_samples`: client DP plans with this public size, never the client's own count."""
     if not limits.train:
         return LocalResult(None, {"declined": 1, "num-examples": 0})
-    seed = client_seed(config.train.seed, server_round, client)
+    seed = client_seed(training.seed, server_round, client)
     torch.manual_seed(seed)
-    model = model_for(config, local.num_items, item_ids=local.item_ids)
+    model = model_for(training.model, training.data, local.num_items, seed=training.seed, item_ids=local.item_ids)
     model.load_arrays(global_arrays)
-    if config.privacy.dp_mode == "client":
+    if training.privacy.dp_mode == "client":
         noise_seed = dp_seed(reproducible=reproducible_dp_noise, derived=seed)
-        ledger = ledger or PrivacyLedger(config.privacy.accountant)
+        ledger = ledger or PrivacyLedger(training.privacy.accountant)
         return _private_local_train(
-            config, local, model, seed, noise_seed, ledger, limits, expected_rounds, reproducible_dp_noise,
+            training, local, model, seed, noise_seed, ledger, limits, expected_rounds, reproducible_dp_noise,
             reference_samples,
         )  # fmt: skip
-    dataset = window_dataset(local.train_sequences(), config.data.max_len, config.data.train_windows)
+    dataset = window_dataset(local.train_sequences(), training.data.max_len, training.data.train_windows)
     if len(dataset) == 0:
         raise DataError(f"client {client}: no training windows (histories too short)")
-    optimizer_class = torch.optim.Adam if config.federation.local_optimizer == "adam" else torch.optim.SGD
-    optimizer = optimizer_class(
-        model.parameters(), lr=config.federation.local_lr, weight_decay=config.train.weight_decay
-    )
+    optimizer_class = torch.optim.Adam if training.optimizer == "adam" else torch.optim.SGD
+    optimizer = optimizer_class(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     options = StepOptions(
-        loss=config.model.loss,
-        num_negatives=config.model.num_negatives,
-        reduction=config.model.loss_reduction,
+        loss=training.model.loss,
+        num_negatives=training.model.num_negatives,
+        reduction=training.model.loss_reduction,
         proximal_mu=proximal_mu,
     )
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    augmentation = augmentation_for(config, local.num_items)
     losses = []
-    for epoch in range(config.federation.local_epochs):
-        loader = window_loader(dataset, config.train.batch_size, seed + epoch)
-        batches = maybe_augmented(loader, augmentation, [seed, epoch])
+    for epoch in range(training.epochs):
+        loader = window_loader(dataset, training.batch_size, seed + epoch)
+        batches = maybe_augmented(loader, training.augmentation, [seed, epoch])
         loss, _ = train_epoch(model, batches, optimizer, options, global_params=global_params)
         losses.append(loss)
     return LocalResult(
@@ -122,7 +135,7 @@ def local_train(
 
 
 def _private_local_train(
-    config: RunConfig,
+    training: LocalTraining,
     local: SequenceData,
     model,
     train_seed: int,
@@ -138,19 +151,27 @@ def _private_local_train(
     # Opacus only where DP-SGD runs: a device without it starts a second faster
     from common.privacy.dpsgd import dp_windows, plan_round, train_private
 
-    delta = config.privacy.delta
-    dataset, unit = dp_windows(local, config)
+    privacy = training.privacy
+    delta = privacy.delta
+    dataset, unit = dp_windows(local.train_sequences(), training.data.max_len, training.data.train_windows)
     if len(dataset) == 0:
         raise DataError("no training windows (histories too short)")
-    reference = config.privacy.dp_reference_samples or reference_samples
+    reference = privacy.dp_reference_samples or reference_samples
     if reference <= 0:
         raise DataError(
             "client DP needs the public size its plan assumes: set dp-reference-samples (the server sends "
             "users per client when it knows the population)"
         )
-    plan = plan_round(config, reference, unit, expected_rounds)
+    plan = plan_round(
+        privacy,
+        batch_size=training.batch_size,
+        local_epochs=training.epochs,
+        reference_samples=reference,
+        unit=unit,
+        expected_rounds=expected_rounds,
+    )
     spent = ledger.epsilon(delta)
-    cap = effective_max_epsilon(config.privacy.cap, limits.max_epsilon)
+    cap = effective_max_epsilon(privacy.cap, limits.max_epsilon)
     after = ledger.projected(
         noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
     ).epsilon(delta)
@@ -160,7 +181,10 @@ def _private_local_train(
         model,
         dataset,
         plan,
-        config,
+        privacy,
+        lr=training.lr,
+        epochs=training.epochs,
+        augmentation=training.augmentation,
         noise_seed=noise_seed,
         train_seed=train_seed,
         ledger=ledger,

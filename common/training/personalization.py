@@ -18,21 +18,20 @@ it, unless the device sends it (or anything computed from it) back.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.config import RunConfig
 from common.data.sequences import left_pad
 from common.errors import ConfigError, DataError
 from common.model.losses import next_item_loss
 from common.model.models import SequenceRecommender, build_model
-from common.privacy.dpsgd import dp_windows_of, plan_round, train_private
+from common.privacy.dpsgd import dp_windows, plan_round, train_private
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
-from common.training.federated import effective_max_epsilon
+from common.training.federated import LocalTraining, effective_max_epsilon
 from common.training.step import window_dataset
 
 
@@ -72,12 +71,14 @@ def fine_tune(
     model: SequenceRecommender,
     train: np.ndarray,
     validation_item: int,
-    config: RunConfig,
+    training: LocalTraining,
     settings: FineTuning = FineTuning(),
     dp: DPBudget | None = None,
 ) -> tuple[SequenceRecommender, dict]:
     """A fine-tuned copy of `model` (the global model is left untouched) and a report.
 
+    `training`: the federation's local training values (`common.recipes.local_training`): its
+    max-len, and under client DP its DP-SGD settings, batch size and augmentation.
     `train`: the user's history without its validation item (model indices, oldest first);
     `validation_item`: the item that followed `train`, used only to choose the step."""
     settings.validate()
@@ -86,12 +87,12 @@ def fine_tune(
         raise DataError(f"fine-tuning needs >= 2 history items before the validation item, got {len(train)}")
     model = copy.deepcopy(model)
     before = validation_loss(model, train, validation_item)
-    if config.privacy.dp_mode == "client":
+    if training.privacy.dp_mode == "client":
         if dp is None:
             raise ConfigError("the run used dp-mode = client: DP fine-tuning needs the device's privacy ledger")
-        return _fine_tune_private(model, train, validation_item, config, settings, dp, before)
+        return _fine_tune_private(model, train, validation_item, training, settings, dp, before)
     torch.manual_seed(settings.seed)
-    dataset = window_dataset([train], config.data.max_len, "all")
+    dataset = window_dataset([train], training.data.max_len, "all")
     inputs, targets = dataset.tensors  # every window of the history, one full batch per step
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     best = (before, 0, copy.deepcopy(model.state_dict()))
@@ -111,15 +112,20 @@ def fine_tune(
     return model, {"dp": False, "best_step": best[1], "validation_loss": losses, "windows": len(inputs)}
 
 
-def _fine_tune_private(model, train, validation_item, config, settings, dp: DPBudget, before: float):
+def _fine_tune_private(model, train, validation_item, training: LocalTraining, settings, dp: DPBudget, before: float):
     """The federation's DP-SGD path, recorded in the device's ledger before anything is returned."""
-    tuned = config.replace(
-        **{"local-epochs": settings.steps, "local-lr": settings.lr, "noise-multiplier": dp.noise_multiplier}
+    # fixed noise (no target): this is not a federated round
+    privacy = replace(training.privacy, noise_multiplier=dp.noise_multiplier, target_epsilon=0.0)
+    dataset, unit = dp_windows([train], training.data.max_len, training.data.train_windows)
+    plan = plan_round(
+        privacy,
+        batch_size=training.batch_size,
+        local_epochs=settings.steps,
+        reference_samples=len(dataset),
+        unit=unit,
+        expected_rounds=1.0,
     )
-    tuned = tuned.replace(**{"target-epsilon": 0.0})  # fixed noise: this is not a federated round
-    dataset, unit = dp_windows_of([train], tuned)
-    plan = plan_round(tuned, len(dataset), unit, expected_rounds=1.0)
-    cap = effective_max_epsilon(config.privacy.max_epsilon, dp.max_epsilon)
+    cap = effective_max_epsilon(training.privacy.max_epsilon, dp.max_epsilon)
     after = dp.ledger.projected(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps)
     if cap > 0 and after.epsilon(dp.delta) > cap:
         raise ConfigError(
@@ -131,7 +137,16 @@ def _fine_tune_private(model, train, validation_item, config, settings, dp: DPBu
     global_state = copy.deepcopy(model.state_dict())
     model.train()  # Opacus wraps training-mode modules only
     _, steps = train_private(
-        model, dataset, plan, tuned, noise_seed=dp_seed(reproducible=False, derived=0), ledger=dp.ledger
+        model,
+        dataset,
+        plan,
+        privacy,
+        lr=settings.lr,
+        epochs=settings.steps,
+        augmentation=training.augmentation,
+        noise_seed=dp_seed(reproducible=False, derived=0),
+        train_seed=training.seed,
+        ledger=dp.ledger,
     )
     trained = model.arrays()
     model = build_model(model.config)  # a clean module: Opacus leaves its hooks on the one it trained

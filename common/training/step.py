@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.config import ModelSettings, RunConfig
+from common.config import DataSettings, ModelSettings
 from common.data.load import load_item_features
 from common.data.sequences import training_windows
 from common.model.losses import next_item_loss
@@ -59,39 +59,41 @@ def model_config(
 
 
 def model_for(
-    config: RunConfig, num_items: int, seed: int | None = None, *, item_ids: np.ndarray | None = None
+    model: ModelSettings, data: DataSettings, num_items: int, *, seed: int, item_ids: np.ndarray | None = None
 ) -> SequenceRecommender:
     """A freshly initialised model; the same seed gives the same weights everywhere.
 
     With `item-features`, `item_ids` (the catalogue: index -> original ID) places each item's
     features on its index; every party derives the same table from the same public metadata."""
     features = None
-    if config.data.item_features:
+    if data.item_features:
         if item_ids is None or len(item_ids) != num_items + 1:
             raise ValueError("item-features needs the catalogue's item_ids (num_items + 1 entries) to build the model")
-        features = load_item_features(config.data, item_ids)
-    torch.manual_seed(config.train.seed if seed is None else seed)
+        features = load_item_features(data, item_ids)
+    torch.manual_seed(seed)
     shape = (features.num_features, features.slots) if features is not None else (0, 0)
-    model = build_model(model_config(config.model, num_items, config.data.max_len, *shape))
+    built = build_model(model_config(model, num_items, data.max_len, *shape))
     if features is not None:
-        model.set_item_features(torch.as_tensor(features.index))
-    return model
+        built.set_item_features(torch.as_tensor(features.index))
+    return built
 
 
 _HOST_MODELS: dict[tuple, SequenceRecommender] = {}
 
 
-def host_model(config: RunConfig, num_items: int, *, item_ids: np.ndarray | None = None) -> SequenceRecommender:
+def host_model(
+    model: ModelSettings, data: DataSettings, num_items: int, *, seed: int, item_ids: np.ndarray | None = None
+) -> SequenceRecommender:
     """`model_for`'s model, built once per process and then reused, for a host that loads new
     weights into it every round (the cohort engine's SuperNodes): building it took 8-25 ms a round,
     the largest Python cost of a host's round. It holds whatever weights its last user loaded: load
     yours first."""
     catalogue = None if item_ids is None else hashlib.sha1(np.ascontiguousarray(item_ids).tobytes()).hexdigest()
-    key = (config.model, config.data, num_items, catalogue)
+    key = (model, data, num_items, catalogue)
     if key not in _HOST_MODELS:
         if len(_HOST_MODELS) >= 4:  # a process serving several runs keeps only the latest few
             _HOST_MODELS.pop(next(iter(_HOST_MODELS)))
-        _HOST_MODELS[key] = model_for(config, num_items, item_ids=item_ids)
+        _HOST_MODELS[key] = model_for(model, data, num_items, seed=seed, item_ids=item_ids)
     return _HOST_MODELS[key]
 
 

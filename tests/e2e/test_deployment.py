@@ -117,7 +117,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path: Path, monkeypatch)
     assert not (tmp_path / "not-on-the-server.csv").exists()
     assert history[-1]["validation"]["users"] == 120  # every device's users, ranked on the devices
     data = load_sequence_data(config.data)
-    initial = model_for(config, data.num_items)
+    initial = model_for(config.model, config.data, data.num_items, seed=config.train.seed)
     trained, item_ids, _ = load_model(out / "model.pt")
     np.testing.assert_array_equal(item_ids, data.item_ids)
     init_arrays, final_arrays = initial.arrays(), trained.arrays()

@@ -38,7 +38,7 @@ def test_simulated_federation_improves_validation_ndcg(finished_run, cache, monk
     monkeypatch.setenv("FEDSEQREC_CACHE", str(cache))
     config = RunConfig.from_flat(SIM_CONFIG)
     data = load_sequence_data(config.data)
-    initial = model_for(config, data.num_items)
+    initial = model_for(config.model, config.data, data.num_items, seed=config.train.seed)
     initial.eval()
     before = evaluate(model_scores(initial), data, "validation")["ndcg@10"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -34,6 +34,6 @@ def test_cross_silo_federation_with_item_features(catalogue, cache, tmp_path):
     _run(flat, cache)
     model, item_ids, _ = load_model(out / "model.pt")
     config = RunConfig.from_flat({k: v for k, v in flat.items() if k != "out-dir"})
-    fresh = model_for(config, len(item_ids) - 1, item_ids=item_ids)
+    fresh = model_for(config.model, config.data, len(item_ids) - 1, seed=config.train.seed, item_ids=item_ids)
     assert torch.equal(model.feature_index, fresh.feature_index)
     assert (model.feature_emb.weight - fresh.feature_emb.weight).abs().max() > 1e-3

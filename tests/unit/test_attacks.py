@@ -12,6 +12,7 @@ from common.data.fake_users import fake_users
 from common.data.synthetic import synthetic_interactions
 from common.errors import ConfigError, DataError
 from common.evaluation.ranking import item_exposure, model_scores, popularity_scores
+from common.recipes import cohort_training, local_training
 from common.training.federated import local_train
 from tests.conftest import COHORT, SIM_CONFIG
 
@@ -67,9 +68,9 @@ def test_training_on_fake_users_pushes_the_target_into_top_k():
     assert all((fake.sequence(u)[1::2] == target).all() for u in range(fake.num_users))
     from common.training.step import model_for
 
-    model = model_for(config, data.num_items)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed)
     before = item_exposure(model_scores(model.eval()), data, target, max_len=12)
-    result = local_train(config, fake, model.arrays(), server_round=1, client=0)
+    result = local_train(local_training(config, fake.num_items), fake, model.arrays(), server_round=1, client=0)
     model.load_arrays(result.arrays)
     after = item_exposure(model_scores(model.eval()), data, target, max_len=12)
     assert before < 0.5 < after
@@ -147,10 +148,19 @@ def test_fake_users_promote_the_target_and_the_norm_check_bounds_them(cache_env)
 
     config = RunConfig.from_flat({**PROMOTE, "sim-attack-scale": 50.0})
     population, real = population_with_fakes(config.data, config.federation, config.train.seed)
-    start = model_for(config, population.num_items).arrays()
+    start = model_for(config.model, config.data, population.num_items, seed=config.train.seed).arrays()
     chunks = [(0, np.concatenate([np.arange(0, 20), np.arange(real, real + 4)]))]
-    clean = train_chunks(config, population, [(0, np.arange(0, 20))], start, 1, simulated=True, fakes_from=real)
-    attacked = train_chunks(config, population, chunks, start, 1, simulated=True, fakes_from=real)
+    clean = train_chunks(
+        cohort_training(config, population.num_items, True),
+        population,
+        [(0, np.arange(0, 20))],
+        start,
+        1,
+        fakes_from=real,
+    )
+    attacked = train_chunks(
+        cohort_training(config, population.num_items, True), population, chunks, start, 1, fakes_from=real
+    )
     assert attacked.metrics["fake-users"] == 4 and attacked.metrics["users"] == 24
 
     def target_row_change(result) -> float:
@@ -158,8 +168,9 @@ def test_fake_users_promote_the_target_and_the_norm_check_bounds_them(cache_env)
 
     assert target_row_change(attacked) > 10 * target_row_change(clean)
     bound = 1.0
+    bounded_config = config.replace(**{"max-update-norm": bound})
     bounded = train_chunks(
-        config.replace(**{"max-update-norm": bound}), population, chunks, start, 1, simulated=True, fakes_from=real
+        cohort_training(bounded_config, population.num_items, True), population, chunks, start, 1, fakes_from=real
     )
     users = bounded.metrics["users"]
     change = {k: (bounded.arrays[k] - start[k]) * users for k in start if k in bounded.arrays}
@@ -196,11 +207,18 @@ def test_a_trimmed_mean_of_users_keeps_fake_users_off_the_targets_row(cache_env)
 
     config = RunConfig.from_flat({**PROMOTE, "cohort-chunk": 60})
     population, real = population_with_fakes(config.data, config.federation, config.train.seed)
-    start = model_for(config, population.num_items).arrays()
+    start = model_for(config.model, config.data, population.num_items, seed=config.train.seed).arrays()
     chunk = [(0, np.concatenate([np.arange(0, 36), np.arange(real, real + 4)]))]  # 4 fake users of 40
 
     def target_row_change(flat_overrides: dict) -> float:
-        result = train_chunks(config.replace(**flat_overrides), population, chunk, start, 1, True, real)
+        result = train_chunks(
+            cohort_training(config.replace(**flat_overrides), population.num_items, True),
+            population,
+            chunk,
+            start,
+            1,
+            fakes_from=real,
+        )
         assert result.metrics["users"] == 40 and result.metrics["fake-users"] == 4
         return float((result.arrays["item_emb.weight"][7] - start["item_emb.weight"][7]).norm())
 
@@ -241,11 +259,18 @@ def test_the_row_clip_bounds_what_fake_users_do_to_the_targets_row(cache_env):
 
     config = RunConfig.from_flat({**PROMOTE, "sim-attack-scale": 50.0})
     population, real = population_with_fakes(config.data, config.federation, config.train.seed)
-    start = model_for(config, population.num_items).arrays()
+    start = model_for(config.model, config.data, population.num_items, seed=config.train.seed).arrays()
     chunks = [(0, np.concatenate([np.arange(0, 20), np.arange(real, real + 4)]))]
 
     def target_row_sum(overrides: dict) -> float:  # the norm of the users' summed change of the target's row
-        result = train_chunks(config.replace(**overrides), population, chunks, start, 1, True, real)
+        result = train_chunks(
+            cohort_training(config.replace(**overrides), population.num_items, True),
+            population,
+            chunks,
+            start,
+            1,
+            fakes_from=real,
+        )
         users = result.metrics["users"]
         return float(((result.arrays["item_emb.weight"][7] - start["item_emb.weight"][7]) * users).norm())
 

@@ -100,7 +100,7 @@ def test_roc_auc_and_dp_bound_basics():
 
 
 def _overfit(config: RunConfig, sequences: list[np.ndarray], num_items: int, epochs: int):
-    model = model_for(config, num_items)
+    model = model_for(config.model, config.data, num_items, seed=config.train.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     dataset = window_dataset(sequences, config.data.max_len, "all")
     for epoch in range(epochs):
@@ -181,13 +181,13 @@ def test_canaries_are_deterministic_and_join_the_training_population():
 
 def test_update_reveals_the_users_items_without_dp():
     from common.audit.update_leakage import update_leakage
+    from common.recipes import leakage_trainings
 
     config = RunConfig.from_flat({**TINY, "synthetic-items": 200})  # a user holds a small share of the catalogue
     data = load_sequence_data(config.data)
-    arrays = model_for(config, data.num_items).arrays()
-    result = update_leakage(
-        config, data, arrays, np.arange(5), noise_multiplier=1.0, clipping_norm=1.0, max_grad_norm=1.0
-    )
+    arrays = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
+    trainings = leakage_trainings(config, data.num_items, noise_multiplier=1.0, max_grad_norm=1.0)
+    result = update_leakage(*trainings, data, arrays, np.arange(5), noise_multiplier=1.0, clipping_norm=1.0)
     plain = result["settings"]["no_dp"]
     assert plain["precision"] > 0.85 and plain["recall"] > 0.9
     assert result["settings"]["server_dp"]["recall"] < plain["recall"] / 2
@@ -196,6 +196,7 @@ def test_update_reveals_the_users_items_without_dp():
 
 def test_update_leakage_runs_on_a_pld_projection_run_like_the_private_recipe():
     from common.audit.update_leakage import update_leakage
+    from common.recipes import leakage_trainings
 
     private = {
         "partition": "user",
@@ -206,10 +207,9 @@ def test_update_leakage_runs_on_a_pld_projection_run_like_the_private_recipe():
     }
     config = RunConfig.from_flat({**TINY, **private, "accountant": "pld", "simulated-population": 10_000})
     data = load_sequence_data(config.data)
-    arrays = model_for(config, data.num_items).arrays()
-    result = update_leakage(
-        config, data, arrays, np.arange(2), noise_multiplier=1.0, clipping_norm=1.0, max_grad_norm=1.0
-    )
+    arrays = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
+    trainings = leakage_trainings(config, data.num_items, noise_multiplier=1.0, max_grad_norm=1.0)
+    result = update_leakage(*trainings, data, arrays, np.arange(2), noise_multiplier=1.0, clipping_norm=1.0)
     assert set(result["settings"]) == {"no_dp", "client_dp", "server_dp"}
 
 
@@ -222,7 +222,8 @@ def _call_mod(tmp_path, extra_metrics: dict):
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    model = model_for(RunConfig.from_flat(TINY), 40)
+    tiny = RunConfig.from_flat(TINY)
+    model = model_for(tiny.model, tiny.data, 40, seed=tiny.train.seed)
     ask = Message(
         content=RecordDict({"config": ConfigRecord({"run-dir": str(tmp_path), "server-round": 1})}),
         message_type="train",

@@ -15,6 +15,7 @@ from common.data.sequences import build_sequences, training_windows
 from common.data.synthetic import synthetic_interactions
 from common.errors import ConfigError
 from common.privacy.ledger import PrivacyLedger
+from common.recipes import cohort_training, local_training
 from common.training.augmentation import (
     Augmentation,
     augment_windows,
@@ -110,9 +111,9 @@ def test_windows_keep_their_shape_and_padding_convention():
 
 
 def test_augmentation_config_is_off_by_default_and_validated():
-    assert augmentation_for(RunConfig(), 100) is None
+    assert augmentation_for(RunConfig().train, 100) is None
     config = RunConfig.from_flat({"augment": "crop, mask", "augment-crop-keep": 0.6})
-    assert augmentation_for(config, 100) == Augmentation(("crop", "mask"), 100, crop_keep=0.6)
+    assert augmentation_for(config.train, 100) == Augmentation(("crop", "mask"), 100, crop_keep=0.6)
     with pytest.raises(ConfigError, match="'augment'.*shuffle"):
         RunConfig.from_flat({"augment": "crop,shuffle"})
     with pytest.raises(ConfigError, match="augment-mask-rate"):
@@ -153,9 +154,11 @@ def test_cross_silo_and_dp_clients_train_with_augmentation():
     data = build_sequences(synthetic_interactions(40, 30, mean_length=12, seed=2), min_item_count=1)
     base = {**TINY, "local-epochs": 1, "local-lr": 1e-3, "batch-size": 8}
     plain_config = RunConfig.from_flat(base)
-    start = model_for(plain_config, data.num_items).arrays()
-    plain = local_train(plain_config, data, start, server_round=1, client=0)
-    augmented = local_train(RunConfig.from_flat({**base, **AUGMENT}), data, start, server_round=1, client=0)
+    start = model_for(plain_config.model, plain_config.data, data.num_items, seed=plain_config.train.seed).arrays()
+    plain = local_train(local_training(plain_config, data.num_items), data, start, server_round=1, client=0)
+    augmented = local_train(
+        local_training(RunConfig.from_flat({**base, **AUGMENT}), data.num_items), data, start, server_round=1, client=0
+    )
     assert augmented.metrics["num-examples"] == plain.metrics["num-examples"]
     assert any(not torch.equal(augmented.arrays[k], plain.arrays[k]) for k in plain.arrays)
 
@@ -173,7 +176,7 @@ def test_cross_silo_and_dp_clients_train_with_augmentation():
     for name, extra in (("plain", {}), ("augmented", AUGMENT)):
         ledgers[name] = PrivacyLedger("rdp")
         result = local_train(
-            RunConfig.from_flat({**dp, **extra}),
+            local_training(RunConfig.from_flat({**dp, **extra}), data.num_items),
             data,
             start,
             server_round=1,
@@ -193,11 +196,11 @@ def test_cohort_engine_augments_each_users_window_reproducibly():
     config = RunConfig.from_flat({**COHORT, **AUGMENT})
     plain_config = RunConfig.from_flat(COHORT)
     data = load_sequence_data(config.data)
-    start = model_for(config, data.num_items).arrays()
+    start = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
     chunks = [(i, np.arange(i * 16, (i + 1) * 16)) for i in range(2)]
-    first = train_chunks(config, data, chunks, start, server_round=2)
-    second = train_chunks(config, data, chunks, start, server_round=2)
-    plain = train_chunks(plain_config, data, chunks, start, server_round=2)
+    first = train_chunks(cohort_training(config, data.num_items), data, chunks, start, server_round=2)
+    second = train_chunks(cohort_training(config, data.num_items), data, chunks, start, server_round=2)
+    plain = train_chunks(cohort_training(plain_config, data.num_items), data, chunks, start, server_round=2)
     assert first.metrics["users"] == plain.metrics["users"] == 32
     assert all(torch.equal(first.arrays[k], second.arrays[k]) for k in first.arrays)  # seeded per chunk
     assert any(not torch.equal(first.arrays[k], plain.arrays[k]) for k in first.arrays)

@@ -14,6 +14,7 @@ from common.config import RunConfig
 from common.data.load import load_sequence_data
 from common.evaluation.ranking import evaluate, model_scores
 from common.model.models import ModelConfig, build_model
+from common.recipes import cohort_training, ranking
 from common.training.cohort import LocalRecipe, cohort_update, user_loss
 from common.training.cohort_clients import evaluate_users, train_chunks
 from common.training.step import model_for
@@ -111,10 +112,13 @@ def test_chunks_spread_over_nodes_give_the_same_aggregate():
         {**COHORT, "dropout": 0.2, "local-epochs": 2, "local-optimizer": "adam", "local-lr": 0.01}
     )
     data = load_sequence_data(config.data)
-    start = model_for(config, data.num_items).arrays()
+    start = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
     chunks = [(i, np.arange(i * 16, (i + 1) * 16)) for i in range(4)]
-    one_node = train_chunks(config, data, chunks, start, server_round=3)
-    node_a, node_b = (train_chunks(config, data, part, start, server_round=3) for part in (chunks[::2], chunks[1::2]))
+    one_node = train_chunks(cohort_training(config, data.num_items), data, chunks, start, server_round=3)
+    node_a, node_b = (
+        train_chunks(cohort_training(config, data.num_items), data, part, start, server_round=3)
+        for part in (chunks[::2], chunks[1::2])
+    )
     n_a, n_b = node_a.metrics["num-examples"], node_b.metrics["num-examples"]
     assert one_node.metrics["num-examples"] == n_a + n_b == 64
     for key, value in one_node.arrays.items():
@@ -125,11 +129,16 @@ def test_chunks_spread_over_nodes_give_the_same_aggregate():
 def test_client_evaluation_equals_server_evaluation_on_the_same_users():
     config = RunConfig.from_flat(COHORT)
     data = load_sequence_data(config.data)
-    model = model_for(config, data.num_items)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed)
     users = np.arange(0, 200, 3)
     for split in ("validation", "test"):
         server = evaluate(model_scores(model), data, split, max_len=20, top_k=10, users=users)
-        halves = [evaluate_users(config, data, part, model.arrays(), split) for part in (users[:30], users[30:])]
+        halves = [
+            evaluate_users(
+                config.model, config.data, ranking(config), config.train.seed, data, part, model.arrays(), split
+            )
+            for part in (users[:30], users[30:])
+        ]
         for key in ("ndcg@10", "hr@10", "mrr@10"):
             pooled = sum(h[key] * h["num-examples"] for h in halves) / len(users)
             assert pooled == pytest.approx(server[key], abs=1e-9), (split, key)
@@ -195,7 +204,7 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
         "state-dir": str(tmp_path / "state"),
     }
     context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=config.to_flat())
-    start = model_for(config, data.num_items).arrays()
+    start = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
     ask = Message(
         content=RecordDict({"arrays": ArrayRecord(start), "config": ConfigRecord({"server-round": 2})}),
         message_type="train",
@@ -204,7 +213,7 @@ def test_a_real_device_is_a_cohort_of_its_own_user(tmp_path):
     reply = client_app.train(ask, context)
     assert reply.content["metrics"]["users"] == 1 and reply.content["metrics"]["num-examples"] == 1
     local = load_local_data(config, node_config)
-    expected = train_chunks(config, local, [(0, np.arange(1))], start, server_round=2)
+    expected = train_chunks(cohort_training(config, local.num_items), local, [(0, np.arange(1))], start, server_round=2)
     got = reply.content["arrays"].to_torch_state_dict()
     for key, value in expected.arrays.items():
         assert torch.allclose(got[key], value, atol=1e-7), key

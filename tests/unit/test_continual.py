@@ -20,7 +20,7 @@ OLD_IDS = np.concatenate([[-1], 100 + 3 * np.arange(30)])  # original IDs 100, 1
 
 def _trained_model(tmp_path, config: RunConfig, item_ids=OLD_IDS):
     """A saved model whose weights differ from any fresh initialisation."""
-    model = model_for(config, len(item_ids) - 1, seed=123)
+    model = model_for(config.model, config.data, len(item_ids) - 1, seed=123)
     with torch.no_grad():
         for value in model.arrays().values():
             value.add_(torch.randn_like(value))
@@ -35,8 +35,8 @@ def test_grown_catalogue_keeps_shared_rows_and_gives_new_items_fresh_rows(tmp_pa
     old, path = _trained_model(tmp_path, config)
     # The new catalogue drops the old items 100 and 103, keeps the rest, adds 5 new IDs in between.
     new_ids = np.concatenate([[-1], np.sort(np.concatenate([OLD_IDS[3:], [101, 150, 152, 500, 501]]))])
-    start = warm_start(config, new_ids, path)
-    fresh = model_for(config, len(new_ids) - 1).arrays()
+    start = warm_start(config.model, config.data, config.train.seed, new_ids, path)
+    fresh = model_for(config.model, config.data, len(new_ids) - 1, seed=config.train.seed).arrays()
     old_rows = {int(i): old.item_emb.weight[row] for row, i in enumerate(OLD_IDS) if row > 0}
     table = start.arrays[ITEM_TABLE]
     assert table.shape == (len(new_ids), config.model.emb_dim)
@@ -50,13 +50,13 @@ def test_grown_catalogue_keeps_shared_rows_and_gives_new_items_fresh_rows(tmp_pa
     assert start.report["items_kept"] == 28
     assert start.report["items_new"] == 5 and start.report["items_dropped"] == 2
     # The warm-started arrays load into this run's model as they are.
-    model_for(config, len(new_ids) - 1).load_arrays(start.arrays)
+    model_for(config.model, config.data, len(new_ids) - 1, seed=config.train.seed).load_arrays(start.arrays)
 
 
 def test_same_catalogue_reproduces_the_model_exactly(tmp_path):
     config = RunConfig.from_flat(COHORT)
     old, path = _trained_model(tmp_path, config)
-    start = warm_start(config, OLD_IDS, path)
+    start = warm_start(config.model, config.data, config.train.seed, OLD_IDS, path)
     for key, value in old.arrays().items():
         assert torch.equal(start.arrays[key], value), key
 
@@ -68,19 +68,20 @@ def test_a_model_of_another_shape_is_refused_naming_the_field(tmp_path, change, 
     config = RunConfig.from_flat(COHORT)
     _, path = _trained_model(tmp_path, config)
     with pytest.raises(ConfigError, match=f"init-model.*{named}"):
-        warm_start(config.replace(**change), OLD_IDS, path)
+        changed = config.replace(**change)
+        warm_start(changed.model, changed.data, changed.train.seed, OLD_IDS, path)
 
 
 def test_missing_foreign_or_unrelated_model_files_are_clear_errors(tmp_path):
     config = RunConfig.from_flat(COHORT)
     with pytest.raises(ConfigError, match="init-model.*not a file"):
-        warm_start(config, OLD_IDS, tmp_path / "nothing.pt")
+        warm_start(config.model, config.data, config.train.seed, OLD_IDS, tmp_path / "nothing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="not a fedseqrec model.pt"):
-        warm_start(config, OLD_IDS, tmp_path / "junk.pt")
+        warm_start(config.model, config.data, config.train.seed, OLD_IDS, tmp_path / "junk.pt")
     _, path = _trained_model(tmp_path, config)
     with pytest.raises(DataError, match="shares no item"):
-        warm_start(config, np.concatenate([[-1], 5000 + np.arange(10)]), path)
+        warm_start(config.model, config.data, config.train.seed, np.concatenate([[-1], 5000 + np.arange(10)]), path)
 
 
 def test_federate_resolves_init_model_and_checks_it_exists(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from common.model.losses import next_item_loss
 from common.model.models import ModelConfig, build_model
 from common.privacy import grad_samplers  # noqa: F401  (the models' Opacus per-sample-gradient rules)
 from common.privacy.ledger import PrivacyLedger
+from common.recipes import cohort_training, local_training
 from common.training.cohort import LocalRecipe, cohort_update
 from common.training.cohort_clients import train_chunks
 from common.training.federated import local_train
@@ -236,7 +237,7 @@ def test_featured_model_trains_saves_and_exports(catalogue, tmp_path, arch):
     assert metrics["validation"]["ndcg@10"] > metrics["popularity_baseline"]["validation"]["ndcg@10"]
     model, item_ids, _ = load_model(tmp_path / "run" / "model.pt")
     assert model.has_features and model.feature_emb.weight[1:].abs().sum() > 0
-    fresh = model_for(config, len(item_ids) - 1, item_ids=item_ids)
+    fresh = model_for(config.model, config.data, len(item_ids) - 1, seed=config.train.seed, item_ids=item_ids)
     assert torch.equal(model.feature_index, fresh.feature_index)  # the file keeps the table it trained with
     assert (model.feature_emb.weight - fresh.feature_emb.weight).abs().max() > 1e-3  # learned from its init
     export_run(tmp_path / "run", tmp_path / "export", item_counts=np.ones(len(item_ids), dtype=np.int64))
@@ -263,8 +264,16 @@ def test_cohort_engine_trains_feature_embeddings_only_as_weights(catalogue):
         }
     )
     data = load_sequence_data(config.data)
-    start = model_for(config, data.num_items, item_ids=data.item_ids).arrays()
-    result = train_chunks(config, data, [(0, np.arange(16)), (1, np.arange(16, 32))], start, server_round=1)
+    start = model_for(
+        config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids
+    ).arrays()
+    result = train_chunks(
+        cohort_training(config, data.num_items),
+        data,
+        [(0, np.arange(16)), (1, np.arange(16, 32))],
+        start,
+        server_round=1,
+    )
     assert set(result.arrays) == set(start) and "feature_index" not in result.arrays
     assert not torch.equal(result.arrays["feature_emb.weight"], start["feature_emb.weight"])
 
@@ -320,12 +329,18 @@ def test_client_dp_sgd_trains_the_feature_table_and_accounts_as_without_it(catal
     data = load_sequence_data(config.data)
     ledgers, results = {}, {}
     for name, run_config in (("featured", config), ("plain", plain_config)):
-        start = model_for(run_config, data.num_items, item_ids=data.item_ids).arrays()
+        start = model_for(
+            run_config.model, run_config.data, data.num_items, seed=run_config.train.seed, item_ids=data.item_ids
+        ).arrays()
         ledgers[name] = PrivacyLedger("rdp")
-        results[name] = local_train(run_config, data, start, server_round=1, client=0, ledger=ledgers[name])
+        results[name] = local_train(
+            local_training(run_config, data.num_items), data, start, server_round=1, client=0, ledger=ledgers[name]
+        )
         assert results[name].arrays is not None
         assert all(torch.isfinite(v).all() for v in results[name].arrays.values())
-    featured_start = model_for(config, data.num_items, item_ids=data.item_ids).arrays()
+    featured_start = model_for(
+        config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids
+    ).arrays()
     moved = results["featured"].arrays["feature_emb.weight"] - featured_start["feature_emb.weight"]
     # in the update (its row 0, "no feature", gets noise too but is masked out of every input)
     assert moved[1:].abs().max() > 1e-4

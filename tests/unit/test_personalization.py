@@ -3,6 +3,7 @@ habit the global model does not know, and under client DP the federation's DP-SG
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,8 +14,9 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.evaluation.ranking import model_scores, rank_targets
 from common.model.checkpoint import load_model, save_model
-from common.privacy.dpsgd import dp_windows_of, plan_round
+from common.privacy.dpsgd import dp_windows, plan_round
 from common.privacy.ledger import PrivacyLedger
+from common.recipes import local_training
 from common.training.personalization import DPBudget, FineTuning, fine_tune, validation_loss
 from common.training.step import model_for
 from fedseqrec.cli import main
@@ -40,7 +42,7 @@ def habit_user(length: int = 40) -> np.ndarray:
 def global_model():
     """A global model trained on random users: it knows popularity, not the habit."""
     config = RunConfig.from_flat(BASE)
-    model = model_for(config, NUM_ITEMS)
+    model = model_for(config.model, config.data, NUM_ITEMS, seed=config.train.seed)
     rng = np.random.default_rng(0)
     inputs = torch.as_tensor(rng.integers(1, NUM_ITEMS + 1, size=(64, 10)))
     targets = torch.as_tensor(rng.integers(1, NUM_ITEMS + 1, size=(64, 10)))
@@ -60,7 +62,9 @@ def test_fine_tuning_learns_the_devices_own_habit(global_model):
     config, model = global_model
     seq = habit_user()
     before = {k: v.clone() for k, v in model.arrays().items()}
-    tuned, report = fine_tune(model, seq[:-2], int(seq[-2]), config, FineTuning(steps=30, lr=1e-2))
+    tuned, report = fine_tune(
+        model, seq[:-2], int(seq[-2]), local_training(config, model.config.num_items), FineTuning(steps=30, lr=1e-2)
+    )
     assert _rank(model, seq[:-1], int(seq[-1])) > 3  # the global model has no idea
     assert _rank(tuned, seq[:-1], int(seq[-1])) == 0  # the device's model does
     assert report["best_step"] > 0 and not report["dp"]
@@ -73,7 +77,9 @@ def test_the_kept_step_has_the_lowest_held_out_loss_and_step_0_is_the_global_mod
     rng = np.random.default_rng(3)
     for lr in (1e-2, 10.0):  # a huge rate only makes things worse: selection keeps the global model
         seq = rng.integers(1, NUM_ITEMS + 1, size=25)
-        tuned, report = fine_tune(model, seq[:-1], int(seq[-1]), config, FineTuning(steps=5, lr=lr))
+        tuned, report = fine_tune(
+            model, seq[:-1], int(seq[-1]), local_training(config, model.config.num_items), FineTuning(steps=5, lr=lr)
+        )
         losses = report["validation_loss"]
         assert len(losses) == 6 and report["best_step"] == int(np.argmin(losses))
         assert validation_loss(tuned, seq[:-1], int(seq[-1])) == pytest.approx(min(losses), abs=1e-5)
@@ -88,14 +94,26 @@ def test_client_dp_fine_tuning_goes_through_dp_sgd_and_the_ledger(global_model):
     dp_config = config.replace(**{"dp-mode": "client"})
     seq = habit_user(60)
     with pytest.raises(ConfigError, match="ledger"):
-        fine_tune(model, seq[:-1], int(seq[-1]), dp_config, FineTuning(steps=3))
+        fine_tune(model, seq[:-1], int(seq[-1]), local_training(dp_config, model.config.num_items), FineTuning(steps=3))
     ledger = PrivacyLedger("rdp")
     _, report = fine_tune(
-        model, seq[:-1], int(seq[-1]), dp_config, FineTuning(steps=3, lr=1e-2), DPBudget(ledger, 1e-3, 1.3)
+        model,
+        seq[:-1],
+        int(seq[-1]),
+        local_training(dp_config, model.config.num_items),
+        FineTuning(steps=3, lr=1e-2),
+        DPBudget(ledger, 1e-3, 1.3),
     )
     # Oracle: the plan of the federation's DP path for these windows, 3 epochs, z = 1.3.
-    dataset, unit = dp_windows_of([seq[:-1]], dp_config)
-    plan = plan_round(dp_config.replace(**{"local-epochs": 3, "noise-multiplier": 1.3}), len(dataset), unit, 1.0)
+    dataset, unit = dp_windows([seq[:-1]], dp_config.data.max_len, dp_config.data.train_windows)
+    plan = plan_round(
+        dataclasses.replace(dp_config.privacy, noise_multiplier=1.3),
+        batch_size=dp_config.train.batch_size,
+        local_epochs=3,
+        reference_samples=len(dataset),
+        unit=unit,
+        expected_rounds=1.0,
+    )
     assert ledger.history == [(1.3, plan.sample_rate, plan.steps)] and report["dp_steps"] == plan.steps
     assert report["epsilon_before"] == 0 and report["epsilon_after"] == pytest.approx(ledger.epsilon(1e-3))
     assert report["epsilon_after"] > 0 and report["unit_of_privacy"] == unit
@@ -105,7 +123,7 @@ def test_client_dp_fine_tuning_goes_through_dp_sgd_and_the_ledger(global_model):
             model,
             seq[:-1],
             int(seq[-1]),
-            dp_config,
+            local_training(dp_config, model.config.num_items),
             FineTuning(steps=3),
             DPBudget(ledger, 1e-3, 1.3, max_epsilon=report["epsilon_after"] * 1.01),
         )

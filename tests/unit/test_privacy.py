@@ -17,6 +17,7 @@ from common.model.models import ModelConfig, build_model
 from common.privacy import grad_samplers  # noqa: F401  (the models' Opacus per-sample-gradient rules)
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.server_accounting import dpfedavg_epsilon, dpfedavg_epsilon_events
+from common.recipes import local_training
 from common.training.federated import DeviceLimits, local_train
 from common.training.step import StepOptions, train_epoch
 from tests.conftest import gaussian_rdp_epsilon
@@ -169,7 +170,14 @@ def test_client_at_its_budget_declines_and_spends_nothing(client_data):
     ledger = PrivacyLedger("rdp")
     spent, rounds = [], 0
     while rounds < 20:
-        result = local_train(config, client_data, arrays, server_round=rounds, client=0, ledger=ledger)
+        result = local_train(
+            local_training(config, client_data.num_items),
+            client_data,
+            arrays,
+            server_round=rounds,
+            client=0,
+            ledger=ledger,
+        )
         rounds += 1
         if result.arrays is None:
             break
@@ -177,7 +185,9 @@ def test_client_at_its_budget_declines_and_spends_nothing(client_data):
     assert result.arrays is None and result.metrics["declined"] == 1
     assert 0 < spent[-1] <= 3.0 and spent == sorted(spent)
     history = list(ledger.history)
-    local_train(config, client_data, arrays, server_round=99, client=0, ledger=ledger)
+    local_train(
+        local_training(config, client_data.num_items), client_data, arrays, server_round=99, client=0, ledger=ledger
+    )
     assert ledger.history == history  # declining spends nothing
 
 
@@ -190,7 +200,13 @@ def test_target_epsilon_holds_when_batches_do_not_divide_the_samples(client_data
     ledger = PrivacyLedger("rdp")
     for server_round in range(3):
         result = local_train(
-            config, client_data, arrays, server_round=server_round, client=0, ledger=ledger, expected_rounds=3
+            local_training(config, client_data.num_items),
+            client_data,
+            arrays,
+            server_round=server_round,
+            client=0,
+            ledger=ledger,
+            expected_rounds=3,
         )
     ((z, rate, steps),) = ledger.history
     assert rate == pytest.approx(1 / 4) and steps == 3 * 2 * 4
@@ -206,7 +222,11 @@ def test_a_client_dp_reply_is_the_same_with_one_window_more_or_less(client_data)
     replies, ledgers = [], []
     for data in (client_data, fewer):
         ledger = PrivacyLedger("rdp")
-        replies.append(local_train(config, data, arrays, server_round=1, client=0, ledger=ledger).metrics)
+        replies.append(
+            local_train(
+                local_training(config, data.num_items), data, arrays, server_round=1, client=0, ledger=ledger
+            ).metrics
+        )
         ledgers.append(ledger.history)
     assert replies[0] == replies[1] and ledgers[0] == ledgers[1]
     assert set(replies[0]) <= {"num-examples", "unit-weight", "epsilon", "user-level", "dp-noise-reproducible"}
@@ -217,7 +237,7 @@ def test_device_owner_limits_override_the_run(client_data):
     arrays = build_model(ModelConfig("sasrec", client_data.num_items, 10, 8, num_layers=1)).arrays()
     config = dp_config(**{"max-epsilon": 100.0})
     tight = local_train(
-        config,
+        local_training(config, client_data.num_items),
         client_data,
         arrays,
         server_round=1,
@@ -226,7 +246,14 @@ def test_device_owner_limits_override_the_run(client_data):
         limits=DeviceLimits(max_epsilon=0.01),
     )
     assert tight.arrays is None
-    off = local_train(config, client_data, arrays, server_round=1, client=0, limits=DeviceLimits(train=False))
+    off = local_train(
+        local_training(config, client_data.num_items),
+        client_data,
+        arrays,
+        server_round=1,
+        client=0,
+        limits=DeviceLimits(train=False),
+    )
     assert off.arrays is None and off.metrics["declined"] == 1
 
 

@@ -20,6 +20,7 @@ from common.data.load import load_sequence_data
 from common.privacy import randomness
 from common.privacy.mechanism import ADD_OR_REMOVE_ONE, REPLACE_ONE, sum_sensitivity
 from common.privacy.server_accounting import dpfedavg_epsilon, dpfedavg_noise_for, round_event
+from common.recipes import local_training
 from common.training.federated import local_train
 from common.training.step import model_for
 from server.privacy import PrivacyTracker
@@ -48,9 +49,15 @@ pytestmark = pytest.mark.usefixtures("cache_env")
 def _device_round(reproducible: bool) -> dict[str, torch.Tensor]:
     config = RunConfig.from_flat(TINY)
     data = load_sequence_data(config.data)
-    start = model_for(config, data.num_items).arrays()
+    start = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
     result = local_train(
-        config, data, start, server_round=3, client=7, reproducible_dp_noise=reproducible, reference_samples=16
+        local_training(config, data.num_items),
+        data,
+        start,
+        server_round=3,
+        client=7,
+        reproducible_dp_noise=reproducible,
+        reference_samples=16,
     )
     return result.arrays
 

@@ -49,7 +49,7 @@ def test_pretraining_needs_public_data_and_the_corpus_needs_pretraining():
 
 def test_pretraining_lowers_the_loss_and_keeps_the_best_validated_epoch():
     config = RunConfig.from_flat({"model": "gru", "emb-dim": 16, "max-len": 8})
-    model = model_for(config, 20)
+    model = model_for(config.model, config.data, 20, seed=config.train.seed)
     rng = np.random.default_rng(0)
     sequences = [np.arange(1, 21)[(np.arange(12) + rng.integers(20)) % 20] for _ in range(40)]  # 1, 2, 3, ...
     scores = iter([0.1, 0.3, 0.2, 0.2, 0.2])

@@ -22,6 +22,7 @@ from common.config import RunConfig
 from common.data.load import load_sequence_data
 from common.errors import ConfigError
 from common.privacy.releases import releasable_row, reply_fields
+from common.recipes import cohort_training
 from common.training.cohort_clients import train_chunks
 from common.training.step import model_for
 from server.loop import run_rounds
@@ -75,11 +76,13 @@ def test_adding_a_user_to_a_chunk_changes_no_other_users_update():
     positions in the chunk moved, nobody else's masks did (their sum's sensitivity stays one user's)."""
     config = RunConfig.from_flat({**DP_COHORT, "augment": "mask,crop", "augment-prob": 1.0})
     data = load_sequence_data(config.data)
-    start = model_for(config, data.num_items).arrays()
+    start = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
     rows = np.arange(1, 9)
 
     def total(chunk_rows):
-        result = train_chunks(config, data, [(0, np.asarray(chunk_rows))], start, server_round=2)
+        result = train_chunks(
+            cohort_training(config, data.num_items), data, [(0, np.asarray(chunk_rows))], start, server_round=2
+        )
         n = result.metrics["num-examples"]
         return {k: (result.arrays[k] - start[k]) * n for k in result.arrays}
 

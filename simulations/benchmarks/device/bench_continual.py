@@ -76,8 +76,8 @@ def _round_zero(flat: dict) -> dict:
     torch.set_num_threads(1)
     config = RunConfig.from_flat(flat)
     data = load_sequence_data(config.data)
-    start = warm_start(config, data.item_ids, flat["init-model"])
-    model = model_for(config, data.num_items)
+    start = warm_start(config.model, config.data, config.train.seed, data.item_ids, flat["init-model"])
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed)
     model.load_arrays(start.arrays)
     model.eval()
     metrics = {split: evaluate(model_scores(model), data, split, top_k=10) for split in ("validation", "test")}

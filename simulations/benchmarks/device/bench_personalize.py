@@ -29,6 +29,7 @@ from common.data.partition import partition_users
 from common.evaluation.ranking import model_scores, rank_targets
 from common.model.checkpoint import load_model
 from common.privacy.ledger import PrivacyLedger
+from common.recipes import local_training
 from common.training.personalization import DPBudget, FineTuning, fine_tune
 
 
@@ -82,7 +83,13 @@ def run(
         for user in chosen:
             seq = data.sequence(int(user))
             started = time.perf_counter()
-            tuned, report = fine_tune(model, seq[:-2], int(seq[-2]), config, FineTuning(steps, lr, seed=int(user)))
+            tuned, report = fine_tune(
+                model,
+                seq[:-2],
+                int(seq[-2]),
+                local_training(config, model.config.num_items),
+                FineTuning(steps, lr, seed=int(user)),
+            )
             rows.append(
                 {
                     "user": int(user),
@@ -114,7 +121,14 @@ def run(
             ledger = PrivacyLedger(dp_config.privacy.accountant)
             budget = DPBudget(ledger, 1.0 / data.num_users, dp_noise)
             started = time.perf_counter()
-            tuned, report = fine_tune(model, seq[:-2], int(seq[-2]), dp_config, FineTuning(steps, lr), budget)
+            tuned, report = fine_tune(
+                model,
+                seq[:-2],
+                int(seq[-2]),
+                local_training(dp_config, model.config.num_items),
+                FineTuning(steps, lr),
+                budget,
+            )
             epsilons.append(report["epsilon_after"])
             rows.append(
                 {

@@ -31,6 +31,7 @@ import torch
 import common.training.cohort
 from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
+from common.recipes import cohort_training
 from common.training.cohort import CohortResult, user_loss
 from common.training.cohort_clients import train_chunks
 from common.training.step import StepOptions, model_for, train_epoch, window_dataset, window_loader
@@ -85,15 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(data.num_users, size * args.chunks, replace=False))
     chunks = [(index, rows[index * size : (index + 1) * size]) for index in range(args.chunks)]
-    global_arrays = {k: v.clone() for k, v in model_for(cohort, data.num_items).arrays().items()}
+    global_arrays = {
+        k: v.clone()
+        for k, v in model_for(cohort.model, cohort.data, data.num_items, seed=cohort.train.seed).arrays().items()
+    }
 
-    model = model_for(central, data.num_items, item_ids=data.item_ids)
+    model = model_for(central.model, central.data, data.num_items, seed=central.train.seed, item_ids=data.item_ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=central.train.lr)
     sequences = data.train_sequences()
     dataset = window_dataset([sequences[r] for r in rows], central.data.max_len, central.data.train_windows)
     ways = {
-        "cohort": lambda: train_chunks(cohort, data, chunks, global_arrays, server_round=1),
-        "cohort-before": before(lambda: train_chunks(cohort, data, chunks, global_arrays, server_round=1)),
+        "cohort": lambda: train_chunks(
+            cohort_training(cohort, data.num_items), data, chunks, global_arrays, server_round=1
+        ),
+        "cohort-before": before(
+            lambda: train_chunks(cohort_training(cohort, data.num_items), data, chunks, global_arrays, server_round=1)
+        ),
         "centralized": lambda: train_epoch(
             model, window_loader(dataset, central.train.batch_size, 0), optimizer, StepOptions()
         ),

@@ -24,6 +24,7 @@ import torch
 from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
 from common.data.partition import partition_users
+from common.recipes import local_training
 from common.training.federated import local_train
 from common.training.step import model_for
 from fedseqrec.simulate import num_supernodes, simulate
@@ -95,7 +96,13 @@ def plain_round(config: RunConfig, data, parts, arrays: dict, server_round: int)
         parts.num_clients, size=min(config.federation.clients_per_round, parts.num_clients), replace=False
     )
     results = [
-        local_train(config, data.subset(parts.clients[c]), arrays, server_round=server_round, client=int(c))
+        local_train(
+            local_training(config, data.subset(parts.clients[c]).num_items),
+            data.subset(parts.clients[c]),
+            arrays,
+            server_round=server_round,
+            client=int(c),
+        )
         for c in sorted(chosen)
     ]
     weights = np.array([r.metrics["num-examples"] for r in results], dtype=np.float64)
@@ -110,7 +117,9 @@ def bench_overhead(flat: dict, out: Path, rounds: int) -> dict:
     )
     data = load_sequence_data(config.data)
     parts = partition_users(data, config.federation, config.train.seed)
-    arrays = model_for(config, data.num_items, item_ids=data.item_ids).arrays()
+    arrays = model_for(
+        config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids
+    ).arrays()
     plain = []
     for server_round in range(1, rounds + 2):
         start = time.perf_counter()

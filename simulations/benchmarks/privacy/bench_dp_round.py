@@ -33,8 +33,9 @@ import torch
 
 from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
+from common.recipes import device_recipe
 from common.training.cohort import _stacked, cohort_update
-from common.training.cohort_clients import recipe_for, user_windows
+from common.training.cohort_clients import user_windows
 from common.training.step import model_for
 
 BASE = Path(__file__).resolve().parents[3] / "simulations/configs/ml1m-cohort-dp.toml"
@@ -74,9 +75,9 @@ def bench_model(name: str, reps: int, users: int, seed: int, ways: list[str]) ->
     rows = np.sort(rng.choice(data.num_users, size=min(users, data.num_users), replace=False))
     size = config.federation.cohort_chunk
     chunks = [user_windows(data, rows[s : s + size], config.data.max_len) for s in range(0, len(rows), size)]
-    model = model_for(config, data.num_items, item_ids=data.item_ids)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids)
     model.train()
-    dp = recipe_for(config)  # one SGD step, clipped to clipping-norm on the device
+    dp = device_recipe(config)  # one SGD step, clipped to clipping-norm on the device
     recipes = {"plain": dataclasses.replace(dp, clip=0.0), "vmap-dp": dp, "ghost-dp": dp}
     one_round(model, chunks[:1], dp, "ghost-dp")  # warm-up
     wall: dict[str, list[float]] = {way: [] for way in ways}

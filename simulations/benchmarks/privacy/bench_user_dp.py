@@ -125,7 +125,7 @@ def _weights(flat: dict) -> dict:
 
     config = RunConfig.from_flat(flat)
     data = load_sequence_data(config.data)
-    model = model_for(config, data.num_items, item_ids=data.item_ids)
+    model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids)
     arrays = model.arrays()
     table = sum(v.numel() for k, v in arrays.items() if k.startswith("item_"))
     return {"weights": sum(v.numel() for v in arrays.values()), "item_table_weights": table}

@@ -19,6 +19,7 @@ import psutil
 import torch
 
 from common.config import RunConfig
+from common.recipes import cohort_training
 
 # A drill's model and federation: small, and without dropout, so that the model an uninterrupted run
 # ends with is recomputed exactly (`expected_model`).
@@ -67,14 +68,18 @@ def expected_model(run_config: Mapping, partition: Path, rounds: int) -> dict[st
 
     config = RunConfig.from_flat(dict(run_config), where="crash drill")
     catalogue = Path(partition) / "catalogue.json"
-    arrays = model_for(config, len(json.loads(catalogue.read_text())) - 1).arrays()
+    arrays = model_for(
+        config.model, config.data, len(json.loads(catalogue.read_text())) - 1, seed=config.train.seed
+    ).arrays()
     files = sorted(Path(partition).glob("node-*.csv"))
     for server_round in range(1, rounds + 1):
         total, users = {k: torch.zeros_like(v) for k, v in arrays.items()}, 0
         for node in files:
             node_config = {"data-path": str(node), "catalogue-path": str(catalogue), "client-id": 0}
             local = load_local_data(config, node_config)
-            result = train_chunks(config, local, [(0, np.arange(local.num_users))], arrays, server_round)
+            result = train_chunks(
+                cohort_training(config, local.num_items), local, [(0, np.arange(local.num_users))], arrays, server_round
+            )
             count = result.metrics["users"]
             for k in total:
                 total[k] += (result.arrays[k] - arrays[k]) * count
