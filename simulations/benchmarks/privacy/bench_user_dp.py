@@ -63,7 +63,9 @@ def _run_one(flat: dict) -> float:
 def _row(run_dir: Path, mechanism: str | None, epsilon: float | None, wall: float) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train_seconds = [r["train-seconds"] for r in rows[1:] if r.get("replied")]  # the first round warms up Ray
+    # The first round warms up Ray. Under Poisson DP the round log has no `replied` (the cohort size is
+    # data), so a trained round is one with `train-seconds`.
+    train_seconds = [r["train-seconds"] for r in rows[1:] if "train-seconds" in r and "skipped" not in r]
     row = {
         "mechanism": mechanism or "none",
         "target_epsilon": epsilon,
@@ -71,6 +73,7 @@ def _row(run_dir: Path, mechanism: str | None, epsilon: float | None, wall: floa
         "test": summary["test"],
         "rounds": summary["rounds"],
         "best_round": summary["best_round"],
+        "selection": summary.get("selection"),  # "last round" or "validation" (the public cohort's under DP)
         "seconds_per_round": sum(train_seconds) / max(len(train_seconds), 1),
         "wall_seconds": wall,
     }
@@ -88,11 +91,13 @@ def _row(run_dir: Path, mechanism: str | None, epsilon: float | None, wall: floa
     return row
 
 
-def grid(out: Path, epsilons: list[float], mechanisms: list[str]) -> list[dict]:
+def grid(out: Path, epsilons: list[float], mechanisms: list[str], reference: bool = True) -> list[dict]:
     results_path = out / "user-dp.json"
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["mechanism"], r["target_epsilon"]) for r in rows}
-    plan = [(None, None)] + [(m, e) for e in epsilons for m in mechanisms]  # both mechanisms at each epsilon first
+    plan = [(m, e) for e in epsilons for m in mechanisms]  # both mechanisms at each epsilon first
+    if reference:  # the same recipe without DP, first
+        plan = [(None, None)] + plan
     for index, (mechanism, epsilon) in enumerate(plan, 1):
         if (mechanism or "none", epsilon) in done:
             continue
@@ -237,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mechanisms", nargs="+", choices=MECHANISMS, default=list(MECHANISMS))
     parser.add_argument("--variants", nargs="+", choices=sorted(ITEM_TABLE_VARIANTS), default=list(ITEM_TABLE_VARIANTS))
     parser.add_argument("--non-private", action="store_true", help="item-table: each variant without DP too")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="grid: skip the non-private run (re-measuring DP rows beside an earlier reference)",
+    )
     parser.add_argument("--audit-users", type=int, default=600, help="audit: members and non-members for the MIA")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         item_table(out, args.epsilons[0], args.variants, args.non_private)
         return 0
     if args.mode == "grid":
-        grid(out, args.epsilons, args.mechanisms)
+        grid(out, args.epsilons, args.mechanisms, reference=not args.no_reference)
     elif args.mode == "audit":
         audit(out, args.audit_users)
     print(plot(out))
