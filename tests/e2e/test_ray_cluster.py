@@ -142,6 +142,7 @@ def test_federate_on_a_two_node_ray_cluster_ends_with_the_single_process_model(c
     # Flower's pool holds one actor per node (1 CPU each, 1 CPU per client) and Ray placed them, not
     # we: every node ran ClientApp messages, the worker node included.
     tasks = cluster.tasks()
+    print(f"ClientApp messages per Ray node: {tasks['runs']}")  # shown with -s
     assert len(tasks["nodes"]) == 2 and sorted(tasks["runs"]) == sorted(tasks["nodes"]), tasks
     assert sum(tasks["runs"].values()) >= 2 * JOB["num-server-rounds"], tasks  # 2 SuperNodes' train messages a round
 
