@@ -13,6 +13,9 @@ SuperNode per message (each imports torch), the SuperLink's message traffic, the
 aggregation of more replies. The server holds only the item catalogue; the devices evaluate
 (federated evaluation) in the last round only, so rounds before it are training alone.
 
+`--superlink-state file` (default) keeps the SuperLink's state in an SQLite file, as the loopback
+deployment does so that a restarted SuperLink carries on; `memory` is Flower's default, in memory.
+
 Per SuperNode count, one JSON (RESULT.json in its folder) and one line in summary.json:
 `train_seconds` (each round's training: send, local training, replies, aggregation) and `seconds`
 (the whole round) from the ServerApp's metrics.jsonl, the median of the first over every round and
@@ -123,8 +126,8 @@ def follow_rounds(out: Path, total: int, nodes: int, done: threading.Event) -> N
         seen = len(rows)
 
 
-def measure(nodes: int, rounds: int, root: Path) -> dict:
-    work = root / f"{nodes}-nodes"
+def measure(nodes: int, rounds: int, root: Path, state: str = "file") -> dict:
+    work = root / f"{nodes}-nodes-{state}"
     work.mkdir(parents=True, exist_ok=True)
     data_file = work / "interactions.csv"
     synthetic_interactions(USERS, ITEMS, seed=0).to_csv(data_file, index=False)
@@ -142,8 +145,16 @@ def measure(nodes: int, rounds: int, root: Path) -> dict:
         startup_timeout=900,
         stop_grace=20,
         extra_env={"FEDSEQREC_CACHE": str(work / "cache")},
+        state_file=state == "file",
     )
-    result = {"supernodes": nodes, "rounds": rounds, "users": USERS, "items": ITEMS, "load_before": os.getloadavg()}
+    result = {
+        "supernodes": nodes,
+        "superlink_state": state,
+        "rounds": rounds,
+        "users": USERS,
+        "items": ITEMS,
+        "load_before": os.getloadavg(),
+    }
     t0 = time.perf_counter()
     done = threading.Event()
     progress = threading.Thread(target=follow_rounds, args=(work / "run", rounds, nodes, done), daemon=True)
@@ -184,13 +195,23 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--superlink-state",
+        choices=["file", "memory"],
+        default="file",
+        help="the SuperLink's state in an SQLite file (what a restartable deployment uses) or in memory",
+    )
     args = parser.parse_args()
     become_subreaper()  # Flower's detached processes stay in this tree: counted, and stopped by pid
     args.out.mkdir(parents=True, exist_ok=True)
     summary = []
     for nodes in args.nodes:
-        print(f"{nodes} SuperNodes: starting (TLS, node auth), {args.rounds} rounds", flush=True)
-        result = measure(nodes, args.rounds, args.out)
+        print(
+            f"{nodes} SuperNodes: starting (TLS, node auth, SuperLink state in {args.superlink_state}), "
+            f"{args.rounds} rounds",
+            flush=True,
+        )
+        result = measure(nodes, args.rounds, args.out, args.superlink_state)
         summary.append(result)
         keys = ("median_train_seconds", "median_seconds_before_last", "startup_seconds", "error")
         shown = {k: result.get(k) for k in keys}
