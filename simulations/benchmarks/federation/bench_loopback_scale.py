@@ -27,6 +27,7 @@ process of the deployment together, and the most `flwr-clientapp` processes seen
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import os
@@ -70,10 +71,17 @@ def _below(pid: int, root: int, parent: dict[int, int]) -> bool:
 
 
 class TreeMemory:
-    """Peak RSS of the deployment's processes, sampled every `interval` s from its process tracker."""
+    """Peak RSS of the deployment's processes, sampled every `interval` s from its process tracker.
 
-    def __init__(self, deployment: LoopbackDeployment, interval: float = 0.5):
-        self.deployment, self.interval = deployment, interval
+    Also a safety valve for a shared machine: more than `max_clientapps` ClientApp processes at once
+    (a SuperNode starts a new one for a task whose token expired while the last one was still
+    importing torch, and they pile up), or less than `min_free` bytes of memory available, stops
+    the run (KeyboardInterrupt in the main thread, so the deployment is stopped by pid) and says why
+    in `tripped`."""
+
+    def __init__(self, deployment: LoopbackDeployment, max_clientapps: int, min_free: int = 3 * 2**30):
+        self.deployment, self.interval = deployment, 0.5
+        self.max_clientapps, self.min_free, self.tripped = max_clientapps, min_free, ""
         self.peak = {"superlink": 0, "superlink_tree": 0, "tree": 0, "clientapps": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -99,6 +107,13 @@ class TreeMemory:
                 "clientapps": sum("flwr-clientapp" in n for n in names.values()),
             }
             self.peak = {k: max(self.peak[k], now[k]) for k in self.peak}
+            free = psutil.virtual_memory().available
+            if not self.tripped and (now["clientapps"] > self.max_clientapps or free < self.min_free):
+                self.tripped = (
+                    f"stopped by the benchmark: {now['clientapps']} flwr-clientapp processes at once "
+                    f"({len(self.deployment.nodes)} SuperNodes), {free / 2**30:.1f} GiB of memory available"
+                )
+                _thread.interrupt_main()
 
     def __enter__(self) -> TreeMemory:
         self._thread.start()
@@ -159,7 +174,7 @@ def measure(nodes: int, rounds: int, root: Path, state: str = "file") -> dict:
     done = threading.Event()
     progress = threading.Thread(target=follow_rounds, args=(work / "run", rounds, nodes, done), daemon=True)
     try:
-        with TreeMemory(deployment) as memory:
+        with TreeMemory(deployment, max_clientapps=3 * nodes) as memory:
             try:
                 with deployment:
                     result["startup_seconds"] = time.perf_counter() - t0
@@ -170,6 +185,10 @@ def measure(nodes: int, rounds: int, root: Path, state: str = "file") -> dict:
                     result["run_seconds"] = time.perf_counter() - t1
             except DeploymentError as exc:
                 result["error"] = str(exc)
+            except KeyboardInterrupt:
+                if not memory.tripped:
+                    raise
+                result["error"] = memory.tripped
             finally:
                 done.set()
         result["alive_after_stop"] = deployment.alive()
