@@ -122,7 +122,14 @@ def _epochs_logged(out: Path) -> int:
 def _cmd_federate(args: argparse.Namespace) -> int:
     from fedseqrec.federate import federate
 
-    return federate(args.run_config, args.cpus_per_client, args.out_dir, args.set, verbose=args.verbose)
+    return federate(
+        args.run_config,
+        args.cpus_per_client,
+        args.out_dir,
+        args.set,
+        verbose=args.verbose,
+        ray_address=args.ray_address,
+    )
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -380,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     federate.add_argument(
         "--cpus-per-client", type=bounded(int, 1, 4096), default=1, help="CPUs given to each simulated client"
+    )
+    federate.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="run the simulation on the existing Ray cluster whose head is there (what `ray start --head` "
+        "printed; run this on a node of the cluster); default: a private Ray instance on this machine",
     )
     federate.add_argument(
         "--out-dir",

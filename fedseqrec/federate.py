@@ -52,6 +52,7 @@ from fedseqrec.processes import (
     write_connection,
     write_toml,
 )
+from fedseqrec.ray_cluster import probe, ray_environment
 from fedseqrec.simulate import num_supernodes
 from fedseqrec.streamed_log import LOG_FILE, StreamedLog
 
@@ -139,6 +140,7 @@ def federate(
     out_dir: str | None = None,
     settings: list[str] = (),
     verbose: bool = False,
+    ray_address: str | None = None,
 ) -> int:
     """Run the federation; 0 when it completed, 130/143 when stopped by SIGINT/SIGTERM, else 1 or flwr's code.
 
@@ -165,12 +167,22 @@ def federate(
         resume += ["--set", *settings]
     if cpus_per_client != 1:
         resume += ["--cpus-per-client", f"{cpus_per_client:g}"]
+    if ray_address:
+        resume += ["--ray-address", ray_address]
     resume = shlex.join(resume + ["--out-dir", str(run_dir)])
     total = config.federation.num_server_rounds
+    cluster = probe(ray_address) if ray_address else None  # an unreachable cluster stops here, in one line
 
     become_subreaper()  # orphans of the processes started below stay in this process's tree
     with StopSignals() as signals:
         federation = LocalFederation(run_dir, verbose=verbose)
+        federation.env.update(ray_environment(cluster))  # Flower's Ray backend joins it (fedseqrec/ray_cluster.py)
+        if cluster:
+            print(
+                f"fedseqrec: on the Ray cluster at {cluster.address}: {cluster.nodes} nodes, {cluster.cpus:g} CPUs "
+                f"(at most {cluster.actors(cpus_per_client)} SuperNode actors at {cpus_per_client:g} CPUs each)",
+                flush=True,
+            )
         try:
             try:
                 try:

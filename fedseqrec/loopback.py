@@ -98,6 +98,7 @@ class LoopbackDeployment:
         startup_timeout: float = 240.0,
         stop_grace: float = 15.0,
         extra_env: Mapping[str, str] | None = None,
+        state_file: bool = True,
     ):
         if not nodes:
             raise ValueError("a deployment needs at least one node")
@@ -109,6 +110,8 @@ class LoopbackDeployment:
         self.tls, self.node_auth = tls, node_auth
         self.startup_timeout, self.stop_grace = startup_timeout, stop_grace
         self.extra_env = dict(extra_env or {})
+        # The SuperLink's state in an SQLite file (it survives a SuperLink restart), else in memory.
+        self.state_file = state_file
         self.logs = self.work / "logs"
         self.cli_home = self.work / "flwr-home" / "cli"
         self.certificates: Certificates | None = None
@@ -208,12 +211,9 @@ class LoopbackDeployment:
 
     def _start_superlink(self, port: int | None = None) -> None:
         home = self.work / "flwr-home" / "superlink"
-        command = [
-            str(VENV_BIN / "flower-superlink"),
-            "--database",
-            str(self.work / "superlink-state.db"),
-            "--disable-runtime-dependency-installation",
-        ]
+        command = [str(VENV_BIN / "flower-superlink"), "--disable-runtime-dependency-installation"]
+        if self.state_file:
+            command += ["--database", str(self.work / "superlink-state.db")]
         if self.tls:
             c = self.certificates
             command += [

@@ -55,7 +55,9 @@ def simulate(
     # Messages are stamped with the sender's task identity; flwr-simulation sets it the same way.
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
-    init_args = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False, "log_to_driver": verbose}
+    # address "local": a private Ray instance, never a cluster a `ray start` on this machine left in /tmp/ray
+    init_args = {"address": "local", "num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False}
+    init_args["log_to_driver"] = verbose
     result = _run_simulation(
         num_supernodes=num_supernodes,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
