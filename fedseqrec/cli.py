@@ -68,7 +68,7 @@ def _flat_from_args(args: argparse.Namespace, groups: tuple[str, ...] | None = N
 def _cmd_train(args: argparse.Namespace) -> int:
     from common.outputs import check_output_dir
     from fedseqrec.centralized import train_centralized
-    from fedseqrec.processes import StoppedAtOnce, StopSignals, remove_partial_files
+    from fedseqrec.launch.processes import StoppedAtOnce, StopSignals, remove_partial_files
 
     where = f"fedseqrec train (--config {args.config} and flags)" if args.config else "fedseqrec train"
     config = RunConfig.from_flat(_flat_from_args(args, _TRAIN_GROUPS), where=where)
@@ -120,7 +120,7 @@ def _epochs_logged(out: Path) -> int:
 
 
 def _cmd_federate(args: argparse.Namespace) -> int:
-    from fedseqrec.federate import federate
+    from fedseqrec.launch.federate import federate
 
     return federate(
         args.run_config,

@@ -3,7 +3,7 @@
 Each trial is a whole run of the base run config with the `[search]` keys (fedseqrec/
 search_space.py) set by Optuna's TPE sampler: `fedseqrec train` in this process, or the federation
 the run config describes (cross-silo or the cohort engine) on Flower's simulation engine, in
-process, like fedseqrec/simulate.py. The objective is validation NDCG@k of the run's
+process, like fedseqrec/launch/simulate.py. The objective is validation NDCG@k of the run's
 validation-selected model; no trial computes test figures for selection. Once the trials of an
 invocation are done, the best trial's saved model is evaluated on test, once (best.json).
 
@@ -181,7 +181,7 @@ class _Objective:
             if metrics["stopped_by"] == "on_validation":
                 raise optuna.TrialPruned(f"pruned at epoch {metrics['epochs_run']}")
             return float(metrics["validation"][self.key])
-        from fedseqrec.simulate import num_supernodes, simulate
+        from fedseqrec.launch.simulate import num_supernodes, simulate
 
         def report(server_round: int, value: float) -> bool:
             trial.report(value, server_round)

@@ -3,7 +3,7 @@
 import json
 import sys
 
-from fedseqrec.simulate import simulate
+from fedseqrec.launch.simulate import simulate
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])

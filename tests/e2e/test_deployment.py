@@ -17,10 +17,10 @@ from common.data.synthetic import synthetic_interactions
 from common.evaluation.ranking import evaluate, model_scores
 from common.model.checkpoint import load_model
 from common.training.step import model_for
-from fedseqrec.credentials import make_node_keys
 from fedseqrec.deployment_data import write_node_files
-from fedseqrec.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
-from fedseqrec.processes import VENV_BIN, free_port
+from fedseqrec.launch.credentials import make_node_keys
+from fedseqrec.launch.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
+from fedseqrec.launch.processes import VENV_BIN, free_port
 from tests.conftest import assert_each_record_once
 
 RUN = {

@@ -38,7 +38,7 @@ class Devices:
         self.deployment, self.root, self.server_config = deployment, root, server_config
 
     def run(self, extra: dict, out: Path) -> Path:
-        from fedseqrec.loopback import DeploymentError
+        from fedseqrec.launch.loopback import DeploymentError
 
         try:
             return self.deployment.run({**self.server_config, **extra, "out-dir": str(out)}, timeout=900)
@@ -54,7 +54,7 @@ class Devices:
 def devices(tmp_path_factory):
     from common.data.synthetic import synthetic_interactions
     from fedseqrec.deployment_data import write_node_files
-    from fedseqrec.loopback import LoopbackDeployment, nodes_from_partition
+    from fedseqrec.launch.loopback import LoopbackDeployment, nodes_from_partition
 
     root = tmp_path_factory.mktemp("devices")
     data_file = root / "interactions.csv"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedseqrec.processes import VENV_BIN, ProcessTracker, free_port
+from fedseqrec.launch.processes import VENV_BIN, ProcessTracker, free_port
 from tests.conftest import COHORT, ROOT
 
 # The cohort smoke job (tests/conftest.py) on two SuperNodes, short: each SuperNode's message is one
@@ -50,7 +50,7 @@ class LocalRayCluster:
     """`ray start --head --block` and `ray start --address=... --block`, each node 1 CPU, every port free.
 
     --block keeps each `ray start` in the foreground with Ray's processes as its children, so the
-    tracker (fedseqrec/processes.py) knows them all by pid and stops exactly those."""
+    tracker (fedseqrec/launch/processes.py) knows them all by pid and stops exactly those."""
 
     def __init__(self, work: Path, workers: int = 1):
         # Ray's unix sockets live under the temp dir: keep its path short (107 bytes at most).

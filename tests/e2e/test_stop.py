@@ -266,7 +266,7 @@ def test_ctrl_c_stops_the_loopback_deployment(tmp_path):
     argv = [
         sys.executable,
         "-m",
-        "fedseqrec.deploy",
+        "fedseqrec.launch.deploy",
         "--data",
         "synthetic",
         "--nodes",
@@ -283,7 +283,12 @@ def test_ctrl_c_stops_the_loopback_deployment(tmp_path):
         _wait_for(lambda: len(_rows(work / "run")) >= 1, 300, "first round", deploy)
         deploy.interrupt()
         reached = _assert_stopped(
-            deploy, time.monotonic(), work / "run", "stopped", 20, ["python", "-m", "fedseqrec.deploy", *argv[3:]]
+            deploy,
+            time.monotonic(),
+            work / "run",
+            "stopped",
+            20,
+            ["python", "-m", "fedseqrec.launch.deploy", *argv[3:]],
         )
         # The ServerApp was stopped before its clients: no round counts clients lost to the stop.
         assert [(r["round"], r["failed"]) for r in _rows(work / "run")] == [(r, 0) for r in range(1, reached + 1)]

@@ -35,7 +35,7 @@ def test_a_pruned_federated_trial_stops_its_federation_before_the_next_round(tmp
     """The watcher's stop request reaches the ServerApp of a real in-process federation, which ends
     the run cleanly (model, summary saying why) well before its last round."""
     from common.stop_request import STOP_FILE
-    from fedseqrec.simulate import num_supernodes, simulate
+    from fedseqrec.launch.simulate import num_supernodes, simulate
     from fedseqrec.tune import RoundWatcher
     from tests.conftest import COHORT
 

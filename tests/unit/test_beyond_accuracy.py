@@ -27,7 +27,7 @@ from common.evaluation.user_groups import (
     user_groups_for,
 )
 from fedseqrec.cli import main
-from fedseqrec.federate import federate
+from fedseqrec.launch.federate import federate
 from simulations.benchmarks.quality.bench_beyond import genre_profiles
 
 # --- item statistics ---------------------------------------------------------------------------------

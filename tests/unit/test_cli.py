@@ -223,7 +223,7 @@ def test_federate_and_deploy_report_a_bad_run_config_file_in_one_line(tmp_path, 
         "deploy": [
             sys.executable,
             "-m",
-            "fedseqrec.deploy",
+            "fedseqrec.launch.deploy",
             "--data",
             "synthetic",
             "--work",

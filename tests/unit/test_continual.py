@@ -85,7 +85,7 @@ def test_missing_foreign_or_unrelated_model_files_are_clear_errors(tmp_path):
 
 
 def test_federate_resolves_init_model_and_checks_it_exists(tmp_path, monkeypatch):
-    from fedseqrec.federate import init_model_path
+    from fedseqrec.launch.federate import init_model_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"x")

@@ -31,3 +31,15 @@ def test_a_fast_test_that_starts_flower_fails_at_once(tmp_path, program):
 def test_a_fast_test_may_start_other_processes(tmp_path):
     done = subprocess.run(["python3", "-c", "print('ok')"], capture_output=True, text=True, check=True)
     assert done.stdout == "ok\n"
+
+
+def test_no_folder_holds_more_than_fifteen_modules_side_by_side():
+    """The layout shows the architecture: a folder that grows past ~15 modules wants a subfolder by stage."""
+    root = TESTS.parent
+    crowded = {
+        str(folder.relative_to(root)): count
+        for top in ("common", "server", "client", "fedseqrec", "simulations")
+        for folder in [root / top, *(p for p in (root / top).rglob("*") if p.is_dir())]
+        if (count := len([m for m in folder.glob("*.py") if m.name != "__init__.py"])) > 15
+    }
+    assert not crowded, f"group these folders' modules by stage into subfolders: {crowded}"

@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from fedseqrec.processes import ProcessTracker
+from fedseqrec.launch.processes import ProcessTracker
 
 # A child that starts a grandchild and a great-grandchild, then waits: the tracker must see all three.
 TREE = """

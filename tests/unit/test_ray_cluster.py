@@ -1,13 +1,13 @@
 """`--ray-address`: a bad or unreachable address is one line before any process starts
-(fedseqrec/ray_cluster.py); the cluster itself is tested in tests/e2e/test_ray_cluster.py."""
+(fedseqrec/launch/ray_cluster.py); the cluster itself is tested in tests/e2e/test_ray_cluster.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from common.errors import ConfigError
-from fedseqrec.processes import free_port
-from fedseqrec.ray_cluster import RayCluster, parse_address, probe, ray_environment
+from fedseqrec.launch.processes import free_port
+from fedseqrec.launch.ray_cluster import RayCluster, parse_address, probe, ray_environment
 
 
 @pytest.mark.parametrize("address", ["head", "head:", ":6379", "head:port", "head:70000", "head:0"])

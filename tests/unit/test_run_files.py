@@ -97,7 +97,7 @@ def test_a_damaged_preprocessing_cache_is_built_again(tmp_path, monkeypatch):
 
 
 def test_a_damaged_federation_checkpoint_is_one_line(tmp_path):
-    from fedseqrec.federate import checkpoint_round
+    from fedseqrec.launch.federate import checkpoint_round
 
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(DataError, match="checkpoint.pt: not a readable checkpoint, truncated or corrupt"):

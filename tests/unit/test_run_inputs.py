@@ -148,7 +148,7 @@ def test_personalize_records_its_inputs_so_that_its_model_exports_like_the_run(t
 
 
 def test_a_resume_reads_its_inputs_where_the_run_found_them(env, monkeypatch, capsys):
-    from fedseqrec.federate import resumed_inputs
+    from fedseqrec.launch.federate import resumed_inputs
 
     folder = _movielens_1m(env / "data")
     run = env / "run"

@@ -55,7 +55,7 @@ def _config(out_dir: Path, rounds: int, data: str, eval_every: int, init_model: 
 
 
 def _run_one(flat: dict) -> float:
-    code = "import json, sys; from fedseqrec.simulate import simulate; simulate(json.loads(sys.argv[1]), 2)"
+    code = "import json, sys; from fedseqrec.launch.simulate import simulate; simulate(json.loads(sys.argv[1]), 2)"
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, json.dumps(flat)], env=dict(os.environ))
     if done.returncode != 0:

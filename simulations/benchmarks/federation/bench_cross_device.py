@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 from common.config import RunConfig
-from fedseqrec.simulate import num_supernodes, simulate
+from fedseqrec.launch.simulate import num_supernodes, simulate
 from simulations.benchmarks.federation.bench_federation import PeakMemory, load_run_config
 
 THROUGHPUT = {

@@ -27,7 +27,7 @@ from common.data.partition import partition_users
 from common.recipes import local_training
 from common.training.federated import local_train
 from common.training.step import model_for
-from fedseqrec.simulate import num_supernodes, simulate
+from fedseqrec.launch.simulate import num_supernodes, simulate
 
 
 class PeakMemory:

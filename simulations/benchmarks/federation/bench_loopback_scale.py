@@ -1,5 +1,5 @@
 """How the deployment path scales with SuperNodes (issue 32, "Beyond one machine"): a loopback
-deployment (TLS SuperLink, SuperNode authentication, fedseqrec/loopback.py) with 2, 8 and 32
+deployment (TLS SuperLink, SuperNode authentication, fedseqrec/launch/loopback.py) with 2, 8 and 32
 SuperNodes running the same small job, its seconds per round and the peak memory of the SuperLink
 and of the whole process tree.
 
@@ -41,8 +41,8 @@ import psutil
 from common.config import RunConfig
 from common.data.synthetic import synthetic_interactions
 from fedseqrec.deployment_data import write_node_files
-from fedseqrec.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
-from fedseqrec.processes import become_subreaper
+from fedseqrec.launch.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
+from fedseqrec.launch.processes import become_subreaper
 
 USERS, ITEMS = 128, 60
 JOB = {  # the loopback deployment test's job (tests/e2e/test_deployment.py), every SuperNode each round

@@ -69,7 +69,7 @@ def settings(epsilons: list[float], silo_rounds: int, device_rounds: int, per_ro
 
 
 def num_clients(config: dict) -> int:
-    from fedseqrec.federate import num_clients as count
+    from fedseqrec.launch.federate import num_clients as count
 
     return count(RunConfig.from_flat(config))
 

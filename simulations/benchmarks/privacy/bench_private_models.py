@@ -60,7 +60,7 @@ def _seed_public_model(out: Path, run_dir: Path) -> None:
 
 def _run_one(flat: dict) -> float:
     """One federation in its own process (the in-process launcher); its wall time."""
-    code = "import json, sys; from fedseqrec.simulate import simulate; simulate(json.loads(sys.argv[1]), 2)"
+    code = "import json, sys; from fedseqrec.launch.simulate import simulate; simulate(json.loads(sys.argv[1]), 2)"
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, json.dumps(flat)], env=dict(os.environ), cwd=ROOT)
     if done.returncode != 0:

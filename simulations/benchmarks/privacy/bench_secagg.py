@@ -7,7 +7,7 @@ invocation. Reported: mean seconds per round after the first (Ray's start-up), a
     FEDSEQREC_DATA_DIR=../shared/data .venv/bin/python -m simulations.benchmarks.privacy.bench_secagg \\
         --out runs/bench-secagg
 
-`--deployment DEVICES` measures the same on a loopback deployment instead (fedseqrec/loopback.py:
+`--deployment DEVICES` measures the same on a loopback deployment instead (fedseqrec/launch/loopback.py:
 TLS SuperLink, authenticated SuperNodes, real processes): DEVICES SuperNodes, each one ML-1M user
 with the whole ML-1M catalogue, the same DP-FedAvg recipe, plain rounds then SecAgg+ rounds on the
 same running deployment. Reported: seconds per round (the round's wall time in metrics.jsonl).
@@ -28,7 +28,9 @@ BASE = Path(__file__).resolve().parents[3] / "simulations/configs/ml1m-cohort-dp
 
 
 def _seconds_per_round(flat: dict, nodes: int) -> float:
-    code = f"import json, sys; from fedseqrec.simulate import simulate; simulate(json.loads(sys.argv[1]), {nodes})"
+    code = (
+        f"import json, sys; from fedseqrec.launch.simulate import simulate; simulate(json.loads(sys.argv[1]), {nodes})"
+    )
     if subprocess.run([sys.executable, "-c", code, json.dumps(flat)], env=dict(os.environ)).returncode != 0:
         raise SystemExit(f"run {flat['out-dir']} failed")
     rows = [json.loads(line) for line in (Path(flat["out-dir"]) / "metrics.jsonl").read_text().splitlines()]
@@ -50,7 +52,7 @@ def _one_user_devices(config, partition_dir: Path, devices: int) -> None:
 
 def deployment(out: Path, devices: int, rounds: int) -> dict:
     from common.config import RunConfig
-    from fedseqrec.loopback import LoopbackDeployment, nodes_from_partition
+    from fedseqrec.launch.loopback import LoopbackDeployment, nodes_from_partition
 
     work = (out / "deployment").resolve()
     flat = {

@@ -52,7 +52,7 @@ def run_config(mechanism: str | None, epsilon: float | None, out_dir: Path) -> d
 
 def _run_one(flat: dict) -> float:
     """Train one federation in its own process; its wall time."""
-    code = "import json, sys; from fedseqrec.simulate import simulate; simulate(json.loads(sys.argv[1]), 2)"
+    code = "import json, sys; from fedseqrec.launch.simulate import simulate; simulate(json.loads(sys.argv[1]), 2)"
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, json.dumps(flat)], env=dict(os.environ))
     if done.returncode != 0:

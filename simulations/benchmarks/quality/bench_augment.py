@@ -23,7 +23,7 @@ import torch
 
 from common.config import RunConfig, read_toml
 from fedseqrec.centralized import train_centralized
-from fedseqrec.simulate import num_supernodes, simulate
+from fedseqrec.launch.simulate import num_supernodes, simulate
 from simulations.benchmarks.federation.bench_federation import load_run_config
 
 ROOT = Path(__file__).resolve().parents[3]

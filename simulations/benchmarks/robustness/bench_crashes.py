@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.data.synthetic import synthetic_interactions
     from fedseqrec.deployment_data import write_node_files
-    from fedseqrec.loopback import LoopbackDeployment, nodes_from_partition
+    from fedseqrec.launch.loopback import LoopbackDeployment, nodes_from_partition
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from simulations.benchmarks.federation.bench_federation import load_run_config
 LAUNCH = (
     "import json, sys\n"
     "from common.config import RunConfig\n"
-    "from fedseqrec.simulate import num_supernodes, simulate\n"
+    "from fedseqrec.launch.simulate import num_supernodes, simulate\n"
     "flat = json.loads(sys.argv[1])\n"
     "simulate(flat, num_supernodes(RunConfig.from_flat(flat)))\n"
 )

@@ -1,6 +1,6 @@
 """TLS certificates for a SuperLink and authentication keys for SuperNodes (EC P-384).
 
-`python -m fedseqrec.deploy --make-certificates DIR --host NAME` and `--make-node-key PATH`
+`python -m fedseqrec.launch.deploy --make-certificates DIR --host NAME` and `--make-node-key PATH`
 write them for a real deployment; the loopback deployment makes its own.
 """
 

@@ -1,15 +1,15 @@
 """The loopback deployment demo (and the tools for a real deployment's certificates and node keys).
 
 It partitions the data into per-node files, starts a real-process deployment on loopback
-(fedseqrec/loopback.py: TLS SuperLink, authenticated SuperNodes, `flwr run`) and runs the rounds.
+(fedseqrec/launch/loopback.py: TLS SuperLink, authenticated SuperNodes, `flwr run`) and runs the rounds.
 
-    python -m fedseqrec.deploy --data ../shared/data/ml-100k/u.data --nodes 2 --rounds 2 --work DIR
+    python -m fedseqrec.launch.deploy --data ../shared/data/ml-100k/u.data --nodes 2 --rounds 2 --work DIR
 
 Every process started here runs in its own session; on exit (success, error, Ctrl-C, SIGTERM)
 a run still going gets Flower's stop (`flwr stop`) and its ServerApp process is ended first, then
 every process started and every descendant seen (Flower starts `flower-superexec`,
 `flwr-serverapp` and `flwr-clientapp` processes, some detached) get SIGTERM, then SIGKILL after a
-grace period (fedseqrec/processes.py). Ctrl-C or SIGTERM ends the demo with exit 130 (143) and one
+grace period (fedseqrec/launch/processes.py). Ctrl-C or SIGTERM ends the demo with exit 130 (143) and one
 line: the round reached, the run folder and the command that resumes (the same command); a second
 Ctrl-C SIGKILLs everything at once. Logs are written to `<work>/logs/`.
 """
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from common.config import read_toml
 from common.errors import ConfigError, FedSeqRecError
-from fedseqrec.credentials import make_certificates, make_node_keys
-from fedseqrec.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
-from fedseqrec.processes import StoppedAtOnce, StopSignals, become_subreaper, remove_partial_files
+from fedseqrec.launch.credentials import make_certificates, make_node_keys
+from fedseqrec.launch.loopback import DeploymentError, LoopbackDeployment, nodes_from_partition
+from fedseqrec.launch.processes import StoppedAtOnce, StopSignals, become_subreaper, remove_partial_files
 
 
 def demo(
@@ -41,7 +41,7 @@ def demo(
     tls: bool = True,
     node_auth: bool = True,
     timeout: float = 3600.0,
-    where: str = "fedseqrec.deploy",
+    where: str = "fedseqrec.launch.deploy",
 ) -> dict:
     """Partition `data` into per-node files, deploy on loopback, run `rounds` rounds, return summary.json."""
     from common.config import RunConfig
@@ -82,7 +82,9 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fedseqrec.deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m fedseqrec.launch.deploy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", help="the full interactions file (or ml-100k, ml-1m, synthetic)")
     parser.add_argument("--nodes", type=int, default=2, help="number of SuperNodes (devices)")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(args.work).resolve()
     total = int(overrides.get("num-server-rounds", args.rounds))
-    resume = shlex.join(["python", "-m", "fedseqrec.deploy", *(sys.argv[1:] if argv is None else argv)])
+    resume = shlex.join(["python", "-m", "fedseqrec.launch.deploy", *(sys.argv[1:] if argv is None else argv)])
     become_subreaper()  # orphans of the processes started stay in this process's tree
     with StopSignals() as signals:
         try:
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     tls=not args.insecure,
                     node_auth=not (args.insecure or args.no_node_auth),
                     timeout=args.timeout,
-                    where=args.run_config or "fedseqrec.deploy",
+                    where=args.run_config or "fedseqrec.launch.deploy",
                 )
             except DeploymentError as exc:
                 print(f"deploy: error: {exc}", file=sys.stderr)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             how = "killed at once (second interrupt)"
         signals.ignore()  # nothing runs any more
         remove_partial_files(work / "run")
-        from fedseqrec.federate import stopped_line
+        from fedseqrec.launch.federate import stopped_line
 
         print(stopped_line("deploy", how, work / "run", total, resume), file=sys.stderr, flush=True)
         return signals.exit_code

@@ -3,7 +3,7 @@ Everything a real deployment runs, on one machine: `flower-superlink` with a TLS
 a local CA and SuperNode authentication, one `flower-supernode` per node with its own data file,
 item catalogue, client id and state dir (node config), a `$FLWR_HOME/config.toml` connection
 entry for the CLI, and `flwr run <project> <connection> --run-config FILE --stream`.
-Every process started here runs in its own session and is tracked by pid (fedseqrec/processes.py,
+Every process started here runs in its own session and is tracked by pid (fedseqrec/launch/processes.py,
 the same tracker `fedseqrec federate` uses); on exit (success, error, Ctrl-C, SIGTERM) a run still
 going gets Flower's stop (`flwr stop`) and its ServerApp process is ended first, then every process
 started and every descendant seen (Flower starts `flower-superexec`, `flwr-serverapp` and
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from fedseqrec.credentials import Certificates, NodeKeys, make_certificates, make_node_keys
-from fedseqrec.processes import (
+from fedseqrec.launch.credentials import Certificates, NodeKeys, make_certificates, make_node_keys
+from fedseqrec.launch.processes import (
     VENV_BIN,
     ProcessTracker,
     flower_env,
@@ -36,7 +36,7 @@ from fedseqrec.processes import (
     write_connection,
 )
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "fedseqrec-loopback"
 
 

@@ -38,7 +38,7 @@ from common.data.run_inputs import read_inputs, recorded_config
 from common.errors import ConfigError, DataError, FedSeqRecError
 from common.evaluation.user_groups import read_users_file
 from common.outputs import check_output_dir
-from fedseqrec.processes import (
+from fedseqrec.launch.processes import (
     VENV_BIN,
     ProcessTracker,
     StoppedAtOnce,
@@ -52,11 +52,11 @@ from fedseqrec.processes import (
     write_connection,
     write_toml,
 )
-from fedseqrec.ray_cluster import probe, ray_environment
-from fedseqrec.simulate import num_supernodes
+from fedseqrec.launch.ray_cluster import probe, ray_environment
+from fedseqrec.launch.simulate import num_supernodes
 from fedseqrec.streamed_log import LOG_FILE, StreamedLog
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "fedseqrec-local"
 
 
@@ -176,7 +176,9 @@ def federate(
     become_subreaper()  # orphans of the processes started below stay in this process's tree
     with StopSignals() as signals:
         federation = LocalFederation(run_dir, verbose=verbose)
-        federation.env.update(ray_environment(cluster))  # Flower's Ray backend joins it (fedseqrec/ray_cluster.py)
+        federation.env.update(
+            ray_environment(cluster)
+        )  # Flower's Ray backend joins it (fedseqrec/launch/ray_cluster.py)
         if cluster:
             print(
                 f"fedseqrec: on the Ray cluster at {cluster.address}: {cluster.nodes} nodes, {cluster.cpus:g} CPUs "
