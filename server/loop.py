@@ -90,6 +90,11 @@ def sample_clients(keys: list[int], count: int, seed: int, server_round: int, se
     return sorted(rng.choice(sorted(keys), size=min(count, len(keys)), replace=False).tolist())
 
 
+# Why a round with no update released nothing. No counts in it: on one-user nodes under Poisson DP they
+# would be the cohort size, which the round log withholds as data; the reason itself is availability.
+NO_UPDATE = "no node answered with a valid update (all failed, late, declined or dropped)"
+
+
 def train_round(
     grid: Grid,
     strategy: Strategy,
@@ -165,7 +170,8 @@ def train_round(
     per_client = {
         (order or {}).get(r.metadata.src_node_id, r.metadata.src_node_id): dict(r.content["metrics"]) for r in ok
     }
-    if not contributing:
+    if not contributing:  # every node failed, was late, declined or was dropped: nothing to release
+        stats["skipped"] = NO_UPDATE
         return None, stats, per_client
     return (
         _aggregate(strategy, server_round, contributing, len(contributing), stats, refuse, combine, min_replies),
@@ -227,6 +233,7 @@ def secure_train_round(
         "secure-aggregation": 1,
     }
     if mean is None or users == 0:
+        stats["skipped"] = NO_UPDATE
         return None, stats, per_client
     # The server learns only sums: the mean update, the weights (users), the share of clipped users.
     metrics = {"num-examples": users, "unit-weight": 1, "clipped": int(round(clipped_share * users))}

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import RunConfig
 from common.errors import ConfigError
-from server.loop import train_round
+from server.loop import NO_UPDATE, train_round
 from server.reply_checks import reply_problem
 from server.strategies import build_strategy
 
@@ -62,7 +62,8 @@ def test_a_good_reply_passes():
 
 
 class ScriptedGrid:
-    """A grid whose nodes answer with scripted arrays (None: the node misses the deadline)."""
+    """A grid whose nodes answer with scripted arrays (None: the node misses the deadline; "error": the
+    node's ClientApp failed, e.g. killed by Ray's memory monitor)."""
 
     def __init__(self, answers: dict[int, dict | None]):
         self.answers = answers
@@ -72,7 +73,9 @@ class ScriptedGrid:
 
     def send_and_receive(self, messages, timeout=None):
         return [
-            _message(self.answers[m.metadata.dst_node_id], 4, src_reply_to=m)
+            Message(Error(code=0, reason="ray.exceptions.OutOfMemoryError"), reply_to=m)
+            if self.answers[m.metadata.dst_node_id] == "error"
+            else _message(self.answers[m.metadata.dst_node_id], 4, src_reply_to=m)
             for m in messages
             if self.answers[m.metadata.dst_node_id] is not None
         ]
@@ -107,6 +110,25 @@ def test_a_round_below_min_replies_is_skipped():
     good = {"w": np.ones((4, 3), np.float32), "b": np.ones(3, np.float32)}
     arrays, stats, _ = _round({1: good, 2: good, 3: None}, min_replies=3)
     assert arrays is None and "min-replies 3" in stats["skipped"]
+
+
+@pytest.mark.parametrize("answers", [{1: "error", 2: "error"}, {1: None, 2: None}, {1: "error", 2: None}])
+def test_a_round_where_no_node_answered_is_skipped_and_says_so(answers):
+    """A round that trained nobody (every node failed or was late) is a skipped round: under Poisson DP
+    the round log withholds `replied` and `failed` (the cohort size is data), so `skipped`, an
+    availability fact, is all that tells it apart from a round that trained."""
+    arrays, stats, _ = _round(answers)
+    assert arrays is None
+    assert stats["skipped"] == NO_UPDATE  # no counts in the reason: on one-user nodes they are the cohort size
+    assert stats["replied"] == 0
+    assert stats["failed"] == sum(a == "error" for a in answers.values())
+    assert stats["late"] == sum(a is None for a in answers.values())
+
+
+def test_a_round_whose_every_reply_was_dropped_is_skipped():
+    poisoned = {"w": np.full((4, 3), np.nan, np.float32), "b": np.ones(3, np.float32)}
+    arrays, stats, _ = _round({1: poisoned, 2: poisoned})
+    assert arrays is None and stats["skipped"] == NO_UPDATE and stats["invalid"] == 2
 
 
 def _updates(n: int, seed: int = 0) -> list[dict]:
