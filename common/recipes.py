@@ -84,9 +84,15 @@ def leakage_trainings(
     """The update-leakage audit's two local recipes for one user alone: the run's, without DP, and
     with DP-SGD at the audited noise. No accountant or population of the run's: these offline
     updates are never accounted."""
+    # One user's update on the plain path: the cohort engine's own settings do not apply to it (and
+    # the config refuses them without the engine).
     one_user = {
         "cohort-engine": False,
         "user-sampling": "fixed",
+        "local-item-rows": "all",
+        "max-row-norm": 0.0,
+        "secure-aggregation": False,
+        "user-trim-beta": 0.0,
         "server-mechanism": "dp-fedavg",
         "accountant": "rdp",
         "simulated-population": 0,

@@ -194,7 +194,14 @@ def test_update_reveals_the_users_items_without_dp():
     assert result["settings"]["client_dp"]["recall"] < plain["recall"] / 2
 
 
-def test_update_leakage_runs_on_a_pld_projection_run_like_the_private_recipe():
+@pytest.mark.parametrize(
+    "engine_only",
+    [{}, {"local-item-rows": "touched"}, {"max-row-norm": 1.0}, {"secure-aggregation": True}],
+    ids=["private-recipe", "touched-rows", "row-clipping", "secagg"],
+)
+def test_update_leakage_runs_on_a_cohort_engine_dp_run_whatever_its_engine_only_settings(engine_only):
+    """The audit replays one user's update off the engine: settings the engine alone offers must not
+    make its recipe an invalid config (a `local-item-rows = touched` run's audit once stopped there)."""
     from common.audit.update_leakage import update_leakage
     from common.recipes import leakage_trainings
 
@@ -205,7 +212,9 @@ def test_update_leakage_runs_on_a_pld_projection_run_like_the_private_recipe():
         "dp-mode": "server",
         "train-windows": "last",
     }
-    config = RunConfig.from_flat({**TINY, **private, "accountant": "pld", "simulated-population": 10_000})
+    config = RunConfig.from_flat(
+        {**TINY, **private, "accountant": "pld", "simulated-population": 10_000, **engine_only}
+    )
     data = load_sequence_data(config.data)
     arrays = model_for(config.model, config.data, data.num_items, seed=config.train.seed).arrays()
     trainings = leakage_trainings(config, data.num_items, noise_multiplier=1.0, max_grad_norm=1.0)
