@@ -42,7 +42,8 @@ class PrivacyFile(_Open):
     unit_of_privacy: str | None = None
     delta: Probability
     epsilon: NonNegative
-    noise_multiplier: NonNegative | None = None
+    # a number, or under client DP with a target a sentence: each client calibrates its own
+    noise_multiplier: NonNegative | str | None = None
     rounds: Count | None = None
     adjacency: str | None = None
     server_events: list[list[float]] | None = None  # one list of numbers per accounting event

@@ -20,6 +20,9 @@ from common.privacy.mechanism import client_dpsgd_facts, server_facts
 from common.privacy.releases import release_table
 from server.privacy import PrivacyTracker
 
+# privacy.json's noise multiplier under client DP with a target: each client calibrates its own.
+PER_CLIENT_NOISE = "per client, calibrated to target_epsilon"
+
 UNIT_TEXT = {
     "client": "client (one client's whole contribution; a user when each client holds one user, partition = user)",
     "user": "user (each user is one DP-SGD sample of its client's updates)",
@@ -78,7 +81,7 @@ def write_privacy_report(
             if server
             else privacy.noise_multiplier
             if privacy.target_epsilon == 0
-            else "per client, calibrated to target_epsilon"
+            else PER_CLIENT_NOISE
         ),
         "target_epsilon": privacy.target_epsilon or None,
         "clipping_norm": privacy.clipping_norm if server else privacy.max_grad_norm,

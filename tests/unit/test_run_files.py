@@ -47,6 +47,19 @@ def test_good_files_pass_with_their_extra_fields(tmp_path):
     assert read_json(tmp_path / "config.json", CONFIG_FILE)["model"] == "gru"
 
 
+def test_a_client_dp_report_passes_the_audits_schema(tmp_path):
+    """Under client DP with a target epsilon each client calibrates its own noise, and privacy.json
+    says so in words: `fedseqrec audit` on such a run once stopped on its own schema."""
+    from server.privacy_report import PER_CLIENT_NOISE
+
+    path = tmp_path / "privacy.json"
+    path.write_text(json.dumps({**GOOD_PRIVACY, "dp_mode": "client", "noise_multiplier": PER_CLIENT_NOISE}))
+    assert read_json(path, AuditedPrivacyFile, what="privacy report")["noise_multiplier"] == PER_CLIENT_NOISE
+    path.write_text(json.dumps({**GOOD_PRIVACY, "noise_multiplier": -1.0}))
+    with pytest.raises(DataError, match="noise_multiplier"):
+        read_json(path, AuditedPrivacyFile, what="privacy report")
+
+
 def test_inputs_and_config_fields_are_typed(tmp_path):
     path = tmp_path / "inputs.json"
     path.write_text(json.dumps({"inputs": {"interactions": {"path": "x.csv", "sha256": "0" * 64, "size": -3}}}))
