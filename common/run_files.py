@@ -116,7 +116,7 @@ class InputsFile(_Open):
 class LedgerFile(_Open):
     """A device's privacy_ledger.json as the audit reads it: its history of spends."""
 
-    history: list[dict[str, Any]]
+    history: list[tuple[NonNegative, Probability, Count]]  # (noise multiplier, sample rate, steps), as saved
 
 
 class ExportMetadata(_Open):

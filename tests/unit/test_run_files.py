@@ -60,6 +60,24 @@ def test_a_client_dp_report_passes_the_audits_schema(tmp_path):
         read_json(path, AuditedPrivacyFile, what="privacy report")
 
 
+def test_a_saved_privacy_ledger_passes_the_audits_schema(tmp_path):
+    """The audit reads each client's ledger as the ledger saves it; a schema that expected another
+    shape stopped `fedseqrec audit` on every client DP-SGD run."""
+    from common.privacy.ledger import PrivacyLedger
+    from common.run_files import LedgerFile
+
+    ledger = PrivacyLedger("rdp")
+    ledger.record(noise_multiplier=1.25, sample_rate=0.25, steps=48)
+    ledger.record(noise_multiplier=1.5, sample_rate=0.25, steps=12)
+    path = tmp_path / "privacy_ledger.json"
+    ledger.save(path)
+    history = read_json(path, LedgerFile, what="privacy ledger")["history"]
+    assert PrivacyLedger("rdp", [tuple(entry) for entry in history]).epsilon(1e-5) == ledger.epsilon(1e-5)
+    path.write_text(json.dumps({"accountant": "rdp", "history": [[1.25, 2.0, 48]]}))  # a rate above 1
+    with pytest.raises(DataError, match="history"):
+        read_json(path, LedgerFile, what="privacy ledger")
+
+
 def test_inputs_and_config_fields_are_typed(tmp_path):
     path = tmp_path / "inputs.json"
     path.write_text(json.dumps({"inputs": {"interactions": {"path": "x.csv", "sha256": "0" * 64, "size": -3}}}))
