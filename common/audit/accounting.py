@@ -5,9 +5,10 @@ mode is checked by a second, independent implementation behind it ("independent-
 RDP written apart from dp-accounting and Opacus).
 
 Client mode: each client's Opacus ledger [(z, q, steps)] is replayed as Poisson-sampled Gaussian
-steps with Opacus' RDP, dp-accounting's RDP and PLD, and the independent RDP. Failures: the RDP
-implementations disagreeing by more than 1% (relative), the recorded epsilon disagreeing with the
-recomputation, or PLD above RDP (impossible for the same mechanism).
+steps with Opacus' RDP, dp-accounting's RDP and PLD, and the independent RDP. Failures: Opacus' and
+dp-accounting's RDP disagreeing by more than 1% (relative), dp-accounting's RDP above the independent
+RDP upper bound, the recorded epsilon disagreeing with the recomputation, or PLD above RDP
+(impossible for the same mechanism).
 
 Server mode: the recorded rounds [z_effective, m, N] are replayed through the run's accountant
 (the recorded figure must be what it gives) and through the independent RDP (an upper bound on the
@@ -92,10 +93,13 @@ def audit_client_ledgers(ledgers: dict[str, list], *, delta: float, recorded: fl
                 f"client {name}: Opacus RDP {row['opacus_rdp']:.4f} and dp-accounting RDP "
                 f"{row['dp_accounting_rdp']:.4f} disagree by more than {RDP_TOLERANCE:.0%}"
             )
-        if _relative_gap(row["independent_rdp"], row["dp_accounting_rdp"]) > RDP_TOLERANCE:
+        # The independent RDP is an upper bound taken at integer orders: looser where the best order is
+        # fractional (few steps at a large rate: 8.21 against 7.9998 on a 4-client test run). Above it
+        # is a failure, as in server mode; below it is that bound's slack.
+        if row["dp_accounting_rdp"] > row["independent_rdp"] * (1 + RDP_TOLERANCE):
             failures.append(
-                f"client {name}: the independent RDP {row['independent_rdp']:.4f} and dp-accounting RDP "
-                f"{row['dp_accounting_rdp']:.4f} disagree by more than {RDP_TOLERANCE:.0%}"
+                f"client {name}: dp-accounting RDP {row['dp_accounting_rdp']:.4f} is above the independent RDP "
+                f"upper bound {row['independent_rdp']:.4f} by more than {RDP_TOLERANCE:.0%}"
             )
         if row["dp_accounting_pld"] > row["dp_accounting_rdp"] * (1 + RDP_TOLERANCE):
             failures.append(

@@ -50,13 +50,14 @@ def test_client_side_dp_run_keeps_ledgers_that_compose_over_rounds(cache, tmp_pa
             "dp-mode": "client",
             "train-windows": "last",
             "num-server-rounds": 3,
-            "noise-multiplier": 1.0,
+            "target-epsilon": 8.0,  # each client calibrates its own noise: privacy.json says so in words
             "out-dir": str(out),
         },
         cache,
     )
     assert_each_record_once(log)
     report = json.loads((out / "privacy.json").read_text())
+    assert report["target_epsilon"] == 8.0 and isinstance(report["noise_multiplier"], str)
     eps = [r["epsilon"] for r in report["epsilon_by_round"]]
     assert len(eps) == 3 and eps[0] < eps[1] < eps[2]
     assert report["unit_of_privacy"].startswith("user")
@@ -65,3 +66,9 @@ def test_client_side_dp_run_keeps_ledgers_that_compose_over_rounds(cache, tmp_pa
     worst = max(PrivacyLedger.load(p, "rdp").epsilon(report["delta"]) for p in ledgers)
     assert worst == pytest.approx(eps[-1])  # the report's figure is recomputable from the ledgers
     assert report["per_client_epsilon"]["max"] == pytest.approx(eps[-1])
+    # and `fedseqrec audit` reads the run back: the ledgers recomputed by three accountants, no failure
+    from common.audit.report import compute_audit
+
+    audit = compute_audit(out, users=20, leakage_users=2)
+    assert audit["failures"] == [], audit["failures"]
+    assert len(audit["accounting"]["clients"]) == 4

@@ -14,6 +14,7 @@ from common.audit.accounting import (
     audit_client_ledgers,
     audit_server_events,
     gaussian_epsilon,
+    independent_rdp_epsilon,
     opacus_rdp_epsilon,
     poisson_pld_epsilon,
     poisson_rdp_epsilon,
@@ -65,6 +66,23 @@ def test_pld_matches_the_exact_gaussian_mechanism_and_rdp_is_above_it():
     assert exact < rdp.get_epsilon(1e-5) < exact * 1.15  # RDP is an upper bound, not far above
     # PLD of a single unsampled Gaussian equals the exact value through our history replay too.
     assert poisson_pld_epsilon([(1.0, 1.0, 1)], delta=1e-5) == pytest.approx(exact, rel=2e-3)
+
+
+def test_the_independent_bound_is_exact_unsampled_and_only_an_upper_bound_sampled(monkeypatch):
+    """A client DP-SGD ledger from a small silo (few steps at a large rate) once failed a true claim:
+    the independent RDP is taken at integer orders, so it is looser where the best order is fractional,
+    and it rounded up even the unsampled Gaussian's order (8.21 against 7.9998)."""
+    unsampled = [(1.1171875, 1.0, 6)]  # every step on the whole silo: q = 1
+    exact = poisson_rdp_epsilon(unsampled, delta=1 / 120)
+    assert independent_rdp_epsilon(unsampled, delta=1 / 120) == pytest.approx(exact, rel=1e-4)
+    few_steps = [(0.9, 0.5, 4)]
+    claim = opacus_rdp_epsilon(few_steps, delta=1e-2)
+    assert independent_rdp_epsilon(few_steps, delta=1e-2) > poisson_rdp_epsilon(few_steps, delta=1e-2) * 1.05
+    assert audit_client_ledgers({"client-0": few_steps}, delta=1e-2, recorded=claim)["failures"] == []
+    # dp-accounting above the independent upper bound is a failure, as a claim above it is in server mode
+    monkeypatch.setattr("common.audit.accounting.independent_rdp_epsilon", lambda history, delta: claim / 2)
+    failures = audit_client_ledgers({"client-0": few_steps}, delta=1e-2, recorded=claim)["failures"]
+    assert any("above the independent RDP upper bound" in f for f in failures)
 
 
 def test_opacus_and_dp_accounting_rdp_agree_on_the_same_poisson_history():

@@ -73,6 +73,8 @@ def event_rdp(event, order: float) -> float:
     if isinstance(event, Gaussian):
         return order / (2 * event.noise**2)
     if isinstance(event, PoissonGaussian):
+        if event.rate >= 1:  # no sampling: the Gaussian, exact at any order (no rounding up)
+            return order / (2 * event.noise**2)
         return poisson_rdp(event.noise, event.rate, max(2, math.ceil(order)))
     if isinstance(event, FixedSizeGaussian):
         return fixed_size_rdp(event.noise, event.rate, max(2, math.ceil(order)))
