@@ -114,7 +114,10 @@ SIM_CONFIG = {
 
 
 def _start(run_config: dict, cache: Path, num_supernodes: int = 4, client_app: str = "client.app:app"):
-    spec = json.dumps({"run_config": run_config, "num_supernodes": num_supernodes, "client_app": client_app})
+    from tests.ray_nodes import shared_head
+
+    spec = {"run_config": run_config, "num_supernodes": num_supernodes, "client_app": client_app}
+    spec = json.dumps({**spec, "ray_address": shared_head()})  # one Ray head per test process, joined by each run
     env = {**os.environ, "FEDSEQREC_CACHE": str(cache), "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec],
@@ -125,6 +128,12 @@ def _start(run_config: dict, cache: Path, num_supernodes: int = 4, client_app: s
         text=True,
         start_new_session=True,
     )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests.ray_nodes import stop_shared_head
+
+    stop_shared_head()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -33,7 +33,12 @@ def simulate(
     num_cpus: int | None = None,
     verbose: bool = False,
     client_app_attr: str = "client.app:app",
+    ray_address: str | None = None,
 ) -> None:
+    """Run `run_config` on `num_supernodes` simulated SuperNodes: on a private Ray instance, or as one
+    Ray job on the running Ray at `ray_address` (host:port). A job's workers are started by that
+    Ray's raylet, not by this process, so they get this process's FEDSEQREC_* and FLWR_* settings
+    (e.g. the preprocessing cache) through the job's runtime environment."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -57,6 +62,8 @@ def simulate(
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
     # address "local": a private Ray instance, never a cluster a `ray start` on this machine left in /tmp/ray
     init_args = {"address": "local", "num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False}
+    if ray_address:
+        _join_ray(ray_address, verbose)  # Flower's backend then finds Ray initialised and leaves it be
     init_args["log_to_driver"] = verbose
     result = _run_simulation(
         num_supernodes=num_supernodes,
@@ -73,3 +80,16 @@ def simulate(
     )
     if not getattr(result, "success", True):
         raise RuntimeError("simulation failed; see the log above")
+
+
+def _join_ray(address: str, verbose: bool) -> None:
+    """Connect to the Ray at `address` as a new job whose workers get what Flower's own `ray.init`
+    gives them (this process's sys.path as PYTHONPATH) and this process's FEDSEQREC_* and FLWR_*
+    settings: they are started by that Ray's raylet, so they do not inherit this environment."""
+    import sys
+
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("FEDSEQREC_", "FLWR_"))}
+    env["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose, logging_level="ERROR")
