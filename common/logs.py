@@ -9,9 +9,10 @@ logger has its own console handler and propagates to the root, so in a process w
 handler every Flower record was printed twice. `basicConfig` does nothing when the root logger has a
 handler: `one_console_handler()` gives it one that prints only what no other handler prints
 (records of loggers other than Flower's, WARNING and up, as Python's last-resort handler would).
-The ServerApp calls it when imported (through `drop_opacus_root_handler`); code that imports Opacus
-only when it needs it (the models' RNN layers, DP-SGD, the ledger's accountant: a ClientApp without
-DP starts without Opacus) calls `drop_opacus_root_handler` right after that import.
+The ServerApp calls it when imported, before anything imports Opacus or dp-accounting (neither is
+imported by a run without DP); code that imports Opacus only when it needs it (the models' RNN
+layers, DP-SGD, the ledger's accountant: a ClientApp without DP starts without Opacus) calls
+`drop_opacus_root_handler` right after that import, in case a process had no handler of ours yet.
 """
 
 from __future__ import annotations

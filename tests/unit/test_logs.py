@@ -11,8 +11,10 @@ from tests.conftest import ROOT
 # accountant's Poisson path logs through absl, whose first call runs logging.basicConfig().
 SCRIPT = """
 import logging, sys
-if sys.argv[1] == "app":
+if sys.argv[1].startswith("app"):
     import server.app  # what the ServerApp's process imports first
+if sys.argv[1] == "app-then-opacus":
+    import opacus.utils.module_utils  # a DP run imports Opacus later, lazily: its basicConfig must add nothing
 from flwr.common.logger import log
 from common.privacy.server_accounting import dpfedavg_epsilon
 dpfedavg_epsilon(noise_multiplier=0.5, num_sampled=60, population=200, rounds=2, delta=1 / 200, sampling="poisson")
@@ -31,6 +33,16 @@ def _output(mode: str) -> str:
 def test_a_flower_record_is_printed_once_after_absl_logs_under_poisson_accounting():
     bare = _output("bare")  # the problem this guards against is real: without the app's set-up, twice
     assert bare.count("fedseqrec: round 1/1 marker") == 2 and "INFO:flwr:fedseqrec: round 1/1 marker" in bare
-    app = _output("app")
-    assert app.count("fedseqrec: round 1/1 marker") == 1
-    assert app.count("a library warning") == 1  # other loggers' warnings still reach the console
+    for mode in ("app", "app-then-opacus"):
+        app = _output(mode)
+        assert app.count("fedseqrec: round 1/1 marker") == 1, mode
+        assert app.count("a library warning") == 1, mode  # other loggers' warnings still reach the console
+
+
+def test_the_server_app_starts_without_opacus_or_dp_accounting():
+    """~2 s of imports (Opacus pulls torch.distributed, dp-accounting scipy.signal) that a run without
+    DP never uses, paid by every ServerApp process; a DP run imports them where it needs them."""
+    check = "import sys, server.app; print(sorted(m for m in ('opacus', 'dp_accounting') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

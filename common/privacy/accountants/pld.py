@@ -10,13 +10,15 @@ Gaussian(z / sqrt(depth)).
 from __future__ import annotations
 
 import math
-
-import dp_accounting
-from dp_accounting import pld
+from typing import TYPE_CHECKING
 
 from common.privacy.accountants.base import Accountant
 from common.privacy.accountants.events import Gaussian, PoissonGaussian, TreeGaussian
+from common.privacy.accountants.rdp import load_dp_accounting
 from common.privacy.tree_aggregation import tree_depth
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 # The loss grid. dp-accounting rounds pessimistically at each step, so a coarser grid only ever
 # overstates epsilon; at 1e-3 the shipped recipe's figure is the same to four digits as at 1e-4,
@@ -25,6 +27,7 @@ DISCRETIZATION = 1e-3
 
 
 def pld_event(event) -> dp_accounting.DpEvent:
+    dp_accounting = load_dp_accounting()
     if isinstance(event, TreeGaussian):
         depth = tree_depth(max(event.tree_lengths))
         return dp_accounting.GaussianDpEvent(event.noise / math.sqrt(depth))
@@ -39,8 +42,10 @@ class PldAccountant(Accountant):
     supported = (Gaussian, PoissonGaussian, TreeGaussian)
 
     def _epsilon(self, delta: float) -> float:
+        from dp_accounting import pld
+
         accountant = pld.PLDAccountant(
-            neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+            neighboring_relation=load_dp_accounting().NeighboringRelation.ADD_OR_REMOVE_ONE,
             value_discretization_interval=DISCRETIZATION,
         )
         for event, count in self.history:

@@ -8,28 +8,42 @@ Poisson sampling the subsampled-Gaussian RDP under add/remove; tree aggregation 
 
 from __future__ import annotations
 
-import dp_accounting
-from absl import logging as absl_logging
-from dp_accounting import rdp
+from typing import TYPE_CHECKING
 
 from common.privacy.accountants.base import Accountant
 from common.privacy.accountants.events import FixedSizeGaussian, Gaussian, PoissonGaussian, TreeGaussian
 from common.privacy.mechanism import ADD_OR_REMOVE_ONE, REPLACE_ONE, REPLACE_WITH_ZERO
 
-# The RDP accountant warns for each low order whose series does not converge at large sampling
-# rates and drops that order; the epsilon from the other orders is still a valid upper bound.
-absl_logging.set_verbosity(absl_logging.ERROR)
+if TYPE_CHECKING:
+    import dp_accounting
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
-RELATIONS = {
-    REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
-    ADD_OR_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-    REPLACE_WITH_ZERO: dp_accounting.NeighboringRelation.REPLACE_SPECIAL,
-}
+
+
+def load_dp_accounting():
+    """dp-accounting, imported where an epsilon is computed: ~1 s (it pulls scipy.signal) that a
+    process which never accounts (a run without DP, a ClientApp) does not pay."""
+    import dp_accounting
+    from absl import logging as absl_logging
+
+    # The RDP accountant warns for each low order whose series does not converge at large sampling
+    # rates and drops that order; the epsilon from the other orders is still a valid upper bound.
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    return dp_accounting
+
+
+def relation(adjacency: str) -> dp_accounting.NeighboringRelation:
+    relations = load_dp_accounting().NeighboringRelation
+    return {
+        REPLACE_ONE: relations.REPLACE_ONE,
+        ADD_OR_REMOVE_ONE: relations.ADD_OR_REMOVE_ONE,
+        REPLACE_WITH_ZERO: relations.REPLACE_SPECIAL,
+    }[adjacency]
 
 
 def dp_event(event) -> dp_accounting.DpEvent:
     """The dp-accounting event of one of ours."""
+    dp_accounting = load_dp_accounting()
     gaussian = dp_accounting.GaussianDpEvent(event.noise)
     if isinstance(event, Gaussian):
         return gaussian
@@ -56,8 +70,9 @@ class RdpAccountant(Accountant):
         return copy
 
     def _epsilon(self, delta: float) -> float:
-        relation = RELATIONS[self.history[0][0].adjacency]
-        accountant = rdp.RdpAccountant(self.orders, neighboring_relation=relation)
+        from dp_accounting import rdp
+
+        accountant = rdp.RdpAccountant(self.orders, neighboring_relation=relation(self.history[0][0].adjacency))
         for event, count in self.history:
             accountant.compose(dp_event(event), count=count)
         return accountant.get_epsilon(delta)
