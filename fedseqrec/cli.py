@@ -351,7 +351,9 @@ def _cmd_plan_privacy(args: argparse.Namespace) -> int:
         f"  noise multiplier z = {plan.noise_multiplier:.4f} (epsilon booked: {plan.epsilon_spent:.4f})\n"
         f"  noise std per coordinate of the round's average: {plan.noise_on_average:.3g} C "
         f"(z C / cohort; C = clipping-norm)\n"
-        f"  rounds each user takes part in, on average: {plan.participations:.1f}"
+        f"  rounds each user takes part in, on average: {plan.participations:.1f}\n"
+        f"  FedAdam: server-tau = {plan.noise_on_average:.2g} x C (the noise on the average) moves a coordinate "
+        f"that carries only noise by ~0.1 x server-lr a round (docs/private-models.md)"
     )
     return 0
 

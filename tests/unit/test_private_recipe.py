@@ -53,6 +53,16 @@ def test_plan_privacy_prints_the_noise_a_population_needs(capsys):
     assert small["delta"] == pytest.approx(1 / 6040) and small["participations"] == pytest.approx(120 * 1000 / 6040)
 
 
+def test_plan_privacy_names_the_server_tau_that_matches_the_noise(capsys):
+    args = ["plan-privacy", "--population", "600000", "--cohort", "1000", "--rounds", "600", "--epsilon", "8"]
+    assert main([*args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    tau = float(shown.split("server-tau = ")[1].split()[0])
+    assert tau == pytest.approx(plan["noise_multiplier"] / 1000, rel=0.05)  # z C / cohort, C = 1
+
+
 @pytest.mark.parametrize(
     "bad, says",
     [
