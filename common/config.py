@@ -284,6 +284,9 @@ class FederationSettings:
     # no server DP); on the cohort engine a chunk must hold the whole round (cohort-chunk >= clients-per-round).
     user_trim_beta: float = 0.0
     server_lr_warmup: int = 0  # rounds over which FedAdam/FedYogi's server-lr rises linearly to its value
+    # After the warm-up, FedAdam/FedYogi's server-lr stays (constant) or falls on a cosine towards 0 at
+    # num-server-rounds: under DP noise, the late rounds' smaller steps average the noise instead of walking it.
+    server_lr_schedule: str = _choice("constant", "cosine")
     federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
     # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
     max_update_norm: float = 0.0  # > 0: a reply whose update is longer is dropped (norm bounding)
@@ -361,6 +364,11 @@ class FederationSettings:
         _check(self.cohort_nodes >= 1, "cohort-nodes", "must be >= 1")
         _check(self.cohort_chunk >= 1, "cohort-chunk", "must be >= 1")
         _check(self.server_lr_warmup >= 0, "server-lr-warmup", "must be >= 0")
+        _check(
+            self.server_lr_schedule == "constant" or self.strategy in ("fedadam", "fedyogi"),
+            "server-lr-schedule",
+            f"a cosine schedule needs a server learning rate (strategy fedadam or fedyogi, not {self.strategy})",
+        )
         _check(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
         _check(self.max_row_norm >= 0, "max-row-norm", "must be >= 0 (0 = no bound)")
         _check(

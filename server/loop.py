@@ -27,6 +27,7 @@ from common.privacy import randomness
 from common.privacy.releases import releasable_row
 from common.stop_request import take_stop_request
 from common.training.federated import client_seed
+from common.training.step import lr_factor
 from server.reply_checks import reply_problem
 from server.run_state import RunState
 from server.secure_aggregation import secure_mean
@@ -316,7 +317,7 @@ class RoundLoop:
                 break
             round_start = time.perf_counter()
             self.keys, self.known_nodes = _rediscover(self.grid, self.keys, self.known_nodes, self.cohort, self.timeout)
-            _warm_up_server_lr(self.strategy, self.config, server_round)
+            _schedule_server_lr(self.strategy, self.config, server_round)
             # Flower's DP wrappers draw noise from numpy's global RNG: secret unless asked to replay.
             derived = client_seed(self.config.train.seed, server_round, -1)
             randomness.seed_numpy_global(reproducible=self.reproducible, derived=derived)
@@ -563,14 +564,16 @@ def _train_attempt(
     )
 
 
-def _warm_up_server_lr(strategy: Strategy, config: RunConfig, server_round: int) -> None:
-    """FedAdam / FedYogi: the server learning rate rises linearly over `server-lr-warmup` rounds."""
+def _schedule_server_lr(strategy: Strategy, config: RunConfig, server_round: int) -> None:
+    """FedAdam / FedYogi: the server learning rate rises linearly over `server-lr-warmup` rounds, then
+    stays or falls on a cosine (`server-lr-schedule`), as centralized training's schedule does per epoch."""
     inner = strategy
     while hasattr(inner, "strategy"):
         inner = inner.strategy
-    warmup = config.federation.server_lr_warmup
-    if hasattr(inner, "eta") and warmup > 0:
-        inner.eta = config.federation.server_lr * min(1.0, server_round / warmup)
+    fed = config.federation
+    if hasattr(inner, "eta") and (fed.server_lr_warmup > 0 or fed.server_lr_schedule != "constant"):
+        factor = lr_factor(server_round, fed.num_server_rounds, fed.server_lr_schedule, fed.server_lr_warmup)
+        inner.eta = fed.server_lr * factor
 
 
 class Progress:

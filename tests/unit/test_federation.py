@@ -101,3 +101,32 @@ def test_pyproject_run_config_lists_every_key_with_valid_values():
     assert defaults == RunConfig().to_flat()  # one source of defaults: the dataclasses, mirrored here
     for toml in sorted((ROOT / "simulations" / "configs").glob("*.toml")):
         RunConfig.from_toml(toml)  # every shipped experiment config is valid
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_server_lr_warms_up_then_stays_or_falls_on_a_cosine(schedule):
+    from server.loop import _schedule_server_lr
+    from server.strategies import build_strategy
+
+    flat = {"strategy": "fedadam", "server-lr": 0.004, "server-lr-warmup": 4, "num-server-rounds": 20}
+    config = RunConfig.from_flat({**flat, "server-lr-schedule": schedule}, where="test")
+    strategy = build_strategy(config)
+    etas = []
+    for server_round in range(1, 21):
+        _schedule_server_lr(strategy, config, server_round)
+        etas.append(strategy.eta)
+    assert etas[:4] == pytest.approx([0.001, 0.002, 0.003, 0.004])  # linear warm-up
+    after = np.array(etas[4:])
+    if schedule == "constant":
+        assert after == pytest.approx(0.004)
+    else:  # from the full rate down towards 0, never 0 (the last round still trains)
+        assert after[0] == pytest.approx(0.004)
+        assert np.all(np.diff(after) < 0)
+        assert 0 < after[-1] < 0.0001
+
+
+def test_a_cosine_server_lr_needs_a_strategy_with_a_server_lr():
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="server-lr-schedule"):
+        RunConfig.from_flat({"strategy": "fedavg", "server-lr-schedule": "cosine"}, where="test")

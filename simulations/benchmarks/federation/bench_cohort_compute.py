@@ -23,6 +23,7 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 import common.training.cohort
 from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
+from common.model.keyed_dropout import per_row_keys
 from common.recipes import cohort_training
 from common.training.cohort import CohortResult, user_loss
 from common.training.cohort_clients import train_chunks
@@ -39,12 +41,13 @@ from common.training.step import StepOptions, model_for, train_epoch, window_dat
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _one_sgd_step_before(model, inputs, targets, lr: float) -> CohortResult:
+def _one_sgd_step_before(model, inputs, targets, lr: float, keys: torch.Tensor | None = None) -> CohortResult:
     """`common.training.cohort._one_sgd_step` before issue 32: U x the mean loss over every window position."""
     U, W, T = inputs.shape
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
-    total = U * user_loss(model, params, inputs.reshape(U * W, T), targets.reshape(U * W, T))
+    with per_row_keys(keys.repeat_interleave(W)) if keys is not None else nullcontext():
+        total = U * user_loss(model, params, inputs.reshape(U * W, T), targets.reshape(U * W, T))
     total.backward()
     update = {k: -lr * p.grad.detach() for k, p in params.items()}
     model.zero_grad(set_to_none=True)
