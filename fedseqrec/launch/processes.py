@@ -37,10 +37,6 @@ VENV_BIN = Path(sys.executable).parent
 # What every Flower process started here needs: no `uv sync` of [project].dependencies per run (the
 # SuperLink would otherwise install them, and uv would fetch a CUDA torch) and no telemetry.
 FLOWER_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-# Flower's SuperExec (one per SuperNode, one beside the SuperLink) looks for a task to start every
-# second: every ClientApp message of a deployment, and every run's ServerApp, waited ~0.5 s for it.
-# A look every 0.1 s costs a SuperExec next to nothing; a value set in the environment wins.
-TASK_POLL_ENV, TASK_POLL_SECONDS = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The Flower processes that run a ServerApp (simulation and deployment runtime).
 SERVERAPP_PROGRAMS = ("flwr-simulation", "flwr-serverapp")
@@ -341,7 +337,6 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
     data and cache dirs made absolute (Flower's processes run in other folders)."""
     env = dict(os.environ)
     env.update(FLOWER_ENV)
-    env.setdefault(TASK_POLL_ENV, TASK_POLL_SECONDS)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["FLWR_HOME"] = str(flwr_home)
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -35,14 +35,3 @@ def test_tracker_sees_every_descendant_and_stops_them_all(tmp_path):
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in tree)
     finally:
         tracker.close(grace=5)
-
-
-def test_flower_processes_look_for_tasks_every_tenth_of_a_second_unless_told_otherwise(tmp_path, monkeypatch):
-    from fedseqrec.launch.processes import TASK_POLL_ENV, flower_env
-
-    monkeypatch.delenv(TASK_POLL_ENV, raising=False)
-    env = flower_env(tmp_path)
-    assert env[TASK_POLL_ENV] == "0.1"
-    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1" and env["FLWR_HOME"] == str(tmp_path)
-    monkeypatch.setenv(TASK_POLL_ENV, "2.5")  # a deployer's own setting wins
-    assert flower_env(tmp_path)[TASK_POLL_ENV] == "2.5"
