@@ -285,7 +285,7 @@ class FederationSettings:
     user_trim_beta: float = 0.0
     server_lr_warmup: int = 0  # rounds over which FedAdam/FedYogi's server-lr rises linearly to its value
     # After the warm-up, FedAdam/FedYogi's server-lr stays (constant) or falls on a cosine towards 0 at
-    # num-server-rounds: under DP noise, the late rounds' smaller steps average the noise instead of walking it.
+    # num-server-rounds, for a run that has plateaued (on the 600k projection, still improving, it lost).
     server_lr_schedule: str = _choice("constant", "cosine")
     federated_evaluation: bool = False  # clients rank their own held-out items; the server only sums
     # Faults and attacks: every reply is checked before aggregation (server/reply_checks.py).
