@@ -65,7 +65,7 @@ def _throughput_one(flat: dict, out: Path) -> dict:
         "user_updates_per_second": float(np.sum(users) / np.sum(seconds)),
         "identify_seconds": summary["identify_seconds"],
         "wall_seconds": time.perf_counter() - started,
-        "peak_rss_mb_tree": memory.peak / 2**20,
+        **memory.report(),
     }
 
 
@@ -113,7 +113,7 @@ def bench_run(run_config: str, out: Path) -> dict:
         "mode": "run",
         "command": " ".join(command),
         "wall_seconds": wall,
-        "peak_rss_mb_tree": memory.peak / 2**20,
+        **memory.report(),
         "rounds": summary["rounds"],
         "best_round": summary["best_round"],
         "users_per_round": flat["clients-per-round"],

@@ -31,25 +31,51 @@ from fedseqrec.launch.simulate import num_supernodes, simulate
 
 
 class PeakMemory:
-    """Peak summed RSS of this process and all its descendants (Ray actors included)."""
+    """Peak memory of this process and all its descendants (Ray actors included), two ways.
+
+    `peak` sums each process's RSS, which counts a page shared by N processes N times (torch's
+    libraries and a forked worker's inherited pages are in every process); `peak_pss` sums the
+    proportional set size (a shared page counts 1/N in each), what the tree takes from the machine.
+    `breakdown` is the PSS by process name at the PSS peak, largest first: where the memory went.
+    """
 
     def __init__(self, interval: float = 0.5):
-        self.peak, self._stop, self.interval = 0, threading.Event(), interval
+        self.peak, self.peak_pss, self.breakdown = 0, 0, {}
+        self._stop, self.interval = threading.Event(), interval
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        """One look at the tree now; the peaks keep the largest seen."""
         me = psutil.Process()
+        rss = pss = 0
+        by_name: dict[str, int] = {}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                info = proc.memory_full_info()  # reads smaps_rollup: pss needs it
+                name = proc.name()
+            except psutil.Error:  # gone between listing and reading: it holds nothing now
+                continue
+            rss, pss = rss + info.rss, pss + info.pss
+            by_name[name] = by_name.get(name, 0) + info.pss
+        self.peak = max(self.peak, rss)
+        if pss > self.peak_pss:
+            self.peak_pss = pss
+            self.breakdown = dict(sorted(by_name.items(), key=lambda kv: -kv[1]))
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self.sample()
             time.sleep(self.interval)
 
+    def report(self) -> dict:
+        """The figures a benchmark's JSON carries (MB)."""
+        return {
+            "peak_rss_mb_tree": self.peak / 2**20,
+            "peak_pss_mb_tree": self.peak_pss / 2**20,
+            "pss_mb_by_process_at_peak": {k: round(v / 2**20, 1) for k, v in self.breakdown.items()},
+        }
+
     def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
 
@@ -85,7 +111,7 @@ def bench_run(flat: dict, out: Path) -> dict:
         "test_hr@10": summary["test"]["hr@10"],
         "wall_seconds": time.perf_counter() - started,
         "mean_round_seconds": float(np.mean([r["train-seconds"] for r in rows[1:]] or [rows[0]["train-seconds"]])),
-        "peak_rss_mb_tree": memory.peak / 2**20,
+        **memory.report(),
         "ndcg_by_round": [round(r["validation"]["ndcg@10"], 4) for r in rows if "validation" in r],
     }
 

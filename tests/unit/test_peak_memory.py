@@ -1,0 +1,57 @@
+"""The benchmarks' process-tree memory: RSS counts a shared page in every process, PSS once."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from simulations.benchmarks.federation.bench_federation import PeakMemory
+
+MB = 2**20
+
+
+def _hold(buffer: bytearray, ready, done) -> None:
+    sum(buffer[::4096])  # read every page: resident in this child, still shared with the parent
+    ready.set()
+    done.wait(30)
+
+
+def test_forked_children_sharing_pages_count_once_in_pss_and_in_every_rss():
+    size = 64 * MB
+    buffer = bytearray(b"\x01") * size  # touched, so resident in the parent
+    context = mp.get_context("fork")
+    done = context.Event()
+    children = []
+    try:
+        for _ in range(2):
+            ready = context.Event()
+            child = context.Process(target=_hold, args=(buffer, ready, done))
+            child.start()
+            children.append(child)
+            assert ready.wait(30), "a child did not start"
+        memory = PeakMemory()
+        memory.sample()
+    finally:
+        done.set()
+        for child in children:
+            child.join(30)
+    # Three processes map the 64 MB: the RSS sum holds it three times, the PSS sum about once.
+    assert memory.peak >= 3 * size
+    assert memory.peak - memory.peak_pss >= 1.5 * size
+    assert memory.peak_pss >= size
+    report = memory.report()
+    assert report["peak_rss_mb_tree"] == pytest.approx(memory.peak / MB)
+    assert sum(report["pss_mb_by_process_at_peak"].values()) == pytest.approx(memory.peak_pss / MB, abs=1)
+
+
+def test_the_peaks_keep_the_largest_sample():
+    memory = PeakMemory()
+    memory.sample()
+    first = memory.peak_pss
+    buffer = bytearray(b"\x01") * (32 * MB)
+    memory.sample()
+    assert memory.peak_pss >= first + 16 * MB
+    del buffer
+    memory.sample()  # smaller now: the peak stays
+    assert memory.peak_pss >= first + 16 * MB
