@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from simulations.benchmarks.federation.bench_federation import PeakMemory
 
 MB = 2**20
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hold(buffer: bytearray, ready, done) -> None:
@@ -42,16 +46,30 @@ def test_forked_children_sharing_pages_count_once_in_pss_and_in_every_rss():
     assert memory.peak_pss >= size
     report = memory.report()
     assert report["peak_rss_mb_tree"] == pytest.approx(memory.peak / MB)
-    assert sum(report["pss_mb_by_process_at_peak"].values()) == pytest.approx(memory.peak_pss / MB, abs=1)
+    shown = report["pss_mb_by_process_at_peak"]  # each rounded to 0.1 MB
+    assert sum(shown.values()) == pytest.approx(memory.peak_pss / MB, abs=0.05 * len(shown) + 0.01)
+
+
+# Run where nothing else moves: a test worker's own children (its Ray head) come and go between samples.
+_PEAK_CHECK = """
+from simulations.benchmarks.federation.bench_federation import PeakMemory
+MB = 2**20
+memory = PeakMemory()
+memory.sample()
+first = memory.peak_pss
+buffer = bytearray(b"\\x01") * (32 * MB)
+memory.sample()
+grown = memory.peak_pss
+del buffer
+memory.sample()  # smaller now: the peak stays
+print(first, grown, memory.peak_pss)
+"""
 
 
 def test_the_peaks_keep_the_largest_sample():
-    memory = PeakMemory()
-    memory.sample()
-    first = memory.peak_pss
-    buffer = bytearray(b"\x01") * (32 * MB)
-    memory.sample()
-    assert memory.peak_pss >= first + 16 * MB
-    del buffer
-    memory.sample()  # smaller now: the peak stays
-    assert memory.peak_pss >= first + 16 * MB
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHECK], capture_output=True, text=True, timeout=120, cwd=ROOT, check=True
+    )
+    first, grown, kept = (int(v) for v in result.stdout.split())
+    assert grown >= first + 16 * MB
+    assert kept >= grown  # the peak never falls
