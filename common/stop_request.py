@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.model.checkpoint import atomic_write
+from common.atomic_files import atomic_write
 
 STOP_FILE = "STOP"
 

@@ -20,9 +20,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.atomic_files import atomic_write
 from common.config import RunConfig
 from common.errors import CheckpointError
-from common.model.checkpoint import atomic_write
 from common.privacy import randomness
 from common.privacy.releases import releasable_row
 from common.stop_request import take_stop_request

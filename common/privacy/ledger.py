@@ -49,7 +49,7 @@ class PrivacyLedger:
     def save(self, path: Path) -> None:
         """Durably, before the reply that spent it leaves: temp file, fsync, rename, folder fsync. A
         device killed (or a power cut) at any moment keeps the old ledger or the new one, whole."""
-        from common.model.checkpoint import atomic_write
+        from common.atomic_files import atomic_write
 
         text = json.dumps(self.state_dict()).encode()
         atomic_write(Path(path), lambda handle: handle.write(text))
