@@ -13,4 +13,5 @@ if __name__ == "__main__":
         client_app_attr=spec.get("client_app", "client.app:app"),
         num_cpus=2,
         ray_address=spec.get("ray_address"),  # the test process's shared Ray head (tests/ray_nodes.py)
+        backend=spec.get("backend", "ray"),
     )

@@ -7,11 +7,13 @@ run config for tests and benchmarks, without a SuperLink. It uses Flower's inter
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+BACKENDS = ("ray", "in-process")
 
 
 def num_supernodes(config) -> int:
@@ -34,11 +36,20 @@ def simulate(
     verbose: bool = False,
     client_app_attr: str = "client.app:app",
     ray_address: str | None = None,
+    backend: str = "ray",
 ) -> None:
     """Run `run_config` on `num_supernodes` simulated SuperNodes: on a private Ray instance, or as one
     Ray job on the running Ray at `ray_address` (host:port). A job's workers are started by that
     Ray's raylet, not by this process, so they get this process's FEDSEQREC_* and FLWR_* settings
-    (e.g. the preprocessing cache) through the job's runtime environment."""
+    (e.g. the preprocessing cache) through the job's runtime environment.
+
+    `backend = "in-process"`: the same engine with the ClientApp called in this process, one message
+    at a time, and no Ray (`fedseqrec.launch.in_process`): for small runs, where starting Ray costs
+    more than the run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"simulate: backend {backend!r} is not one of {sorted(BACKENDS)}")
+    if backend == "in-process" and ray_address:
+        raise ValueError("simulate: ray_address joins a Ray cluster; the in-process backend starts no Ray")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
@@ -50,6 +61,7 @@ def simulate(
     from flwr.supercore.telemetry import EventType
 
     from common.config import RunConfig
+    from fedseqrec.launch.in_process import in_process_backend
 
     RunConfig.from_flat(run_config)  # fail fast, before Ray starts
     fused = get_fused_config_from_dir(PROJECT_DIR, run_config)
@@ -65,19 +77,21 @@ def simulate(
     if ray_address:
         _join_ray(ray_address, verbose)  # Flower's backend then finds Ray initialised and leaves it be
     init_args["log_to_driver"] = verbose
-    result = _run_simulation(
-        num_supernodes=num_supernodes,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        server_app_attr="server.app:app",
-        client_app_attr=client_app_attr,
-        backend_name="ray",
-        backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}, "init_args": init_args},
-        app_dir=str(PROJECT_DIR),
-        run=run,
-        server_app_context=context,
-        is_app=True,
-        verbose_logging=verbose,
-    )
+    engine = in_process_backend() if backend == "in-process" else contextlib.nullcontext()
+    with engine:
+        result = _run_simulation(
+            num_supernodes=num_supernodes,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            server_app_attr="server.app:app",
+            client_app_attr=client_app_attr,
+            backend_name="ray",
+            backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}, "init_args": init_args},
+            app_dir=str(PROJECT_DIR),
+            run=run,
+            server_app_context=context,
+            is_app=True,
+            verbose_logging=verbose,
+        )
     if not getattr(result, "success", True):
         raise RuntimeError("simulation failed; see the log above")
 

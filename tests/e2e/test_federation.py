@@ -28,7 +28,9 @@ def _arrays(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("uninterrupted")
-    log = _run({**SIM_CONFIG, "out-dir": str(out)}, cache)
+    # on Ray, as `flwr run` simulates; the other simulated runs of the suite call the ClientApp in
+    # their own process (conftest._start), and the resume below ends with this run's model
+    log = _run({**SIM_CONFIG, "out-dir": str(out)}, cache, backend="ray")
     return out, log
 
 
