@@ -1,6 +1,8 @@
 """Real one-user devices on loopback: two SuperNodes (TLS, node authentication), each with one
 user's file, shared by the tests of this module (a deployment takes a while to start).
 
+- TLS on every API and node authentication: a SuperNode whose key was never registered is refused;
+  a plain run ends with the model recomputed here from the devices' own files.
 - SecAgg+ without DP: the released model equals global + the users' mean update, recomputed here
   from each device's own file.
 - SecAgg+ with user-level DP-FedAvg: the devices clip, the server adds noise to the masked sum.
@@ -18,6 +20,8 @@ import torch
 
 from common.config import RunConfig
 from common.model.checkpoint import load_model
+from fedseqrec.launch.credentials import make_node_keys
+from fedseqrec.launch.processes import VENV_BIN, free_port
 from simulations.benchmarks.robustness.crash_drill import (
     DRILL_MODEL,
     checkpoint_round,
@@ -28,6 +32,7 @@ from simulations.benchmarks.robustness.crash_drill import (
     wait_for_round,
     wait_for_training,
 )
+from tests.conftest import assert_each_record_once
 
 DEVICES = 2  # each ClientApp message is a fresh process: two devices keep the module at a few minutes
 BASE = {**DRILL_MODEL, "clients-per-round": DEVICES}
@@ -44,6 +49,15 @@ class Devices:
             return self.deployment.run({**self.server_config, **extra, "out-dir": str(out)}, timeout=900)
         except DeploymentError as exc:
             pytest.fail(str(exc))
+
+    def run_log(self, extra: dict, out: Path) -> str:
+        """Run, and return this run's part of the deployment's `flwr run` log (appended run after run)."""
+        log = self.deployment.logs / "flwr-run.log"
+        start = log.stat().st_size if log.exists() else 0
+        self.run(extra, out)
+        with open(log, "rb") as handle:
+            handle.seek(start)
+            return handle.read().decode(errors="replace")
 
     def expected(self, extra: dict, rounds: int) -> dict[str, torch.Tensor]:
         """What an uninterrupted run ends with, recomputed here from the devices' own files."""
@@ -72,9 +86,32 @@ def devices(tmp_path_factory):
     )
     try:
         with deployment:
+            _start_a_rogue_node(deployment, root, nodes[0].node_config())
             yield Devices(deployment, root, server_config)
     finally:
         assert deployment.alive() == []
+
+
+def _start_a_rogue_node(deployment, root: Path, node_config: str) -> None:
+    """A SuperNode with a key the SuperLink never registered: refused, it gives up after 1 retry."""
+    rogue = make_node_keys(root / "work" / "keys", "rogue")
+    command = [
+        str(VENV_BIN / "flower-supernode"),
+        "--superlink",
+        deployment.address,
+        "--port",
+        str(free_port()),
+        "--root-certificates",
+        str(deployment.certificates.ca_cert),
+        "--auth-supernode-private-key",
+        str(rogue.private_key),
+        "--max-retries",
+        "1",
+        "--node-config",
+        node_config,
+    ]
+    home = root / "work" / "rogue-home"
+    deployment.tracker.start("rogue", command, deployment.logs / "rogue.log", deployment._env(home), deployment.work)
 
 
 def _final(out: Path) -> dict[str, torch.Tensor]:
@@ -84,6 +121,36 @@ def _final(out: Path) -> dict[str, torch.Tensor]:
 
 def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tls_node_auth_and_a_plain_run_that_ends_with_the_devices_model(devices, tmp_path):
+    """TLS on every API, a rogue node refused, and a plain round: the released model is FedAvg of
+    the devices' own updates, recomputed here from their files; the server never held their data."""
+    extra = {"num-server-rounds": 1}
+    output = devices.run_log(extra, tmp_path / "run")
+    deployment = devices.deployment
+    assert deployment.run_info(deployment.run_id)["status"] == "finished:completed"
+    superlink_log = (deployment.logs / "superlink.log").read_text(errors="replace")
+    assert "--ssl-certfile" in superlink_log and "--enable-supernode-auth" in superlink_log
+    assert "Uvicorn running on https://" in superlink_log  # TLS on every API
+    assert "No SuperNode found with the given public key" in superlink_log  # the rogue node was refused
+    assert (deployment.work / "flwr-home" / "cli" / "config.toml").read_text().count("root-certificates") == 1
+    assert_each_record_once(output)
+
+    out = tmp_path / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["failed_clients"] == 0
+    rows = _rows(out)
+    assert [row["round"] for row in rows] == [1]
+    assert all(row["sampled"] == row["replied"] == DEVICES for row in rows)  # the rogue node never counted
+    assert rows[-1]["validation"]["users"] == DEVICES  # ranked on the devices
+    assert not (devices.root / "not-on-the-server.csv").exists()
+    start, expected, released = devices.expected(extra, 0), devices.expected(extra, 1), _final(out)
+    assert any(not torch.equal(expected[key], start[key]) for key in start)
+    for key, value in expected.items():
+        assert torch.allclose(released[key], value, atol=1e-5), key
+    for name in ("supernode-0", "supernode-1", "flwr-run", "rogue"):
+        assert (deployment.logs / f"{name}.log").stat().st_size > 0
 
 
 def test_secagg_sum_equals_the_plain_sum(devices, tmp_path):

@@ -45,7 +45,7 @@ from fedseqrec.launch.loopback import DeploymentError, LoopbackDeployment, nodes
 from fedseqrec.launch.processes import become_subreaper
 
 USERS, ITEMS = 128, 60
-JOB = {  # the loopback deployment test's job (tests/e2e/test_deployment.py), every SuperNode each round
+JOB = {  # a small SASRec job on synthetic users, every SuperNode each round
     "model": "sasrec",
     "emb-dim": 16,
     "hidden-dim": 32,
