@@ -1,7 +1,8 @@
 """`fedseqrec federate --ray-address` on an existing Ray cluster: a head and one worker node, two
 `ray start` processes on this machine (free ports, a private temp dir, stopped by pid: never
 `ray stop`, which would end every Ray on the machine). The cohort engine's smoke job runs its two
-SuperNode actors one on each node and ends with the model of the single-process run.
+SuperNode actors one on each node and ends with the model of the same job run in one process
+(Flower's engine with the ClientApp called in that process: tests/conftest.py `_run`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from fedseqrec.launch.processes import VENV_BIN
-from tests.conftest import COHORT, ROOT
+from tests.conftest import COHORT, ROOT, _run
 from tests.ray_nodes import LocalRayCluster
 
 # The cohort smoke job (tests/conftest.py) on two SuperNodes, short: each SuperNode's message is one
@@ -88,7 +89,8 @@ def test_federate_on_a_two_node_ray_cluster_ends_with_the_single_process_model(c
     assert len(tasks["nodes"]) == 2 and sorted(tasks["runs"]) == sorted(tasks["nodes"]), tasks
     assert sum(tasks["runs"].values()) >= 2 * JOB["num-server-rounds"], tasks  # 2 SuperNodes' train messages a round
 
-    single, _ = _federate(tmp_path, "single-process")
+    single = tmp_path / "single-process"
+    _run({**JOB, "out-dir": str(single)}, tmp_path / "cache", num_supernodes=JOB["cohort-nodes"])
     ours, reference = _final_arrays(on_cluster), _final_arrays(single)
     assert ours.keys() == reference.keys()
     for key in reference:
