@@ -1,8 +1,9 @@
-"""Run the ServerApp and ClientApp in one process on Flower's simulation engine (Ray).
+"""Run the ServerApp and ClientApp from this process on Flower's simulation engine: the ClientApp in
+Ray actors, or (`backend = "in-process"`) called in this process with no Ray at all.
 
-`flwr run .` is the main road; this in-process launcher runs the very same apps with a given
-run config for tests and benchmarks, without a SuperLink. It uses Flower's internal
-`_run_simulation` (the engine that `flwr-simulation` itself calls).
+`flwr run .` is the main road; this launcher runs the very same apps with a given run config for
+tests and benchmarks, without a SuperLink. It uses Flower's internal `_run_simulation` (the engine
+that `flwr-simulation` itself calls).
 """
 
 from __future__ import annotations
