@@ -32,6 +32,7 @@ def device_recipe(config: RunConfig, simulated: bool = False) -> LocalRecipe:
         touched_rows=fed.local_item_rows == "touched",
         drop_above=fed.max_update_norm if simulated else 0.0,
         row_clip=fed.max_row_norm if simulated else 0.0,
+        score_precision=fed.score_precision,
     )
 
 

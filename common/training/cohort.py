@@ -45,6 +45,7 @@ class LocalRecipe:
     scale: float = 1.0  # an attacker's boost of its update, before `clip`; every honest device: 1
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    score_precision: str = "float32"  # bfloat16: the one-step path's scoring (`window_loss.users_loss_sum`)
 
 
 @dataclass
@@ -95,18 +96,20 @@ def cohort_update(
     summed = recipe.drop_above <= 0 and recipe.row_clip <= 0 and recipe.scale == 1.0 and not recipe.touched_rows
     one_sgd_step = recipe.steps == 1 and recipe.optimizer == "sgd" and summed and not keep_users
     if one_sgd_step and recipe.clip <= 0:
-        return _one_sgd_step(model, inputs, targets, recipe.lr, keys)
+        return _one_sgd_step(model, inputs, targets, recipe.lr, keys, recipe.score_precision)
     if one_sgd_step and ghost_clipping.supports(model):  # clipped: each user's gradient norm, no weight copies
         step = ghost_clipping.clipped_one_step(model, inputs, targets, recipe.lr, recipe.clip, keys)
         return CohortResult(step.update_sum, len(inputs), step.loss_sum, step.clipped)
     return _stacked(model, inputs, targets, recipe, keep_users, keys)
 
 
-def _one_sgd_step(model, inputs, targets, lr: float, keys: torch.Tensor | None = None) -> CohortResult:
+def _one_sgd_step(
+    model, inputs, targets, lr: float, keys: torch.Tensor | None = None, precision: str = "float32"
+) -> CohortResult:
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
     with per_row_keys(keys.repeat_interleave(inputs.shape[1])) if keys is not None else nullcontext():
-        total = users_loss_sum(model, inputs, targets)  # its gradient is the sum of the users' gradients
+        total = users_loss_sum(model, inputs, targets, precision)  # its gradient: the sum of the users' gradients
     total.backward()
     update = {k: -lr * p.grad.detach() for k, p in params.items()}
     model.zero_grad(set_to_none=True)

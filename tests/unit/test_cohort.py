@@ -275,3 +275,59 @@ def test_private_sum_adds_z_c_noise_to_the_sum_and_divides_by_the_expected_cohor
     again = noisy.private_sum([_reply({"w": torch.zeros(200_000)}, 5)], ArrayRecord(start), 1)
     first, second = (o[0].content["arrays"].to_torch_state_dict()["w"] for o in (out, again))
     assert not torch.equal(first, second)
+
+
+def test_bfloat16_scoring_is_offered_where_its_path_runs_and_refused_elsewhere():
+    from common.errors import ConfigError
+
+    config = RunConfig.from_flat({**COHORT, "score-precision": "bfloat16"})
+    assert cohort_training(config, 50).honest.score_precision == "bfloat16"
+    for bad, needs in [
+        ({"cohort-engine": False, "partition": "iid"}, "cohort-engine = true"),
+        ({"local-epochs": 2}, "local-epochs = 1"),
+        ({"local-optimizer": "adam"}, "local-optimizer = sgd"),
+        ({"dp-mode": "server", "noise-multiplier": 1.0}, "per-user norms stay float32"),
+        ({"max-update-norm": 5.0}, "max-update-norm"),
+        ({"local-item-rows": "touched"}, "local-item-rows"),
+    ]:
+        with pytest.raises(ConfigError, match=needs):
+            RunConfig.from_flat({**COHORT, "score-precision": "bfloat16", **bad})
+    with pytest.raises(ConfigError, match="score-precision"):
+        RunConfig.from_flat({**COHORT, "score-precision": "float16"})
+
+
+def test_a_bfloat16_chunk_trains_like_a_float32_one():
+    """The main job's setting end to end through `train_chunks`: the summed update within bfloat16
+    rounding of float32's."""
+    from common.training import window_loss
+
+    if not window_loss.native_bfloat16():
+        pytest.skip("no native bfloat16 on this CPU: float32 runs instead (test_window_loss)")
+    data = load_sequence_data(RunConfig.from_flat(COHORT).data)
+    chunks = [(0, np.arange(16)), (1, np.arange(16, 32))]
+    arrays = {
+        k: v.clone()
+        for k, v in model_for(
+            RunConfig.from_flat(COHORT).model, RunConfig.from_flat(COHORT).data, data.num_items, seed=0
+        )
+        .arrays()
+        .items()
+    }
+    results = {
+        precision: train_chunks(
+            cohort_training(RunConfig.from_flat({**COHORT, "score-precision": precision}), data.num_items),
+            data,
+            chunks,
+            arrays,
+            server_round=1,
+        )
+        for precision in ("float32", "bfloat16")
+    }
+    exact, low = (dict(results[p].arrays) for p in ("float32", "bfloat16"))
+    assert exact.keys() == low.keys()
+    differs = False
+    for key in exact:
+        e, b = torch.as_tensor(np.asarray(exact[key])), torch.as_tensor(np.asarray(low[key]))
+        assert float((b - e).norm()) <= 0.03 * float(e.norm()) + 1e-6, key
+        differs |= not torch.equal(b, e)
+    assert differs
