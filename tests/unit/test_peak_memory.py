@@ -48,6 +48,9 @@ def test_forked_children_sharing_pages_count_once_in_pss_and_in_every_rss():
     assert report["peak_rss_mb_tree"] == pytest.approx(memory.peak / MB)
     shown = report["pss_mb_by_process_at_peak"]  # each rounded to 0.1 MB
     assert sum(shown.values()) == pytest.approx(memory.peak_pss / MB, abs=0.05 * len(shown) + 0.01)
+    # Without the measuring process: the two children's shares, about two thirds of the buffer
+    assert size / 2 <= memory.peak_pss_job < memory.peak_pss - size / 4
+    assert report["peak_pss_mb_job"] == pytest.approx(memory.peak_pss_job / MB)
 
 
 # Run where nothing else moves: a test worker's own children (its Ray head) come and go between samples.

@@ -37,16 +37,17 @@ class PeakMemory:
     libraries and a forked worker's inherited pages are in every process); `peak_pss` sums the
     proportional set size (a shared page counts 1/N in each), what the tree takes from the machine.
     `breakdown` is the PSS by process name at the PSS peak, largest first: where the memory went.
+    `peak_pss_job` leaves this (measuring) process out: what a job started from here takes by itself.
     """
 
     def __init__(self, interval: float = 0.5):
-        self.peak, self.peak_pss, self.breakdown = 0, 0, {}
+        self.peak, self.peak_pss, self.peak_pss_job, self.breakdown = 0, 0, 0, {}
         self._stop, self.interval = threading.Event(), interval
 
     def sample(self) -> None:
         """One look at the tree now; the peaks keep the largest seen."""
         me = psutil.Process()
-        rss = pss = 0
+        rss = pss = own = 0
         by_name: dict[str, int] = {}
         for proc in [me, *me.children(recursive=True)]:
             try:
@@ -55,8 +56,10 @@ class PeakMemory:
             except psutil.Error:  # gone between listing and reading: it holds nothing now
                 continue
             rss, pss = rss + info.rss, pss + info.pss
+            own = info.pss if proc.pid == me.pid else own
             by_name[name] = by_name.get(name, 0) + info.pss
         self.peak = max(self.peak, rss)
+        self.peak_pss_job = max(self.peak_pss_job, pss - own)
         if pss > self.peak_pss:
             self.peak_pss = pss
             self.breakdown = dict(sorted(by_name.items(), key=lambda kv: -kv[1]))
@@ -71,6 +74,7 @@ class PeakMemory:
         return {
             "peak_rss_mb_tree": self.peak / 2**20,
             "peak_pss_mb_tree": self.peak_pss / 2**20,
+            "peak_pss_mb_job": self.peak_pss_job / 2**20,  # the tree without this measuring process
             "pss_mb_by_process_at_peak": {k: round(v / 2**20, 1) for k, v in self.breakdown.items()},
         }
 
