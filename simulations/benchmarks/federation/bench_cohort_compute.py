@@ -5,8 +5,9 @@ On one thread (a Ray actor's share), interleaved in one process, `--reps` times:
   (`simulations/configs/ml1m-cohort.toml`: 128 of the round's 256), each taking one SGD step on its own last
   window (`common.training.cohort_clients.train_chunks`: the model built from the global weights, the users'
   windows, `cohort_update`), for `--chunks` chunks of randomly drawn users;
+- cohort-float32: the same with `score-precision = "float32"` (the main job scores in bfloat16);
 - cohort-before: the same with the batched one-step path as it was before issue 32 (every window
-  position scored, `F.cross_entropy`), for a paired before/after;
+  position scored, `F.cross_entropy`, float32), for a paired before/after;
 - centralized: `common.training.step.train_epoch` of the centralized baseline
   (`simulations/configs/ml1m-centralized.toml`: Adam, batch 64, the users' last windows) over the same users.
 Reported: milliseconds per user (CPU time: on a machine shared with other jobs the steadier measure
@@ -41,8 +42,11 @@ from common.training.step import StepOptions, model_for, train_epoch, window_dat
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _one_sgd_step_before(model, inputs, targets, lr: float, keys: torch.Tensor | None = None) -> CohortResult:
-    """`common.training.cohort._one_sgd_step` before issue 32: U x the mean loss over every window position."""
+def _one_sgd_step_before(
+    model, inputs, targets, lr: float, keys: torch.Tensor | None = None, precision: str = "float32"
+) -> CohortResult:
+    """`common.training.cohort._one_sgd_step` before issue 32: U x the mean loss over every window position,
+    in float32 (`precision` is not used)."""
     U, W, T = inputs.shape
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
@@ -98,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=central.train.lr)
     sequences = data.train_sequences()
     dataset = window_dataset([sequences[r] for r in rows], central.data.max_len, central.data.train_windows)
+    cohort32 = RunConfig.from_flat({**cohort.to_flat(), "score-precision": "float32"})
     ways = {
         "cohort": lambda: train_chunks(
             cohort_training(cohort, data.num_items), data, chunks, global_arrays, server_round=1
+        ),
+        "cohort-float32": lambda: train_chunks(
+            cohort_training(cohort32, data.num_items), data, chunks, global_arrays, server_round=1
         ),
         "cohort-before": before(
             lambda: train_chunks(cohort_training(cohort, data.num_items), data, chunks, global_arrays, server_round=1)
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for way, ms in values.items():
             row[f"{way}_{kind}_ms_per_user_min"] = min(ms)
             row[f"{way}_{kind}_ms_per_user_median"] = statistics.median(ms)
-        for way in ("cohort", "cohort-before"):
+        for way in ("cohort", "cohort-float32", "cohort-before"):
             row[f"{way}_over_centralized_{kind}_median"] = statistics.median(values[way]) / statistics.median(
                 values["centralized"]
             )
