@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_run_config(args.run_config)
+    # Attacks and per-device checks take the cohort engine's per-user path, which scores in float32 (the
+    # main job's bfloat16 scoring is its one-step path only); the recorded runs were float32 throughout.
+    base["score-precision"] = "float32"
     base.update(parse_settings(args.set))
     bench = Bench(out, base)
     if args.mode == "dropout":
