@@ -9,6 +9,9 @@ it on a full catalogue and both are cut here:
 - The softmax's memory passes. `F.cross_entropy`'s backward fills an (M, N) zero tensor, scatters
   into it, then runs log-softmax's own backward over two more (M, N) tensors. Here the gradient,
   w (softmax - onehot), is made in place in the forward's log-softmax buffer: exp, scale, subtract.
+The one-step path may also score in bfloat16 (`score-precision`): the scorer's products, two thirds of
+a chunk's compute, take bfloat16 inputs with float32 sums; the softmax stays float32. The DP path
+(ghost clipping, whose hooks read the scorer's call) always scores in float32.
 """
 
 from __future__ import annotations
