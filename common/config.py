@@ -274,7 +274,7 @@ class FederationSettings:
     cohort_nodes: int = 2  # SuperNodes that host the simulated devices (results do not depend on it)
     cohort_chunk: int = 64  # users trained together in one vectorised call (fixes the dropout draws)
     # bfloat16: the cohort engine's one-step path scores the window positions against the item table
-    # with bfloat16 inputs (float32 sums, float32 softmax): ~0.7x the time of a chunk where the CPU
+    # with bfloat16 inputs (float32 sums, float32 softmax): 0.7-0.8x the time of a chunk where the CPU
     # multiplies bfloat16 natively (AVX512-BF16, AMX); elsewhere float32, with a warning. Unclipped,
     # non-private runs only: a DP run's per-user norms stay float32.
     score_precision: str = _choice("float32", "bfloat16")
