@@ -28,8 +28,8 @@ def _windows(users: int = 5, windows: int = 2) -> tuple[torch.Tensor, torch.Tens
     return inputs, targets
 
 
-@pytest.mark.parametrize("features", [False, True])
-def test_loss_and_gradient_equal_the_sum_of_each_users_loss(features):
+def _model(features: bool):
+    """The small SASRec, with 4 item features in 2 slots when `features`."""
     config = dataclasses.replace(CONFIG, num_features=4, feature_slots=2) if features else CONFIG
     torch.manual_seed(0)
     model = build_model(config)
@@ -37,6 +37,12 @@ def test_loss_and_gradient_equal_the_sum_of_each_users_loss(features):
         index = torch.randint(0, 5, (31, 2))
         index[0] = 0
         model.set_item_features(index)
+    return model
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_loss_and_gradient_equal_the_sum_of_each_users_loss(features):
+    model = _model(features)
     inputs, targets = _windows()
     params = dict(model.named_parameters())
     expected = sum(user_loss(model, params, x, y) for x, y in zip(inputs, targets))
@@ -70,13 +76,7 @@ def test_bfloat16_scoring_is_float32_within_bfloat16_rounding(monkeypatch, featu
     if not window_loss.native_bfloat16():
         pytest.skip("this CPU multiplies bfloat16 only by emulation: the float32 path runs (next test)")
     monkeypatch.setattr(window_loss, "SCORE_ROWS_MULTIPLE", 64)  # the 5 users' ~60 positions padded
-    config = dataclasses.replace(CONFIG, num_features=4, feature_slots=2) if features else CONFIG
-    torch.manual_seed(0)
-    model = build_model(config)
-    if features:
-        index = torch.randint(0, 5, (31, 2))
-        index[0] = 0
-        model.set_item_features(index)
+    model = _model(features)
     inputs, targets = _windows()
     params = dict(model.named_parameters())
     exact = users_loss_sum(model, inputs, targets)
