@@ -27,6 +27,7 @@ E2E = TESTS / "e2e"
 STARTS_FLOWER = {
     "flower-superlink",
     "flower-supernode",
+    "fedseqrec.launch.supernode",  # Flower's SuperNode with its timings set
     "flower-simulation",
     "flwr",
     "flwr-serverapp",

@@ -42,6 +42,8 @@ def demo(
     node_auth: bool = True,
     timeout: float = 3600.0,
     where: str = "fedseqrec.launch.deploy",
+    poll_interval: float | None = None,
+    heartbeat_interval: float | None = None,
 ) -> dict:
     """Partition `data` into per-node files, deploy on loopback, run `rounds` rounds, return summary.json."""
     from common.config import RunConfig
@@ -67,7 +69,8 @@ def demo(
         {"data": "", "catalogue-path": str(partition_dir / "catalogue.json"), "federated-evaluation": True}
     )
     specs = nodes_from_partition(partition_dir, work)
-    with LoopbackDeployment(work, specs, tls=tls, node_auth=node_auth) as deployment:
+    timings = {"poll_interval": poll_interval, "heartbeat_interval": heartbeat_interval}
+    with LoopbackDeployment(work, specs, tls=tls, node_auth=node_auth, **timings) as deployment:
         print(
             f"deploy: SuperLink on {deployment.address} (tls={tls}, node auth={node_auth}), "
             f"{len(specs)} SuperNodes online; logs in {deployment.logs}",
@@ -78,6 +81,21 @@ def demo(
     if not summary_path.exists():
         raise DeploymentError(f"the run ended without {summary_path}; see {work / 'logs'}")
     return json.loads(summary_path.read_text())
+
+
+def _seconds(low: float, high: float):
+    """An argparse type: seconds in [low, high], or an error that names the range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value:g} s is outside {low:g}-{high:g} s")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-node-auth", action="store_true", help="skip SuperNode authentication")
     parser.add_argument("--insecure", action="store_true", help="no TLS (and no node auth)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the run may take")
+    parser.add_argument(
+        "--poll-interval",
+        type=_seconds(0.01, 60.0),
+        metavar="S",
+        help="seconds between the SuperNodes' and SuperExecs' looks for work (Flower's own: 3 s and 1 s); "
+        "shorter waits less and costs each process a little CPU all run long",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=_seconds(10.0, 1800.0),
+        metavar="S",
+        help="the heartbeat the SuperNodes declare, 10-1800 s (Flower's own: 30 s): a dead device is seen "
+        "offline after two missed beats",
+    )
     tools = parser.add_argument_group("for a real deployment (nothing is started)")
     tools.add_argument(
         "--make-certificates",
@@ -147,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                     node_auth=not (args.insecure or args.no_node_auth),
                     timeout=args.timeout,
                     where=args.run_config or "fedseqrec.launch.deploy",
+                    poll_interval=args.poll_interval,
+                    heartbeat_interval=args.heartbeat_interval,
                 )
             except DeploymentError as exc:
                 print(f"deploy: error: {exc}", file=sys.stderr)

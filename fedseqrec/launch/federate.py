@@ -38,6 +38,7 @@ from common.data.run_inputs import read_inputs, recorded_config
 from common.errors import ConfigError, DataError, FedSeqRecError
 from common.evaluation.user_groups import read_users_file
 from common.outputs import check_output_dir
+from fedseqrec.launch.app_files import stage_app
 from fedseqrec.launch.processes import (
     VENV_BIN,
     ProcessTracker,
@@ -233,7 +234,7 @@ class LocalFederation:
         command = [
             str(VENV_BIN / "flwr"),
             "run",
-            str(PROJECT_DIR),
+            str(stage_app(PROJECT_DIR, self.home / "app")),  # the same FAB, without walking .venv/
             CONNECTION,
             "--stream",
             "--run-config",

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import psutil
 
+from fedseqrec.launch.app_files import stage_app
 from fedseqrec.launch.credentials import Certificates, NodeKeys, make_certificates, make_node_keys
 from fedseqrec.launch.processes import (
+    SUPEREXEC_POLL_ENV,
     VENV_BIN,
     ProcessTracker,
     flower_env,
@@ -99,6 +101,8 @@ class LoopbackDeployment:
         stop_grace: float = 15.0,
         extra_env: Mapping[str, str] | None = None,
         state_file: bool = True,
+        poll_interval: float | None = None,
+        heartbeat_interval: float | None = None,
     ):
         if not nodes:
             raise ValueError("a deployment needs at least one node")
@@ -112,6 +116,11 @@ class LoopbackDeployment:
         self.extra_env = dict(extra_env or {})
         # The SuperLink's state in an SQLite file (it survives a SuperLink restart), else in memory.
         self.state_file = state_file
+        # Seconds between looks for work of every SuperNode and SuperExec, and the heartbeat the
+        # SuperNodes declare (a dead one is seen offline after two missed beats). None: Flower's own
+        # (3 s SuperNode, 1 s SuperExec; 30 s). Shorter looks cost each process a little CPU all run
+        # long (a SuperExec at 0.1 s: ~5% of a core); tests and drills trade that for waiting less.
+        self.poll_interval, self.heartbeat_interval = poll_interval, heartbeat_interval
         self.logs = self.work / "logs"
         self.cli_home = self.work / "flwr-home" / "cli"
         self.certificates: Certificates | None = None
@@ -207,7 +216,8 @@ class LoopbackDeployment:
 
     def _env(self, flwr_home: Path) -> dict[str, str]:
         flwr_home.mkdir(parents=True, exist_ok=True)
-        return flower_env(flwr_home, self.extra_env)
+        polls = {} if self.poll_interval is None else {SUPEREXEC_POLL_ENV: str(self.poll_interval)}
+        return flower_env(flwr_home, {**polls, **self.extra_env})
 
     def _start_superlink(self, port: int | None = None) -> None:
         home = self.work / "flwr-home" / "superlink"
@@ -261,10 +271,8 @@ class LoopbackDeployment:
     def _start_supernode(self, index: int, node: NodeSpec) -> None:
         Path(node.state_dir).mkdir(parents=True, exist_ok=True)
         node_dir = self.work / "nodes" / f"node-{node.client_id}"
-        command = [
-            str(VENV_BIN / "flower-supernode"),
-            "--superlink",
-            self.address,
+        command = [*self._supernode_program(), "--superlink", self.address]
+        command += [
             "--node-config",
             node.node_config(),
             "--host",
@@ -285,6 +293,17 @@ class LoopbackDeployment:
             self._env(node_dir / "flwr-home"),
             node_dir,
         )
+
+    def _supernode_program(self) -> list[str]:
+        """Flower's SuperNode, through fedseqrec/launch/supernode.py where a timing is set."""
+        if self.poll_interval is None and self.heartbeat_interval is None:
+            return [str(VENV_BIN / "flower-supernode")]
+        program = [str(VENV_BIN / "python"), "-m", "fedseqrec.launch.supernode"]
+        if self.poll_interval is not None:
+            program += ["--poll-interval", str(self.poll_interval)]
+        if self.heartbeat_interval is not None:
+            program += ["--heartbeat-interval", str(self.heartbeat_interval)]
+        return program
 
     def flwr(
         self, args: list[str], log_name: str, timeout: float = 120.0, check: bool = True
@@ -365,7 +384,8 @@ class LoopbackDeployment:
             path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
         else:
             path = Path(run_config).resolve()
-        command = [str(VENV_BIN / "flwr"), "run", str(self.project), CONNECTION, "--run-config", str(path), "--stream"]
+        app = stage_app(self.project, self.work / "app")  # the same FAB, without walking .venv/
+        command = [str(VENV_BIN / "flwr"), "run", str(app), CONNECTION, "--run-config", str(path), "--stream"]
         env = self._env(self.cli_home)
         env["COLUMNS"] = "200"
         return self.tracker.start("flwr-run", command, self.logs / "flwr-run.log", env, self.work)
@@ -438,7 +458,7 @@ class LoopbackDeployment:
     def restart_node(self, client_id: int) -> None:
         """Start a killed device's SuperNode again, with its keys, data and state folder; wait until
         every SuperNode is online. The SuperLink refuses a node whose key it still sees online, so this
-        first waits until the dead one misses its heartbeats (Flower: 2 x 30 s at most)."""
+        first waits until the dead one misses two heartbeats (2 x `heartbeat_interval`, Flower's 30 s by default)."""
         index = next(i for i, node in enumerate(self.nodes) if node.client_id == client_id)
         deadline = time.monotonic() + self.startup_timeout
         while len(self.online_nodes()) >= len(self.nodes):

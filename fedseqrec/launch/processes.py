@@ -37,6 +37,9 @@ VENV_BIN = Path(sys.executable).parent
 # What every Flower process started here needs: no `uv sync` of [project].dependencies per run (the
 # SuperLink would otherwise install them, and uv would fetch a CUDA torch) and no telemetry.
 FLOWER_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+# Seconds between a SuperExec's looks for a task to start (the SuperLink's starts the ServerApp,
+# each SuperNode's a ClientApp per message); Flower's default 1 s.
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The Flower processes that run a ServerApp (simulation and deployment runtime).
 SERVERAPP_PROGRAMS = ("flwr-simulation", "flwr-serverapp")

@@ -24,6 +24,7 @@ from fedseqrec.launch.credentials import make_node_keys
 from fedseqrec.launch.processes import VENV_BIN, free_port
 from simulations.benchmarks.robustness.crash_drill import (
     DRILL_MODEL,
+    DRILL_TIMINGS,
     checkpoint_round,
     expected_model,
     final_arrays,
@@ -82,7 +83,12 @@ def devices(tmp_path_factory):
         "catalogue-path": str(root / "partition" / "catalogue.json"),
     }
     deployment = LoopbackDeployment(
-        root / "work", nodes, startup_timeout=300, stop_grace=20, extra_env={"FEDSEQREC_CACHE": str(root / "cache")}
+        root / "work",
+        nodes,
+        startup_timeout=300,
+        stop_grace=20,
+        extra_env={"FEDSEQREC_CACHE": str(root / "cache")},
+        **DRILL_TIMINGS,
     )
     try:
         with deployment:

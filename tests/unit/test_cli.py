@@ -262,3 +262,21 @@ def test_repeated_set_flags_all_count_and_a_key_set_twice_is_an_error():
     assert parse_settings(["seed=3", "seed=3"]) == {"seed": 3}  # the same value twice is no ambiguity
     with pytest.raises(ConfigError, match="'seed' twice"):
         parse_settings(["seed=3", "seed=4"])
+
+
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [
+        ("--poll-interval", "0", "0 s is outside 0.01-60 s"),
+        ("--poll-interval", "soon", "'soon' is not a number of seconds"),
+        ("--heartbeat-interval", "5", "5 s is outside 10-1800 s"),
+    ],
+)
+def test_deploy_refuses_timings_flower_would_not_take(tmp_path, capsys, flag, value, needle):
+    from fedseqrec.launch.deploy import main as deploy_main
+
+    with pytest.raises(SystemExit) as exited:
+        deploy_main(["--data", "synthetic", "--work", str(tmp_path / "work"), flag, value])
+    assert exited.value.code == 2
+    assert f"argument {flag}: {needle}" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # refused before anything was written or started

@@ -28,6 +28,7 @@ import torch
 from common.config import RunConfig
 from simulations.benchmarks.robustness.crash_drill import (
     DRILL_MODEL,
+    DRILL_TIMINGS,
     checkpoint_round,
     expected_model,
     final_arrays,
@@ -74,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(len(rows)):  # the draws of the trials already done
         choose.choice(TARGETS), choose.random(), choose.randrange(args.devices)
     deployment = LoopbackDeployment(
-        root / "work", nodes, startup_timeout=300, stop_grace=20, extra_env={"FEDSEQREC_CACHE": str(root / "cache")}
+        root / "work",
+        nodes,
+        startup_timeout=300,
+        stop_grace=20,
+        extra_env={"FEDSEQREC_CACHE": str(root / "cache")},
+        **DRILL_TIMINGS,
     )
     with deployment:
         # One uninterrupted run first: how long a run takes sets the window the kills are drawn from.

@@ -50,6 +50,11 @@ RETRYING = {
 }
 
 
+# A drill's deployment looks for work every 0.2 s and its devices declare a 10 s heartbeat (Flower:
+# 3 s and 30 s): a dead device is seen offline, and its restart let in, after 20 s, not 60 s.
+DRILL_TIMINGS = {"poll_interval": 0.2, "heartbeat_interval": 10.0}
+
+
 def retrying(devices: int, rounds: int) -> dict:
     return {
         **RETRYING,
