@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no display), imported on first use: ~0.4 s
+    that a ServerApp, started for every run, pays only when it draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def __getattr__(name: str):
+    if name == "plt":  # `from common.plots import plt`
+        return pyplot()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def plot_curves(
@@ -21,6 +33,7 @@ def plot_curves(
     right_label: str = "",
 ) -> None:
     """Line plot of named series against x; `right` series go on a second y axis."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, ys in series.items():
         ax.plot(x[: len(ys)], ys, marker="o", markersize=3, label=name)

@@ -133,9 +133,7 @@ def run_grid(out: Path, settings: list[tuple[float, int]], audit: bool, extra: d
 
 
 def plot(out: Path) -> None:
-    import matplotlib.pyplot as plt  # common.plots sets the Agg backend
-
-    import common.plots  # noqa: F401
+    from common.plots import plt  # on the Agg backend
 
     rows = [r for r in _results(out) if not r["simulated_population"]]
     if not rows:
@@ -175,9 +173,7 @@ def _population(row: dict) -> int:
 
 def plot_populations(out: Path) -> None:
     """NDCG@10 at epsilon 8 against the population: the real run and the projections."""
-    import matplotlib.pyplot as plt
-
-    import common.plots  # noqa: F401  (the Agg backend)
+    from common.plots import plt  # on the Agg backend
 
     rows = [r for r in _results(out) if r["target_epsilon"] == 8.0]
     if len(rows) < 2:
