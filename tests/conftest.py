@@ -43,23 +43,10 @@ def _in_e2e(item: pytest.Item) -> bool:
     return E2E in Path(item.path).resolve().parents
 
 
-# The files that take longest (mostly waiting on the processes they start), run first: with two
-# workers, a long file started last leaves the other worker idle to the end. Test files go to the
-# workers whole and in collection order (`--dist loadfile --no-loadscope-reorder` in pyproject.toml;
-# xdist's own reorder puts the files with the most tests first, and these have few).
-LONGEST_FIRST = ("e2e/test_loopback_devices.py", "e2e/test_stop.py")
-
-
-def _longest_first(item: pytest.Item) -> int:
-    path = Path(item.path).resolve().relative_to(TESTS).as_posix()
-    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _in_e2e(item):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=_longest_first)  # stable: every other file keeps its place and its order
 
 
 @pytest.hookimpl(tryfirst=True)
