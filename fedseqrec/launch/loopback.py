@@ -103,6 +103,7 @@ class LoopbackDeployment:
         state_file: bool = True,
         poll_interval: float | None = None,
         heartbeat_interval: float | None = None,
+        turns: int | None = None,
     ):
         if not nodes:
             raise ValueError("a deployment needs at least one node")
@@ -121,6 +122,9 @@ class LoopbackDeployment:
         # (3 s SuperNode, 1 s SuperExec; 30 s). Shorter looks cost each process a little CPU all run
         # long (a SuperExec at 0.1 s: ~5% of a core); tests and drills trade that for waiting less.
         self.poll_interval, self.heartbeat_interval = poll_interval, heartbeat_interval
+        # At most `turns` ClientApps of all the SuperNodes at once (fedseqrec/launch/supernode.py
+        # `take_turns`): one machine standing in for many devices. None: no limit.
+        self.turns = turns
         self.logs = self.work / "logs"
         self.cli_home = self.work / "flwr-home" / "cli"
         self.certificates: Certificates | None = None
@@ -296,13 +300,15 @@ class LoopbackDeployment:
 
     def _supernode_program(self) -> list[str]:
         """Flower's SuperNode, through fedseqrec/launch/supernode.py where a timing is set."""
-        if self.poll_interval is None and self.heartbeat_interval is None:
+        if self.poll_interval is None and self.heartbeat_interval is None and self.turns is None:
             return [str(VENV_BIN / "flower-supernode")]
         program = [str(VENV_BIN / "python"), "-m", "fedseqrec.launch.supernode"]
         if self.poll_interval is not None:
             program += ["--poll-interval", str(self.poll_interval)]
         if self.heartbeat_interval is not None:
             program += ["--heartbeat-interval", str(self.heartbeat_interval)]
+        if self.turns is not None:
+            program += ["--turns", str(self.turns), "--turns-dir", str(self.work / "turns")]
         return program
 
     def flwr(

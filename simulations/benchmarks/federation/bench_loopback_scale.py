@@ -13,6 +13,11 @@ SuperNode per message (each imports torch), the SuperLink's message traffic, the
 aggregation of more replies. The server holds only the item catalogue; the devices evaluate
 (federated evaluation) in the last round only, so rounds before it are training alone.
 
+`--turns N`: one machine standing in for many devices has a few cores for all their ClientApps;
+at most N of them run at once (fedseqrec/launch/supernode.py `take_turns`), so that 32 ClientApps
+importing torch together on 2 cores do not miss their first heartbeat and pile up. `--poll-interval`
+and `--heartbeat-interval` set the SuperNodes' looks for work and heartbeat (Flower's own: 3 s, 30 s).
+
 `--superlink-state file` (default) keeps the SuperLink's state in an SQLite file, as the loopback
 deployment does so that a restarted SuperLink carries on; `memory` is Flower's default, in memory.
 
@@ -141,7 +146,7 @@ def follow_rounds(out: Path, total: int, nodes: int, done: threading.Event) -> N
         seen = len(rows)
 
 
-def measure(nodes: int, rounds: int, root: Path, state: str = "file") -> dict:
+def measure(nodes: int, rounds: int, root: Path, state: str = "file", timings: dict | None = None) -> dict:
     work = root / f"{nodes}-nodes-{state}"
     work.mkdir(parents=True, exist_ok=True)
     data_file = work / "interactions.csv"
@@ -161,6 +166,7 @@ def measure(nodes: int, rounds: int, root: Path, state: str = "file") -> dict:
         stop_grace=20,
         extra_env={"FEDSEQREC_CACHE": str(work / "cache")},
         state_file=state == "file",
+        **(timings or {}),
     )
     result = {
         "supernodes": nodes,
@@ -169,6 +175,7 @@ def measure(nodes: int, rounds: int, root: Path, state: str = "file") -> dict:
         "users": USERS,
         "items": ITEMS,
         "load_before": os.getloadavg(),
+        "timings": timings or {},
     }
     t0 = time.perf_counter()
     done = threading.Event()
@@ -220,7 +227,23 @@ def main() -> None:
         default="file",
         help="the SuperLink's state in an SQLite file (what a restartable deployment uses) or in memory",
     )
+    parser.add_argument(
+        "--turns",
+        type=int,
+        help="at most this many ClientApps of all the SuperNodes at once (one machine standing in for many "
+        "devices; fedseqrec/launch/supernode.py); default: no limit",
+    )
+    parser.add_argument("--poll-interval", type=float, help="the SuperNodes' and SuperExecs' look for work, s")
+    parser.add_argument("--heartbeat-interval", type=float, help="the heartbeat the SuperNodes declare, s")
     args = parser.parse_args()
+    if args.turns is not None and args.turns < 1:
+        parser.error(f"--turns {args.turns}: give at least 1")
+    timings = {
+        "turns": args.turns,
+        "poll_interval": args.poll_interval,
+        "heartbeat_interval": args.heartbeat_interval,
+    }
+    timings = {k: v for k, v in timings.items() if v is not None}
     become_subreaper()  # Flower's detached processes stay in this tree: counted, and stopped by pid
     args.out.mkdir(parents=True, exist_ok=True)
     summary = []
@@ -230,7 +253,7 @@ def main() -> None:
             f"{args.rounds} rounds",
             flush=True,
         )
-        result = measure(nodes, args.rounds, args.out, args.superlink_state)
+        result = measure(nodes, args.rounds, args.out, args.superlink_state, timings)
         summary.append(result)
         keys = ("median_train_seconds", "median_seconds_before_last", "startup_seconds", "error")
         shown = {k: result.get(k) for k in keys}
