@@ -36,6 +36,7 @@ import _thread
 import argparse
 import json
 import os
+import signal
 import statistics
 import threading
 import time
@@ -247,6 +248,18 @@ def main() -> None:
     become_subreaper()  # Flower's detached processes stay in this tree: counted, and stopped by pid
     args.out.mkdir(parents=True, exist_ok=True)
     summary = []
+    # SIGINT or SIGTERM: KeyboardInterrupt, so the deployment is stopped by pid, even when the
+    # benchmark was started with SIGINT ignored (`cmd &` in a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        _measure_each(args, timings, summary)
+    except KeyboardInterrupt:
+        print(f"bench_loopback_scale: stopped; the counts measured before are in {args.out / 'summary.json'}")
+        raise SystemExit(130) from None
+
+
+def _measure_each(args, timings: dict, summary: list) -> None:
     for nodes in args.nodes:
         print(
             f"{nodes} SuperNodes: starting (TLS, node auth, SuperLink state in {args.superlink_state}), "
