@@ -25,7 +25,7 @@ def _excluded_folders(project: Path):
     from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
 
     gitignore = project / ".gitignore"
-    patterns = (*load_gitignore_patterns(gitignore.read_bytes() if gitignore.exists() else b""),)
+    patterns = tuple(load_gitignore_patterns(gitignore.read_bytes() if gitignore.exists() else b""))
     if any(p.lstrip().startswith("!") for p in patterns):  # a negation may take a file back: enter everything
         return lambda folder: False
     spec = build_pathspec((*patterns, *APP_PUBLISH_EXCLUDE_PATTERNS))

@@ -105,25 +105,15 @@ def take_turns(turns: int, folder: Path, node=None) -> None:
     node._pull_and_store_message, node._push_messages = pull_in_turn, push_in_turn
 
 
-def _take(argv: list[str], flag: str) -> float | None:
+def _take(argv: list[str], flag: str, convert=float, what: str = "a number of seconds"):
+    """Remove `flag VALUE` from argv and return VALUE converted; None where the flag is absent."""
     if flag not in argv:
         return None
     at = argv.index(flag)
     try:
-        value = float(argv[at + 1])
+        value = convert(argv[at + 1])
     except (IndexError, ValueError):
-        raise SystemExit(f"fedseqrec.launch.supernode: {flag} needs a number of seconds") from None
-    del argv[at : at + 2]
-    return value
-
-
-def _take_text(argv: list[str], flag: str) -> str | None:
-    if flag not in argv:
-        return None
-    at = argv.index(flag)
-    if at + 1 >= len(argv):
-        raise SystemExit(f"fedseqrec.launch.supernode: {flag} needs a value")
-    value = argv[at + 1]
+        raise SystemExit(f"fedseqrec.launch.supernode: {flag} needs {what}") from None
     del argv[at : at + 2]
     return value
 
@@ -131,7 +121,7 @@ def _take_text(argv: list[str], flag: str) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     poll, beat = _take(argv, "--poll-interval"), _take(argv, "--heartbeat-interval")
-    turns, turns_dir = _take(argv, "--turns"), _take_text(argv, "--turns-dir")
+    turns, turns_dir = _take(argv, "--turns", what="a number"), _take(argv, "--turns-dir", str, "a folder")
     if (turns is None) != (turns_dir is None) or (turns is not None and (turns < 1 or turns != int(turns))):
         raise SystemExit("fedseqrec.launch.supernode: --turns N (a whole number >= 1) and --turns-dir DIR go together")
     try:
