@@ -35,7 +35,7 @@ from common.config import RunConfig, read_toml
 from common.data.load import load_sequence_data
 from common.recipes import device_recipe
 from common.training.cohort import _stacked, cohort_update
-from common.training.cohort_clients import user_windows
+from common.training.cohort_clients import user_seeds, user_windows
 from common.training.step import model_for
 
 BASE = Path(__file__).resolve().parents[3] / "simulations/configs/ml1m-cohort-dp.toml"
@@ -55,26 +55,30 @@ def one_round(model, chunks, recipe, way: str) -> tuple[float, float, dict[str, 
     """Wall and CPU seconds of one round's compute, and its summed update."""
     total = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
     start, cpu = time.perf_counter(), time.process_time()
-    for index, (inputs, targets) in enumerate(chunks):
-        torch.manual_seed(index)  # dropout: fixed per chunk, as the cohort engine seeds it
+    for inputs, targets, keys in chunks:  # keys: each user's own dropout randomness, as the engine draws it
         result = (
-            _stacked(model, inputs, targets, recipe)
+            _stacked(model, inputs, targets, recipe, keys=keys)
             if way == "vmap-dp"
-            else cohort_update(model, inputs, targets, recipe)
+            else cohort_update(model, inputs, targets, recipe, keys=keys)
         )
         for k in total:
             total[k] += result.update_sum[k]
     return time.perf_counter() - start, time.process_time() - cpu, total
 
 
-def bench_model(name: str, reps: int, users: int, seed: int, ways: list[str]) -> dict:
-    flat = {**read_toml(BASE), **MODELS[name]}
+def bench_model(name: str, reps: int, users: int, seed: int, ways: list[str], overrides: dict | None = None) -> dict:
+    """`overrides`: run-config keys over the model's (the tests' small synthetic data)."""
+    flat = {**read_toml(BASE), **MODELS[name], **(overrides or {})}
     config = RunConfig.from_flat(flat)
     data = load_sequence_data(config.data)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(data.num_users, size=min(users, data.num_users), replace=False))
     size = config.federation.cohort_chunk
-    chunks = [user_windows(data, rows[s : s + size], config.data.max_len) for s in range(0, len(rows), size)]
+    seeds = user_seeds(config.train.seed, 1, rows)
+    chunks = [
+        user_windows(data, rows[s : s + size], config.data.max_len, seeds[s : s + size])
+        for s in range(0, len(rows), size)
+    ]
     model = model_for(config.model, config.data, data.num_items, seed=config.train.seed, item_ids=data.item_ids)
     model.train()
     dp = device_recipe(config)  # one SGD step, clipped to clipping-norm on the device
