@@ -220,9 +220,7 @@ def _times_transposed(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (w @ x.T).T  # MKL: this way round ~1.6x faster than x @ w.T for a thin output
 
 
-_ONEDNN_LINEAR = (
-    getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-)
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
 def _positions(tensors: list[torch.Tensor], U: int, width: int | None = None) -> torch.Tensor:
