@@ -16,15 +16,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
-from client.local_data import client_key, is_simulated, load_local_data
+from client.identity import client_key, is_simulated
 from common.config import RunConfig
-from common.data.fake_users import fake_users, profile_popularity
-from common.data.partition import cached_partitioning
-from common.recipes import local_training
-from common.training.federated import local_train
 
 
 def dropped(seed: int, server_round: int, client: int, share: float) -> bool:
@@ -60,6 +55,15 @@ def fault_injection_mod(msg: Message, context: Context, call_next) -> Message:
     server_round = int(round_config["server-round"])
     if fed.cohort_engine or (fed.sim_dropout == 0 and fed.sim_attack == "none"):
         return call_next(msg, context)  # the cohort engine drops users itself (client.app)
+    # Only a round that drops out or attacks needs torch and the data stack (the mod runs on every message).
+    import torch
+
+    from client.local_data import load_local_data
+    from common.data.fake_users import fake_users, profile_popularity
+    from common.data.partition import cached_partitioning
+    from common.recipes import local_training
+    from common.training.federated import local_train
+
     key = client_key(context.node_config)
     if dropped(seed, server_round, key, fed.sim_dropout):
         raise RuntimeError("simulated dropout (sim-dropout): this client went offline")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.identity import client_key, is_simulated
 from common.config import RunConfig
 from common.data.fake_users import population_with_fakes, simulated_devices
 from common.data.interactions import Columns, load_interactions
@@ -50,22 +51,6 @@ def _device_data(data_path: str, catalogue_path: str, columns: Columns) -> Seque
     if not Path(data_path).is_file():
         raise DataError(f"node config data-path {data_path}: no such file; point it at this device's interactions file")
     return sequences_for_catalogue(load_interactions(data_path, columns), item_ids, source=data_path)
-
-
-def client_key(node_config: dict) -> int:
-    """Stable identity of a client: its partition in simulation, its `client-id` on a device."""
-    for key in ("partition-id", "client-id"):
-        if key in node_config:
-            return node_setting(node_config, key)
-    raise DataError(
-        "node config has neither partition-id (simulation) nor client-id (deployment); "
-        "a device sets client-id=N, its unique integer identity in the federation"
-    )
-
-
-def is_simulated(node_config: dict) -> bool:
-    """A simulated device (a partition of the run's dataset), as opposed to a real one with its own data."""
-    return "partition-id" in node_config and "data-path" not in node_config and "state-dir" not in node_config
 
 
 def load_local_data(config: RunConfig, node_config: dict) -> SequenceData:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.local_data import client_key, is_simulated
+from client.identity import client_key, is_simulated
 from common.config import RunConfig
 from common.data.partition import cached_partitioning
 from common.privacy import participation

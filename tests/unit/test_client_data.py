@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.local_data import client_key, load_local_data
+from client.identity import client_key
+from client.local_data import load_local_data
 from common.config import RunConfig
 from common.data.sequences import sequences_for_catalogue
 from common.errors import DataError

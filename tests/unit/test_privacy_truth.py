@@ -70,7 +70,7 @@ def test_two_device_rounds_with_identical_inputs_differ_unless_noise_is_reproduc
 
 
 def test_a_device_never_takes_seed_derived_noise():
-    from client.local_data import is_simulated
+    from client.identity import is_simulated
 
     assert is_simulated({"partition-id": 3})
     assert not is_simulated({"client-id": 3, "data-path": "x.csv", "catalogue-path": "c.json", "state-dir": "s"})
