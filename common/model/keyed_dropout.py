@@ -12,6 +12,7 @@ vmapped user's scalar) alike. Outside it, dropout is torch's own (centralized tr
 
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 
@@ -33,20 +34,62 @@ def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _mix(z: torch.Tensor) -> torch.Tensor:
-    z = (z ^ _shift_right(z, 30)) * _MIX1
-    z = (z ^ _shift_right(z, 27)) * _MIX2
-    return z ^ _shift_right(z, 31)
+    """splitmix64's finaliser, in place on `z` (a tensor of our own): the full-size hash is the
+    cost of keyed dropout, and each avoided temporary is one pass less over it."""
+    for bits, factor in ((30, _MIX1), (27, _MIX2), (31, None)):
+        shifted = z >> bits
+        shifted &= (1 << (64 - bits)) - 1  # logical, not arithmetic, shift
+        z ^= shifted
+        if factor is not None:
+            z *= factor
+    return z
 
 
-def keyed_uniform(keys: torch.Tensor, shape: torch.Size, salt: int) -> torch.Tensor:
-    """Uniforms in [0, 1) of `shape`, row b (the first axis) from keys[b]; a 0-dim key (one vmapped
-    user) serves every row. Element j of a row depends only on (key, salt, j)."""
+def _hash(keys: torch.Tensor, shape: torch.Size, salt: int) -> torch.Tensor:
+    """64 random bits (int64) per element of `shape`, row b from keys[b]; element j of a row depends
+    only on (key, salt, j)."""
     per_row = torch.arange(int(torch.Size(shape[1:]).numel()), dtype=torch.int64).view(shape[1:])
     key = keys.to(torch.int64)
     key = key.view(-1, *([1] * (len(shape) - 1))) if key.dim() == 1 else key
     offset = ((salt + 1) * _GOLDEN + 2**63) % 2**64 - 2**63  # the salt's stream, wrapped to int64
-    z = _mix(_mix(key + offset) + per_row * _GOLDEN)
+    return _mix(_mix(key + offset) + per_row * _GOLDEN)
+
+
+def keyed_uniform(keys: torch.Tensor, shape: torch.Size, salt: int) -> torch.Tensor:
+    """Uniforms in [0, 1) of `shape`, row b (the first axis) from keys[b]; a 0-dim key (one vmapped
+    user) serves every row: the top 53 bits of the hash, as float32."""
+    z = _hash(keys, shape, salt)
     return (_shift_right(z, 11).to(torch.float64) * 2.0**-53).to(torch.float32).expand(shape)
+
+
+def keyed_keep(keys: torch.Tensor, shape: torch.Size, salt: int, p: float) -> torch.Tensor:
+    """keyed_uniform(keys, shape, salt) >= p, the same mask, compared on the hash's bits: no float
+    tensors on the way (a third of the cost)."""
+    threshold = _bits_threshold(p)  # keep <=> the hash, read unsigned, >= threshold
+    if threshold >= 1 << 64:
+        return torch.zeros(shape, dtype=torch.bool)
+    z = _hash(keys, shape, salt)
+    z ^= -(2**63)  # unsigned order as signed: flip the top bit
+    return (z >= threshold - 2**63).expand(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _bits_threshold(p: float) -> int:
+    """The least 64-bit hash h (unsigned) whose uniform float32((h >> 11) 2^-53) is >= p: found with
+    the very conversions `keyed_uniform` makes, so that both give the same mask bit for bit."""
+
+    def kept(top: int) -> bool:
+        uniform = (torch.tensor([top], dtype=torch.int64).to(torch.float64) * 2.0**-53).to(torch.float32)
+        return bool(uniform >= p)
+
+    low, high = 0, 1 << 53  # kept(high) is read as True: no 53-bit value reaches it
+    while low < high:
+        mid = (low + high) // 2
+        if kept(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low << 11
 
 
 @contextmanager
@@ -75,7 +118,7 @@ def keyed_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if keyed is None:
         return F.dropout(x, p, True)
     keys, salt = keyed
-    keep = keyed_uniform(keys, x.shape, salt) >= p
+    keep = keyed_keep(keys, x.shape, salt, p)
     return x * keep.to(x.dtype) / (1 - p)
 
 
