@@ -25,8 +25,8 @@ embedding and tied output scorer), the feature table too: their norm is the norm
 both uses' gradients, cross terms included. The clipped sum then reuses the stored a and g, each
 user's rows scaled by w_u (book-keeping, Bu et al. 2023): no second backward pass.
 
-Measured at ML-1M shapes (simulations/benchmarks/privacy/bench_dp_round.py, NOTES-ghost.md): a DP round ~1.2-1.3x the
-non-private one, where the vmap path took ~3x (SASRec) and ~9x (GRU).
+Measured at ML-1M shapes (simulations/benchmarks/privacy/bench_dp_round.py, BENCHMARKS.md): a DP round 1.25x the
+non-private one (SASRec, GRU, SASRec with item features), where the vmap path took ~2-3x (SASRec) and ~9x (GRU).
 
 Exact, not an approximation: the tests compare it with the `vmap` path on every model. Several local
 steps, Adam, or any of the server's simulated checks need the per-user weights, and stay there; so
