@@ -5,7 +5,7 @@ An exception in a handler becomes an error reply that the server counts; it neve
 
 A device's SuperNode starts one ClientApp process per message, so this module loads only what every
 message needs (Flower, the run config, the mods): the identification query and SecAgg+'s key stages
-answer without torch (~0.45 s of imports instead of ~1.8 s); training and evaluation import
+answer without torch (0.56 s of imports instead of ~1.8 s); training and evaluation import
 `client.handlers` when their message comes.
 """
 

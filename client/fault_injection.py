@@ -54,7 +54,7 @@ def fault_injection_mod(msg: Message, context: Context, call_next) -> Message:
     round_config = msg.content["config"]
     server_round = int(round_config["server-round"])
     if fed.cohort_engine or (fed.sim_dropout == 0 and fed.sim_attack == "none"):
-        return call_next(msg, context)  # the cohort engine drops users itself (client.app)
+        return call_next(msg, context)  # the cohort engine drops users itself (client.handlers)
     # Only a round that drops out or attacks needs torch and the data stack (the mod runs on every message).
     import torch
 
