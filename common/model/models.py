@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.model import onednn_linear
 from common.model.keyed_dropout import KeyedDropout, attention
 
 
@@ -85,7 +86,7 @@ class TiedItemScorer(nn.Module):
         self.weight = embedding.weight  # the same Parameter: tied, not copied
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.weight[1:])  # (..., D) -> (..., N)
+        return onednn_linear.linear(hidden, self.weight[1:])  # (..., D) -> (..., N)
 
 
 class FeaturedTiedScorer(nn.Module):
@@ -102,7 +103,7 @@ class FeaturedTiedScorer(nn.Module):
 
     def forward(self, feature_index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         table = self.weight[1:] + feature_table(self.feature_weight, feature_index[1:])  # (N, D)
-        return F.linear(hidden, table)  # (..., D) -> (..., N)
+        return onednn_linear.linear(hidden, table)  # (..., D) -> (..., N)
 
 
 def feature_counts(index: torch.Tensor, num_features: int, dtype: torch.dtype) -> torch.Tensor:

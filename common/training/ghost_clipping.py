@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.model import onednn_linear
 from common.model.keyed_dropout import per_row_keys
 from common.model.models import (
     FeaturedTiedScorer,
@@ -144,7 +145,7 @@ def clipped_one_step(
     ]
     try:
         params = dict(model.named_parameters())
-        with rows:
+        with rows, onednn_linear.weight_gradient_unused():
             total = users_loss_sum(model, inputs, targets)
     finally:
         for hook in hooks:
@@ -190,7 +191,10 @@ def _uses(model, calls, output_grads, U: int, scored: torch.Tensor) -> dict[int,
             if isinstance(module, FeaturedTiedScorer):
                 # table = E[1:] + counts @ F: F's gradient is counts^T (G^T H) = (G counts)^T H.
                 counts = feature_counts(model.feature_index[1:], module.feature_weight.shape[0], g.dtype)  # (N, V+1)
-                add(module.feature_weight, _Rows(hidden, _times_transposed(g, counts.T.contiguous()), scored))
+                add(
+                    module.feature_weight,
+                    _Rows(hidden, onednn_linear.times_transposed(g, counts.T.contiguous()), scored),
+                )
         elif isinstance(module, nn.Linear):
             a = _positions([args[0] for args in inputs], U, module.in_features)  # (U, K, in)
             g = _positions(grads, U, module.out_features)  # (U, K, out)
@@ -209,18 +213,6 @@ def _uses(model, calls, output_grads, U: int, scored: torch.Tensor) -> dict[int,
             if module.bias is not None:
                 add(module.bias, g.sum(1))
     return uses
-
-
-def _times_transposed(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T for a thin w (the (M, N) score gradient times the (V+1, N) feature counts). oneDNN's
-    linear kernel where this torch has it: 2.3x faster on one core than MKL's at ML-1M shapes
-    (9.1 against 21.3 ms on an AMD Zen 5, where MKL takes its slower code path); float32 only."""
-    if x.dtype == torch.float32 and w.dtype == torch.float32 and _ONEDNN_LINEAR is not None:
-        return _ONEDNN_LINEAR(x.contiguous(), w.contiguous(), None, "none", [], "")
-    return (w @ x.T).T  # MKL: this way round ~1.6x faster than x @ w.T for a thin output
-
-
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
 def _positions(tensors: list[torch.Tensor], U: int, width: int | None = None) -> torch.Tensor:
@@ -287,7 +279,7 @@ def _inner(p, q, shape: torch.Size) -> torch.Tensor:
     if isinstance(p, _Rows) and q is p:
         out = torch.zeros(len(p.lengths), dtype=p.a.dtype)
         for first, last, a, g in p.blocks():  # sum_{k,l} (a_k . a_l)(g_k . g_l)
-            out[first:last] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+            out[first:last] = (onednn_linear.gram(a) * onednn_linear.gram(g)).sum((1, 2))
         return out
     if isinstance(p, _Rows) and isinstance(q, _Lookup):
         # <sum_k g_k a_k^T (rows offset..), sum_l e_{i_l} v_l^T> = sum_{k,l} g[k, i_l - offset] (a_k . v_l)

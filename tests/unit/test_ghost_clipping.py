@@ -150,14 +150,3 @@ def test_with_keyed_dropout_the_ghost_path_equals_the_vmap_path(name):
     assert 0 < exact.clipped < USERS
     without_keys = _stacked(model, inputs, targets, recipe, keys=keys + 1)  # other masks: another sum
     assert any(not torch.allclose(without_keys.update_sum[k], exact.update_sum[k]) for k in exact.update_sum)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_thin_product_is_x_times_w_transposed_with_or_without_onednn(dtype, monkeypatch):
-    x, w = torch.randn(300, 70, dtype=dtype), torch.randn(9, 70, dtype=dtype)
-    expected = x @ w.T
-    fast = ghost_clipping._times_transposed(x, w)  # oneDNN for float32 where torch has it
-    assert fast.shape == (300, 9) and torch.allclose(fast, expected, atol=1e-4)
-    monkeypatch.setattr(ghost_clipping, "_ONEDNN_LINEAR", None)  # a torch without it
-    assert torch.allclose(ghost_clipping._times_transposed(x, w), expected, atol=1e-4)
-    assert torch.allclose(ghost_clipping._times_transposed(x.T.contiguous().T, w), expected, atol=1e-4)
