@@ -43,10 +43,33 @@ def _in_e2e(item: pytest.Item) -> bool:
     return E2E in Path(item.path).resolve().parents
 
 
+# The modules that take longest (seconds in CI's --durations, 2026-12-08), started first: with two
+# workers and `--no-loadscope-reorder` (pyproject), each worker begins on one of the two longest and the
+# many short modules fill in behind them, so that both workers finish together. xdist's default order
+# (most tests first) started these last and left one worker alone for the last ~90 s.
+LONGEST_FIRST = (
+    "e2e/test_loopback_devices.py",  # ~300 s
+    "e2e/test_stop.py",  # ~200 s
+    "e2e/test_cohort.py",  # ~100 s
+    "e2e/test_release_claim.py",
+    "e2e/test_ray_cluster.py",
+    "e2e/test_tune.py",
+    "e2e/test_privacy_truth.py",
+    "e2e/test_federation.py",
+)
+
+
+def _start_rank(item: pytest.Item) -> int:
+    path = Path(item.path).resolve()
+    relative = path.relative_to(TESTS).as_posix() if TESTS in path.parents else ""
+    return LONGEST_FIRST.index(relative) if relative in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _in_e2e(item):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=_start_rank)  # stable: every other test keeps its place
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -40,6 +40,7 @@ from fedseqrec.launch.processes import (
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "fedseqrec-loopback"
+HEARTBEAT_DEFAULT_INTERVAL = 30.0  # a SuperNode's, when not given (flwr.common.constant)
 
 
 class DeploymentError(RuntimeError):
@@ -122,6 +123,7 @@ class LoopbackDeployment:
         # (3 s SuperNode, 1 s SuperExec; 30 s). Shorter looks cost each process a little CPU all run
         # long (a SuperExec at 0.1 s: ~5% of a core); tests and drills trade that for waiting less.
         self.poll_interval, self.heartbeat_interval = poll_interval, heartbeat_interval
+        self._killed_at: dict[int, float] = {}  # client id -> when sigkill_node killed its SuperNode
         # At most `turns` ClientApps of all the SuperNodes at once (fedseqrec/launch/supernode.py
         # `take_turns`): one machine standing in for many devices. None: no limit.
         self.turns = turns
@@ -457,6 +459,7 @@ class LoopbackDeployment:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+        self._killed_at[client_id] = time.monotonic()
         wait_gone(procs, 10.0)
         self.tracker.reap()
         return [p.pid for p in procs]
@@ -467,6 +470,13 @@ class LoopbackDeployment:
         first waits until the dead one misses two heartbeats (2 x `heartbeat_interval`, Flower's 30 s by default)."""
         index = next(i for i, node in enumerate(self.nodes) if node.client_id == client_id)
         deadline = time.monotonic() + self.startup_timeout
+        # A SuperNode heartbeats every ~0.8 x interval, and the SuperLink sees it offline 2 x interval
+        # after its last one: never sooner than one interval after the kill. Asking before then only
+        # costs a `flwr` process (~1 s of CPU) per second.
+        interval = self.heartbeat_interval or HEARTBEAT_DEFAULT_INTERVAL
+        killed_at = self._killed_at.pop(client_id, None)
+        if killed_at is not None:
+            time.sleep(max(0.0, killed_at + interval - time.monotonic()))
         while len(self.online_nodes()) >= len(self.nodes):
             if time.monotonic() > deadline:
                 raise DeploymentError(f"the SuperLink still lists node {client_id} online; see {self.logs}")

@@ -35,3 +35,13 @@ def test_tracker_sees_every_descendant_and_stops_them_all(tmp_path):
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in tree)
     finally:
         tracker.close(grace=5)
+
+
+def test_the_loopback_deployment_waits_out_flowers_own_heartbeat_default():
+    """restart_node waits one heartbeat interval before asking whether a killed node is offline: with
+    no interval given, that is Flower's default, which a Flower upgrade could change."""
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL
+
+    from fedseqrec.launch import loopback
+
+    assert loopback.HEARTBEAT_DEFAULT_INTERVAL == HEARTBEAT_DEFAULT_INTERVAL
