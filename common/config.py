@@ -165,7 +165,7 @@ class TrainSettings:
     top_k: int = 10
     mask_seen: bool = True  # exclude items already in the user's history from rankings
     eval_batch_size: int = 512
-    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    num_threads: int = 0  # torch intra-op threads (central training, and each ClientApp message); 0: torch's default
     # Sequence augmentation of training windows (common/training/augmentation.py), centrally and on devices:
     # a comma list of crop, mask, reorder, substitute ("" = off); each drawn window is augmented with
     # probability augment-prob by one operator picked at random.
