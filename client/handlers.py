@@ -59,8 +59,8 @@ def _fakes_from(config: RunConfig) -> int | None:
 def _use_threads(config: RunConfig) -> None:
     """The run config's `num-threads` for this ClientApp's torch (0: torch's default, every core). A
     SuperNode starts a fresh ClientApp process for each message, and on a small machine several run
-    at once (and beside the SuperNode): each with every core, their OpenMP threads waited on one
-    another (a 2-core loopback deployment: 9 s of CPU per training message against 4.5 s at one)."""
+    at once (and beside the SuperNode): each with every core, their OpenMP threads can wait on one
+    another (a 2-core loopback deployment: up to 10.5 s of CPU per training message against 5-6 s at one)."""
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
 
