@@ -61,7 +61,8 @@ def measure(threads: int, rounds: int, work: Path) -> dict:
                 row["cpu_s"] = round(cpu.user + cpu.system, 2)
             time.sleep(0.1)
     if proc.returncode != 0:
-        raise SystemExit(f"bench_clientapp_cpu: the deployment failed ({proc.returncode}); see {work / 'deploy.log'}")
+        last = ((work / "deploy.log").read_text(errors="replace").strip().splitlines() or [""])[-1]
+        raise SystemExit(f"bench_clientapp_cpu: the deployment failed ({proc.returncode}): {last}")
     return {
         "num-threads": threads,
         "wall_s": round(time.monotonic() - started, 1),
