@@ -25,6 +25,8 @@ from common.recipes import cohort_training, local_training, ranking
 from common.training.cohort_clients import evaluate_users, train_chunks
 from common.training.federated import DeviceLimits, local_train
 
+SPLITS = ("validation", "test")  # the held-out items a device ranks: its second-last and last
+
 
 def _chunks(round_config) -> list[tuple[int, list[int]]]:
     """[(chunk index, client keys)] that the server dealt this simulated node."""
@@ -147,7 +149,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = RunConfig.from_flat(context.run_config)
     _use_threads(config)
     round_config = msg.content["config"] if "config" in msg.content else {}
-    split = str(round_config.get("split", "validation"))
+    splits = str(round_config.get("split", "validation")).split(",")
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"evaluate: split {','.join(unknown)!r} is not one of {', '.join(SPLITS)}")
     arrays = msg.content["arrays"].to_torch_state_dict()
     if config.federation.cohort_engine:
         local, chunks = _cohort_users(round_config, config, context.node_config)
@@ -158,5 +163,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     else:
         local = load_local_data(config, context.node_config)
         rows = np.arange(local.num_users)
-    values = evaluate_users(config.model, config.data, ranking(config), config.train.seed, local, rows, arrays, split)
+    if len(splits) == 1:
+        return reply(msg, _evaluate_split(config, local, rows, arrays, splits[0]))
+    # several splits in one message (the release's test and validation): keys "<split>/<metric>"
+    values = {"num-examples": len(rows)}
+    for split in splits:
+        metrics = _evaluate_split(config, local, rows, arrays, split)
+        values |= {f"{split}/{key}": value for key, value in metrics.items() if key != "num-examples"}
     return reply(msg, values)
+
+
+def _evaluate_split(config: RunConfig, local, rows: np.ndarray, arrays: dict, split: str) -> dict:
+    return evaluate_users(config.model, config.data, ranking(config), config.train.seed, local, rows, arrays, split)

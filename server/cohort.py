@@ -84,17 +84,23 @@ def federated_evaluate(
     grid: Grid,
     plan: CohortPlan,
     arrays: ArrayRecord,
-    split: str,
+    split: str | tuple[str, ...],
     users: np.ndarray | None,
     server_round: int,
     timeout: float = 3600.0,
-) -> dict[str, float]:
-    """Clients rank their own held-out items; the server only combines means weighted by counts."""
+) -> dict:
+    """Clients rank their own held-out items; the server only combines means weighted by counts.
+    `split` "validation" or "test": that split's means (and "users"); a tuple of splits: {split: means}
+    from one message per node (a device starts one process for them, not one per split)."""
+    splits = (split,) if isinstance(split, str) else tuple(split)
     users = plan.keys if users is None else np.sort(users)
     messages = [
         Message(
             content=RecordDict(
-                {"arrays": arrays, "config": ConfigRecord({"split": split, "server-round": server_round, **extra})}
+                {
+                    "arrays": arrays,
+                    "config": ConfigRecord({"split": ",".join(splits), "server-round": server_round, **extra}),
+                }
             ),
             message_type=MessageType.EVALUATE,
             dst_node_id=node,
@@ -115,4 +121,11 @@ def federated_evaluate(
             sums[key] = sums.get(key, 0.0) + float(value) * n
     if count == 0:
         raise RuntimeError("federated evaluation: no client evaluated any user")
-    return {key: total / count for key, total in sums.items()} | {"users": count}
+    means = {key: total / count for key, total in sums.items()}
+    if isinstance(split, str):
+        return means | {"users": count}
+    return {
+        name: {key.split("/", 1)[1]: value for key, value in means.items() if key.startswith(f"{name}/")}
+        | {"users": count}
+        for name in splits
+    }

@@ -124,7 +124,8 @@ def _federated_evaluator(config: RunConfig, grid: Grid, plan: CohortPlan):
     if config.federation.eval_users and config.federation.eval_users < len(keys):
         users = np.random.default_rng(config.train.seed).choice(keys, config.federation.eval_users, replace=False)
 
-    def evaluate_arrays(arrays, split: str, all_users: bool = False) -> dict:
+    def evaluate_arrays(arrays, split: str | tuple[str, ...], all_users: bool = False) -> dict:
+        """One split's means; a tuple of splits: {split: means}, asked of each node in one message."""
         record = arrays if isinstance(arrays, ArrayRecord) else ArrayRecord(arrays)
         return federated_evaluate(grid, plan, record, split, None if all_users else users, server_round=0)
 
@@ -404,11 +405,8 @@ def _final_metrics(config: RunConfig, data, groups, evaluate_arrays, arrays, pla
     if config.federation.federated_evaluation:  # the clients rank; the server sees means only
         if config.privacy.dp_mode != "none" and plan is not None and not plan.hosts:
             return None, None, None
-        return (
-            evaluate_arrays(arrays, "test", all_users=True),
-            None,
-            evaluate_arrays(arrays, "validation", all_users=True),
-        )
+        both = evaluate_arrays(arrays, ("test", "validation"), all_users=True)
+        return both["test"], None, both["validation"]
     test, by_group = grouped_test_metrics(config, data, arrays, *groups)
     public = len(public_users(config)) > 0
     validation = evaluate_arrays(arrays, "validation", all_users=not public)  # the public cohort's, when there is one

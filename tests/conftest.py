@@ -2,13 +2,13 @@
 per test module, and the helpers that several test modules use (simulated runs in a child process,
 an independent DP oracle)."""
 
-import json
 import math
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,8 +78,18 @@ def pytest_runtest_setup(item):
     _current = item  # before its fixtures: a module-scoped fixture that starts a run counts too
 
 
+def _refuse_outside_e2e(program: str) -> None:
+    """A fast test that starts a Flower or Ray process (or a simulation) fails where it starts it."""
+    if _current is not None and not _in_e2e(_current):
+        raise RuntimeError(
+            f"{_current.nodeid} starts {program}: a test that starts Flower or a simulation belongs "
+            f"in tests/e2e/ (slow by its folder), not in the quick loop"
+        )
+
+
 def _no_flower_outside_e2e(event: str, args: tuple) -> None:
-    """Audit hook: a fast test that starts a Flower or Ray process fails where it starts it."""
+    """Audit hook: every process a test starts through `subprocess` (runs forked from the fork server
+    below do not pass here: `_start` checks them itself)."""
     if event != "subprocess.Popen" or _current is None or _in_e2e(_current):
         return
     executable, argv = args[0], args[1]
@@ -87,10 +97,7 @@ def _no_flower_outside_e2e(event: str, args: tuple) -> None:
     names = {os.path.basename(os.fsdecode(a)) for a in [executable, *argv] if isinstance(a, str | bytes | os.PathLike)}
     started = names & STARTS_FLOWER
     if started:
-        raise RuntimeError(
-            f"{_current.nodeid} starts {sorted(started)[0]}: a test that starts Flower or a simulation belongs "
-            f"in tests/e2e/ (slow by its folder), not in the quick loop"
-        )
+        _refuse_outside_e2e(sorted(started)[0])
 
 
 sys.addaudithook(_no_flower_outside_e2e)
@@ -136,6 +143,60 @@ SIM_CONFIG = {
     "dropout": 0.0,
 }
 
+# Each run is a fork of one server process per test process that has imported torch, Flower's engine
+# and the apps once: a fresh interpreter spent ~3 s of CPU on those imports, ~40 times a suite, on a
+# CPU-bound 2-core box. The fork server never runs anything itself (no thread pools, no RNG draws), so
+# every run starts from the same freshly imported state, as a new interpreter would.
+_PRELOAD = [
+    "torch",
+    "flwr.simulation.run_simulation",
+    "fedseqrec.launch.simulate",
+    "fedseqrec.launch.in_process",
+    "server.app",
+    "client.app",
+    "client.handlers",
+    "tests.sim_runner",
+]
+_fork_server = None
+
+
+def _fork_context():
+    global _fork_server
+    if _fork_server is None:
+        import multiprocessing
+
+        _fork_server = multiprocessing.get_context("forkserver")
+        _fork_server.set_forkserver_preload(_PRELOAD)
+    return _fork_server
+
+
+class ForkedRun:
+    """A run forked from the fork server, with the part of `subprocess.Popen` the tests use."""
+
+    def __init__(self, process, log: Path):
+        self.process, self.log = process, log
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode  # negative: killed by that signal, as Popen reports it
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(f"simulated run (pid {self.pid})", timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        self.wait(timeout)
+        return self.log.read_text(errors="replace"), None
+
 
 def _start(
     run_config: dict,
@@ -143,24 +204,23 @@ def _start(
     num_supernodes: int = 4,
     client_app: str = "client.app:app",
     backend: str = "in-process",
-):
-    """A simulated run in a child process. Flower's engine runs the ClientApp in that process
-    (`backend = "in-process"`: no Ray, ~2.5 s for a tiny run against ~12-17 s on Ray), or, with
-    `backend = "ray"`, in Ray actors of one Ray head per test process, which every such run joins."""
+) -> ForkedRun:
+    """A simulated run in a child process (its stdout and stderr in a log file beside the cache).
+    Flower's engine runs the ClientApp in that process (`backend = "in-process"`: no Ray, ~2.5 s for
+    a tiny run against ~12-17 s on Ray), or, with `backend = "ray"`, in Ray actors of one Ray head
+    per test process, which every such run joins."""
     from tests.ray_nodes import shared_head
+    from tests.sim_runner import run_forked
 
+    _refuse_outside_e2e("sim_runner.py")
     spec = {"run_config": run_config, "num_supernodes": num_supernodes, "client_app": client_app, "backend": backend}
-    spec = json.dumps({**spec, "ray_address": shared_head() if backend == "ray" else None})
+    spec["ray_address"] = shared_head() if backend == "ray" else None
     env = {**os.environ, "FEDSEQREC_CACHE": str(cache), "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "sim_runner.py"), spec],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    handle, log = tempfile.mkstemp(prefix="run-", suffix=".log", dir=cache)
+    os.close(handle)
+    process = _fork_context().Process(target=run_forked, args=(spec, env, log), daemon=False)
+    process.start()
+    return ForkedRun(process, Path(log))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -28,6 +28,15 @@ def test_a_fast_test_that_starts_flower_fails_at_once(tmp_path, program):
         subprocess.Popen([str(missing), "--help"])
 
 
+def test_a_fast_test_that_starts_a_simulated_run_fails_at_once(tmp_path):
+    from tests.conftest import _start
+
+    # a run forked from the tests' fork server passes no `subprocess` audit event: `_start` checks
+    with pytest.raises(RuntimeError, match="starts sim_runner.py: .* belongs in tests/e2e/"):
+        _start({}, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # refused before anything started
+
+
 def test_a_fast_test_may_start_other_processes(tmp_path):
     done = subprocess.run(["python3", "-c", "print('ok')"], capture_output=True, text=True, check=True)
     assert done.stdout == "ok\n"
