@@ -20,6 +20,7 @@ from common.node_config import node_setting
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
 from common.training.augmentation import Augmentation, maybe_augmented
+from common.training.optimizers import plain_optimizer
 from common.training.step import StepOptions, model_for, train_epoch, window_dataset, window_loader
 
 
@@ -114,8 +115,9 @@ def local_train(
     dataset = window_dataset(local.train_sequences(), training.data.max_len, training.data.train_windows)
     if len(dataset) == 0:
         raise DataError(f"client {client}: no training windows (histories too short)")
-    optimizer_class = torch.optim.Adam if training.optimizer == "adam" else torch.optim.SGD
-    optimizer = optimizer_class(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    optimizer = plain_optimizer(
+        training.optimizer, model.parameters(), lr=training.lr, weight_decay=training.weight_decay
+    )
     options = StepOptions(
         loss=training.model.loss,
         num_negatives=training.model.num_negatives,

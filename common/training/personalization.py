@@ -32,6 +32,7 @@ from common.privacy.dpsgd import dp_windows, plan_round, train_private
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import dp_seed
 from common.training.federated import LocalTraining, effective_max_epsilon
+from common.training.optimizers import plain_optimizer
 from common.training.step import window_dataset
 
 
@@ -94,7 +95,7 @@ def fine_tune(
     torch.manual_seed(settings.seed)
     dataset = window_dataset([train], training.data.max_len, "all")
     inputs, targets = dataset.tensors  # every window of the history, one full batch per step
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimizer = plain_optimizer("adam", model.parameters(), lr=settings.lr)  # on the device: no torch.optim
     best = (before, 0, copy.deepcopy(model.state_dict()))
     losses = [before]
     for step in range(1, settings.steps + 1):

@@ -119,7 +119,7 @@ class StepOptions:
 def train_epoch(
     model: SequenceRecommender,
     batches: Iterable,
-    optimizer: torch.optim.Optimizer,
+    optimizer,  # a torch.optim optimizer, or common.training.optimizers' (zero_grad() and step())
     options: StepOptions = StepOptions(),
     device: str = "cpu",
     global_params: list[torch.Tensor] | None = None,
