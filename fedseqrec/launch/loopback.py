@@ -41,6 +41,10 @@ from fedseqrec.launch.processes import (
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "fedseqrec-loopback"
 HEARTBEAT_DEFAULT_INTERVAL = 30.0  # a SuperNode's, when not given (flwr.common.constant)
+HEARTBEAT_PATIENCE = 2  # the SuperLink sees a node offline this many intervals after its last heartbeat (flwr)
+# What a SuperNode logs once the SuperLink has let it in (flwr/supernode/start_client_internal.py)
+NODE_ADMITTED = "SuperNode ID: "
+ADMISSION_WAIT = 60.0  # s: how long to wait for that line before asking the SuperLink instead
 
 
 class DeploymentError(RuntimeError):
@@ -124,6 +128,7 @@ class LoopbackDeployment:
         # long (a SuperExec at 0.1 s: ~5% of a core); tests and drills trade that for waiting less.
         self.poll_interval, self.heartbeat_interval = poll_interval, heartbeat_interval
         self._killed_at: dict[int, float] = {}  # client id -> when sigkill_node killed its SuperNode
+        self._log_from: dict[int, int] = {}  # client id -> its log's size when its SuperNode last started
         # At most `turns` ClientApps of all the SuperNodes at once (fedseqrec/launch/supernode.py
         # `take_turns`): one machine standing in for many devices. None: no limit.
         self.turns = turns
@@ -292,10 +297,12 @@ class LoopbackDeployment:
             command += ["--insecure"]
         if self.node_auth:
             command += ["--auth-supernode-private-key", str(self.node_keys[index].private_key)]
+        log = self.logs / f"supernode-{node.client_id}.log"
+        self._log_from[node.client_id] = log.stat().st_size if log.exists() else 0
         self.tracker.start(
             f"supernode-{node.client_id}",
             command,
-            self.logs / f"supernode-{node.client_id}.log",
+            log,
             self._env(node_dir / "flwr-home"),
             node_dir,
         )
@@ -360,8 +367,26 @@ class LoopbackDeployment:
             return []
         return [n for n in listing.get("nodes", []) if str(n.get("status", "")).lower() == "online"]
 
+    def _admitted(self, client_id: int) -> bool:
+        """Has the SuperNode started last for `client_id` logged that the SuperLink let it in?"""
+        with open(self.logs / f"supernode-{client_id}.log", "rb") as log:
+            log.seek(self._log_from.get(client_id, 0))
+            return NODE_ADMITTED.encode() in log.read()
+
     def _wait_for_nodes(self) -> None:
+        """Until the SuperLink lists every node online. Each ask is a `flwr` process (~1.4 s of CPU),
+        so first wait for the SuperNodes just started to log their admission (a file read), for at
+        most `ADMISSION_WAIT` s (a Flower that logs otherwise falls back to asking)."""
         deadline = time.monotonic() + self.startup_timeout
+        pending = set(self._log_from)
+        admission_deadline = time.monotonic() + min(ADMISSION_WAIT, self.startup_timeout)
+        while pending and time.monotonic() < admission_deadline:
+            for client_id in list(pending):
+                self._check_running(f"supernode-{client_id}")
+                if self._admitted(client_id):
+                    pending.discard(client_id)
+            time.sleep(0.2)
+        self._log_from.clear()
         while len(self.online_nodes()) < len(self.nodes):
             for node in self.nodes:
                 self._check_running(f"supernode-{node.client_id}")
@@ -470,13 +495,13 @@ class LoopbackDeployment:
         first waits until the dead one misses two heartbeats (2 x `heartbeat_interval`, Flower's 30 s by default)."""
         index = next(i for i, node in enumerate(self.nodes) if node.client_id == client_id)
         deadline = time.monotonic() + self.startup_timeout
-        # A SuperNode heartbeats every ~0.8 x interval, and the SuperLink sees it offline 2 x interval
-        # after its last one: never sooner than one interval after the kill. Asking before then only
-        # costs a `flwr` process (~1 s of CPU) per second.
+        # The SuperLink sees a node offline HEARTBEAT_PATIENCE intervals after its last heartbeat, which
+        # came before the kill: by then at the latest. Each earlier ask costs a `flwr` process (~1.4 s
+        # of CPU) and mostly answers "still online".
         interval = self.heartbeat_interval or HEARTBEAT_DEFAULT_INTERVAL
         killed_at = self._killed_at.pop(client_id, None)
         if killed_at is not None:
-            time.sleep(max(0.0, killed_at + interval - time.monotonic()))
+            time.sleep(max(0.0, killed_at + HEARTBEAT_PATIENCE * interval - time.monotonic()))
         while len(self.online_nodes()) >= len(self.nodes):
             if time.monotonic() > deadline:
                 raise DeploymentError(f"the SuperLink still lists node {client_id} online; see {self.logs}")

@@ -27,7 +27,7 @@ from simulations.benchmarks.robustness.crash_drill import (
     checkpoint_round,
     expected_model,
     final_arrays,
-    identified,
+    node_log_size,
     retrying,
     wait_for_round,
     wait_for_training,
@@ -208,9 +208,9 @@ def test_sigkills_of_serverapp_superlink_and_a_supernode_end_with_the_uninterrup
     deployment.restart_superlink()  # SIGKILL, then started again on its state database
     deployment.abandon_run()
 
-    runs_before = identified(deployment)
+    log_from = node_log_size(deployment, 1)
     proc = deployment.submit(config)  # resumes after round 2
-    wait_for_training(deployment, proc, 1, runs_before)  # a round is under way on device 1 ...
+    wait_for_training(deployment, proc, 1, log_from)  # round 3's training is under way on device 1 ...
     assert deployment.sigkill_node(1), "no SuperNode process to kill"  # ... which dies with its ClientApp
     deployment.restart_node(1)
     log = deployment.wait(proc, timeout=900)

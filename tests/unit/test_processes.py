@@ -38,10 +38,25 @@ def test_tracker_sees_every_descendant_and_stops_them_all(tmp_path):
 
 
 def test_the_loopback_deployment_waits_out_flowers_own_heartbeat_default():
-    """restart_node waits one heartbeat interval before asking whether a killed node is offline: with
+    """restart_node waits out heartbeat intervals before asking whether a killed node is offline: with
     no interval given, that is Flower's default, which a Flower upgrade could change."""
     from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL
 
     from fedseqrec.launch import loopback
 
     assert loopback.HEARTBEAT_DEFAULT_INTERVAL == HEARTBEAT_DEFAULT_INTERVAL
+
+
+def test_the_loopback_deployment_reads_flowers_own_patience_and_admission_line():
+    """restart_node sleeps out HEARTBEAT_PATIENCE intervals before asking, and _wait_for_nodes first
+    watches each SuperNode's log for the line Flower writes once the SuperLink let it in: a Flower
+    upgrade that changed either would make the deployment ask too early or wait for nothing."""
+    import inspect
+
+    from flwr.common.constant import HEARTBEAT_PATIENCE
+    from flwr.supernode import start_client_internal
+
+    from fedseqrec.launch import loopback
+
+    assert loopback.HEARTBEAT_PATIENCE == HEARTBEAT_PATIENCE
+    assert f'"{loopback.NODE_ADMITTED}%s"' in inspect.getsource(start_client_internal)

@@ -117,10 +117,10 @@ def wait_for_round(deployment, proc, out: Path, round_: int, timeout: float = 60
         time.sleep(0.2)
 
 
-def identified(deployment) -> int:
-    """How many runs so far have identified their clients (the ServerApp's first log line of a run)."""
-    log = deployment.logs / "flwr-run.log"
-    return log.read_text(errors="replace").count("clients available") if log.exists() else 0
+def node_log_size(deployment, client_id: int) -> int:
+    """Where the device's SuperNode log ends now: `wait_for_training` reads what comes after."""
+    log = deployment.logs / f"supernode-{client_id}.log"
+    return log.stat().st_size if log.exists() else 0
 
 
 def is_clientapp(proc: psutil.Process) -> bool:
@@ -130,21 +130,23 @@ def is_clientapp(proc: psutil.Process) -> bool:
         return False
 
 
-def wait_for_training(deployment, proc, client_id: int, runs_before: int, timeout: float = 600) -> None:
-    """Until the device's ClientApp is at work in a round of the run started after `runs_before` runs
-    had identified their clients (the run's first ClientApp answers the identity query: wait for a
-    second one)."""
+def wait_for_training(deployment, proc, client_id: int, log_from: int, timeout: float = 600) -> None:
+    """Until the device is mid-training: since `log_from` (its SuperNode log's size before the run was
+    submitted) the SuperNode has received a train message and not yet sent its reply, and a ClientApp
+    runs under it. (Counting ClientApp processes instead missed the identity query's whenever it ended
+    before the run logged the identification, and then killed the device in the round's evaluation.)"""
     deadline = time.monotonic() + timeout
+    log = deployment.logs / f"supernode-{client_id}.log"
     supernode = psutil.Process(deployment.tracker.started[f"supernode-{client_id}"].pid)
-    seen: set[int] = set()
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"the run ended before device {client_id} trained; see {deployment.logs}")
         if time.monotonic() > deadline:
             raise AssertionError(f"device {client_id} did not start training in {timeout} s")
-        if identified(deployment) > runs_before:
-            apps = [c for c in supernode.children(recursive=True) if is_clientapp(c)]
-            seen.update(c.pid for c in apps)
-            if apps and len(seen) >= 2:
+        with open(log, "rb") as handle:
+            handle.seek(log_from)
+            since = handle.read().decode(errors="replace")
+        if "Receiving: train message" in since and "Sending: train message" not in since:
+            if any(is_clientapp(c) for c in supernode.children(recursive=True)):
                 return
         time.sleep(0.1)
