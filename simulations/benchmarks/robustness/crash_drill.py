@@ -132,9 +132,10 @@ def is_clientapp(proc: psutil.Process) -> bool:
 
 def wait_for_training(deployment, proc, client_id: int, log_from: int, timeout: float = 600) -> None:
     """Until the device is mid-training: since `log_from` (its SuperNode log's size before the run was
-    submitted) the SuperNode has received a train message and not yet sent its reply, and a ClientApp
-    runs under it. (Counting ClientApp processes instead missed the identity query's whenever it ended
-    before the run logged the identification, and then killed the device in the round's evaluation.)"""
+    submitted) the SuperNode has answered this run's identity query, received a train message and not
+    yet sent its reply, and a ClientApp runs under it. (Counting ClientApp processes instead missed the
+    identity query's whenever it ended before the run logged the identification, and then killed the
+    device in the round's evaluation.)"""
     deadline = time.monotonic() + timeout
     log = deployment.logs / f"supernode-{client_id}.log"
     supernode = psutil.Process(deployment.tracker.started[f"supernode-{client_id}"].pid)
@@ -146,7 +147,11 @@ def wait_for_training(deployment, proc, client_id: int, log_from: int, timeout: 
         with open(log, "rb") as handle:
             handle.seek(log_from)
             since = handle.read().decode(errors="replace")
-        if "Receiving: train message" in since and "Sending: train message" not in since:
+        # This run's first message to the device is its identity query; a train message received after
+        # it and not yet answered is this run's (the log can end with a late reply of the run before).
+        query = since.find("Receiving: query message")
+        train = since.find("Receiving: train message", query) if query >= 0 else -1
+        if train >= 0 and "Sending: train message" not in since[train:]:
             if any(is_clientapp(c) for c in supernode.children(recursive=True)):
                 return
         time.sleep(0.1)
