@@ -35,11 +35,12 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def _ask(kind: str, flat: dict) -> tuple[Message, Context]:
+def _ask(kind: str, flat: dict, **round_config) -> tuple[Message, Context]:
+    """A `kind` message to client 0 of `flat`'s partition, as the server sends it (config `round_config`)."""
     config = RunConfig.from_flat(flat)
     arrays = model_for(config.model, config.data, 30, seed=0).arrays()
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    content = RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord({"server-round": 1})})
+    content = RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord({"server-round": 1, **round_config})})
     context = Context(
         run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config=config.to_flat()
     )

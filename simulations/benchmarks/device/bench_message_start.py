@@ -81,6 +81,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be >= 1")
+    if args.out:  # before the runs: a bad path should not cost them
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.touch()
+        except OSError as exc:
+            parser.error(f"--out {args.out}: cannot write there ({exc.strerror})")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     results = []
     for kind in args.kind:
@@ -90,7 +96,6 @@ def main() -> None:
             print(f"{kind} {model}: CPU s per fresh process {cpu}; loaded {runs[-1]['loaded']}", flush=True)
             results.append({"kind": kind, "model": model, "cpu_s": cpu, "loaded": runs[-1]["loaded"]})
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"commit": commit.stdout.strip(), "results": results}, indent=2))
 
 
